@@ -1,0 +1,162 @@
+//! The forwarded shim (queue-proxy §3.7): synthesizes an RFC 7239 `Forwarded` header from the
+//! de-facto `X-Forwarded-*` headers when the request has none.
+
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderValue, Request};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::headers::{first_str, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+
+/// The `Forwarded` value to set, or `None` to leave the request unchanged.
+pub fn synthesize(headers: &HeaderMap) -> Option<String> {
+    if !first_str(headers, &FORWARDED).is_empty() {
+        return None;
+    }
+    let xff = first_str(headers, &X_FORWARDED_FOR);
+    let proto = first_str(headers, &X_FORWARDED_PROTO);
+    let host = first_str(headers, &X_FORWARDED_HOST);
+    if xff.is_empty() && proto.is_empty() && host.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(xff.len() + proto.len() + host.len() + 24);
+    let mut nodes = if xff.is_empty() {
+        None
+    } else {
+        Some(xff.split(',').map(str::trim))
+    };
+    if let Some(first) = nodes.as_mut().and_then(Iterator::next) {
+        push_node(&mut out, first);
+    }
+    if !host.is_empty() {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str("host=");
+        out.push_str(host);
+    }
+    if !proto.is_empty() {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        out.push_str("proto=");
+        out.push_str(proto);
+    }
+    for node in nodes.into_iter().flatten() {
+        // An empty first element is skipped rather than written as a leading ", " (spec F9).
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        push_node(&mut out, node);
+    }
+    Some(out)
+}
+
+fn push_node(out: &mut String, node: &str) {
+    out.push_str("for=");
+    if node.contains(':') {
+        out.push_str("\"[");
+        out.push_str(node);
+        out.push_str("]\"");
+    } else {
+        out.push_str(node);
+    }
+}
+
+/// Tower layer applying [`synthesize`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardedShimLayer;
+
+impl<S> Layer<S> for ForwardedShimLayer {
+    type Service = ForwardedShim<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ForwardedShim { inner }
+    }
+}
+
+/// See [`ForwardedShimLayer`].
+#[derive(Clone, Debug)]
+pub struct ForwardedShim<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for ForwardedShim<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Some(value) = synthesize(request.headers()) {
+            if let Ok(value) = HeaderValue::try_from(value) {
+                request.headers_mut().insert(FORWARDED, value);
+            }
+        }
+        self.inner.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(xff: &str, xfh: &str, xfp: &str) -> Option<String> {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", xff),
+            ("x-forwarded-host", xfh),
+            ("x-forwarded-proto", xfp),
+        ] {
+            if !value.is_empty() {
+                h.insert(name, HeaderValue::from_str(value).unwrap());
+            }
+        }
+        synthesize(&h)
+    }
+
+    #[test]
+    fn upstream_examples() {
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(
+            case("127.0.0.1, ::1", "h", "p"),
+            s("for=127.0.0.1;host=h;proto=p, for=\"[::1]\"")
+        );
+        assert_eq!(
+            case("127.0.0.1", "h", "p"),
+            s("for=127.0.0.1;host=h;proto=p")
+        );
+        assert_eq!(
+            case("127.0.0.1, ::1", "", ""),
+            s("for=127.0.0.1, for=\"[::1]\"")
+        );
+        assert_eq!(
+            case("127.0.0.1, ::1", "", "p"),
+            s("for=127.0.0.1;proto=p, for=\"[::1]\"")
+        );
+        assert_eq!(
+            case("127.0.0.1, ::1", "h", ""),
+            s("for=127.0.0.1;host=h, for=\"[::1]\"")
+        );
+        assert_eq!(case("", "h", ""), s("host=h"));
+        assert_eq!(case("", "", "p"), s("proto=p"));
+        assert_eq!(case("", "h", "p"), s("host=h;proto=p"));
+        assert_eq!(case(",,,", "", ""), s("for=, for=, for="));
+        assert_eq!(case("", "", ""), None);
+    }
+
+    #[test]
+    fn existing_forwarded_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert("forwarded", HeaderValue::from_static("for=a, for=b"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(synthesize(&h), None);
+    }
+}

@@ -1,0 +1,22 @@
+//! The shared core of the Rust Knative data plane: everything the queue-proxy and the activator
+//! both need on the request path and around it.
+//!
+//! - [`headers`], [`classify`]: Knative header names and request predicates;
+//! - [`body`]: response bodies and per-request guards;
+//! - [`breaker`], [`timeout`], [`forwarded`]: request-path stages as tower layers;
+//! - [`proxy`]: the pooled reverse proxy with upgrades;
+//! - [`drain`], [`stats`], [`server`], [`env`]: lifecycle, accounting, listeners, configuration.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod breaker;
+pub mod classify;
+pub mod drain;
+pub mod env;
+pub mod forwarded;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod stats;
+pub mod timeout;

@@ -1,0 +1,306 @@
+//! Keep-alive connections to one upstream address (the user container, or one pod).
+//!
+//! HTTP/1.1 connections sit in a lock-free bounded queue while idle; a connection goes back into
+//! the queue the moment its response body has been read to the end, and is dropped (closed) when
+//! the response is abandoned half-way, when the queue is full, or after [`IDLE_TIMEOUT`] unused.
+//! h2c uses a single multiplexed connection, re-dialled when it closes.
+//!
+//! Dialing follows upstream: each attempt has a timeout starting at 50 ms and growing ×1.4 (±10 %
+//! jitter) over 15 retries with a 30–60 ms pause between attempts; only dial *timeouts* are retried,
+//! a refused connection fails at once.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pin_project_lite::pin_project;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::error::ProxyError;
+use crate::body::BodyError;
+
+/// How long an idle keep-alive connection is kept (Go `IdleConnTimeout`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// First dial attempt timeout.
+const DIAL_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
+/// Dial retries after the first attempt, on timeouts only.
+const DIAL_RETRIES: u32 = 15;
+
+/// Request body type sent upstream.
+pub type UpstreamRequestBody = Incoming;
+
+struct IdleConn {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    since: Instant,
+}
+
+/// Connections to one upstream address.
+pub struct Upstream {
+    addr: SocketAddr,
+    idle: ArrayQueue<IdleConn>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamRequestBody>>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("idle", &self.idle.len())
+            .finish()
+    }
+}
+
+/// An HTTP/1.1 connection checked out of the pool, returned when its response completes.
+pub struct Checkout {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    /// Freshly dialled (not reused): a failure on it is not the keep-alive race.
+    pub fresh: bool,
+}
+
+impl Upstream {
+    /// A pool for `addr` keeping at most `max_idle` idle HTTP/1.1 connections (at least 1).
+    pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
+        Upstream {
+            addr,
+            idle: ArrayQueue::new(max_idle.max(1)),
+            h2: Mutex::new(None),
+        }
+    }
+
+    /// The upstream address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Number of idle HTTP/1.1 connections.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// An HTTP/1.1 connection: a ready idle one, else a new one.
+    pub async fn checkout_http1(&'static self) -> Result<Checkout, ProxyError> {
+        while let Some(conn) = self.idle.pop() {
+            if conn.since.elapsed() >= IDLE_TIMEOUT || conn.sender.is_closed() {
+                continue;
+            }
+            if conn.sender.is_ready() {
+                return Ok(Checkout {
+                    sender: conn.sender,
+                    fresh: false,
+                });
+            }
+            // Its connection task has not caught up with the end of the last exchange (or the
+            // request body is still being sent). Let it finish on its own, then return it.
+            let mut sender = conn.sender;
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    self.give_back(sender);
+                }
+            });
+        }
+        let io = self.dial().await?;
+        let (sender, conn) = http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(Checkout {
+            sender,
+            fresh: true,
+        })
+    }
+
+    /// The shared h2c connection, dialled if needed.
+    pub async fn h2(&'static self) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError> {
+        {
+            let guard = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sender) = guard.as_ref() {
+                if !sender.is_closed() {
+                    return Ok(sender.clone());
+                }
+            }
+        }
+        let io = self.dial().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn give_back(&self, sender: http1::SendRequest<UpstreamRequestBody>) {
+        // A full queue drops (closes) the connection: at most `max_idle` stay open idle.
+        let _ = self.idle.push(IdleConn {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    async fn dial(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
+        let mut attempt_timeout = DIAL_FIRST_TIMEOUT;
+        let mut jitter = Jitter::seeded();
+        for attempt in 0..=DIAL_RETRIES {
+            match tokio::time::timeout(attempt_timeout, TcpStream::connect(self.addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(TokioIo::new(stream));
+                }
+                Ok(Err(error)) => return Err(ProxyError::Dial(self.addr, error)),
+                Err(_elapsed) if attempt < DIAL_RETRIES => {
+                    tokio::time::sleep(Duration::from_millis(30 + jitter.below(31))).await;
+                    attempt_timeout = attempt_timeout.mul_f64(1.4 * (0.9 + jitter.unit() * 0.2));
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        Err(ProxyError::DialTimeout(self.addr))
+    }
+}
+
+impl Checkout {
+    /// Sends `request`; if the connection turned out to be unusable before anything was written,
+    /// the request comes back in the error so it can be retried on another connection.
+    pub async fn send(
+        mut self,
+        upstream: &'static Upstream,
+        request: http::Request<UpstreamRequestBody>,
+        upgrade: bool,
+    ) -> Result<http::Response<PooledBody>, SendError> {
+        match self.sender.try_send_request(request).await {
+            Ok(response) => {
+                let keep = !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                Ok(response.map(|body| {
+                    let back = keep.then_some(ReturnToPool {
+                        upstream,
+                        sender: self.sender,
+                    });
+                    PooledBody::new(body, back)
+                }))
+            }
+            Err(mut e) => Err(SendError {
+                unsent: e.take_message(),
+                error: e.into_error(),
+                fresh: self.fresh,
+            }),
+        }
+    }
+}
+
+/// Failure of one exchange on a checked-out connection.
+#[derive(Debug)]
+pub struct SendError {
+    /// The request, when the connection failed before any of it was written.
+    pub unsent: Option<http::Request<UpstreamRequestBody>>,
+    /// What hyper reported.
+    pub error: hyper::Error,
+    /// Whether the connection was new.
+    pub fresh: bool,
+}
+
+struct ReturnToPool {
+    upstream: &'static Upstream,
+    sender: http1::SendRequest<UpstreamRequestBody>,
+}
+
+pin_project! {
+    /// The upstream response body; hands its connection back to the pool at the end.
+    pub struct PooledBody {
+        #[pin]
+        body: Incoming,
+        back: Option<ReturnToPool>,
+    }
+}
+
+impl PooledBody {
+    fn new(body: Incoming, mut back: Option<ReturnToPool>) -> Self {
+        if body.is_end_stream() {
+            if let Some(b) = back.take() {
+                b.upstream.give_back(b.sender);
+            }
+        }
+        PooledBody { body, back }
+    }
+
+    /// A body with no pooled connection behind it (h2, upgrades).
+    pub fn unpooled(body: Incoming) -> Self {
+        PooledBody { body, back: None }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(None) => {
+                if let Some(b) = this.back.take() {
+                    b.upstream.give_back(b.sender);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.back.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Tiny xorshift generator for dial jitter (no need for a cryptographic RNG).
+struct Jitter(u64);
+
+impl Jitter {
+    fn seeded() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0x9E37_79B9);
+        Jitter(nanos | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
