@@ -94,6 +94,12 @@ impl ObservabilityConfig {
         if value.trim().is_empty() {
             return Ok(Self::default());
         }
+        if !value.trim_start().starts_with('{') {
+            return Err(ObservabilityError {
+                value: value.to_owned(),
+                reason: "expected a JSON object".into(),
+            });
+        }
         let config: ObservabilityConfig =
             serde_json::from_str(value).map_err(|e| ObservabilityError {
                 value: value.to_owned(),

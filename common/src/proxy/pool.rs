@@ -253,7 +253,8 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
-        match this.body.poll_frame(cx) {
+        let mut this = this;
+        match this.body.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(b) = this.back.take() {
                     b.upstream.give_back(b.sender);
@@ -264,7 +265,16 @@ impl Body for PooledBody {
                 this.back.take();
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Ok(frame))) => {
+                // hyper stops polling once `is_end_stream()` is true, so the connection goes
+                // back as soon as the last frame is out, not on a final `None` that never comes.
+                if this.body.is_end_stream() {
+                    if let Some(b) = this.back.take() {
+                        b.upstream.give_back(b.sender);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -3,7 +3,7 @@
 //! The value is a Kubernetes `core/v1` `Probe` in JSON, or a JSON array of them in multi-container
 //! mode. Decoding is lenient the way Go's `encoding/json` is: unknown keys are ignored, `null`
 //! counts as absent, and a probe without any handler is accepted here and only fails when it is
-//! run. Only a port that cannot possibly be dialed (non-numeric or outside 0–65535) is rejected up
+//! run. Only a port that can never be dialed (non-numeric, or outside 0–65535) is rejected up
 //! front, as is JSON of the wrong shape.
 
 use serde::Deserialize;
@@ -126,26 +126,80 @@ struct RawGrpc {
 
 /// Decodes the variable's value. The caller handles the empty string (no probes at all).
 pub(crate) fn decode(json: &str, multi: bool) -> Result<Vec<ProbeSpec>, ProbeConfigError> {
-    let raws: Vec<Option<RawProbe>> = if multi {
-        // Go decodes `null` into a nil slice: no probes.
-        let list: Option<Vec<Option<RawProbe>>> =
-            serde_json::from_str(json).map_err(|source| ProbeConfigError::Json {
-                expected: "JSON array of probes",
-                source,
-            })?;
-        list.unwrap_or_default()
+    let expected = if multi {
+        "JSON array of probes"
     } else {
-        let one: Option<RawProbe> =
-            serde_json::from_str(json).map_err(|source| ProbeConfigError::Json {
-                expected: "JSON probe object",
-                source,
-            })?;
-        vec![one]
+        "JSON probe object"
     };
-    raws.into_iter()
+    let fail = |source| ProbeConfigError::Json { expected, source };
+    let value: Value = serde_json::from_str(json).map_err(fail)?;
+    let items = if multi {
+        match value {
+            // Go decodes `null` into a nil slice: no probes.
+            Value::Null => Vec::new(),
+            Value::Array(items) => items,
+            other => return Err(fail(shape_error("an array", &other))),
+        }
+    } else {
+        vec![value]
+    };
+    items
+        .into_iter()
         .enumerate()
-        .map(|(index, raw)| convert(index, raw.unwrap_or_default()))
+        .map(|(index, item)| {
+            check_shape(&item).map_err(fail)?;
+            let raw: Option<RawProbe> = serde_json::from_value(item).map_err(fail)?;
+            convert(index, raw.unwrap_or_default())
+        })
         .collect()
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn shape_error(expected: &str, got: &Value) -> serde_json::Error {
+    <serde_json::Error as serde::de::Error>::custom(format!(
+        "expected {expected}, got {}",
+        kind(got)
+    ))
+}
+
+/// Rejects arrays where objects belong (serde would accept them as tuple-like structs; Go
+/// does not).
+fn check_shape(probe: &Value) -> Result<(), serde_json::Error> {
+    let object_or_null = |v: &Value, what: &str| match v {
+        Value::Null | Value::Object(_) => Ok(()),
+        other => Err(shape_error(what, other)),
+    };
+    object_or_null(probe, "a probe object")?;
+    let Value::Object(fields) = probe else {
+        return Ok(());
+    };
+    for key in ["httpGet", "tcpSocket", "grpc", "exec"] {
+        if let Some(v) = fields.get(key) {
+            object_or_null(v, &format!("an object for {key}"))?;
+        }
+    }
+    if let Some(headers) = fields.get("httpGet").and_then(|h| h.get("httpHeaders")) {
+        match headers {
+            Value::Null => {}
+            Value::Array(items) => {
+                for item in items {
+                    object_or_null(item, "an object in httpGet.httpHeaders")?;
+                }
+            }
+            other => return Err(shape_error("an array for httpGet.httpHeaders", other)),
+        }
+    }
+    Ok(())
 }
 
 fn convert(index: usize, raw: RawProbe) -> Result<ProbeSpec, ProbeConfigError> {

@@ -132,6 +132,12 @@ impl TestServer {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Closes the listener and waits until it is gone.
+    async fn close(mut self) {
+        self.accept.abort();
+        let _ = (&mut self.accept).await;
+    }
 }
 
 impl Drop for TestServer {
@@ -426,6 +432,11 @@ fn malformed_json_is_an_error() {
         (r#"{"periodSeconds":"1"}"#, false),
         (r#"{"successThreshold":1.5}"#, false),
         (r#"{"httpGet":[]}"#, false),
+        (r#"{"tcpSocket":[80]}"#, false),
+        (r#"{"httpGet":{"httpHeaders":{"name":"a"}}}"#, false),
+        (r#"{"httpGet":{"httpHeaders":["a"]}}"#, false),
+        (r#"[[{"tcpSocket":{"port":80}}]]"#, true),
+        (r#"["probe"]"#, true),
     ] {
         let error = Readiness::from_env(json, multi, false)
             .err()
@@ -581,7 +592,7 @@ async fn hp2_http_path_query_and_headers() {
         assert_eq!(request.version, Version::HTTP_11);
     }
     let port = server.port;
-    drop(server);
+    server.close().await;
     let mut probe = action(port, "/health?foo=bar");
     probe.headers = vec![("Testkey".to_owned(), "Testval".to_owned())];
     assert!(http_attempt(&probe, false, SECOND).await.is_err());
@@ -616,7 +627,7 @@ async fn hp3_plain_http_scheme_succeeds_then_fails_after_close() {
     probe.scheme = "http".to_owned();
     http_attempt(&probe, false, SECOND).await.unwrap();
     assert_eq!(server.seen()[0].path, "/");
-    drop(server);
+    server.close().await;
     assert!(http_attempt(&probe, false, SECOND).await.is_err());
 }
 
@@ -1187,11 +1198,11 @@ async fn rp9_run_survives_caller_going_away() {
     }
     caller.abort();
     // A check made while that run is still going joins it instead of starting another.
-    let joined = readiness.check();
+    let joined = tokio::spawn(readiness.check());
     tokio::time::timeout(Duration::from_secs(3), finished.notified())
         .await
         .expect("the abandoned run finished");
-    assert!(joined.await);
+    assert!(joined.await.unwrap());
     assert_eq!(completed.load(Ordering::SeqCst), 1);
     assert_eq!(server.count(), 1);
 }
@@ -1367,5 +1378,27 @@ async fn rp18_normal_grpc_against_serving_server() {
     // Aggressive mode too.
     let json = format!(r#"{{"grpc":{{"port":{},"service":"s"}}}}"#, server.port);
     let (readiness, _) = prober(&json, false, 5 * SECOND);
+    assert!(readiness.check().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_timeouts_and_thresholds_do_not_panic() {
+    let server = always(200).await;
+    for (timeout, threshold) in [(i32::MAX, i32::MAX), (-5, -5), (0, 0)] {
+        let json = format!(
+            r#"{{"httpGet":{{"port":{}}},"periodSeconds":1,"timeoutSeconds":{timeout},"successThreshold":{threshold}}}"#,
+            server.port
+        );
+        let (readiness, _) = prober(&json, false, SECOND);
+        assert!(readiness.check().await, "{json}");
+        let json = tcp_probe_json(closed_port().await, 1, threshold).replace(
+            "\"timeoutSeconds\":1",
+            &format!("\"timeoutSeconds\":{timeout}"),
+        );
+        let (readiness, _) = prober(&json, false, SECOND);
+        assert!(!readiness.check().await, "{json}");
+    }
+    // A non-positive threshold in aggressive mode behaves like 1.
+    let (readiness, _) = prober(&aggressive_http_json(server.port, -1, ""), false, SECOND);
     assert!(readiness.check().await);
 }

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Load benchmark driver (see load.sh). Every figure is measured in this one run, so ratios hold
+even on a noisy shared machine: throughput of each hop relative to the app served directly, CPU
+microseconds per request of the hop process (from /proc), latency percentiles from wrk, and RSS
+(idle, and the highest sample under load)."""
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.05):
+                return True
+        except OSError:
+            time.sleep(0.0002)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def qp_env(app_port, cc, port):
+    env = dict(os.environ)
+    env.update({
+        "SERVING_NAMESPACE": "default", "SERVING_SERVICE": "hello", "SERVING_CONFIGURATION": "hello",
+        "SERVING_REVISION": "hello-00001", "SERVING_POD": "hello-00001-deployment-bench",
+        "SERVING_POD_IP": "127.0.0.1", "QUEUE_SERVING_PORT": str(port), "QUEUE_SERVING_TLS_PORT": str(free_port()),
+        "USER_PORT": str(app_port), "CONTAINER_CONCURRENCY": str(cc), "REVISION_TIMEOUT_SECONDS": "300",
+        "SERVING_LOGGING_CONFIG": "", "SERVING_LOGGING_LEVEL": "warn", "QUEUE_ADMIN_PORT": str(free_port()),
+        "QUEUE_STATS_PORT": str(free_port()), "SERVING_READINESS_PROBE": "",
+    })
+    return env
+
+
+def parse_latency(text, label):
+    m = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not m:
+        return float("nan")
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, duration, connections, path="/"):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": total, "rps": rps, "p50": parse_latency(out, "50"), "p99": parse_latency(out, "99"),
+        "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def measure(name, port, pid, app_pid, args):
+    run_wrk(port, 1, args.connections)  # warm-up: connections, pools, caches
+    idle = rss_kib(pid) if pid else 0
+    peak = [idle]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            if pid:
+                peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    app0 = cpu_seconds(app_pid)
+    result = run_wrk(port, args.duration, args.connections)
+    cpu1 = cpu_seconds(pid) if pid else 0.0
+    app1 = cpu_seconds(app_pid)
+    done.set()
+    sampler.join()
+    result.update({
+        "name": name,
+        "hop_cpu_us": (cpu1 - cpu0) * 1e6 / max(result["requests"], 1) if pid else 0.0,
+        "app_cpu_us": (app1 - app0) * 1e6 / max(result["requests"], 1),
+        "idle_rss_mb": idle / 1024, "load_rss_mb": peak[0] / 1024,
+    })
+    return result
+
+
+def startup_ms(app_port, samples=5):
+    times = []
+    for _ in range(samples):
+        port = free_port()
+        t0 = time.monotonic()
+        proc = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 0, port),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(port)
+        times.append((time.monotonic() - t0) * 1000)
+        proc.terminate()
+        proc.kill()
+        proc.wait()
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+
+    procs = []
+    try:
+        app_port = free_port()
+        app = subprocess.Popen([os.path.join(BIN, "sample-app")], env={**os.environ, "PORT": str(app_port)},
+                               stderr=subprocess.DEVNULL)
+        procs.append(app)
+        wait_listening(app_port)
+
+        results = [measure("direct (app alone)", app_port, None, app.pid, args)]
+
+        hop_port = free_port()
+        hop = subprocess.Popen([os.path.join(BIN, "bare-hop"), str(hop_port), str(app_port)])
+        procs.append(hop)
+        wait_listening(hop_port)
+        results.append(measure("bare hyper hop", hop_port, hop.pid, app.pid, args))
+        hop.kill()
+
+        for cc in (0, 10):
+            port = free_port()
+            qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port),
+                                  stdout=subprocess.DEVNULL)
+            procs.append(qp)
+            wait_listening(port)
+            time.sleep(0.2)
+            results.append(measure(f"queue-proxy CC={cc}", port, qp.pid, app.pid, args))
+            qp.terminate()
+            qp.kill()
+
+        start = startup_ms(app_port)
+    finally:
+        for p in procs:
+            p.kill()
+
+    direct, bare = results[0], results[1]
+    print(f"\nload: wrk -t2 -c{args.connections} -d{args.duration}s, GET / (tiny response), all on loopback, {os.cpu_count()} CPUs\n")
+    print(f"{'scenario':22} {'req/s':>9} {'x direct':>8} {'hop CPU us/req':>14} {'x bare hop':>10} {'p50 ms':>7} {'p99 ms':>7} {'idle RSS MB':>11} {'load RSS MB':>11} {'errors':>6}")
+    for r in results:
+        ratio = r["rps"] / direct["rps"]
+        vs_bare = (r["hop_cpu_us"] / bare["hop_cpu_us"]) if r is not direct and bare["hop_cpu_us"] else float("nan")
+        print(f"{r['name']:22} {r['rps']:9.0f} {ratio:8.2f} {r['hop_cpu_us']:14.1f} {vs_bare:10.2f} {r['p50']:7.2f} {r['p99']:7.2f} "
+              f"{r['idle_rss_mb']:11.1f} {r['load_rss_mb']:11.1f} {r['non2xx']:6d}")
+    print(f"\napp CPU per request (direct): {direct['app_cpu_us']:.1f} us")
+    print(f"queue-proxy start-up to listening (median of 5): {start:.1f} ms")
+    bad = [r for r in results if r["non2xx"] or r["socket_errors"]]
+    for r in bad:
+        print(f"WARNING {r['name']}: non-2xx={r['non2xx']} socket errors: {r['socket_errors']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
