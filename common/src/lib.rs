@@ -17,6 +17,7 @@ pub mod env;
 pub mod forwarded;
 pub mod headers;
 pub mod proxy;
+pub mod request_log;
 pub mod server;
 pub mod stats;
 pub mod timeout;

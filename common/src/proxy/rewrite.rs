@@ -1,7 +1,10 @@
 //! Header and URI changes between the inbound request and the upstream one (queue-proxy §3.9,
 //! activator §2.13), and hop-by-hop removal on responses.
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 
@@ -12,10 +15,12 @@ use crate::headers::{
 
 /// Hop-by-hop headers removed in both directions (Go's list, minus `Trailer`, which we keep so
 /// that HTTP/1.1 trailers — announced by it — keep flowing).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     PROXY_CONNECTION,
     KEEP_ALIVE,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
     TE,
     TRANSFER_ENCODING,
     UPGRADE,
@@ -210,13 +215,7 @@ pub fn prepare_response<B>(response: &mut Response<B>) {
             headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
             headers.insert(UPGRADE, u);
         }
-    } else if headers.contains_key(CONNECTION)
-        || headers.contains_key(TRANSFER_ENCODING)
-        || headers.contains_key(KEEP_ALIVE)
-        || headers.contains_key(UPGRADE)
-        || headers.contains_key(PROXY_CONNECTION)
-        || headers.contains_key(TE)
-    {
+    } else if HOP_BY_HOP.iter().any(|name| headers.contains_key(name)) {
         strip_hop_by_hop(headers);
     }
 }
@@ -237,6 +236,7 @@ mod tests {
             .header("x-drop-me", "1")
             .header("keep-alive", "timeout=5")
             .header("proxy-connection", "x")
+            .header("proxy-authorization", "Basic eA==")
             .header("knative-serving-revision", "r")
             .header("knative-serving-namespace", "n")
             .header("te", "trailers, deflate")
@@ -251,6 +251,7 @@ mod tests {
             "x-drop-me",
             "keep-alive",
             "proxy-connection",
+            "proxy-authorization",
             "knative-serving-revision",
             "knative-serving-namespace",
         ] {

@@ -115,7 +115,7 @@ impl Escaper {
 }
 
 fn js_is_special(c: u8) -> bool {
-    c < b' ' || c >= 0x80 || matches!(c, b'\\' | b'\'' | b'"' | b'<' | b'>' | b'&' | b'=')
+    !(b' '..0x80).contains(&c) || matches!(c, b'\\' | b'\'' | b'"' | b'<' | b'>' | b'&' | b'=')
 }
 
 /// Go's `template.JSEscape`.
@@ -253,7 +253,11 @@ fn escaped_rune(out: &mut Vec<u8>, r: u32, quote: u8, ascii_only: bool) {
             push_hex(out, u64::from(r), 2, LOWER_HEX);
         }
         r => {
-            let r = if char::from_u32(r).is_some() { r } else { 0xFFFD };
+            let r = if char::from_u32(r).is_some() {
+                r
+            } else {
+                0xFFFD
+            };
             if r < 0x10000 {
                 out.extend_from_slice(b"\\u");
                 push_hex(out, u64::from(r), 4, LOWER_HEX);

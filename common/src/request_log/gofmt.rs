@@ -49,9 +49,9 @@ pub(super) fn write_int(out: &mut Vec<u8>, v: i64) {
 }
 
 /// Appends `v` as Go's `%v` does (`strconv.FormatFloat(v, 'g', -1, 64)`): the shortest digits
-/// that round-trip, in exponent form (`5.1e-05`, `1e+06`) when the decimal exponent is < -4 or
-/// >= 6 (Go's `'g'` uses 6 as the exponent threshold for the shortest representation; the 21 of
-/// JavaScript/`encoding/json` does not apply to `fmt`).
+/// that round-trip, in exponent form (`5.1e-05`, `1e+06`) when the decimal exponent is below -4
+/// or at least 6. Go's `'g'` uses 6 as the exponent threshold for the shortest representation;
+/// the 21 of JavaScript and `encoding/json` does not apply to `fmt`.
 pub(super) fn write_float_v(out: &mut Vec<u8>, v: f64) {
     append_float(out, v, b'g', -1);
 }
@@ -420,7 +420,7 @@ pub(super) fn sprintf(
             }
         }
         // Precision.
-        if i + 1 <= end && i < end && format[i] == b'.' {
+        if i < end && format[i] == b'.' {
             i += 1;
             if i < end && format[i] == b'*' {
                 i += 1;
@@ -672,18 +672,20 @@ impl<'o> Printer<'o> {
                     let list = Value::Strings(super::exec::StrList::new(h, name.as_str()));
                     self.print_value(&list, verb, depth + 1)?;
                 }
-                self.out
-                    .push(if self.f.sharp_v { b'}' } else { b']' });
+                self.out.push(if self.f.sharp_v { b'}' } else { b']' });
                 Ok(())
             }
-            Value::Response | Value::Revision => self.print_struct(v, verb, depth),
-            Value::Request | Value::Root => Err(ExecError("can't print a request value")),
+            Value::Response(_) | Value::Revision(_) => self.print_struct(v, verb, depth),
+            Value::Request(_) | Value::Root(_) => Err(ExecError("can't print a request value")),
         }
     }
 
     fn print_struct(&mut self, v: &Value<'_>, verb: char, depth: usize) -> Result<(), ExecError> {
         let (type_name, fields) = match v {
-            Value::Response => ("http.RequestLogResponse", ["Code", "Size", "Latency"].as_slice()),
+            Value::Response(_) => (
+                "http.RequestLogResponse",
+                ["Code", "Size", "Latency"].as_slice(),
+            ),
             _ => (
                 "http.RequestLogRevision",
                 [
@@ -867,7 +869,11 @@ impl<'o> Printer<'o> {
     /// Go's `fmt.fmtInteger`.
     fn integer(&mut self, u: u64, base: u64, signed: bool, verb: char, digits: &[u8; 16]) {
         let negative = signed && (u as i64) < 0;
-        let u = if negative { (u as i64).unsigned_abs() } else { u };
+        let u = if negative {
+            (u as i64).unsigned_abs()
+        } else {
+            u
+        };
         let mut prec = 0usize;
         if let Some(p) = self.f.prec {
             prec = p;

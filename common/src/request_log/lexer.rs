@@ -58,8 +58,7 @@ pub(super) enum Piece<'s> {
 }
 
 const KEYWORDS: &[&str] = &[
-    "block", "break", "continue", "define", "else", "end", "if", "range", "nil", "template",
-    "with",
+    "block", "break", "continue", "define", "else", "end", "if", "range", "nil", "template", "with",
 ];
 
 /// Splits `src` into text and actions (comments dropped, trim markers applied).
@@ -72,7 +71,6 @@ pub(super) fn lex(src: &str) -> ParseResult<Vec<Piece<'_>>> {
         let mut text = &src[pos..open.unwrap_or(src.len())];
         if trim_next {
             text = text.trim_start_matches(SPACE_CHARS);
-            trim_next = false;
         }
         let Some(open) = open else {
             if !text.is_empty() {

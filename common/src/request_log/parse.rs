@@ -54,7 +54,10 @@ pub(super) enum Operand {
     Float(f64),
     Str(Box<[u8]>),
     /// `.A.B` (base dot), `$` / `$.A` (base root), `(pipe)` / `(pipe).A`.
-    Chain { base: Base, fields: Box<[Field]> },
+    Chain {
+        base: Base,
+        fields: Box<[Field]>,
+    },
 }
 
 #[derive(Debug)]
@@ -94,28 +97,6 @@ pub(super) enum Builtin {
 }
 
 impl Builtin {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Builtin::And => "and",
-            Builtin::Or => "or",
-            Builtin::Not => "not",
-            Builtin::Eq => "eq",
-            Builtin::Ne => "ne",
-            Builtin::Lt => "lt",
-            Builtin::Le => "le",
-            Builtin::Gt => "gt",
-            Builtin::Ge => "ge",
-            Builtin::Html => "html",
-            Builtin::Js => "js",
-            Builtin::UrlQuery => "urlquery",
-            Builtin::Index => "index",
-            Builtin::Len => "len",
-            Builtin::Print => "print",
-            Builtin::Printf => "printf",
-            Builtin::Println => "println",
-        }
-    }
-
     fn lookup(name: &str) -> Option<Builtin> {
         Some(match name {
             "and" => Builtin::And,
@@ -143,6 +124,7 @@ impl Builtin {
 macro_rules! syms {
     ($($name:ident),* $(,)?) => {
         /// Field and method names the data model knows.
+        #[allow(clippy::upper_case_acronyms)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub(super) enum Sym { $($name,)* Other }
         impl Sym {
@@ -155,18 +137,48 @@ macro_rules! syms {
 
 syms!(
     // root
-    Request, Response, Revision, TraceID,
+    Request,
+    Response,
+    Revision,
+    TraceID,
     // *http.Request
-    Method, URL, Proto, ProtoMajor, ProtoMinor, Header, ContentLength, Host, RemoteAddr,
-    RequestURI, UserAgent, Referer, ProtoAtLeast,
+    Method,
+    URL,
+    Proto,
+    ProtoMajor,
+    ProtoMinor,
+    Header,
+    ContentLength,
+    Host,
+    RemoteAddr,
+    RequestURI,
+    UserAgent,
+    Referer,
+    ProtoAtLeast,
     // response
-    Code, Size, Latency,
+    Code,
+    Size,
+    Latency,
     // revision
-    Name, Namespace, Service, Configuration, PodName, PodIP,
+    Name,
+    Namespace,
+    Service,
+    Configuration,
+    PodName,
+    PodIP,
     // http.Header
-    Get, Values,
+    Get,
+    Values,
     // *url.URL
-    Scheme, Opaque, Path, RawQuery, Fragment, String, EscapedPath, Hostname, Port,
+    Scheme,
+    Opaque,
+    Path,
+    RawQuery,
+    Fragment,
+    String,
+    EscapedPath,
+    Hostname,
+    Port,
 );
 
 /// A syntax error at byte offset `pos` of `src`.
@@ -203,14 +215,14 @@ pub(super) fn parse(src: &str) -> ParseResult<Tree> {
     };
     let (nodes, end) = p.list()?;
     match end {
-        End::Eof => Ok(Tree { nodes }),
-        End::End(pos) => Err(syntax_error(src, pos, "unexpected {{end}}")),
-        End::Else(pos, _) => Err(syntax_error(src, pos, "unexpected {{else}}")),
+        Stop::Eof => Ok(Tree { nodes }),
+        Stop::End(pos) => Err(syntax_error(src, pos, "unexpected {{end}}")),
+        Stop::Else(pos, _) => Err(syntax_error(src, pos, "unexpected {{else}}")),
     }
 }
 
 /// What terminated a list.
-enum End<'s> {
+enum Stop<'s> {
     Eof,
     End(usize),
     /// `{{else}}`, or `{{else if …}}` / `{{else with …}}` with the keyword and the remaining tokens.
@@ -255,7 +267,7 @@ impl<'s> Parser<'s> {
     }
 
     /// Parses nodes until EOF, `{{end}}` or `{{else}}`.
-    fn list(&mut self) -> ParseResult<(Vec<Node>, End<'s>)> {
+    fn list(&mut self) -> ParseResult<(Vec<Node>, Stop<'s>)> {
         let mut nodes = Vec::new();
         while self.idx < self.pieces.len() {
             let i = self.idx;
@@ -280,25 +292,27 @@ impl<'s> Parser<'s> {
             match first.text {
                 "end" => {
                     self.expect_empty(rest, "end")?;
-                    return Ok((nodes, End::End(first.pos)));
+                    return Ok((nodes, Stop::End(first.pos)));
                 }
                 "else" => {
                     if let Some(kw) = rest.first() {
                         if kw.kind == Kind::Keyword && (kw.text == "if" || kw.text == "with") {
-                            return Ok((nodes, End::Else(first.pos, Some((*kw, rest[1..].to_vec())))));
+                            return Ok((
+                                nodes,
+                                Stop::Else(first.pos, Some((*kw, rest[1..].to_vec()))),
+                            ));
                         }
                     }
                     self.expect_empty(rest, "else")?;
-                    return Ok((nodes, End::Else(first.pos, None)));
+                    return Ok((nodes, Stop::Else(first.pos, None)));
                 }
                 "if" => nodes.push(Node::If(Box::new(self.branch(Ctl::If, first, rest)?))),
                 "with" => nodes.push(Node::With(Box::new(self.branch(Ctl::With, first, rest)?))),
-                "range" => {
-                    self.range_depth += 1;
-                    let b = self.branch(Ctl::Range, first, rest);
-                    self.range_depth -= 1;
-                    nodes.push(Node::Range(Box::new(b?)));
-                }
+                "range" => nodes.push(Node::Range(Box::new(self.branch(
+                    Ctl::Range,
+                    first,
+                    rest,
+                )?))),
                 "break" | "continue" => {
                     if self.range_depth == 0 {
                         return Err(self.err(
@@ -320,7 +334,7 @@ impl<'s> Parser<'s> {
                 _ => nodes.push(Node::Action(self.pipeline_all(toks, "command", pos)?)),
             }
         }
-        Ok((nodes, End::Eof))
+        Ok((nodes, Stop::Eof))
     }
 
     fn expect_empty(&self, rest: &[Tok<'s>], what: &str) -> ParseResult<()> {
@@ -340,32 +354,33 @@ impl<'s> Parser<'s> {
             Ctl::Range => "range",
         };
         let pipe = self.pipeline_all(rest, context, kw.pos)?;
-        let (list, end) = self.list()?;
+        // `{{break}}`/`{{continue}}` belong to the range body, not to its `{{else}}`.
+        let in_range = usize::from(ctl == Ctl::Range);
+        self.range_depth += in_range;
+        let listed = self.list();
+        self.range_depth -= in_range;
+        let (list, end) = listed?;
         let else_list = match end {
-            End::Eof => return Err(self.err(self.src.len(), "unexpected EOF")),
-            End::End(_) => Vec::new(),
-            End::Else(_, None) => {
+            Stop::Eof => return Err(self.err(self.src.len(), "unexpected EOF")),
+            Stop::End(_) => Vec::new(),
+            Stop::Else(_, None) => {
                 let (else_list, end2) = self.list()?;
                 match end2 {
-                    End::End(_) => else_list,
-                    End::Eof => return Err(self.err(self.src.len(), "unexpected EOF")),
-                    End::Else(pos, _) => return Err(self.err(pos, "expected end; found {{else}}")),
+                    Stop::End(_) => else_list,
+                    Stop::Eof => return Err(self.err(self.src.len(), "unexpected EOF")),
+                    Stop::Else(pos, _) => return Err(self.err(pos, "expected end; found {{else}}")),
                 }
             }
-            End::Else(pos, Some((kw2, toks))) => {
+            Stop::Else(_, Some((kw2, toks))) => {
                 let nested = match (ctl, kw2.text) {
                     (Ctl::If, "if") => Node::If(Box::new(self.branch(Ctl::If, kw2, &toks)?)),
                     (Ctl::With, "with") => {
                         Node::With(Box::new(self.branch(Ctl::With, kw2, &toks)?))
                     }
                     _ => {
-                        return Err(self.err(
-                            kw2.pos,
-                            &format!("unexpected {:?} in else", kw2.text),
-                        ))
+                        return Err(self.err(kw2.pos, &format!("unexpected {:?} in else", kw2.text)))
                     }
                 };
-                let _ = pos;
                 vec![nested]
             }
         };
@@ -577,12 +592,7 @@ impl<'s> Parser<'s> {
                 })),
                 fields: fields.into_boxed_slice(),
             },
-            _ => {
-                return Err(self.err(
-                    t.pos,
-                    &format!("unexpected . after term {:?}", t.text),
-                ))
-            }
+            _ => return Err(self.err(t.pos, &format!("unexpected . after term {:?}", t.text))),
         }))
     }
 
@@ -599,10 +609,7 @@ impl<'s> Parser<'s> {
                     Ok(Operand::Int(i64::from(u32::from(c))))
                 }
                 _ if bytes.len() == 1 => Ok(Operand::Int(i64::from(bytes[0]))),
-                _ => Err(self.err(
-                    t.pos,
-                    &format!("malformed character constant: {}", t.text),
-                )),
+                _ => Err(self.err(t.pos, &format!("malformed character constant: {}", t.text))),
             };
         }
         let text = t.text;
@@ -621,9 +628,16 @@ impl<'s> Parser<'s> {
                 None => Err(self.err(t.pos, &format!("{} overflows int", text))),
             };
         }
-        if !is_hex && (lower.contains('.') || lower.contains('e')) {
+        if !is_hex {
             if let Some(f) = parse_go_float(text) {
-                return Ok(Operand::Float(f));
+                if lower.contains('.') || lower.contains('e') {
+                    return Ok(Operand::Float(f));
+                }
+                // Like Go, an integral float constant such as `08` is an int.
+                if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                    return Ok(Operand::Int(f as i64));
+                }
+                return Err(self.err(t.pos, &format!("{} overflows int", text)));
             }
         }
         Err(self.err(t.pos, &format!("illegal number syntax: {:?}", text)))
@@ -664,7 +678,10 @@ fn skip_spaces(toks: &[Tok<'_>], i: &mut usize) {
 }
 
 fn strip_spaces<'a, 's>(toks: &'a [Tok<'s>]) -> &'a [Tok<'s>] {
-    let start = toks.iter().position(|t| t.kind != Kind::Space).unwrap_or(toks.len());
+    let start = toks
+        .iter()
+        .position(|t| t.kind != Kind::Space)
+        .unwrap_or(toks.len());
     let end = toks
         .iter()
         .rposition(|t| t.kind != Kind::Space)
