@@ -85,6 +85,7 @@ def run_wrk(port, duration, connections, path="/"):
 
 
 def measure(name, port, pid, app_pid, args):
+    fresh = rss_kib(pid) if pid else 0  # before any request
     run_wrk(port, 1, args.connections)  # warm-up: connections, pools, caches
     idle = rss_kib(pid) if pid else 0
     peak = [idle]
@@ -109,7 +110,7 @@ def measure(name, port, pid, app_pid, args):
         "name": name,
         "hop_cpu_us": (cpu1 - cpu0) * 1e6 / max(result["requests"], 1) if pid else 0.0,
         "app_cpu_us": (app1 - app0) * 1e6 / max(result["requests"], 1),
-        "idle_rss_mb": idle / 1024, "load_rss_mb": peak[0] / 1024,
+        "fresh_rss_mb": fresh / 1024, "idle_rss_mb": idle / 1024, "load_rss_mb": peak[0] / 1024,
     })
     return result
 
@@ -171,12 +172,12 @@ def main():
 
     direct, bare = results[0], results[1]
     print(f"\nload: wrk -t2 -c{args.connections} -d{args.duration}s, GET / (tiny response), all on loopback, {os.cpu_count()} CPUs\n")
-    print(f"{'scenario':22} {'req/s':>9} {'x direct':>8} {'hop CPU us/req':>14} {'x bare hop':>10} {'p50 ms':>7} {'p99 ms':>7} {'idle RSS MB':>11} {'load RSS MB':>11} {'errors':>6}")
+    print(f"{'scenario':22} {'req/s':>9} {'x direct':>8} {'hop CPU us/req':>14} {'x bare hop':>10} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB: fresh':>13} {'warm':>6} {'load':>6} {'errors':>6}")
     for r in results:
         ratio = r["rps"] / direct["rps"]
         vs_bare = (r["hop_cpu_us"] / bare["hop_cpu_us"]) if r is not direct and bare["hop_cpu_us"] else float("nan")
         print(f"{r['name']:22} {r['rps']:9.0f} {ratio:8.2f} {r['hop_cpu_us']:14.1f} {vs_bare:10.2f} {r['p50']:7.2f} {r['p99']:7.2f} "
-              f"{r['idle_rss_mb']:11.1f} {r['load_rss_mb']:11.1f} {r['non2xx']:6d}")
+              f"{r['fresh_rss_mb']:13.1f} {r['idle_rss_mb']:6.1f} {r['load_rss_mb']:6.1f} {r['non2xx']:6d}")
     print(f"\napp CPU per request (direct): {direct['app_cpu_us']:.1f} us")
     print(f"queue-proxy start-up to listening (median of 5): {start:.1f} ms")
     bad = [r for r in results if r["non2xx"] or r["socket_errors"]]

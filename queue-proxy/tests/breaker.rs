@@ -232,3 +232,23 @@ async fn kubelet_user_agent_is_answered_by_the_queue_proxy() {
     assert!(app.seen().is_empty());
     qp.assert_healthy();
 }
+
+/// §3.5/§3.8: requests whose timeout fires while queued leave the queue, and the cancelled
+/// executing request gives its slot back: after a whole wave timed out, the next wave gets the
+/// full 1 + 10 admissions again (exactly one refusal out of 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_waiters_leave_the_queue() {
+    let gate = Gate::new();
+    let app = gated_app(&gate).await;
+    let mut qp = QpConfig::new(app.port()).cc(1).timeout_secs(1).start();
+    for wave in 0..2 {
+        let mut results = fire(qp.addr(), 12, || get_req("/"));
+        assert_queue_full(&next(&mut results).await);
+        for _ in 0..11 {
+            let resp = next(&mut results).await;
+            assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "wave {wave}: {resp:?}");
+            assert_eq!(resp.text(), "request timeout");
+        }
+    }
+    qp.assert_healthy();
+}

@@ -34,6 +34,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const DIAL_FIRST_TIMEOUT: Duration = Duration::from_millis(50);
 /// Dial retries after the first attempt, on timeouts only.
 const DIAL_RETRIES: u32 = 15;
+/// Most header fields accepted in an upstream HTTP/1.1 response head. Go's transport limits
+/// only the head's size, not the field count; hyper's default of 100 turned apps sending many
+/// `Set-Cookie`s into 502s. Matches the inbound limit ([`crate::server::ServerLimits`]).
+const MAX_RESPONSE_HEADERS: usize = 500;
 
 /// Request body type sent upstream.
 pub type UpstreamRequestBody = Incoming;
@@ -110,6 +114,7 @@ impl Upstream {
         let io = self.dial().await?;
         let (sender, conn) = http1::Builder::new()
             .title_case_headers(true)
+            .max_headers(MAX_RESPONSE_HEADERS)
             .handshake(io)
             .await
             .map_err(|e| ProxyError::Handshake(self.addr, e))?;

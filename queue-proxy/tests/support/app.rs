@@ -253,22 +253,47 @@ where
 }
 
 /// Reads from `stream` until the end of an HTTP head (`\r\n\r\n`); returns the head bytes
-/// (including the blank line) or `None` on EOF/error first.
+/// (including the blank line) or `None` on EOF/error first. Bytes read past the head are lost:
+/// use [`read_head_buffered`] when something follows the head.
 pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    read_head_buffered(stream, &mut Vec::new()).await
+}
+
+/// [`read_head`] keeping whatever was read past the head in `buf` (which may already hold the
+/// start of the head from a previous read).
+pub async fn read_head_buffered(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = find(&head, b"\r\n\r\n") {
-            head.truncate(end + 4);
-            return Some(head);
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Some(std::mem::replace(buf, rest));
         }
-        let n = stream.read(&mut buf).await.ok()?;
+        let n = stream.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
-        head.extend_from_slice(&buf[..n]);
+        buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Reads exactly `n` bytes, taking them from `buf` first.
+pub async fn read_exact_buffered(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    while buf.len() < n {
+        let mut chunk = [0u8; 4096];
+        let got = stream.read(&mut chunk).await.ok()?;
+        if got == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    let rest = buf.split_off(n);
+    Some(std::mem::replace(buf, rest))
 }
 
 /// Position of `needle` in `haystack`.

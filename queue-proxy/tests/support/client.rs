@@ -65,7 +65,10 @@ pub async fn send_streaming(
 ) -> Result<Response<Incoming>, BoxError> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, conn) = http1::Builder::new()
+        .max_headers(1000)
+        .handshake(TokioIo::new(stream))
+        .await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -221,6 +221,20 @@ impl QpConfig {
         panic!("could not start queue-proxy on free ports after 5 attempts");
     }
 
+    /// Spawns the queue-proxy (free ports filled in) without waiting for anything.
+    pub fn start_without_waiting(self) -> QueueProxy {
+        let config = self.with_free_ports();
+        let (child, stdout, stderr) = config.spawn();
+        QueueProxy {
+            child,
+            stdout,
+            stderr,
+            port: config.port("QUEUE_SERVING_PORT"),
+            admin_port: config.port("QUEUE_ADMIN_PORT"),
+            stats_port: config.port("QUEUE_STATS_PORT"),
+        }
+    }
+
     /// Runs the binary with this environment (ports filled in) and waits for it to exit, which it
     /// must do within [`DEADLINE`].
     pub fn run_to_exit(self) -> Exited {
@@ -350,7 +364,20 @@ impl QueueProxy {
     }
 
     /// Sends SIGTERM (through `kill(1)`: the tests do not link libc).
+    ///
+    /// First waits (briefly, bounded) for the start-up log line that precedes the installation
+    /// of the signal handlers: a signal that arrives before them kills the process outright
+    /// (see `sigterm_right_after_start_is_graceful` in `drain.rs`).
     pub fn sigterm(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.stdout_text().contains("queue-proxy listening") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.sigterm_now();
+    }
+
+    /// Sends SIGTERM at once.
+    pub fn sigterm_now(&self) {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())

@@ -1,0 +1,256 @@
+//! Process wiring: state, listeners, signals and the main chain.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use knative_common::body::LocalBody;
+use knative_common::breaker::{Breaker, BreakerLayer};
+use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
+use knative_common::env::ProcessEnv;
+use knative_common::forwarded::ForwardedShimLayer;
+use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
+use knative_common::server::{bind_dual_stack, serve, BindError, Protocols, ServerLimits};
+use knative_common::stats::RequestStats;
+use knative_common::timeout::TimeoutLayer;
+use tokio::sync::watch;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::config::Config;
+use crate::{admin, logging, stats_server};
+use crate::handler::QueueHandlerLayer;
+use crate::health::HealthLayer;
+use crate::observability::ObservabilityConfig;
+use crate::readiness::Readiness;
+use crate::stats_server::PublishedStat;
+
+/// Body of the 504 the timeout layer writes.
+const TIMEOUT_BODY: &str = "request timeout";
+/// Upper bound on waiting for in-flight requests after the listeners closed (spec §5.3 step 3).
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(60);
+/// Idle keep-alive connections to the user container when CC = 0 (Go's `MaxIdleConns`).
+const MAX_IDLE_UNLIMITED: usize = 1000;
+
+/// Everything the request path shares, alive for the whole process.
+struct State {
+    config: Config,
+    upstream: Upstream,
+    breaker: Option<Breaker>,
+    stats: RequestStats,
+    drainer: Drainer,
+    in_flight: InFlightCounter,
+    readiness: Readiness,
+    published: PublishedStat,
+    sigterm: AtomicBool,
+}
+
+/// The binary's entry point: configuration, runtime, then [`run`].
+pub fn main() -> ExitCode {
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("queue-proxy: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    logging::init(
+        &config.namespace,
+        &config.revision,
+        &config.pod,
+        &config.logging_level,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(error) => {
+            eprintln!("queue-proxy: cannot start the runtime: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Worker threads from the cgroup CPU quota (the Rust analogue of Go's automaxprocs), capped by
+/// the CPUs the process may run on.
+fn worker_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace();
+            let quota: f64 = parts.next()?.parse().ok()?;
+            let period: f64 = parts.next()?.parse().ok()?;
+            Some((quota / period).ceil() as usize)
+        });
+    quota.map_or(cpus, |q| q.clamp(1, cpus))
+}
+
+fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("queue-proxy: {message}");
+    ExitCode::from(1)
+}
+
+/// Runs the queue-proxy until it has drained after SIGTERM/SIGINT.
+pub async fn run(config: Config) -> ExitCode {
+    let readiness = match Readiness::from_env(
+        &config.readiness_probe,
+        config.multi_container_probes,
+        config.http2_auto_detection,
+    ) {
+        Ok(r) => r,
+        Err(error) => return fatal(error),
+    };
+    if let Err(error) = ObservabilityConfig::parse(&config.observability_config) {
+        return fatal(error);
+    }
+    let breaker = match config.container_concurrency {
+        0 => None,
+        cc => match Breaker::for_container_concurrency(cc) {
+            Ok(b) => Some(b),
+            Err(error) => return fatal(error),
+        },
+    };
+    let max_idle = match config.container_concurrency {
+        0 => MAX_IDLE_UNLIMITED,
+        cc => cc,
+    };
+    let state: &'static State = Box::leak(Box::new(State {
+        upstream: Upstream::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, config.user_port)),
+            max_idle,
+        ),
+        breaker,
+        stats: RequestStats::new(),
+        drainer: Drainer::new(config.drain_quiet_period),
+        in_flight: InFlightCounter::default(),
+        readiness,
+        published: PublishedStat::new(config.pod.clone()),
+        sigterm: AtomicBool::new(false),
+        config,
+    }));
+
+    let bound = (|| -> Result<_, BindError> {
+        Ok((
+            bind_dual_stack(state.config.serving_port)?,
+            bind_dual_stack(state.config.admin_port)?,
+            bind_dual_stack(state.config.stats_port)?,
+        ))
+    })();
+    let (main_listener, admin_listener, stats_listener) = match bound {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "Failed to bring up queue-proxy, shutting down.");
+            eprintln!("queue-proxy: {error}");
+            return ExitCode::from(1);
+        }
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = ServerLimits::default();
+    let main_server = tokio::spawn(serve(
+        main_listener,
+        Protocols::Http1AndH2c,
+        limits,
+        move |remote| main_chain(state, remote),
+        stop_rx.clone(),
+    ));
+    let admin_server = tokio::spawn(serve(
+        admin_listener,
+        Protocols::Http1,
+        limits,
+        move |_| tower::service_fn(move |req| admin::handle(req, &state.drainer, &state.sigterm)),
+        stop_rx.clone(),
+    ));
+    let stats_server = tokio::spawn(serve(
+        stats_listener,
+        Protocols::Http1,
+        limits,
+        move |_| tower::service_fn(move |req| stats_server::handle(req, &state.published)),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(state.published.run(&state.stats));
+    tracing::info!(
+        port = state.config.serving_port,
+        user_port = state.config.user_port,
+        container_concurrency = state.config.container_concurrency,
+        "queue-proxy listening"
+    );
+
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(error) => return fatal(format!("cannot install signal handlers: {error}")),
+    };
+    signals.next().await;
+    state.sigterm.store(true, Ordering::Release);
+    tracing::info!("Received TERM signal, attempting to gracefully shutdown servers.");
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("queue-proxy: second signal received, exiting immediately");
+        std::process::exit(1);
+    });
+
+    state.drainer.drain().await;
+    tracing::info!("Drain finished, shutting down the listeners.");
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(main_server, admin_server, stats_server);
+    if !state.in_flight.wait_idle(IN_FLIGHT_WAIT).await {
+        tracing::warn!(
+            in_flight = state.in_flight.current(),
+            "in-flight requests did not finish in time"
+        );
+    }
+    tracing::info!("Shutdown complete, exiting...");
+    ExitCode::SUCCESS
+}
+
+/// The main chain for one connection from `remote`.
+fn main_chain(
+    state: &'static State,
+    remote: SocketAddr,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<impl LocalBody>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    let proxy = ReverseProxy::new(&state.upstream, PeerIp::new(remote));
+    let handler = QueueHandlerLayer::new(&state.stats, BreakerLayer::new(state.breaker.as_ref()));
+    let chain = handler.layer(proxy);
+    let chain = ForwardedShimLayer.layer(chain);
+    let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
+    let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
+    HealthLayer::new(&state.drainer, &state.readiness).layer(chain)
+}
+
+/// SIGTERM and SIGINT as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

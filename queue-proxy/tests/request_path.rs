@@ -1,0 +1,420 @@
+//! The rest of the request path end to end (spec §2, §3.4, §3.5, §3.8, §3.9): upstream
+//! connection pooling and the keep-alive race, `Expect: 100-continue`, HEAD, pipelining,
+//! upgrade edge cases, breaker slots held by tunnels and released by departed clients,
+//! dual-stack listening, timeouts over h2c.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// §3.9: keep-alive to the app. Sequential requests reuse one upstream connection.
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let app = raw_app(move |mut stream| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            while read_head(&mut stream).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let mut qp = QpConfig::new(app.port()).cc(4).start();
+    for _ in 0..20 {
+        let resp = get(qp.addr(), "/").await;
+        assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "ok"));
+    }
+    let n = accepted.load(Ordering::SeqCst);
+    assert!(n <= 2, "20 sequential requests used {n} upstream connections");
+    qp.assert_healthy();
+}
+
+/// The keep-alive race: an app that closes every connection right after its response (without
+/// announcing it) must not cause errors for the next requests, GET or POST with a body.
+#[tokio::test]
+async fn app_closing_idle_connections_causes_no_errors() {
+    let app = raw_app(|mut stream| async move {
+        let mut buf = Vec::new();
+        let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let Some(body) = read_exact_buffered(&mut stream, &mut buf, len).await else {
+            return;
+        };
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            String::from_utf8_lossy(&body)
+        );
+        let _ = stream.write_all(reply.as_bytes()).await;
+        // Close without `Connection: close`.
+    })
+    .await;
+    let mut qp = QpConfig::new(app.port()).start();
+    for i in 0..30 {
+        let resp = if i % 2 == 0 {
+            get(qp.addr(), "/").await
+        } else {
+            send(
+                qp.addr(),
+                req("POST", "/").body(full(format!("body-{i}"))).unwrap(),
+            )
+            .await
+        };
+        assert_eq!(resp.status, StatusCode::OK, "request {i}: {resp:?}");
+        if i % 2 == 1 {
+            assert_eq!(resp.text(), format!("body-{i}"));
+        }
+    }
+    qp.assert_healthy();
+}
+
+/// curl sends `Expect: 100-continue` for large uploads: the client gets `100 Continue`, sends
+/// the body, and the app receives it.
+#[tokio::test]
+async fn expect_100_continue_upload() {
+    let app = App::start(handler(|req: http::Request<Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        respond(StatusCode::OK, body)
+    }))
+    .await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let interim = tokio::time::timeout(DEADLINE, read_head_buffered(&mut stream, &mut buf))
+        .await
+        .expect("an interim response")
+        .expect("a head");
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(b"hello").await.unwrap();
+    let head = tokio::time::timeout(DEADLINE, read_head_buffered(&mut stream, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let body = tokio::time::timeout(DEADLINE, read_exact_buffered(&mut stream, &mut buf, 5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body, b"hello");
+    qp.assert_healthy();
+}
+
+/// HEAD: headers relayed (including the length of the would-be body), no body, and the
+/// connection stays usable.
+#[tokio::test]
+async fn head_requests_have_no_body() {
+    let app = App::start(handler(|_| async { respond(StatusCode::OK, "0123456789") })).await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    stream
+        .write_all(b"HEAD / HTTP/1.1\r\nHost: example.com\r\n\r\nGET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out))
+        .await
+        .expect("both responses")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    // Pipelined: HEAD answer (no body) then the GET answer with its body.
+    let heads: Vec<_> = text.match_indices("HTTP/1.1 200 OK").collect();
+    assert_eq!(heads.len(), 2, "{text}");
+    let between = &text[heads[0].0..heads[1].0];
+    assert!(
+        between.to_ascii_lowercase().contains("content-length: 10"),
+        "{text}"
+    );
+    assert!(between.ends_with("\r\n\r\n"), "HEAD response has no body: {text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].method, http::Method::HEAD);
+    qp.assert_healthy();
+}
+
+/// An app that does not speak websocket answers the upgrade request normally; the answer is
+/// relayed as is.
+#[tokio::test]
+async fn upgrade_refused_by_app_is_relayed() {
+    let app = App::start(handler(|_| async { respond(StatusCode::BAD_REQUEST, "no ws here") })).await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let resp = send(
+        qp.addr(),
+        req("GET", "/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (StatusCode::BAD_REQUEST, "no ws here")
+    );
+    let seen = app.only_seen();
+    assert_eq!(seen.header("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(
+        seen.header("connection").map(|c| c.to_ascii_lowercase()).as_deref(),
+        Some("upgrade")
+    );
+    qp.assert_healthy();
+}
+
+/// §3.9: a `101` switching to another protocol than requested is a 502.
+#[tokio::test]
+async fn upgrade_to_another_protocol_is_502() {
+    let app = raw_app(|mut stream| async move {
+        if read_head(&mut stream).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+                .await;
+            let mut sink = [0u8; 64];
+            let _ = stream.read(&mut sink).await;
+        }
+    })
+    .await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let resp = send(
+        qp.addr(),
+        req("GET", "/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        resp.text(),
+        "backend tried to switch protocol \"foo\" when \"websocket\" was requested\n"
+    );
+    qp.assert_healthy();
+}
+
+/// §3.4/§3.8: an upgraded connection holds its breaker slot until the tunnel closes: with CC=1
+/// a regular request waits while a websocket is open and proceeds once it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_holds_the_breaker_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let plain_requests = Arc::new(AtomicUsize::new(0));
+    let counter = plain_requests.clone();
+    let app = raw_app(move |stream| {
+        let counter = counter.clone();
+        async move {
+            let mut peek = [0u8; 512];
+            let n = stream.peek(&mut peek).await.unwrap_or(0);
+            if String::from_utf8_lossy(&peek[..n]).contains("GET /plain") {
+                let mut stream = stream;
+                if read_head(&mut stream).await.is_some() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+                        .await;
+                }
+                return;
+            }
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_text() && ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let mut qp = QpConfig::new(app.port()).cc(1).start();
+    let stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", qp.addr()), stream)
+        .await
+        .expect("websocket through the proxy");
+    ws.send(Message::Text("one".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("one".into())
+    );
+
+    let addr = qp.addr();
+    let plain = tokio::spawn(async move { get(addr, "/plain").await });
+    // While the tunnel is open the plain request stays queued in the breaker.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!plain.is_finished(), "the request must wait for the slot");
+    assert_eq!(plain_requests.load(Ordering::SeqCst), 0);
+    ws.send(Message::Text("two".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("two".into())
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let resp = tokio::time::timeout(DEADLINE, plain).await.unwrap().unwrap();
+    assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "plain"));
+    qp.assert_healthy();
+}
+
+/// A client that goes away cancels its request (Go cancels the request context): the breaker
+/// slot is released well before the revision timeout, so the next request is served. Checked
+/// for an HTTP/1.1 client that closes its connection and an h2c client that resets its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_client_releases_its_breaker_slot() {
+    let gate = Gate::new();
+    let g = gate.clone();
+    let app = App::start(handler(move |req| {
+        let g = g.clone();
+        async move {
+            if req.uri().path() == "/hang" {
+                g.wait().await;
+            }
+            respond(StatusCode::OK, "ok")
+        }
+    }))
+    .await;
+    let mut qp = QpConfig::new(app.port()).cc(1).timeout_secs(60).start();
+    let addr = qp.addr();
+
+    // HTTP/1.1: the client closes its connection while the app holds the request.
+    let hanging = tokio::spawn(async move { get(addr, "/hang").await });
+    eventually(DEADLINE, "the hanging request at the app", || async {
+        (app.concurrency.current() == 1).then_some(())
+    })
+    .await;
+    hanging.abort();
+    let start = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(15), get(addr, "/next"))
+        .await
+        .expect("the slot of a departed HTTP/1.1 client is released");
+    assert_eq!(resp.status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(15));
+
+    // h2c: the client resets its stream.
+    let mut h2 = h2_connect(addr).await;
+    let before = app.concurrency.total();
+    let request = http::Request::get(format!("http://{addr}/hang")).body(empty()).unwrap();
+    let pending = h2.send_request(request);
+    let hanging = tokio::spawn(pending);
+    eventually(DEADLINE, "the hanging h2 request at the app", || async {
+        (app.concurrency.total() > before).then_some(())
+    })
+    .await;
+    hanging.abort(); // drops the response future: RST_STREAM(CANCEL)
+    let resp = tokio::time::timeout(Duration::from_secs(15), send_h2(&mut h2, http::Request::get(format!("http://{addr}/next")).body(empty()).unwrap()))
+        .await
+        .expect("the slot of a cancelled h2 stream is released");
+    assert_eq!(resp.status, StatusCode::OK);
+    gate.open();
+    qp.assert_healthy();
+}
+
+/// §2: the main listener is dual-stack; an IPv6 client's address goes into X-Forwarded-For
+/// without brackets.
+#[tokio::test]
+async fn ipv6_clients_are_served_and_forwarded_for_has_no_brackets() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipping");
+        return;
+    }
+    let app = App::ok().await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, qp.port));
+    let resp = get(v6, "/").await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(app.only_seen().header("x-forwarded-for").as_deref(), Some("::1"));
+    qp.assert_healthy();
+}
+
+/// §3.5 over h2c: 504 before the head, and the appended message after it.
+#[tokio::test]
+async fn timeouts_over_h2c() {
+    let app = App::start(handler(|req| async move {
+        if req.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(hyper::body::Frame::data(bytes::Bytes::from_static(b"partial")))
+                .await;
+            tx.closed().await;
+        });
+        Response::new(body.boxed())
+    }))
+    .await;
+    let mut qp = QpConfig::new(app.port()).timeout_secs(1).start();
+    let mut h2 = h2_connect(qp.addr()).await;
+    let resp = send_h2(
+        &mut h2,
+        http::Request::get(format!("http://{}/hang", qp.addr())).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(resp.text(), "request timeout");
+    let resp = send_h2(
+        &mut h2,
+        http::Request::get(format!("http://{}/stream", qp.addr())).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.text(), "partialrequest timeout");
+    qp.assert_healthy();
+}
+
+/// §3.9 [Go default]: 1xx informational responses from the app (e.g. `103 Early Hints`) are
+/// relayed to the client before the final response.
+#[tokio::test]
+#[ignore = "hyper 1.x has no server API to emit 1xx informational responses other than 100-continue, so the queue-proxy cannot relay 103; needs an upstream hyper feature"]
+async fn informational_responses_are_relayed() {
+    let app = raw_app(|mut stream| async move {
+        if read_head(&mut stream).await.is_some() {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+                      HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                )
+                .await;
+        }
+    })
+    .await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let raw = raw_exchange(
+        qp.addr(),
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".to_vec(),
+        DEADLINE,
+    )
+    .await;
+    assert!(status_line(&raw).starts_with("HTTP/1.1 103"), "{}", String::from_utf8_lossy(&raw));
+    qp.assert_healthy();
+}
