@@ -5,7 +5,8 @@
 //! - [`body`]: response bodies and per-request guards;
 //! - [`breaker`], [`timeout`], [`forwarded`]: request-path stages as tower layers;
 //! - [`proxy`]: the pooled reverse proxy with upgrades;
-//! - [`drain`], [`stats`], [`server`], [`env`]: lifecycle, accounting, listeners, configuration.
+//! - [`drain`], [`stats`], [`server`], [`env`]: lifecycle, accounting, listeners, configuration;
+//! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,3 +22,4 @@ pub mod request_log;
 pub mod server;
 pub mod stats;
 pub mod timeout;
+pub mod tls;

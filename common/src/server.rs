@@ -1,10 +1,10 @@
-//! Listeners: dual-stack binding, the accept loop, HTTP/1.1 + h2c on one port, explicit limits,
-//! and graceful shutdown (stop accepting, close idle keep-alive connections, GOAWAY on h2c, wait
-//! for in-progress exchanges).
+//! Listeners: dual-stack binding, the accept loop, HTTP/1.1 + h2c on one port, HTTP/1.1 + HTTP/2
+//! over TLS ([`serve_tls`]), explicit limits, and graceful shutdown (stop accepting, close idle
+//! keep-alive connections, GOAWAY on HTTP/2, wait for in-progress exchanges).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -127,6 +127,29 @@ where
     }
 }
 
+/// The per-connection HTTP builder for `protocols` with `limits` applied (shared by [`serve`] and
+/// [`serve_tls`]).
+fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if protocols == Protocols::Http1 {
+        builder = builder.http1_only();
+    }
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_header_list_size(limits.h2_max_header_list_size);
+    builder
+}
+
 /// Accepts connections on `listener` until `shutdown` turns true, serving each with the service
 /// `make_service(remote address)` returns; then shuts every connection down gracefully and returns
 /// when they are all closed.
@@ -145,23 +168,7 @@ pub async fn serve<M, S, B>(
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if protocols == Protocols::Http1 {
-        builder = builder.http1_only();
-    }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        .max_header_list_size(limits.h2_max_header_list_size);
+    let builder = connection_builder(protocols, &limits);
     let graceful = GracefulShutdown::new();
 
     let stop = stopped(shutdown);
@@ -197,9 +204,80 @@ pub async fn serve<M, S, B>(
     graceful.shutdown().await;
 }
 
-/// A future that resolves when `shutdown` turns true (for `select!`s outside [`serve`]).
-pub fn stopped(mut shutdown: watch::Receiver<bool>) -> impl Future<Output = ()> {
-    async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
+/// [`serve`] over TLS: each accepted connection does its TLS handshake (bounded by
+/// `limits.header_read_timeout`) in its own task, then speaks HTTP/1.1 or HTTP/2: ALPN `h2`
+/// clients send the HTTP/2 preface, which is detected, as it is from clients that negotiated no
+/// ALPN (Go sends the preface over TLS without ALPN). When `shutdown` turns true the listener
+/// closes, handshakes still in progress are abandoned, and established connections are shut down
+/// gracefully (GOAWAY on HTTP/2); returns when they are all closed.
+pub async fn serve_tls<M, S, B>(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    limits: ServerLimits,
+    make_service: M,
+    shutdown: watch::Receiver<bool>,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+{
+    let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
+    let graceful = GracefulShutdown::new();
+
+    let stop = stopped(shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = HyperService(make_service(remote));
+                // Taken before the handshake so that `graceful.shutdown()` also waits for it.
+                let watcher = graceful.watcher();
+                let acceptor = acceptor.clone();
+                let builder = Arc::clone(&builder);
+                let mut shutdown = shutdown.clone();
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%remote, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                });
+            }
+            _ = &mut stop => break,
+        }
     }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A future that resolves when `shutdown` turns true (for `select!`s outside [`serve`]).
+pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }

@@ -18,7 +18,10 @@ fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("example.com"));
-        headers.insert("user-agent", HeaderValue::from_static("curl/7.88.1 \"<x>\""));
+        headers.insert(
+            "user-agent",
+            HeaderValue::from_static("curl/7.88.1 \"<x>\""),
+        );
         headers.insert("accept", HeaderValue::from_static("*/*"));
         headers.append("x-multi", HeaderValue::from_static("a"));
         headers.append("x-multi", HeaderValue::from_static("b=c&d"));

@@ -100,6 +100,11 @@ fn fatal(message: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the queue-proxy until it has drained after SIGTERM/SIGINT.
 pub async fn run(config: Config) -> ExitCode {
+    // First of all, so that a SIGTERM arriving during start-up is a graceful one.
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(error) => return fatal(format!("cannot install signal handlers: {error}")),
+    };
     let readiness = match Readiness::from_env(
         &config.readiness_probe,
         config.multi_container_probes,
@@ -184,10 +189,6 @@ pub async fn run(config: Config) -> ExitCode {
         "queue-proxy listening"
     );
 
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(error) => return fatal(format!("cannot install signal handlers: {error}")),
-    };
     signals.next().await;
     state.sigterm.store(true, Ordering::Release);
     tracing::info!("Received TERM signal, attempting to gracefully shutdown servers.");

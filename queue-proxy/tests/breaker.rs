@@ -196,9 +196,11 @@ async fn kubelet_probe_header_bypasses_the_breaker() {
             .body(empty())
             .unwrap()
     });
-    eventually(DEADLINE, "3 probes at the app next to the holder", || async {
-        (app.concurrency.current() == 4).then_some(())
-    })
+    eventually(
+        DEADLINE,
+        "3 probes at the app next to the holder",
+        || async { (app.concurrency.current() == 4).then_some(()) },
+    )
     .await;
     let paths: Vec<String> = app.seen().iter().map(|s| s.path_and_query()).collect();
     assert!(
@@ -246,9 +248,78 @@ async fn timed_out_waiters_leave_the_queue() {
         assert_queue_full(&next(&mut results).await);
         for _ in 0..11 {
             let resp = next(&mut results).await;
-            assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "wave {wave}: {resp:?}");
+            assert_eq!(
+                resp.status,
+                StatusCode::GATEWAY_TIMEOUT,
+                "wave {wave}: {resp:?}"
+            );
             assert_eq!(resp.text(), "request timeout");
         }
+    }
+    qp.assert_healthy();
+}
+
+/// Clients that give up while queued leave the queue (Go: the request context is cancelled):
+/// with CC=1 and the slot held, 10 queued clients disconnect, and a new wave of 10 is queued
+/// again without a single refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_queued_clients_leave_the_queue() {
+    let gate = Gate::new();
+    let app = gated_app(&gate).await;
+    let mut qp = QpConfig::new(app.port()).cc(1).start();
+    let addr = qp.addr();
+    let mut holder = fire(addr, 1, || get_req("/hold"));
+    eventually(DEADLINE, "the slot holder at the app", || async {
+        (app.concurrency.current() == 1).then_some(())
+    })
+    .await;
+    // Fill the queue, then have every queued client hang up.
+    let queued: Vec<_> = (0..10)
+        .map(|_| tokio::spawn(async move { try_send(addr, get_req("/gone")).await }))
+        .collect();
+    // The queue is full once the 12th request is refused.
+    let refused = eventually(DEADLINE, "a full queue", || async {
+        let resp = try_send(addr, get_req("/probe-full")).await.ok()?;
+        (resp.status == StatusCode::SERVICE_UNAVAILABLE).then_some(resp)
+    })
+    .await;
+    assert_queue_full(&refused);
+    for task in &queued {
+        task.abort();
+    }
+    // Their places come back: 10 new requests are all queued (none refused) once the
+    // departures have been noticed.
+    let mut results = eventually(DEADLINE, "the departed clients' places freed", || async {
+        let (tx, mut wave) = mpsc::unbounded_channel();
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let result = try_send(addr, get_req("/again")).await;
+                    let _ = tx.send(result.map_err(|e| e.to_string()));
+                })
+            })
+            .collect();
+        // Any refusal comes back at once; admitted requests stay queued (no response).
+        let mut refused = false;
+        while let Ok(Some(result)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), wave.recv()).await
+        {
+            assert_queue_full(&result.expect("transport"));
+            refused = true;
+        }
+        if refused {
+            // Not yet: hang these up too and try again.
+            tasks.iter().for_each(|t| t.abort());
+            return None;
+        }
+        Some(wave)
+    })
+    .await;
+    gate.open();
+    assert_done(&next(&mut holder).await);
+    for _ in 0..10 {
+        assert_done(&next(&mut results).await);
     }
     qp.assert_healthy();
 }

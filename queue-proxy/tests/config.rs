@@ -92,7 +92,9 @@ fn go_bool_spellings_are_accepted() {
 
 #[test]
 fn invalid_observability_config_names_it() {
-    let exited = base().env("OBSERVABILITY_CONFIG", "{not json").run_to_exit();
+    let exited = base()
+        .env("OBSERVABILITY_CONFIG", "{not json")
+        .run_to_exit();
     exited.assert_failed();
     assert!(
         format!("{}{}", exited.stderr, exited.stdout).contains("OBSERVABILITY_CONFIG"),

@@ -117,7 +117,10 @@ async fn reset_mid_body_aborts_the_response() {
         let body = tokio::time::timeout(DEADLINE, collect(response))
             .await
             .expect("the response ends one way or another");
-        assert!(body.is_err(), "an aborted body must not end cleanly: {body:?}");
+        assert!(
+            body.is_err(),
+            "an aborted body must not end cleanly: {body:?}"
+        );
         qp.assert_healthy();
     }
 }
@@ -138,7 +141,9 @@ async fn h2_stream_error_mid_body_resets_the_client_stream() {
         });
         // The channel body ends cleanly when the sender drops; make it fail instead.
         let failing = body.boxed().with_trailers(async {
-            Some(Err::<http::HeaderMap, BoxError>("app failed mid-body".into()))
+            Some(Err::<http::HeaderMap, BoxError>(
+                "app failed mid-body".into(),
+            ))
         });
         http::Response::new(BodyExt::boxed(failing))
     }))
@@ -164,7 +169,10 @@ async fn h2_stream_error_mid_body_resets_the_client_stream() {
     let body = tokio::time::timeout(DEADLINE, collect(response))
         .await
         .expect("the response ends one way or another");
-    assert!(body.is_err(), "an aborted body must not end cleanly: {body:?}");
+    assert!(
+        body.is_err(),
+        "an aborted body must not end cleanly: {body:?}"
+    );
     assert_still_serving(&mut qp).await;
 }
 

@@ -60,7 +60,10 @@ async fn request_headers_are_rewritten_per_the_table() {
         "transfer-encoding",
         "upgrade",
     ] {
-        assert!(seen.header(gone).is_none(), "{gone} must be removed: {seen:#?}");
+        assert!(
+            seen.header(gone).is_none(),
+            "{gone} must be removed: {seen:#?}"
+        );
     }
     assert_eq!(seen.header("te").as_deref(), Some("trailers"));
     assert_eq!(seen.header("user-agent").as_deref(), Some("my-agent/1.0"));
@@ -238,7 +241,10 @@ async fn hop_by_hop_response_headers_are_removed() {
         "te",
         "upgrade",
     ] {
-        assert!(resp.header(gone).is_none(), "{gone} must be removed: {resp:#?}");
+        assert!(
+            resp.header(gone).is_none(),
+            "{gone} must be removed: {resp:#?}"
+        );
     }
     assert_eq!(resp.header("x-kept").as_deref(), Some("yes"));
     assert_eq!(resp.header("content-type").as_deref(), Some("text/plain"));
@@ -311,7 +317,11 @@ async fn request_targets_pass_unnormalised() {
             DEADLINE,
         )
         .await;
-        assert!(status_line(&raw).contains(" 200 "), "{sent}: {}", String::from_utf8_lossy(&raw));
+        assert!(
+            status_line(&raw).contains(" 200 "),
+            "{sent}: {}",
+            String::from_utf8_lossy(&raw)
+        );
         assert_eq!(app.seen().last().unwrap().path_and_query(), expected);
     }
     let raw = raw_exchange(
@@ -321,7 +331,11 @@ async fn request_targets_pass_unnormalised() {
         DEADLINE,
     )
     .await;
-    assert!(status_line(&raw).contains(" 200 "), "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        status_line(&raw).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     let seen = app.seen().last().unwrap().clone();
     assert_eq!(seen.uri.to_string(), "/x?y=1");
     assert_eq!(seen.header("host").as_deref(), Some("absolute.example"));

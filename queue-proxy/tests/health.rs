@@ -6,7 +6,12 @@ mod support;
 use http::StatusCode;
 use support::*;
 
-async fn probe(addr: std::net::SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+async fn probe(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
     let mut builder = req(method, path);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
@@ -41,10 +46,16 @@ async fn health_checks_and_network_probes_are_answered_locally() {
             addr,
             method,
             path,
-            &[("user-agent", "kube-probe/1.29"), ("k-network-probe", "queue")],
+            &[
+                ("user-agent", "kube-probe/1.29"),
+                ("k-network-probe", "queue"),
+            ],
         )
         .await;
-        assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "queue"));
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (StatusCode::OK, "queue")
+        );
         assert_eq!(
             resp.header("content-type").as_deref(),
             Some("text/plain; charset=utf-8")
@@ -60,7 +71,10 @@ async fn health_checks_and_network_probes_are_answered_locally() {
             ],
         )
         .await;
-        assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "queue"));
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (StatusCode::OK, "queue")
+        );
         // I1: the KPA "is the activator in the path" probe must fail on a queue-proxy.
         let resp = probe(
             addr,
@@ -144,7 +158,10 @@ async fn health_check_over_h2c() {
             .unwrap(),
     )
     .await;
-    assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "queue"));
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (StatusCode::OK, "queue")
+    );
     assert!(app.seen().is_empty());
     qp.assert_healthy();
 }
@@ -160,7 +177,11 @@ async fn options_star_is_answered_locally() {
         DEADLINE,
     )
     .await;
-    assert!(status_line(&raw).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        status_line(&raw).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     assert!(app.seen().is_empty());
     qp.assert_healthy();
 }
@@ -188,6 +209,9 @@ async fn health_check_follows_the_user_container_probe() {
         .env("SERVING_READINESS_PROBE", probe_json(app.port()))
         .start();
     let resp = health_check(qp.addr()).await;
-    assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "queue"));
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (StatusCode::OK, "queue")
+    );
     qp.assert_healthy();
 }

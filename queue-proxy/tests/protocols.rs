@@ -41,7 +41,10 @@ async fn echo_app() -> App {
         let mut response = Response::new(body.boxed());
         let headers = response.headers_mut();
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
-        headers.insert("trailer", HeaderValue::from_static("grpc-status, grpc-message"));
+        headers.insert(
+            "trailer",
+            HeaderValue::from_static("grpc-status, grpc-message"),
+        );
         response
     }))
     .await
@@ -67,7 +70,9 @@ async fn full_duplex_exchange(
             .expect("request body open");
         let frame = tokio::time::timeout(DEADLINE, body.frame())
             .await
-            .unwrap_or_else(|_| panic!("echo of chunk {i} did not arrive while the request is open"))
+            .unwrap_or_else(|_| {
+                panic!("echo of chunk {i} did not arrive while the request is open")
+            })
             .expect("response body open")
             .expect("response frame");
         assert_eq!(
@@ -352,7 +357,9 @@ async fn large_bodies_stream_in_bounded_memory() {
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.text(), BIG.to_string(), "bytes the app received");
 
-    let response = send_streaming(qp.addr(), get_req("/download")).await.unwrap();
+    let response = send_streaming(qp.addr(), get_req("/download"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers().get("content-length").is_none());
     let received = tokio::time::timeout(Duration::from_secs(60), count_body(response.into_body()))
@@ -367,7 +374,10 @@ async fn large_bodies_stream_in_bounded_memory() {
         .body(Generated::new(BIG, false).boxed())
         .unwrap();
     let resp = send_h2(&mut h2, upload).await;
-    assert_eq!((resp.status, resp.text()), (StatusCode::OK, BIG.to_string()));
+    assert_eq!(
+        (resp.status, resp.text()),
+        (StatusCode::OK, BIG.to_string())
+    );
     let download = http::Request::get(format!("http://{}/download", qp.addr()))
         .body(empty())
         .unwrap();

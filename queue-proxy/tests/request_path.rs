@@ -37,7 +37,10 @@ async fn upstream_connections_are_reused() {
         assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "ok"));
     }
     let n = accepted.load(Ordering::SeqCst);
-    assert!(n <= 2, "20 sequential requests used {n} upstream connections");
+    assert!(
+        n <= 2,
+        "20 sequential requests used {n} upstream connections"
+    );
     qp.assert_healthy();
 }
 
@@ -120,7 +123,11 @@ async fn expect_100_continue_upload() {
         .await
         .unwrap()
         .unwrap();
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let body = tokio::time::timeout(DEADLINE, read_exact_buffered(&mut stream, &mut buf, 5))
         .await
         .unwrap()
@@ -154,7 +161,10 @@ async fn head_requests_have_no_body() {
         between.to_ascii_lowercase().contains("content-length: 10"),
         "{text}"
     );
-    assert!(between.ends_with("\r\n\r\n"), "HEAD response has no body: {text}");
+    assert!(
+        between.ends_with("\r\n\r\n"),
+        "HEAD response has no body: {text}"
+    );
     assert!(text.ends_with("0123456789"), "{text}");
     let seen = app.seen();
     assert_eq!(seen.len(), 2);
@@ -166,7 +176,10 @@ async fn head_requests_have_no_body() {
 /// relayed as is.
 #[tokio::test]
 async fn upgrade_refused_by_app_is_relayed() {
-    let app = App::start(handler(|_| async { respond(StatusCode::BAD_REQUEST, "no ws here") })).await;
+    let app = App::start(handler(|_| async {
+        respond(StatusCode::BAD_REQUEST, "no ws here")
+    }))
+    .await;
     let mut qp = QpConfig::new(app.port()).start();
     let resp = send(
         qp.addr(),
@@ -186,7 +199,9 @@ async fn upgrade_refused_by_app_is_relayed() {
     let seen = app.only_seen();
     assert_eq!(seen.header("upgrade").as_deref(), Some("websocket"));
     assert_eq!(
-        seen.header("connection").map(|c| c.to_ascii_lowercase()).as_deref(),
+        seen.header("connection")
+            .map(|c| c.to_ascii_lowercase())
+            .as_deref(),
         Some("upgrade")
     );
     qp.assert_healthy();
@@ -281,8 +296,14 @@ async fn websocket_holds_the_breaker_slot() {
     );
     ws.close(None).await.unwrap();
     drop(ws);
-    let resp = tokio::time::timeout(DEADLINE, plain).await.unwrap().unwrap();
-    assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "plain"));
+    let resp = tokio::time::timeout(DEADLINE, plain)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (StatusCode::OK, "plain")
+    );
     qp.assert_healthy();
 }
 
@@ -323,7 +344,9 @@ async fn departed_client_releases_its_breaker_slot() {
     // h2c: the client resets its stream.
     let mut h2 = h2_connect(addr).await;
     let before = app.concurrency.total();
-    let request = http::Request::get(format!("http://{addr}/hang")).body(empty()).unwrap();
+    let request = http::Request::get(format!("http://{addr}/hang"))
+        .body(empty())
+        .unwrap();
     let pending = h2.send_request(request);
     let hanging = tokio::spawn(pending);
     eventually(DEADLINE, "the hanging h2 request at the app", || async {
@@ -331,9 +354,17 @@ async fn departed_client_releases_its_breaker_slot() {
     })
     .await;
     hanging.abort(); // drops the response future: RST_STREAM(CANCEL)
-    let resp = tokio::time::timeout(Duration::from_secs(15), send_h2(&mut h2, http::Request::get(format!("http://{addr}/next")).body(empty()).unwrap()))
-        .await
-        .expect("the slot of a cancelled h2 stream is released");
+    let resp = tokio::time::timeout(
+        Duration::from_secs(15),
+        send_h2(
+            &mut h2,
+            http::Request::get(format!("http://{addr}/next"))
+                .body(empty())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("the slot of a cancelled h2 stream is released");
     assert_eq!(resp.status, StatusCode::OK);
     gate.open();
     qp.assert_healthy();
@@ -352,7 +383,10 @@ async fn ipv6_clients_are_served_and_forwarded_for_has_no_brackets() {
     let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, qp.port));
     let resp = get(v6, "/").await;
     assert_eq!(resp.status, StatusCode::OK);
-    assert_eq!(app.only_seen().header("x-forwarded-for").as_deref(), Some("::1"));
+    assert_eq!(
+        app.only_seen().header("x-forwarded-for").as_deref(),
+        Some("::1")
+    );
     qp.assert_healthy();
 }
 
@@ -366,7 +400,9 @@ async fn timeouts_over_h2c() {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
             let _ = tx
-                .send(hyper::body::Frame::data(bytes::Bytes::from_static(b"partial")))
+                .send(hyper::body::Frame::data(bytes::Bytes::from_static(
+                    b"partial",
+                )))
                 .await;
             tx.closed().await;
         });
@@ -377,14 +413,18 @@ async fn timeouts_over_h2c() {
     let mut h2 = h2_connect(qp.addr()).await;
     let resp = send_h2(
         &mut h2,
-        http::Request::get(format!("http://{}/hang", qp.addr())).body(empty()).unwrap(),
+        http::Request::get(format!("http://{}/hang", qp.addr()))
+            .body(empty())
+            .unwrap(),
     )
     .await;
     assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(resp.text(), "request timeout");
     let resp = send_h2(
         &mut h2,
-        http::Request::get(format!("http://{}/stream", qp.addr())).body(empty()).unwrap(),
+        http::Request::get(format!("http://{}/stream", qp.addr()))
+            .body(empty())
+            .unwrap(),
     )
     .await;
     assert_eq!(resp.status, StatusCode::OK);
@@ -415,6 +455,10 @@ async fn informational_responses_are_relayed() {
         DEADLINE,
     )
     .await;
-    assert!(status_line(&raw).starts_with("HTTP/1.1 103"), "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        status_line(&raw).starts_with("HTTP/1.1 103"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     qp.assert_healthy();
 }

@@ -74,10 +74,14 @@ async fn proxied_request_is_counted_in_the_stats() {
     assert_eq!(resp.status, StatusCode::OK);
 
     let stats = qp.stats_addr();
-    let stat = eventually(DEADLINE, "a report with the proxied request", || async move {
-        let stat = scrape(stats).await;
-        (stat.request_count > 0.0).then_some(stat)
-    })
+    let stat = eventually(
+        DEADLINE,
+        "a report with the proxied request",
+        || async move {
+            let stat = scrape(stats).await;
+            (stat.request_count > 0.0).then_some(stat)
+        },
+    )
     .await;
     assert_eq!(stat.pod_name, "rev-00001-deployment-abc");
     assert_eq!(stat.proxied_request_count, 1.0, "{stat:?}");
@@ -98,12 +102,13 @@ async fn metrics_endpoint_serves_protobuf_on_keep_alive() {
     use prost::Message;
     let app = App::ok().await;
     let mut qp = QpConfig::new(app.port()).start();
-    let stream = tokio::net::TcpStream::connect(qp.stats_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(
-        stream,
-    ))
-    .await
-    .unwrap();
+    let stream = tokio::net::TcpStream::connect(qp.stats_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     for accept in [
         None,
@@ -115,9 +120,14 @@ async fn metrics_endpoint_serves_protobuf_on_keep_alive() {
         if let Some(a) = accept {
             builder = builder.header("accept", a);
         }
-        let resp = collect(sender.send_request(builder.body(empty()).unwrap()).await.unwrap())
-            .await
-            .unwrap();
+        let resp = collect(
+            sender
+                .send_request(builder.body(empty()).unwrap())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(resp.status, StatusCode::OK);
         assert_eq!(
             resp.header("content-type").as_deref(),
@@ -152,7 +162,10 @@ async fn refused_and_queued_requests_are_counted_probes_are_not() {
         });
     }
     for _ in 0..14 {
-        let status = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap().unwrap();
+        let status = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
             "{status}"
@@ -204,7 +217,8 @@ async fn average_concurrency_reflects_requests_in_flight() {
     .await;
     // A report whose window lies entirely inside the busy period: no arrivals in it.
     let list = reports_until(qp.stats_addr(), DEADLINE, |list| {
-        list.iter().any(|s| s.request_count == 0.0 && s.average_concurrent_requests > 0.0)
+        list.iter()
+            .any(|s| s.request_count == 0.0 && s.average_concurrent_requests > 0.0)
     })
     .await;
     let quiet = list

@@ -221,7 +221,9 @@ async fn timeout_after_head_with_content_length_breaks_the_response() {
     let app = App::start(handler(|_| async {
         let (tx, body) = channel_body();
         tokio::spawn(async move {
-            let _ = tx.send(Frame::data(Bytes::from_static(b"0123456789"))).await;
+            let _ = tx
+                .send(Frame::data(Bytes::from_static(b"0123456789")))
+                .await;
             tx.closed().await;
         });
         let mut r = Response::new(body.boxed());

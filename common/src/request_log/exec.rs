@@ -335,9 +335,12 @@ fn port(host: &str) -> &str {
     }
 }
 
+/// Arguments kept on the stack (more spill to the heap).
+const INLINE_ARGS: usize = 8;
+
 /// Evaluated arguments, inline when there are few.
 struct Args<'a> {
-    inline: [Value<'a>; 4],
+    inline: [Value<'a>; INLINE_ARGS],
     n: usize,
     heap: Vec<Value<'a>>,
     spill: bool,
@@ -346,19 +349,14 @@ struct Args<'a> {
 impl<'a> Args<'a> {
     fn with_capacity(n: usize) -> Self {
         Args {
-            inline: [
-                Value::Invalid,
-                Value::Invalid,
-                Value::Invalid,
-                Value::Invalid,
-            ],
+            inline: std::array::from_fn(|_| Value::Invalid),
             n: 0,
-            heap: if n > 4 {
+            heap: if n > INLINE_ARGS {
                 Vec::with_capacity(n)
             } else {
                 Vec::new()
             },
-            spill: n > 4,
+            spill: n > INLINE_ARGS,
         }
     }
 

@@ -43,6 +43,13 @@
 //!   writes only the `Invalid request log template: …` line, so a log line is never half a JSON
 //!   object.
 //! - The `Host` header is absent from `.Request.Header` (Go's server moves it to `.Request.Host`).
+//! - Safety limits Go does not have: one rendered entry may not exceed 1 MiB and `{{range}}` may
+//!   not iterate more than 100 000 times per entry; beyond that the entry fails like an execution
+//!   error. Parenthesis and block nesting is limited to 100 levels (a parse error beyond).
+//! - `%x`/`%X` of a float render as a bad verb (`%!x(float64=…)`) instead of a hexadecimal float.
+//!
+//! Rendering the default template (and any template made of field chains, `js`/`html`/`urlquery`,
+//! `print*`, comparisons and `if`/`with`) does not allocate beyond growing the output buffer.
 
 mod escape;
 mod exec;

@@ -226,7 +226,11 @@ impl App {
     /// The only request head seen (panics unless exactly one request arrived).
     pub fn only_seen(&self) -> Seen {
         let seen = self.seen();
-        assert_eq!(seen.len(), 1, "expected exactly one request at the app: {seen:#?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "expected exactly one request at the app: {seen:#?}"
+        );
         seen.into_iter().next().unwrap()
     }
 }
@@ -237,7 +241,9 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw app");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw app");
     let addr = listener.local_addr().expect("raw app addr");
     let on_conn = Arc::new(on_conn);
     tokio::spawn(async move {

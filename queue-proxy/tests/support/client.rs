@@ -136,7 +136,10 @@ pub async fn h2_connect(addr: SocketAddr) -> http2::SendRequest<TestBody> {
 }
 
 /// Sends one request on an h2c connection and reads the whole response.
-pub async fn send_h2(sender: &mut http2::SendRequest<TestBody>, request: Request<TestBody>) -> Resp {
+pub async fn send_h2(
+    sender: &mut http2::SendRequest<TestBody>,
+    request: Request<TestBody>,
+) -> Resp {
     tokio::time::timeout(EXCHANGE_LIMIT, async {
         let response = sender.send_request(request).await.expect("h2 request");
         collect(response).await.expect("h2 body")

@@ -364,20 +364,7 @@ impl QueueProxy {
     }
 
     /// Sends SIGTERM (through `kill(1)`: the tests do not link libc).
-    ///
-    /// First waits (briefly, bounded) for the start-up log line that precedes the installation
-    /// of the signal handlers: a signal that arrives before them kills the process outright
-    /// (see `sigterm_right_after_start_is_graceful` in `drain.rs`).
     pub fn sigterm(&self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !self.stdout_text().contains("queue-proxy listening") && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.sigterm_now();
-    }
-
-    /// Sends SIGTERM at once.
-    pub fn sigterm_now(&self) {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())

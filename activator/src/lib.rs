@@ -1,0 +1,10 @@
+//! The activator: buffers requests for revisions without ready pods, wakes the autoscaler, then
+//! load-balances across pods with Knative's throttler. Built on `knative_common`.
+//!
+//! - [`throttler`]: per-revision breaker with dynamic capacity, pod trackers, subsetting and
+//!   load-balancing policies (spec §3, §4);
+//! - [`reporter`]: concurrency accounting per revision and the autoscaler websocket (spec §6).
+#![forbid(unsafe_code)]
+
+pub mod reporter;
+pub mod throttler;
