@@ -323,7 +323,7 @@ mod tests {
         let b = Breaker::new(1, 1).unwrap();
         let running = b.try_execute(b.try_admit().unwrap()).ok().unwrap();
         let waiting = b.try_admit().unwrap();
-        let waiting = b.try_execute(waiting).err().expect("no free slot");
+        let waiting = b.try_execute(waiting).expect_err("no free slot");
         drop(running);
         assert!(b.try_execute(waiting).is_ok());
     }
@@ -333,14 +333,19 @@ mod tests {
         let b: &'static Breaker = Box::leak(Box::new(Breaker::new(10, 1).unwrap()));
         let held = b.try_execute(b.try_admit().unwrap()).ok().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
         for i in 0..3 {
             let tx = tx.clone();
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let exec = b.execute(b.try_admit().unwrap()).await;
                 tx.send(i).unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(30)).await;
                 drop(exec);
-            });
+            }));
+            // Let this waiter queue up before the next one is spawned.
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
         }
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "nobody runs while the slot is held");
@@ -351,6 +356,9 @@ mod tests {
             order.push(rx.recv().await.unwrap());
         }
         assert_eq!(order, vec![0, 1, 2]);
+        for task in tasks {
+            task.await.unwrap();
+        }
         assert_eq!(b.in_flight(), 0);
     }
 

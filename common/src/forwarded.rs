@@ -27,7 +27,9 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
         Some(xff.split(',').map(str::trim))
     };
     if let Some(first) = nodes.as_mut().and_then(Iterator::next) {
-        push_node(&mut out, first);
+        if !first.is_empty() {
+            push_node(&mut out, first);
+        }
     }
     if !host.is_empty() {
         if !out.is_empty() {

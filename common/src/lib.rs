@@ -5,7 +5,7 @@
 //! - [`body`]: response bodies and per-request guards;
 //! - [`breaker`], [`timeout`], [`forwarded`]: request-path stages as tower layers;
 //! - [`proxy`]: the pooled reverse proxy with upgrades;
-//! - [`drain`], [`stats`], [`server`], [`env`]: lifecycle, accounting, listeners, configuration;
+//! - [`drain`], [`stats`], [`server`], [`env`](mod@env): lifecycle, accounting, listeners, configuration;
 //! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

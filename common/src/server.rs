@@ -187,7 +187,7 @@ pub async fn serve<M, S, B>(
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let service = HyperService(make_service(remote));
+                    let service = HyperService(make_service(canonical_peer(remote)));
                     let connection = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -280,4 +280,16 @@ pub async fn serve_tls<M, S, B>(
 /// A future that resolves when `shutdown` turns true (for `select!`s outside [`serve`]).
 pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The peer as Go reports it: an IPv4 client of a dual-stack socket is `a.b.c.d:port`, not
+/// `[::ffff:a.b.c.d]:port`.
+pub fn canonical_peer(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
 }

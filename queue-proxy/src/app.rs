@@ -14,7 +14,13 @@ use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::ProcessEnv;
 use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
-use knative_common::server::{bind_dual_stack, serve, BindError, Protocols, ServerLimits};
+use knative_common::server::{
+    bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
+};
+use knative_common::tls::server_tls_from_env;
+use knative_common::request_log::{
+    self, RequestLogLayer, RequestLogSettings, RequestLogTemplate, RevisionInfo,
+};
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use tokio::sync::watch;
@@ -47,6 +53,7 @@ struct State {
     readiness: Readiness,
     published: PublishedStat,
     sigterm: AtomicBool,
+    request_log: Option<RequestLogSettings>,
 }
 
 /// The binary's entry point: configuration, runtime, then [`run`].
@@ -113,9 +120,11 @@ pub async fn run(config: Config) -> ExitCode {
         Ok(r) => r,
         Err(error) => return fatal(error),
     };
-    if let Err(error) = ObservabilityConfig::parse(&config.observability_config) {
-        return fatal(error);
-    }
+    let observability = match ObservabilityConfig::parse(&config.observability_config) {
+        Ok(o) => o,
+        Err(error) => return fatal(error),
+    };
+    let request_log = request_log_settings(&config, &observability);
     let breaker = match config.container_concurrency {
         0 => None,
         cc => match Breaker::for_container_concurrency(cc) {
@@ -139,17 +148,34 @@ pub async fn run(config: Config) -> ExitCode {
         readiness,
         published: PublishedStat::new(config.pod.clone()),
         sigterm: AtomicBool::new(false),
+        request_log,
         config,
     }));
 
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // System-internal TLS: on iff both certificate files exist (spec §8).
+    let tls = match server_tls_from_env(
+        &ProcessEnv,
+        "QUEUE_PROXY_TLS",
+        &state.config.cert_dir,
+        state.config.cert_reload_period,
+        stop_rx.clone(),
+    ) {
+        Ok(tls) => tls,
+        Err(error) => return fatal(error),
+    };
     let bound = (|| -> Result<_, BindError> {
         Ok((
             bind_dual_stack(state.config.serving_port)?,
             bind_dual_stack(state.config.admin_port)?,
             bind_dual_stack(state.config.stats_port)?,
+            match tls {
+                Some(_) => Some(bind_dual_stack(state.config.serving_tls_port)?),
+                None => None,
+            },
         ))
     })();
-    let (main_listener, admin_listener, stats_listener) = match bound {
+    let (main_listener, admin_listener, stats_listener, tls_listener) = match bound {
         Ok(listeners) => listeners,
         Err(error) => {
             tracing::error!(%error, "Failed to bring up queue-proxy, shutting down.");
@@ -158,7 +184,6 @@ pub async fn run(config: Config) -> ExitCode {
         }
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let limits = ServerLimits::default();
     let main_server = tokio::spawn(serve(
         main_listener,
@@ -181,6 +206,15 @@ pub async fn run(config: Config) -> ExitCode {
         move |_| tower::service_fn(move |req| stats_server::handle(req, &state.published)),
         stop_rx.clone(),
     ));
+    let tls_server = tls.zip(tls_listener).map(|(tls, listener)| {
+        tokio::spawn(serve_tls(
+            listener,
+            tls.acceptor,
+            limits,
+            move |remote| main_chain(state, remote),
+            stop_rx.clone(),
+        ))
+    });
     tokio::spawn(state.published.run(&state.stats));
     tracing::info!(
         port = state.config.serving_port,
@@ -202,6 +236,10 @@ pub async fn run(config: Config) -> ExitCode {
     tracing::info!("Drain finished, shutting down the listeners.");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(main_server, admin_server, stats_server);
+    // Upstream closes the TLS listener last.
+    if let Some(server) = tls_server {
+        let _ = server.await;
+    }
     if !state.in_flight.wait_idle(IN_FLIGHT_WAIT).await {
         tracing::warn!(
             in_flight = state.in_flight.current(),
@@ -230,7 +268,39 @@ fn main_chain(
     let chain = ForwardedShimLayer.layer(chain);
     let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
-    HealthLayer::new(&state.drainer, &state.readiness).layer(chain)
+    let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);
+    RequestLogLayer::new(state.request_log.as_ref(), remote).layer(chain)
+}
+
+/// The request-log settings, when `enableRequestLog` asks for them. A template that does not
+/// parse disables request logging with one error line; serving goes on (spec §7.2).
+fn request_log_settings(config: &Config, observability: &ObservabilityConfig) -> Option<RequestLogSettings> {
+    if !observability.enable_request_log {
+        return None;
+    }
+    let text = observability
+        .request_log_template
+        .as_deref()
+        .unwrap_or(request_log::DEFAULT_TEMPLATE);
+    let template = match RequestLogTemplate::parse(text) {
+        Ok(t) => t,
+        Err(error) => {
+            tracing::error!(%error, "Failed to parse the request log template; request logging is disabled");
+            return None;
+        }
+    };
+    Some(RequestLogSettings {
+        template,
+        revision: RevisionInfo {
+            name: config.revision.clone(),
+            namespace: config.namespace.clone(),
+            service: config.service.clone(),
+            configuration: config.configuration.clone(),
+            pod_name: config.pod.clone(),
+            pod_ip: config.pod_ip.clone(),
+        },
+        log_probes: observability.enable_probe_request_log,
+    })
 }
 
 /// SIGTERM and SIGINT as one stream.

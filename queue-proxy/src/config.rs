@@ -60,6 +60,12 @@ pub struct Config {
     pub stats_port: u16,
     /// Drain quiet period (`QUEUE_DRAIN_QUIET_PERIOD_SECONDS`, default 30; ours, for tests).
     pub drain_quiet_period: Duration,
+    /// Where `tls.crt`/`tls.key` are looked for (`QUEUE_CERT_DIR`, default
+    /// `/var/lib/knative/certs`; ours, for tests and local runs).
+    pub cert_dir: std::path::PathBuf,
+    /// How often the certificate files are re-read (`QUEUE_CERT_RELOAD_MILLIS`, default 60 000;
+    /// ours, for tests).
+    pub cert_reload_period: Duration,
 }
 
 fn port(env: &dyn Env, name: &'static str) -> Result<u16, EnvError> {
@@ -130,6 +136,17 @@ impl Config {
                 "QUEUE_DRAIN_QUIET_PERIOD_SECONDS",
                 30,
                 SECS,
+            )?),
+            cert_dir: env
+                .var("QUEUE_CERT_DIR")
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| knative_common::tls::CERT_DIR.to_owned())
+                .into(),
+            cert_reload_period: Duration::from_millis(optional_int(
+                env,
+                "QUEUE_CERT_RELOAD_MILLIS",
+                knative_common::tls::DEFAULT_RELOAD_PERIOD.as_millis() as u64,
+                "a positive number of milliseconds",
             )?),
         })
     }

@@ -58,6 +58,8 @@ mod lexer;
 mod parse;
 mod trace_id;
 mod unicode_tables;
+mod layer;
+pub use layer::{LoggedBody, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings};
 
 #[cfg(test)]
 mod tests;

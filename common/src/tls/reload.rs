@@ -60,10 +60,24 @@ impl ReloadingCertResolver {
         let key_path = key_path.into();
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let pair = parse_certified_key(&cert_pem, &key_pem, &cert_path, &key_path)?;
+        Self::from_pem(cert_path, key_path, &cert_pem, &key_pem)
+    }
+
+    /// A resolver for a pair held in memory (e.g. the activator's `routing-serving-certs`
+    /// secret), updated with [`Self::update_from_pem`]; the paths only label errors (and are
+    /// what [`Self::reload`] would read, so do not start the file reloader on such a resolver).
+    pub fn from_pem(
+        cert_label: impl Into<PathBuf>,
+        key_label: impl Into<PathBuf>,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Self, CertError> {
+        let cert_path = cert_label.into();
+        let key_path = key_label.into();
+        let pair = parse_certified_key(cert_pem, key_pem, &cert_path, &key_path)?;
         Ok(ReloadingCertResolver {
             current: RwLock::new(Arc::new(pair)),
-            checksums: Mutex::new((checksum(&cert_pem), checksum(&key_pem))),
+            checksums: Mutex::new((checksum(cert_pem), checksum(key_pem))),
             cert_path,
             key_path,
         })
@@ -93,7 +107,14 @@ impl ReloadingCertResolver {
     pub fn reload(&self) -> Result<bool, CertError> {
         let cert_pem = read(&self.cert_path)?;
         let key_pem = read(&self.key_path)?;
-        let sums = (checksum(&cert_pem), checksum(&key_pem));
+        self.update_from_pem(&cert_pem, &key_pem)
+    }
+
+    /// Offers a new pair: `Ok(true)` if it differs from the served one (by SHA-256 of either
+    /// PEM) and now is served, `Ok(false)` if it is the same, `Err` (old pair kept) if it does
+    /// not parse. Logs nothing.
+    pub fn update_from_pem(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<bool, CertError> {
+        let sums = (checksum(cert_pem), checksum(key_pem));
         let mut checksums = self
             .checksums
             .lock()
@@ -101,7 +122,7 @@ impl ReloadingCertResolver {
         if *checksums == sums {
             return Ok(false);
         }
-        let pair = parse_certified_key(&cert_pem, &key_pem, &self.cert_path, &self.key_path)?;
+        let pair = parse_certified_key(cert_pem, key_pem, &self.cert_path, &self.key_path)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(pair);
         *checksums = sums;
         Ok(true)

@@ -135,8 +135,11 @@ impl<B: Body, C: Completion> Body for MeteredBody<B, C> {
                         completion.complete(*this.bytes);
                     }
                 }
-                // Dropping the pending completion records the abort.
-                Some(Err(_)) => drop(this.pending.take().map(|c| c.abort(true))),
+                Some(Err(_)) => {
+                    if let Some(completion) = this.pending.take() {
+                        completion.abort(true);
+                    }
+                }
             }
         }
         Poll::Ready(polled)

@@ -1,0 +1,274 @@
+//! The request-log stage (queue-proxy §7.2, activator §7.3): one line per request on stdout,
+//! written atomically once the response has been fully sent (for an upgraded connection: when the
+//! tunnel closes). Probe requests are skipped unless asked for.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{trace_id, LogEntry, RequestLogTemplate, RevisionInfo};
+use crate::body::{BodyError, LocalBody};
+use crate::classify::is_probe;
+use crate::proxy::TunnelScope;
+
+/// What the stage logs and how.
+#[derive(Debug)]
+pub struct RequestLogSettings {
+    /// The parsed template (empty: nothing is written).
+    pub template: RequestLogTemplate,
+    /// `.Revision.*` values.
+    pub revision: RevisionInfo,
+    /// Also log probe requests.
+    pub log_probes: bool,
+}
+
+/// Tower layer writing request-log lines; a pass-through when `settings` is `None`.
+#[derive(Clone, Debug)]
+pub struct RequestLogLayer {
+    settings: Option<&'static RequestLogSettings>,
+    remote_addr: Arc<str>,
+}
+
+impl RequestLogLayer {
+    /// The layer for one connection from `remote_addr` (`ip:port`).
+    pub fn new(settings: Option<&'static RequestLogSettings>, remote_addr: std::net::SocketAddr) -> Self {
+        let remote_addr: Arc<str> = match settings {
+            Some(_) => Arc::from(remote_addr.to_string()),
+            None => Arc::from(""),
+        };
+        RequestLogLayer {
+            settings: settings.filter(|s| !s.template.is_empty()),
+            remote_addr,
+        }
+    }
+}
+
+impl<S> Layer<S> for RequestLogLayer {
+    type Service = RequestLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestLog {
+            inner,
+            settings: self.settings,
+            remote_addr: self.remote_addr.clone(),
+        }
+    }
+}
+
+/// See [`RequestLogLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestLog<S> {
+    inner: S,
+    settings: Option<&'static RequestLogSettings>,
+    remote_addr: Arc<str>,
+}
+
+/// The request facts a line needs, captured before the request moves on.
+struct PendingLine {
+    settings: &'static RequestLogSettings,
+    remote_addr: Arc<str>,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    content_length: i64,
+    start: Instant,
+    status: u16,
+    size: u64,
+}
+
+impl PendingLine {
+    fn capture<B: Body>(settings: &'static RequestLogSettings, remote_addr: Arc<str>, request: &Request<B>) -> Self {
+        let headers = request.headers().clone();
+        let content_length = match headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            Some(n) => n,
+            None if request.body().is_end_stream() => 0,
+            None => -1,
+        };
+        PendingLine {
+            settings,
+            remote_addr,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers,
+            content_length,
+            start: Instant::now(),
+            status: 200,
+            size: 0,
+        }
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        let (proto, major, minor) = match self.version {
+            Version::HTTP_09 => ("HTTP/0.9", 0, 9),
+            Version::HTTP_10 => ("HTTP/1.0", 1, 0),
+            Version::HTTP_2 => ("HTTP/2.0", 2, 0),
+            Version::HTTP_3 => ("HTTP/3.0", 3, 0),
+            _ => ("HTTP/1.1", 1, 1),
+        };
+        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let host = self
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| self.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .unwrap_or("");
+        let entry = LogEntry {
+            method: self.method.as_str(),
+            url: target,
+            request_uri: target,
+            proto,
+            proto_major: major,
+            proto_minor: minor,
+            host,
+            remote_addr: &self.remote_addr,
+            content_length: self.content_length,
+            headers: &self.headers,
+            status: self.status,
+            response_size: self.size,
+            latency_secs: self.start.elapsed().as_secs_f64(),
+            revision: &self.settings.revision,
+            trace_id: trace_id(&self.headers),
+        };
+        let mut line = Vec::with_capacity(256);
+        self.settings.template.render(&entry, &mut line);
+        // One write under the lock: lines from concurrent requests never interleave.
+        let _ = std::io::stdout().lock().write_all(&line);
+    }
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for RequestLog<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    ReqB: Body,
+    B: LocalBody,
+{
+    type Response = Response<LoggedBody<B>>;
+    type Error = S::Error;
+    type Future = RequestLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let line = match self.settings {
+            Some(settings) if settings.log_probes || !is_probe(request.headers()) => Some(
+                PendingLine::capture(settings, self.remote_addr.clone(), &request),
+            ),
+            _ => None,
+        };
+        RequestLogFuture {
+            future: self.inner.call(request),
+            line,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`RequestLog`].
+    pub struct RequestLogFuture<F> {
+        #[pin]
+        future: F,
+        line: Option<PendingLine>,
+    }
+}
+
+impl<F, B, E> std::future::Future for RequestLogFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<LoggedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx))?;
+        let mut line = this.line.take();
+        if let Some(l) = line.as_mut() {
+            l.status = response.status().as_u16();
+        }
+        if let Some(scope) = response.extensions().get::<TunnelScope>() {
+            // Upgraded: the line is written when the tunnel closes.
+            if let Some(l) = line.take() {
+                scope.hold(Box::new(l));
+            }
+        }
+        Poll::Ready(Ok(response.map(|body| LoggedBody { body, line })))
+    }
+}
+
+pin_project! {
+    /// Counts response bytes; the line is written when the body ends or is dropped. A body that
+    /// fails mid-stream is logged with status 500 (the response was aborted).
+    pub struct LoggedBody<B> {
+        #[pin]
+        body: B,
+        line: Option<PendingLine>,
+    }
+}
+
+impl<B: LocalBody> LocalBody for LoggedBody<B> {
+    fn full(bytes: Bytes) -> Self {
+        LoggedBody {
+            body: B::full(bytes),
+            line: None,
+        }
+    }
+}
+
+impl<B> Body for LoggedBody<B>
+where
+    B: Body<Data = Bytes, Error = BodyError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        let polled = ready!(this.body.poll_frame(cx));
+        if let Some(line) = this.line.as_mut() {
+            match &polled {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        line.size += data.len() as u64;
+                    }
+                }
+                Some(Err(_)) => {
+                    line.status = 500;
+                    this.line.take();
+                }
+                None => {
+                    this.line.take();
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
