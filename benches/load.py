@@ -16,6 +16,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release")
 TICKS = os.sysconf("SC_CLK_TCK")
+# Request log (default template, to stdout) and Prometheus request metrics (port 9091 by default:
+# METRICS_PROMETHEUS_PORT moves it), as an operator would enable them.
+OBSERVABILITY_ON = '{"enableRequestLog":true,"requestMetrics":{"protocol":"prometheus"}}'
 
 
 def free_port():
@@ -49,7 +52,7 @@ def rss_kib(pid):
     return 0
 
 
-def qp_env(app_port, cc, port):
+def qp_env(app_port, cc, port, observability=""):
     env = dict(os.environ)
     env.update({
         "SERVING_NAMESPACE": "default", "SERVING_SERVICE": "hello", "SERVING_CONFIGURATION": "hello",
@@ -58,6 +61,7 @@ def qp_env(app_port, cc, port):
         "USER_PORT": str(app_port), "CONTAINER_CONCURRENCY": str(cc), "REVISION_TIMEOUT_SECONDS": "300",
         "SERVING_LOGGING_CONFIG": "", "SERVING_LOGGING_LEVEL": "warn", "QUEUE_ADMIN_PORT": str(free_port()),
         "QUEUE_STATS_PORT": str(free_port()), "SERVING_READINESS_PROBE": "",
+        "OBSERVABILITY_CONFIG": observability, "METRICS_PROMETHEUS_PORT": str(free_port()),
     })
     return env
 
@@ -154,14 +158,19 @@ def main():
         results.append(measure("bare hyper hop", hop_port, hop.pid, app.pid, args))
         hop.kill()
 
-        for cc in (0, 10):
+        scenarios = [
+            ("queue-proxy CC=0", 0, ""),
+            ("queue-proxy CC=10", 10, ""),
+            ("qp CC=10 + observability", 10, OBSERVABILITY_ON),
+        ]
+        for name, cc, observability in scenarios:
             port = free_port()
-            qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port),
+            qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port, observability),
                                   stdout=subprocess.DEVNULL)
             procs.append(qp)
             wait_listening(port)
             time.sleep(0.2)
-            results.append(measure(f"queue-proxy CC={cc}", port, qp.pid, app.pid, args))
+            results.append(measure(name, port, qp.pid, app.pid, args))
             qp.terminate()
             qp.kill()
 

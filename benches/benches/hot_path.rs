@@ -10,7 +10,9 @@ use http::{Request, Version};
 use knative_common::breaker::Breaker;
 use knative_common::classify;
 use knative_common::forwarded;
-use knative_common::proxy::rewrite::{prepare_request, restore_original_host, to_origin_form, PeerIp};
+use knative_common::proxy::rewrite::{
+    prepare_request, restore_original_host, to_origin_form, PeerIp,
+};
 use knative_common::stats::RequestStats;
 
 fn breaker(c: &mut Criterion) {
@@ -18,12 +20,14 @@ fn breaker(c: &mut Criterion) {
     c.bench_function("breaker/uncontended admit+execute+release", |bench| {
         bench.iter(|| {
             let admission = b.try_admit().expect("room");
-            let execution = b.try_execute(admission).ok().expect("slot");
+            let execution = b.try_execute(admission).expect("slot");
             black_box(&execution);
         })
     });
 
-    let shared: &'static Breaker = Box::leak(Box::new(Breaker::for_container_concurrency(10).expect("valid")));
+    let shared: &'static Breaker = Box::leak(Box::new(
+        Breaker::for_container_concurrency(10).expect("valid"),
+    ));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let contender = {
         let stop = stop.clone();
@@ -35,19 +39,25 @@ fn breaker(c: &mut Criterion) {
             }
         })
     };
-    c.bench_function("breaker/contended (2 threads) admit+execute+release", |bench| {
-        bench.iter(|| {
-            if let Some(a) = shared.try_admit() {
-                let _ = black_box(shared.try_execute(a));
-            }
-        })
-    });
+    c.bench_function(
+        "breaker/contended (2 threads) admit+execute+release",
+        |bench| {
+            bench.iter(|| {
+                if let Some(a) = shared.try_admit() {
+                    let _ = black_box(shared.try_execute(a));
+                }
+            })
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = contender.join();
 }
 
 fn stats(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let _guard = runtime.enter();
     let stats = RequestStats::new();
     c.bench_function("stats/request in+out", |bench| {
@@ -56,7 +66,9 @@ fn stats(c: &mut Criterion) {
             drop(in_flight);
         })
     });
-    c.bench_function("stats/report", |bench| bench.iter(|| black_box(stats.report())));
+    c.bench_function("stats/report", |bench| {
+        bench.iter(|| black_box(stats.report()))
+    });
 }
 
 fn typical_request() -> Request<()> {
@@ -82,24 +94,33 @@ fn headers(c: &mut Criterion) {
         let req = typical_request();
         bench.iter(|| {
             let h = black_box(req.headers());
-            black_box((classify::is_health_check(h), classify::is_network_probe(h), classify::is_kubelet_probe(h), classify::is_proxied(h)))
+            black_box((
+                classify::is_health_check(h),
+                classify::is_network_probe(h),
+                classify::is_kubelet_probe(h),
+                classify::is_proxied(h),
+            ))
         })
     });
-    c.bench_function("headers/full rewrite (shim+host+hop-by-hop+xff+uri)", |bench| {
-        bench.iter_batched(
-            typical_request,
-            |mut req| {
-                if let Some(v) = forwarded::synthesize(req.headers()) {
-                    req.headers_mut().insert("forwarded", v.parse().expect("valid"));
-                }
-                restore_original_host(&mut req);
-                black_box(prepare_request(&mut req, &peer));
-                to_origin_form(&mut req);
-                req
-            },
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    c.bench_function(
+        "headers/full rewrite (shim+host+hop-by-hop+xff+uri)",
+        |bench| {
+            bench.iter_batched(
+                typical_request,
+                |mut req| {
+                    if let Some(v) = forwarded::synthesize(req.headers()) {
+                        req.headers_mut()
+                            .insert("forwarded", v.parse().expect("valid"));
+                    }
+                    restore_original_host(&mut req);
+                    black_box(prepare_request(&mut req, &peer));
+                    to_origin_form(&mut req);
+                    req
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        },
+    );
 }
 
 criterion_group!(benches, breaker, stats, headers);

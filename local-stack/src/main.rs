@@ -6,9 +6,9 @@
 //! It builds the binaries it needs first (`cargo build --release`), so one command is enough.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
-use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -32,7 +32,10 @@ fn free_port() -> Result<u16> {
 
 fn target_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate this executable")?;
-    Ok(exe.parent().context("executable has no directory")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .context("executable has no directory")?
+        .to_path_buf())
 }
 
 fn build_binaries() -> Result<()> {
@@ -80,7 +83,9 @@ fn run() -> Result<()> {
     let app_port = port_or_free(PREFERRED_APP_PORT)?;
     let queue_port = port_or_free(PREFERRED_QUEUE_PORT)?;
     let (admin_port, stats_port, tls_port) = (free_port()?, free_port()?, free_port()?);
-    let mut stack = Stack { children: Vec::new() };
+    let mut stack = Stack {
+        children: Vec::new(),
+    };
 
     let mut app = Command::new(bin.join("sample-app"))
         .process_group(0)
@@ -135,7 +140,9 @@ fn run() -> Result<()> {
 
     wait_for_stop(&mut stack)?;
     println!("\nstopping: SIGTERM to the queue-proxy (drain), then the app");
-    let _ = Command::new("kill").args(["-TERM", &queue_pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &queue_pid.to_string()])
+        .status();
     if let Some((_, queue)) = stack.children.iter_mut().find(|(n, _)| n == "queue-proxy") {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

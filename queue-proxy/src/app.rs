@@ -14,26 +14,28 @@ use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::ProcessEnv;
 use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
-use knative_common::server::{
-    bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
-};
-use knative_common::tls::server_tls_from_env;
 use knative_common::request_log::{
     self, RequestLogLayer, RequestLogSettings, RequestLogTemplate, RevisionInfo,
 };
+use knative_common::server::{
+    bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
+};
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
+use knative_common::tls::server_tls_from_env;
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::Config;
-use crate::{admin, logging, stats_server};
 use crate::handler::QueueHandlerLayer;
 use crate::health::HealthLayer;
-use crate::observability::ObservabilityConfig;
+use crate::metrics;
+use crate::metrics::{AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
+use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
+use crate::{admin, logging, stats_server};
 
 /// Body of the 504 the timeout layer writes.
 const TIMEOUT_BODY: &str = "request timeout";
@@ -54,6 +56,7 @@ struct State {
     published: PublishedStat,
     sigterm: AtomicBool,
     request_log: Option<RequestLogSettings>,
+    metrics: Option<Metrics>,
 }
 
 /// The binary's entry point: configuration, runtime, then [`run`].
@@ -125,6 +128,22 @@ pub async fn run(config: Config) -> ExitCode {
         Err(error) => return fatal(error),
     };
     let request_log = request_log_settings(&config, &observability);
+    let metrics_address = match metrics::listen_address(&observability.request_metrics, &ProcessEnv)
+    {
+        Ok(address) => address,
+        Err(error) => return fatal(error),
+    };
+    if matches!(
+        observability.request_metrics.protocol,
+        Protocol::Grpc | Protocol::HttpProtobuf
+    ) {
+        tracing::warn!(
+            "OTLP export of request metrics is not supported yet; request metrics are disabled"
+        );
+    }
+    let metrics = metrics_address
+        .as_ref()
+        .map(|_| Metrics::new(Resource::from_env(&ProcessEnv)));
     let breaker = match config.container_concurrency {
         0 => None,
         cc => match Breaker::for_container_concurrency(cc) {
@@ -149,6 +168,7 @@ pub async fn run(config: Config) -> ExitCode {
         published: PublishedStat::new(config.pod.clone()),
         sigterm: AtomicBool::new(false),
         request_log,
+        metrics,
         config,
     }));
 
@@ -173,23 +193,25 @@ pub async fn run(config: Config) -> ExitCode {
                 Some(_) => Some(bind_dual_stack(state.config.serving_tls_port)?),
                 None => None,
             },
+            metrics_address.as_ref().map(|a| a.bind()).transpose()?,
         ))
     })();
-    let (main_listener, admin_listener, stats_listener, tls_listener) = match bound {
-        Ok(listeners) => listeners,
-        Err(error) => {
-            tracing::error!(%error, "Failed to bring up queue-proxy, shutting down.");
-            eprintln!("queue-proxy: {error}");
-            return ExitCode::from(1);
-        }
-    };
+    let (main_listener, admin_listener, stats_listener, tls_listener, metrics_listener) =
+        match bound {
+            Ok(listeners) => listeners,
+            Err(error) => {
+                tracing::error!(%error, "Failed to bring up queue-proxy, shutting down.");
+                eprintln!("queue-proxy: {error}");
+                return ExitCode::from(1);
+            }
+        };
 
     let limits = ServerLimits::default();
     let main_server = tokio::spawn(serve(
         main_listener,
         Protocols::Http1AndH2c,
         limits,
-        move |remote| main_chain(state, remote),
+        move |remote| main_chain(state, remote, UrlScheme::Http),
         stop_rx.clone(),
     ));
     let admin_server = tokio::spawn(serve(
@@ -211,10 +233,27 @@ pub async fn run(config: Config) -> ExitCode {
             listener,
             tls.acceptor,
             limits,
-            move |remote| main_chain(state, remote),
+            move |remote| main_chain(state, remote, UrlScheme::Https),
             stop_rx.clone(),
         ))
     });
+    let metrics_server = state
+        .metrics
+        .as_ref()
+        .zip(metrics_listener)
+        .map(|(m, listener)| {
+            let limits = ServerLimits {
+                header_read_timeout: Duration::from_secs(5),
+                ..limits
+            };
+            tokio::spawn(serve(
+                listener,
+                Protocols::Http1,
+                limits,
+                move |_| tower::service_fn(move |req| metrics::handle(req, m)),
+                stop_rx.clone(),
+            ))
+        });
     tokio::spawn(state.published.run(&state.stats));
     tracing::info!(
         port = state.config.serving_port,
@@ -236,8 +275,11 @@ pub async fn run(config: Config) -> ExitCode {
     tracing::info!("Drain finished, shutting down the listeners.");
     let _ = stop_tx.send(true);
     let _ = tokio::join!(main_server, admin_server, stats_server);
-    // Upstream closes the TLS listener last.
+    // Upstream closes the TLS listener last, and the user-metrics listener with the exporters.
     if let Some(server) = tls_server {
+        let _ = server.await;
+    }
+    if let Some(server) = metrics_server {
         let _ = server.await;
     }
     if !state.in_flight.wait_idle(IN_FLIGHT_WAIT).await {
@@ -254,6 +296,7 @@ pub async fn run(config: Config) -> ExitCode {
 fn main_chain(
     state: &'static State,
     remote: SocketAddr,
+    scheme: UrlScheme,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<impl LocalBody>,
@@ -262,19 +305,25 @@ fn main_chain(
 > + Clone
        + Send
        + 'static {
+    let metrics = state.metrics.as_ref();
     let proxy = ReverseProxy::new(&state.upstream, PeerIp::new(remote));
+    let chain = AppMetricsLayer::new(metrics, state.breaker.as_ref()).layer(proxy);
     let handler = QueueHandlerLayer::new(&state.stats, BreakerLayer::new(state.breaker.as_ref()));
-    let chain = handler.layer(proxy);
+    let chain = handler.layer(chain);
     let chain = ForwardedShimLayer.layer(chain);
     let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
     let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);
-    RequestLogLayer::new(state.request_log.as_ref(), remote).layer(chain)
+    let chain = RequestLogLayer::new(state.request_log.as_ref(), remote).layer(chain);
+    ServerMetricsLayer::new(metrics, scheme).layer(chain)
 }
 
 /// The request-log settings, when `enableRequestLog` asks for them. A template that does not
 /// parse disables request logging with one error line; serving goes on (spec §7.2).
-fn request_log_settings(config: &Config, observability: &ObservabilityConfig) -> Option<RequestLogSettings> {
+fn request_log_settings(
+    config: &Config,
+    observability: &ObservabilityConfig,
+) -> Option<RequestLogSettings> {
     if !observability.enable_request_log {
         return None;
     }

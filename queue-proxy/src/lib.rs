@@ -12,6 +12,7 @@ pub mod config;
 pub mod handler;
 pub mod health;
 pub mod logging;
+pub mod metrics;
 pub mod observability;
 pub mod readiness;
 pub mod stats_server;

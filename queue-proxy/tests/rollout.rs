@@ -163,7 +163,10 @@ async fn shutdown_drains_websockets_and_h2c_streams() {
     // After the quiet period the listeners close: new connections are refused...
     let ws_addr = ws_qp.addr();
     eventually(Duration::from_secs(10), "the listener to close", || async {
-        tokio::net::TcpStream::connect(ws_addr).await.is_err().then_some(())
+        tokio::net::TcpStream::connect(ws_addr)
+            .await
+            .is_err()
+            .then_some(())
     })
     .await;
     // ...but the open websocket still works, and the process waits for it.
@@ -173,12 +176,17 @@ async fn shutdown_drains_websockets_and_h2c_streams() {
         matches!(echoed, Ok(Some(Ok(Message::Text(ref t)))) if t == "still here"),
         "websocket echo after the listeners closed: {echoed:?}"
     );
-    assert!(ws_qp.wait_exit(Duration::from_millis(300)).is_none(), "must wait for the tunnel");
+    assert!(
+        ws_qp.wait_exit(Duration::from_millis(300)).is_none(),
+        "must wait for the tunnel"
+    );
     ws.close(None).await.unwrap();
     // Finish the close handshake and release the client's socket: the tunnel ends with it.
     while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
     drop(ws);
-    let exit = ws_qp.wait_exit(DEADLINE).expect("exits once the tunnel closed");
+    let exit = ws_qp
+        .wait_exit(DEADLINE)
+        .expect("exits once the tunnel closed");
     assert_eq!(exit.code(), Some(0));
 
     // The h2c stream that was in progress completed normally.

@@ -88,9 +88,9 @@ pub struct QueueFull;
 
 /// A breaker with a `pending` limit and a dynamic number of execution slots. See the module docs.
 ///
-/// The low-level API ([`Breaker::try_reserve`], [`Breaker::acquire`] then [`Breaker::release`])
-/// leaves releasing to the caller (used by the throttler's owned leases); [`Breaker::try_permit`]
-/// and [`Breaker::permit`] wrap it in an RAII [`Permit`].
+/// Public use goes through RAII [`Permit`]s ([`Breaker::try_permit`], [`Breaker::permit`]); the
+/// crate-internal low-level API (`try_reserve`, `acquire` then `release`) leaves releasing to the
+/// caller (used by the throttler's owned leases).
 #[derive(Debug)]
 pub struct Breaker {
     pending: AtomicUsize,
@@ -140,9 +140,7 @@ impl Breaker {
         let capacity = params.initial_capacity.min(max_concurrency);
         Breaker {
             pending: AtomicUsize::new(0),
-            max_pending: params
-                .queue_depth
-                .saturating_add(max_concurrency as usize),
+            max_pending: params.queue_depth.saturating_add(max_concurrency as usize),
             max_concurrency,
             max_waiting: params.max_waiting.unwrap_or(usize::MAX),
             slots: AtomicU64::new(pack(capacity, 0)),
@@ -189,7 +187,7 @@ impl Breaker {
     /// Try-reserve (pod trackers): takes a `pending` entry and a slot without waiting. On success
     /// the caller owns both and must call [`Breaker::release`] exactly once.
     #[inline]
-    pub fn try_reserve(&self) -> bool {
+    pub(crate) fn try_reserve(&self) -> bool {
         if !self.admit() {
             return false;
         }
@@ -200,32 +198,39 @@ impl Breaker {
         false
     }
 
-    /// [`Breaker::try_reserve`] returning an RAII permit.
+    /// Try-reserve returning an RAII permit: a `pending` entry and a slot without waiting.
     pub fn try_permit(&self) -> Option<Permit<'_>> {
-        self.try_reserve().then_some(Permit { breaker: self })
+        // Not `then_some`: building a `Permit` eagerly would release on drop when reserve failed.
+        if self.try_reserve() {
+            Some(Permit { breaker: self })
+        } else {
+            None
+        }
     }
 
     /// Acquire (revision breaker): fails at once with [`QueueFull`] if `pending` is at its limit
     /// (or the optional waiting cap is reached), otherwise waits for a slot. On `Ok` the caller owns
     /// a `pending` entry and a slot and must call [`Breaker::release`] exactly once. Dropping the
     /// future before it completes leaves the queue and leaks nothing.
-    pub fn acquire(&self) -> Acquire<'_> {
+    pub(crate) fn acquire(&self) -> Acquire<'_> {
         Acquire {
             breaker: self,
             state: AcquireState::Start,
         }
     }
 
-    /// [`Breaker::acquire`] returning an RAII permit.
+    /// Acquire returning an RAII permit: fails at once with [`QueueFull`] if `pending` is at its
+    /// limit (or the optional waiting cap is reached), otherwise waits for a slot. Dropping the
+    /// future before it completes leaves the queue and leaks nothing.
     pub async fn permit(&self) -> Result<Permit<'_>, QueueFull> {
         self.acquire().await?;
         Ok(Permit { breaker: self })
     }
 
-    /// Releases a slot and its `pending` entry (see [`Breaker::try_reserve`], [`Breaker::acquire`]);
+    /// Releases a slot and its `pending` entry (see `try_reserve`, `acquire`);
     /// if a waiter is queued and the slot is really free (capacity not shrunk below), the slot is
     /// handed to it.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.give_back_slot();
         decrement(&self.pending);
         if self.waiting.load(SeqCst) > 0 {
@@ -241,7 +246,7 @@ impl Breaker {
     #[inline]
     fn admit(&self) -> bool {
         self.pending
-            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_pending).then_some(n + 1))
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_pending).then(|| n + 1))
             .is_ok()
     }
 
@@ -250,16 +255,16 @@ impl Breaker {
     fn try_take(&self) -> bool {
         self.slots
             .fetch_update(SeqCst, SeqCst, |s| {
-                (in_flight_of(s) < capacity_of(s)).then_some(s + 1)
+                (in_flight_of(s) < capacity_of(s)).then(|| s + 1)
             })
             .is_ok()
     }
 
     /// Returns an execution slot (never below zero), without granting.
     fn give_back_slot(&self) {
-        let _ = self.slots.fetch_update(SeqCst, SeqCst, |s| {
-            (in_flight_of(s) > 0).then_some(s - 1)
-        });
+        let _ = self
+            .slots
+            .fetch_update(SeqCst, SeqCst, |s| (in_flight_of(s) > 0).then(|| s - 1));
     }
 
     /// Hands free slots to queued waiters, in FIFO order, one slot per waiter, and wakes them.
@@ -302,7 +307,7 @@ enum AcquireState {
     Done,
 }
 
-/// Future returned by [`Breaker::acquire`].
+/// Future of the crate-internal `Breaker::acquire` (and behind [`Breaker::permit`]).
 #[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
 pub struct Acquire<'a> {
@@ -757,6 +762,13 @@ mod tests {
         assert_eq!(woken, 37);
         assert!(ws.iter().take(37).all(|w| w.wakes() == 1));
         assert_eq!(b.in_flight(), 37);
+    }
+
+    #[test]
+    fn release_on_an_empty_closed_breaker_does_not_underflow() {
+        let b = breaker(1, 1, 0);
+        b.release();
+        assert_eq!((b.in_flight(), b.pending(), b.capacity()), (0, 0, 0));
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl InfiniteBreaker {
         }
         if self
             .waiting
-            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_waiting).then_some(n + 1))
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max_waiting).then(|| n + 1))
             .is_err()
         {
             return Err(QueueFull);
@@ -161,17 +161,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cancelled_waiter_is_forgotten_and_cap_applies() {
         let b = InfiniteBreaker::new(Some(1));
-        assert!(
-            tokio::time::timeout(Duration::from_millis(5), b.acquire())
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(5), b.acquire())
+            .await
+            .is_err());
         assert_eq!(b.waiting(), 0);
         let mut first = std::pin::pin!(b.acquire());
-        let polled = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(first.as_mut().poll(cx).is_pending())
-        })
-        .await;
+        let polled =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx).is_pending()))
+                .await;
         assert!(polled, "waits while closed");
         assert_eq!(b.acquire().await, Err(QueueFull));
         b.set_capacity(1);

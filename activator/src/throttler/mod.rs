@@ -1,1 +1,268 @@
-//! Being written (see the crate documentation).
+//! The throttler (spec §3, §4): per revision, a breaker whose capacity follows the revision's
+//! healthy backends, pod trackers limiting each pod to its container concurrency, pod subsetting
+//! across activators and a load-balancing policy.
+//!
+//! - [`Throttler`]: the registry keyed by [`RevisionId`] — create/remove revisions, apply dests and
+//!   activator updates, and [`Throttler::try_acquire`] a [`Lease`] on the request path;
+//! - [`RevisionThrottler`]: one revision (settings fixed at creation; capacity computation §3.3);
+//! - [`Breaker`]: the finite breaker with dynamic capacity (§3.2); [`InfiniteBreaker`]: the cc = 0
+//!   gate (§3.4).
+//!
+//! Typical use:
+//! ```
+//! # use activator::throttler::*;
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+//! # rt.block_on(async {
+//! let throttler = Throttler::new();
+//! let id = RevisionId::new("default", "hello-00001");
+//! throttler.ensure_revision(&id, RevisionSettings { container_concurrency: 1, ..Default::default() });
+//! throttler.update_dests(&id, &DestsUpdate {
+//!     cluster_ip_dest: None,
+//!     dests: ["10.0.0.1:8012".to_string()].into(),
+//! })?;
+//! let lease = throttler.try_acquire(&id).await?; // waits while capacity is 0
+//! assert_eq!(lease.dest(), "10.0.0.1:8012");
+//! drop(lease); // at the end of the response body
+//! # Ok::<(), ThrottlerError>(())
+//! # }).unwrap();
+//! ```
+
+mod breaker;
+mod infinite;
+mod policy;
+mod revision;
+mod subset;
+mod tracker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+
+pub use breaker::{Acquire, Breaker, BreakerParams, Permit, QueueFull, MAX_CAPACITY};
+pub use infinite::InfiniteBreaker;
+pub use revision::{Lease, RevisionThrottler};
+
+/// A revision: (namespace, name). Displays as `namespace/name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RevisionId {
+    /// Namespace.
+    pub namespace: String,
+    /// Revision name.
+    pub name: String,
+}
+
+impl RevisionId {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        RevisionId {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for RevisionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The revision's serving protocol (from its serving container's first port name).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1 (port name anything but `h2c`); public Endpoints port name `http`.
+    #[default]
+    Http1,
+    /// h2c (port named `h2c`); public Endpoints port name `http2`.
+    H2c,
+}
+
+impl Protocol {
+    /// The public Endpoints port name whose addresses are this revision's activators.
+    pub fn port_name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http",
+            Protocol::H2c => "http2",
+        }
+    }
+}
+
+/// Per-revision settings, fixed when the revision's throttler is created (spec §3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevisionSettings {
+    /// `spec.containerConcurrency` (nil → 0). 0 = infinite breaker + power-of-two choices; 1–3 =
+    /// first available; ≥ 4 = round robin.
+    pub container_concurrency: u32,
+    /// Serving protocol.
+    pub protocol: Protocol,
+    /// Optional cap on requests *waiting* for a revision slot (running ones not counted); beyond it
+    /// [`Throttler::try_acquire`] fails with [`ThrottlerError::QueueFull`]. `None` (Knative's
+    /// behavior) = effectively unbounded (`Q + M` = 10000 + 2^31−1).
+    pub max_queued: Option<usize>,
+}
+
+/// A dests update from the revision backends manager (spec §5.10).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestsUpdate {
+    /// `Some("clusterIP:port")` to route through the cluster IP (`None` or `Some("")`: pod routing).
+    pub cluster_ip_dest: Option<String>,
+    /// Pod routing: the healthy pods' `ip:port`; cluster-IP routing: the K8s-ready endpoints (only
+    /// their count matters); scaled to zero: empty.
+    pub dests: BTreeSet<String>,
+}
+
+/// Errors of the throttler.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ThrottlerError {
+    /// No throttler exists for the revision (holds the revision *name*).
+    #[error("revision.serving.knative.dev \"{0}\" not found")]
+    RevisionNotFound(String),
+    /// The revision's queue is full.
+    #[error("pending request queue full")]
+    QueueFull,
+}
+
+type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>>>;
+
+/// The registry of revision throttlers, keyed by namespace then name so that lookups borrow the
+/// caller's strings (one read lock, two hash lookups, no allocation).
+#[derive(Debug, Default)]
+pub struct Throttler {
+    revisions: RwLock<Revisions>,
+}
+
+impl Throttler {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Throttler::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Revisions> {
+        self.revisions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gets the revision's throttler, creating it with `settings` if missing (settings of an
+    /// existing throttler are never changed).
+    pub fn ensure_revision(
+        &self,
+        id: &RevisionId,
+        settings: RevisionSettings,
+    ) -> Arc<RevisionThrottler> {
+        if let Some(existing) = self.get(&id.namespace, &id.name) {
+            return existing;
+        }
+        let mut revisions = self
+            .revisions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        revisions
+            .entry(id.namespace.clone())
+            .or_default()
+            .entry(id.name.clone())
+            .or_insert_with(|| Arc::new(RevisionThrottler::new(id.clone(), settings)))
+            .clone()
+    }
+
+    /// Removes the revision's throttler (spec §3.7). Requests holding leases keep their reference;
+    /// later lookups and updates fail with [`ThrottlerError::RevisionNotFound`]. Returns whether it
+    /// existed.
+    pub fn remove_revision(&self, id: &RevisionId) -> bool {
+        let mut revisions = self
+            .revisions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(names) = revisions.get_mut(id.namespace.as_str()) else {
+            return false;
+        };
+        let removed = names.remove(id.name.as_str()).is_some();
+        if names.is_empty() {
+            revisions.remove(id.namespace.as_str());
+        }
+        removed
+    }
+
+    /// The revision's throttler, looked up with borrowed strings.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<RevisionThrottler>> {
+        self.read().get(namespace)?.get(name).cloned()
+    }
+
+    /// The revision's throttler.
+    pub fn revision(&self, id: &RevisionId) -> Option<Arc<RevisionThrottler>> {
+        self.get(&id.namespace, &id.name)
+    }
+
+    fn require(&self, id: &RevisionId) -> Result<Arc<RevisionThrottler>, ThrottlerError> {
+        self.revision(id)
+            .ok_or_else(|| ThrottlerError::RevisionNotFound(id.name.clone()))
+    }
+
+    /// Applies a dests update (spec §3.6); updates of one revision are serialized.
+    pub fn update_dests(
+        &self,
+        id: &RevisionId,
+        update: &DestsUpdate,
+    ) -> Result<(), ThrottlerError> {
+        self.require(id)?.update_dests(update);
+        Ok(())
+    }
+
+    /// Applies the healthy activator IPs of the revision's public Endpoints (spec §3.8): only when
+    /// `self_ip` is among them; see [`RevisionThrottler::update_activators`]. Returns whether the
+    /// activator count or index changed.
+    pub fn update_activators<S: AsRef<str>>(
+        &self,
+        id: &RevisionId,
+        public_endpoint_ips: &[S],
+        self_ip: &str,
+    ) -> Result<bool, ThrottlerError> {
+        Ok(self
+            .require(id)?
+            .update_activators(public_endpoint_ips, self_ip))
+    }
+
+    /// Try (spec §3.5) for the revision: waits for capacity, picks a dest and returns a [`Lease`]
+    /// holding the slots. The lookup happens now; the returned future is `'static` and may be
+    /// dropped at any time (e.g. by a timeout) without leaking anything.
+    pub fn try_acquire(
+        &self,
+        id: &RevisionId,
+    ) -> impl Future<Output = Result<Lease, ThrottlerError>> + Send + 'static {
+        self.try_acquire_by(&id.namespace, &id.name)
+    }
+
+    /// [`Throttler::try_acquire`] with borrowed namespace and name.
+    pub fn try_acquire_by(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Lease, ThrottlerError>> + Send + 'static {
+        let found = self
+            .get(namespace, name)
+            .ok_or_else(|| ThrottlerError::RevisionNotFound(name.to_owned()));
+        async move { found?.acquire().await }
+    }
+
+    /// Number of revisions.
+    pub fn len(&self) -> usize {
+        self.read().values().map(HashMap::len).sum()
+    }
+
+    /// Whether there are no revisions.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// All revision ids (unordered).
+    pub fn revision_ids(&self) -> Vec<RevisionId> {
+        self.read()
+            .iter()
+            .flat_map(|(ns, names)| names.keys().map(move |name| RevisionId::new(ns, name)))
+            .collect()
+    }
+}

@@ -20,8 +20,10 @@ async fn main() -> anyhow::Result<()> {
     let upstream: u16 = args.next().unwrap_or_else(|| "8080".into()).parse()?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], listen))).await?;
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], listen))).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -31,12 +33,16 @@ async fn main() -> anyhow::Result<()> {
                 let client = client.clone();
                 async move {
                     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let uri: Uri = format!("http://127.0.0.1:{upstream}{pq}").parse().expect("valid URI");
+                    let uri: Uri = format!("http://127.0.0.1:{upstream}{pq}")
+                        .parse()
+                        .expect("valid URI");
                     *req.uri_mut() = uri;
                     Ok::<_, Infallible>(match client.request(req).await {
                         Ok(response) => response.map(http_body_util::Either::Left),
                         Err(_) => {
-                            let mut r = http::Response::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+                            let mut r = http::Response::new(http_body_util::Either::Right(
+                                http_body_util::Empty::new(),
+                            ));
                             *r.status_mut() = http::StatusCode::BAD_GATEWAY;
                             r
                         }

@@ -40,7 +40,10 @@ pub struct RequestLogLayer {
 
 impl RequestLogLayer {
     /// The layer for one connection from `remote_addr` (`ip:port`).
-    pub fn new(settings: Option<&'static RequestLogSettings>, remote_addr: std::net::SocketAddr) -> Self {
+    pub fn new(
+        settings: Option<&'static RequestLogSettings>,
+        remote_addr: std::net::SocketAddr,
+    ) -> Self {
         let remote_addr: Arc<str> = match settings {
             Some(_) => Arc::from(remote_addr.to_string()),
             None => Arc::from(""),
@@ -86,7 +89,11 @@ struct PendingLine {
 }
 
 impl PendingLine {
-    fn capture<B: Body>(settings: &'static RequestLogSettings, remote_addr: Arc<str>, request: &Request<B>) -> Self {
+    fn capture<B: Body>(
+        settings: &'static RequestLogSettings,
+        remote_addr: Arc<str>,
+        request: &Request<B>,
+    ) -> Self {
         let headers = request.headers().clone();
         let content_length = match headers
             .get(http::header::CONTENT_LENGTH)
@@ -126,7 +133,11 @@ impl Drop for PendingLine {
             .uri
             .authority()
             .map(|a| a.as_str())
-            .or_else(|| self.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .or_else(|| {
+                self.headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            })
             .unwrap_or("");
         let entry = LogEntry {
             method: self.method.as_str(),
@@ -240,7 +251,10 @@ where
     type Error = BodyError;
 
     #[inline]
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         let polled = ready!(this.body.poll_frame(cx));
         if let Some(line) = this.line.as_mut() {

@@ -54,11 +54,11 @@
 mod escape;
 mod exec;
 mod gofmt;
+mod layer;
 mod lexer;
 mod parse;
 mod trace_id;
 mod unicode_tables;
-mod layer;
 pub use layer::{LoggedBody, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings};
 
 #[cfg(test)]

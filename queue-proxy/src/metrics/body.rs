@@ -116,7 +116,7 @@ impl<B: Body, C: Completion> Body for MeteredBody<B, C> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         let polled = ready!(this.body.as_mut().poll_frame(cx));
         if this.pending.completion.is_some() {
             match &polled {
@@ -163,17 +163,27 @@ pin_project! {
         #[pin]
         future: F,
         pending: Pending<C>,
+        head: bool,
     }
 }
 
 impl<F, C: Completion> MeteredFuture<F, C> {
-    /// Wraps the inner `future`; `None` records nothing.
-    pub(crate) fn new(future: F, completion: Option<C>) -> Self {
+    /// Wraps the inner `future`; `None` records nothing. `head`: the request was a `HEAD`, so
+    /// the server will not send (nor poll) any response body.
+    pub(crate) fn new(future: F, completion: Option<C>, head: bool) -> Self {
         MeteredFuture {
             future,
             pending: Pending::new(completion),
+            head,
         }
     }
+}
+
+/// Whether the server sends no body at all with this response (and drops it unpolled).
+fn bodiless(head: bool, status: StatusCode) -> bool {
+    head || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
 }
 
 impl<F, B, E, C> Future for MeteredFuture<F, C>
@@ -199,7 +209,7 @@ where
             return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
         }
         completion.respond(response.status());
-        if response.body().is_end_stream() {
+        if response.body().is_end_stream() || bodiless(*this.head, response.status()) {
             completion.complete(0);
             return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
         }
@@ -268,7 +278,9 @@ mod tests {
         B: Body,
     {
         let future = std::future::ready(Ok::<_, ()>(Response::new(body)));
-        MeteredFuture::new(future, Some(completion)).await.unwrap()
+        MeteredFuture::new(future, Some(completion), false)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
@@ -305,6 +317,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bodiless_responses_complete_at_once() {
+        for (head, status) in [(true, StatusCode::OK), (false, StatusCode::NOT_MODIFIED)] {
+            let (p, log) = probe();
+            let mut response = Response::new(knative_common::body::ProxyBody::full("x".into()));
+            *response.status_mut() = status;
+            let future = std::future::ready(Ok::<_, ()>(response));
+            let response = MeteredFuture::new(future, Some(p), head).await.unwrap();
+            // hyper drops such a body without polling it.
+            drop(response);
+            assert_eq!(
+                *log.lock().unwrap(),
+                vec![Outcome::Complete(status.as_u16(), 0)]
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn failing_body_aborts() {
         let (p, log) = probe();
         let body = stream(vec![
@@ -335,6 +364,7 @@ mod tests {
         let future = MeteredFuture::new(
             std::future::pending::<Result<Response<http_body_util::Empty<Bytes>>, ()>>(),
             Some(p),
+            false,
         );
         drop(future);
         assert_eq!(*log.lock().unwrap(), vec![Outcome::Abort(false)]);

@@ -14,6 +14,8 @@
 
 pub mod app_metrics;
 mod body;
+#[cfg(test)]
+mod chain_tests;
 pub mod listener;
 pub mod route_tag;
 pub mod server_metrics;
@@ -224,12 +226,8 @@ impl Collector for Instruments {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         self.server.encode(&mut encoder)?;
         self.app.encode(&mut encoder)?;
-        let mut target = encoder.encode_descriptor(
-            "target_info",
-            "Target metadata",
-            None,
-            MetricType::Gauge,
-        )?;
+        let mut target =
+            encoder.encode_descriptor("target_info", "Target metadata", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(target.encode_family(&self.resource)?)
     }
 }
@@ -266,7 +264,8 @@ impl Metrics {
     /// The Prometheus text exposition of everything recorded so far.
     pub fn encode(&self) -> String {
         let mut text = String::with_capacity(4096);
-        if let Err(error) = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
+        if let Err(error) =
+            prometheus_client::encoding::text::encode_registry(&mut text, &self.registry)
         {
             tracing::warn!(%error, "encoding request metrics failed");
         }
@@ -308,7 +307,8 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// The label keys of the first sample line starting with `sample{`, in order.
+    /// The label keys of the first sample line starting with `sample{`, in order, without `le`
+    /// (prometheus-client writes `le` first, Go last; label order carries no meaning).
     pub(crate) fn label_keys(text: &str, sample: &str) -> Vec<String> {
         let prefix = format!("{sample}{{");
         let line = text
@@ -319,6 +319,7 @@ pub(crate) mod tests {
         labels
             .split("\",")
             .map(|pair| pair.split('=').next().unwrap().to_owned())
+            .filter(|key| key != "le")
             .collect()
     }
 
@@ -402,7 +403,10 @@ pub(crate) mod tests {
         let text = metrics.encode();
         assert_eq!(
             header_lines(&text, "target_info"),
-            ["# HELP target_info Target metadata", "# TYPE target_info gauge"]
+            [
+                "# HELP target_info Target metadata",
+                "# TYPE target_info gauge"
+            ]
         );
         assert!(text.contains("container_name=\"queue-proxy\""));
         assert!(text.trim_end().ends_with("} 1"), "{text}");
@@ -420,7 +424,10 @@ pub(crate) mod tests {
 
     #[test]
     fn label_names_are_sanitized() {
-        assert_eq!(sanitize_label_name("deployment.environment"), "deployment_environment");
+        assert_eq!(
+            sanitize_label_name("deployment.environment"),
+            "deployment_environment"
+        );
         assert_eq!(sanitize_label_name("1x"), "key_1x");
         assert_eq!(percent_decode("%zz"), None);
     }

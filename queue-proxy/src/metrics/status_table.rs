@@ -50,6 +50,12 @@ pub(crate) struct StatusTable<T> {
     other: RwLock<Vec<(u16, T)>>,
 }
 
+impl<T> std::fmt::Debug for StatusTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatusTable")
+    }
+}
+
 impl<T> Default for StatusTable<T> {
     fn default() -> Self {
         StatusTable {
@@ -62,7 +68,12 @@ impl<T> Default for StatusTable<T> {
 impl<T> StatusTable<T> {
     /// Runs `f` on the entry for `status`, creating it with `init` first if needed.
     #[inline]
-    pub(crate) fn with<R>(&self, status: u16, init: impl FnOnce() -> T, f: impl FnOnce(&T) -> R) -> R {
+    pub(crate) fn with<R>(
+        &self,
+        status: u16,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
         if let Some(slot) = common_slot(status) {
             return f(self.common[slot].get_or_init(init));
         }
@@ -101,7 +112,11 @@ impl<T> StatusTable<T> {
     /// Whether no entry exists yet.
     pub(crate) fn is_empty(&self) -> bool {
         self.common.iter().all(|slot| slot.get().is_none())
-            && self.other.read().unwrap_or_else(|e| e.into_inner()).is_empty()
+            && self
+                .other
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
     }
 }
 
