@@ -23,6 +23,7 @@ use knative_common::server::{
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
+use knative_common::signals::Signals;
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -35,7 +36,8 @@ use crate::metrics::{AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, Url
 use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
-use crate::{admin, logging, stats_server};
+use crate::{admin, stats_server};
+use knative_common::logging;
 
 /// Body of the 504 the timeout layer writes.
 const TIMEOUT_BODY: &str = "request timeout";
@@ -69,9 +71,11 @@ pub fn main() -> ExitCode {
         }
     };
     logging::init(
-        &config.namespace,
-        &config.revision,
-        &config.pod,
+        "queueproxy",
+        vec![
+            ("knative.dev/key", format!("{}/{}", config.namespace, config.revision)),
+            ("knative.dev/pod", config.pod.clone()),
+        ],
         &config.logging_level,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -350,27 +354,4 @@ fn request_log_settings(
         },
         log_probes: observability.enable_probe_request_log,
     })
-}
-
-/// SIGTERM and SIGINT as one stream.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

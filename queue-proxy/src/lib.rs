@@ -11,7 +11,6 @@ pub mod app;
 pub mod config;
 pub mod handler;
 pub mod health;
-pub mod logging;
 pub mod metrics;
 pub mod observability;
 pub mod readiness;

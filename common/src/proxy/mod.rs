@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tower_service::Service;
 
 pub use error::ProxyError;
-pub use pool::{PooledBody, Upstream};
+pub use pool::{PooledBody, Upstream, UpstreamHandle};
 pub use rewrite::{PeerIp, UpgradeRequest};
 pub use tunnel::TunnelScope;
 
@@ -28,7 +28,7 @@ use crate::body::{text_error_bytes, ProxyBody};
 /// Forwards `request` to `upstream` and returns the upstream response, or why there is none.
 /// Headers must already be prepared ([`rewrite::prepare_request`]); `upgrade` is what it returned.
 pub async fn forward(
-    upstream: &'static Upstream,
+    upstream: &UpstreamHandle,
     mut request: Request<Incoming>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -49,7 +49,7 @@ pub async fn forward(
     *request.version_mut() = Version::HTTP_11;
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
 
-    let checkout = upstream.checkout_http1().await?;
+    let checkout = Upstream::checkout_http1(upstream).await?;
     let response = match checkout.send(upstream, request, upgrade.is_some()).await {
         Ok(response) => response,
         // The keep-alive race: the idle connection was closed before a byte of the request was
@@ -59,7 +59,7 @@ pub async fn forward(
             fresh: false,
             ..
         }) => {
-            let fresh = upstream.checkout_http1().await?;
+            let fresh = Upstream::checkout_http1(upstream).await?;
             fresh
                 .send(upstream, request, upgrade.is_some())
                 .await
@@ -140,10 +140,10 @@ impl Service<Request<Incoming>> for ReverseProxy {
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        let upstream = self.upstream;
+        let upstream = UpstreamHandle::Static(self.upstream);
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
         Box::pin(async move {
-            Ok(match forward(upstream, request, upgrade).await {
+            Ok(match forward(&upstream, request, upgrade).await {
                 Ok(response) => response,
                 Err(error) => {
                     tracing::debug!(%error, "upstream request failed");

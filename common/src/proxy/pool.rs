@@ -42,6 +42,40 @@ const MAX_RESPONSE_HEADERS: usize = 500;
 /// Request body type sent upstream.
 pub type UpstreamRequestBody = Incoming;
 
+/// How a request reaches its [`Upstream`]: a process-lifetime one (the queue-proxy's single user
+/// container, no reference counting at all) or a shared one that is freed when the last user
+/// lets go (the activator's per-pod pools, which come and go with pods).
+#[derive(Clone, Debug)]
+pub enum UpstreamHandle {
+    /// Lives for the whole process.
+    Static(&'static Upstream),
+    /// Reference-counted.
+    Shared(std::sync::Arc<Upstream>),
+}
+
+impl std::ops::Deref for UpstreamHandle {
+    type Target = Upstream;
+    #[inline]
+    fn deref(&self) -> &Upstream {
+        match self {
+            UpstreamHandle::Static(u) => u,
+            UpstreamHandle::Shared(u) => u,
+        }
+    }
+}
+
+impl From<&'static Upstream> for UpstreamHandle {
+    fn from(u: &'static Upstream) -> Self {
+        UpstreamHandle::Static(u)
+    }
+}
+
+impl From<std::sync::Arc<Upstream>> for UpstreamHandle {
+    fn from(u: std::sync::Arc<Upstream>) -> Self {
+        UpstreamHandle::Shared(u)
+    }
+}
+
 struct IdleConn {
     sender: http1::SendRequest<UpstreamRequestBody>,
     since: Instant,
@@ -91,8 +125,9 @@ impl Upstream {
     }
 
     /// An HTTP/1.1 connection: a ready idle one, else a new one.
-    pub async fn checkout_http1(&'static self) -> Result<Checkout, ProxyError> {
-        while let Some(conn) = self.idle.pop() {
+    pub async fn checkout_http1(handle: &UpstreamHandle) -> Result<Checkout, ProxyError> {
+        let this: &Upstream = handle;
+        while let Some(conn) = this.idle.pop() {
             if conn.since.elapsed() >= IDLE_TIMEOUT || conn.sender.is_closed() {
                 continue;
             }
@@ -105,19 +140,20 @@ impl Upstream {
             // Its connection task has not caught up with the end of the last exchange (or the
             // request body is still being sent). Let it finish on its own, then return it.
             let mut sender = conn.sender;
+            let handle = handle.clone();
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    self.give_back(sender);
+                    handle.give_back(sender);
                 }
             });
         }
-        let io = self.dial().await?;
+        let io = this.dial().await?;
         let (sender, conn) = http1::Builder::new()
             .title_case_headers(true)
             .max_headers(MAX_RESPONSE_HEADERS)
             .handshake(io)
             .await
-            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
+            .map_err(|e| ProxyError::Handshake(this.addr, e))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -128,7 +164,7 @@ impl Upstream {
     }
 
     /// The shared h2c connection, dialled if needed.
-    pub async fn h2(&'static self) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError> {
+    pub async fn h2(&self) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError> {
         {
             let guard = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(sender) = guard.as_ref() {
@@ -183,7 +219,7 @@ impl Checkout {
     /// the request comes back in the error so it can be retried on another connection.
     pub async fn send(
         mut self,
-        upstream: &'static Upstream,
+        upstream: &UpstreamHandle,
         request: http::Request<UpstreamRequestBody>,
         upgrade: bool,
     ) -> Result<http::Response<PooledBody>, SendError> {
@@ -191,8 +227,8 @@ impl Checkout {
             Ok(response) => {
                 let keep = !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
                 Ok(response.map(|body| {
-                    let back = keep.then_some(ReturnToPool {
-                        upstream,
+                    let back = keep.then(|| ReturnToPool {
+                        upstream: upstream.clone(),
                         sender: self.sender,
                     });
                     PooledBody::new(body, back)
@@ -219,7 +255,7 @@ pub struct SendError {
 }
 
 struct ReturnToPool {
-    upstream: &'static Upstream,
+    upstream: UpstreamHandle,
     sender: http1::SendRequest<UpstreamRequestBody>,
 }
 

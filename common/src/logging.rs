@@ -1,5 +1,6 @@
-//! Process logs as JSON lines with the keys Knative's log pipelines expect (spec §9.1):
-//! `severity`, `timestamp`, `logger`, `caller`, `message`, `knative.dev/key`, `knative.dev/pod`.
+//! Process logs as JSON lines with the keys Knative's log pipelines expect (queue-proxy §9.1,
+//! activator §7.4): `severity`, `timestamp`, `logger`, `caller`, `message`, plus fixed fields
+//! such as `knative.dev/key` and `knative.dev/pod`.
 
 use std::fmt::Write as _;
 
@@ -10,17 +11,14 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// Formats events as Knative zap-style JSON.
 pub struct KnativeJson {
-    key: String,
-    pod: String,
+    logger: &'static str,
+    fields: Vec<(&'static str, String)>,
 }
 
 impl KnativeJson {
-    /// Lines carry `knative.dev/key = <namespace>/<revision>` and `knative.dev/pod`.
-    pub fn new(namespace: &str, revision: &str, pod: &str) -> Self {
-        KnativeJson {
-            key: format!("{namespace}/{revision}"),
-            pod: pod.to_owned(),
-        }
+    /// Lines name `logger` and carry `fields` (e.g. `knative.dev/pod`).
+    pub fn new(logger: &'static str, fields: Vec<(&'static str, String)>) -> Self {
+        KnativeJson { logger, fields }
     }
 }
 
@@ -80,14 +78,15 @@ where
         let mut line = serde_json::Map::new();
         line.insert("severity".into(), severity(meta.level()).into());
         line.insert("timestamp".into(), now.into());
-        line.insert("logger".into(), "queueproxy".into());
+        line.insert("logger".into(), self.logger.into());
         line.insert("caller".into(), caller.into());
         line.insert("message".into(), fields.message.into());
         for (k, v) in fields.extra {
             line.insert(k.into(), v.into());
         }
-        line.insert("knative.dev/key".into(), self.key.clone().into());
-        line.insert("knative.dev/pod".into(), self.pod.clone().into());
+        for (k, v) in &self.fields {
+            line.insert((*k).into(), v.clone().into());
+        }
         writeln!(writer, "{}", serde_json::Value::Object(line))
     }
 }
@@ -128,9 +127,9 @@ pub fn level_filter(level: &str) -> tracing::level_filters::LevelFilter {
 }
 
 /// Installs the JSON logger on stdout.
-pub fn init(namespace: &str, revision: &str, pod: &str, level: &str) {
+pub fn init(logger: &'static str, fields: Vec<(&'static str, String)>, level: &str) {
     let _ = tracing_subscriber::fmt()
-        .event_format(KnativeJson::new(namespace, revision, pod))
+        .event_format(KnativeJson::new(logger, fields))
         .with_max_level(level_filter(level))
         .with_writer(std::io::stdout)
         .try_init();

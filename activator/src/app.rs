@@ -1,0 +1,159 @@
+//! Process wiring: configuration, discovery, throttler, backends, autoscaler channel, listeners,
+//! and the graceful shutdown of spec §8.
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use knative_common::drain::InFlightCounter;
+use knative_common::env::ProcessEnv;
+use knative_common::logging;
+use knative_common::server::{bind_dual_stack, serve, BindError, Protocols, ServerLimits};
+use knative_common::signals::Signals;
+use tokio::sync::watch;
+
+use crate::backends::{BackendSettings, BackendsManager};
+use crate::config::{Config, DEFAULT_DRAIN_TIMEOUT};
+use crate::discovery::FileSource;
+use crate::handler::pools::DestPools;
+use crate::handler::{ActivatorService, ActivatorState};
+use crate::reporter::{discover_cluster_domain, AutoscalerConnection, ConcurrencyReporter, REPORT_INTERVAL};
+use crate::throttler::Throttler;
+
+/// How often the discovery file is checked for changes.
+const DISCOVERY_POLL: Duration = Duration::from_millis(100);
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let config = match Config::from_env(&ProcessEnv, discover_cluster_domain()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("activator: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    logging::init(
+        "activator",
+        vec![
+            ("knative.dev/controller", "activator".to_owned()),
+            ("knative.dev/pod", config.pod_name.clone()),
+        ],
+        &std::env::var("ACTIVATOR_LOG_LEVEL").unwrap_or_default(),
+    );
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(config)),
+        Err(error) => {
+            eprintln!("activator: cannot start the runtime: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn fatal(message: impl std::fmt::Display) -> ExitCode {
+    tracing::error!("{message}");
+    eprintln!("activator: {message}");
+    ExitCode::from(1)
+}
+
+/// Runs the activator until it has drained after SIGTERM/SIGINT.
+pub async fn run(config: Config) -> ExitCode {
+    let mut signals = match Signals::new() {
+        Ok(s) => s,
+        Err(error) => return fatal(format!("cannot install signal handlers: {error}")),
+    };
+    // Listeners stop first; the background machinery (discovery, probing, the autoscaler
+    // channel) stops after the listeners have drained.
+    let (listeners_stop, listeners_rx) = watch::channel(false);
+    let (background_stop, background_rx) = watch::channel(false);
+
+    let Some(path) = config.discovery_file.clone() else {
+        return fatal(
+            "no discovery source: set ACTIVATOR_DISCOVERY_FILE to a revisions file \
+             (Kubernetes discovery is not available in this build)",
+        );
+    };
+    let discovery = match FileSource::start(path, DISCOVERY_POLL, background_rx.clone()) {
+        Ok(source) => source,
+        Err(error) => return fatal(error),
+    };
+    let throttler = Arc::new(Throttler::new());
+    let _backends = BackendsManager::spawn(
+        discovery.subscribe(),
+        throttler.clone(),
+        BackendSettings {
+            probe_timeout: config.probe_timeout,
+            probe_frequency: config.probe_frequency,
+            self_ip: config.pod_ip.clone(),
+            max_queued: config.max_queued_per_revision,
+            ..BackendSettings::default()
+        },
+        background_rx.clone(),
+    );
+    let autoscaler = AutoscalerConnection::spawn(config.autoscaler_url.clone(), background_rx.clone());
+    let sender = autoscaler.clone();
+    let reporter = Arc::new(ConcurrencyReporter::new(config.pod_name.clone(), move |batch| {
+        sender.send(batch);
+    }));
+    let reporter_task = tokio::spawn(reporter.clone().run(REPORT_INTERVAL));
+    let pools = Arc::new(DestPools::new(config.max_idle_per_host));
+    let sweeper = tokio::spawn(pools.clone().run_sweeper());
+    let lookup_source = discovery.clone();
+    let state: &'static ActivatorState = Box::leak(Box::new(ActivatorState {
+        throttler,
+        revisions: Arc::new(move |ns: &str, name: &str| lookup_source.revision(ns, name)),
+        reporter,
+        autoscaler: autoscaler.clone(),
+        pools,
+        terminating: Default::default(),
+        in_flight: InFlightCounter::default(),
+        cluster_domain: config.cluster_domain.clone(),
+    }));
+
+    let bound = (|| -> Result<_, BindError> {
+        Ok((bind_dual_stack(config.http1_port)?, bind_dual_stack(config.h2c_port)?))
+    })();
+    let (http1, h2c) = match bound {
+        Ok(listeners) => listeners,
+        Err(error) => return fatal(error),
+    };
+    let limits = ServerLimits::default();
+    let servers = [http1, h2c].map(|listener| {
+        tokio::spawn(serve(
+            listener,
+            Protocols::Http1AndH2c,
+            limits,
+            move |remote| ActivatorService::new(state, remote),
+            listeners_rx.clone(),
+        ))
+    });
+    tracing::info!(
+        http1_port = config.http1_port,
+        h2c_port = config.h2c_port,
+        autoscaler = %config.autoscaler_url,
+        "activator listening"
+    );
+
+    signals.next().await;
+    state.terminating.store(true, Ordering::Release);
+    tracing::info!("Received TERM signal; failing health checks and draining");
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("activator: second signal received, exiting immediately");
+        std::process::exit(1);
+    });
+    tokio::time::sleep(config.drain_sleep).await;
+    let _ = listeners_stop.send(true);
+    for server in servers {
+        let _ = server.await;
+    }
+    if !state.in_flight.wait_idle(DEFAULT_DRAIN_TIMEOUT).await {
+        tracing::warn!(in_flight = state.in_flight.current(), "in-flight requests did not finish in time");
+    }
+    let _ = background_stop.send(true);
+    reporter_task.abort();
+    sweeper.abort();
+    autoscaler.closed().await;
+    tracing::info!("Shutdown complete, exiting...");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,130 @@
+//! The activator's configuration (spec §1.1), read once from the environment. Unknown
+//! command-line flags (klog style) are ignored, as upstream accepts them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use knative_common::env::{optional_int, optional_port, optional_string, required_string, Env, EnvError};
+
+use crate::backends::parse_go_duration;
+
+/// Default plaintext HTTP/1.1 + h2c port.
+pub const DEFAULT_HTTP1_PORT: u16 = 8012;
+/// Default h2c port (same chain).
+pub const DEFAULT_H2C_PORT: u16 = 8013;
+/// Upstream sleeps this long after SIGTERM so endpoints and ingresses stop routing here.
+pub const DEFAULT_DRAIN_SLEEP: Duration = Duration::from_secs(45);
+/// Upper bound on waiting for in-flight requests after the listeners closed (the Deployment's
+/// termination grace period).
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Everything the activator reads from its environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `POD_NAME`: the `pod_name` of every stat.
+    pub pod_name: String,
+    /// `POD_IP`: this activator's IP, for subsetting.
+    pub pod_ip: String,
+    /// `SYSTEM_NAMESPACE`.
+    pub system_namespace: String,
+    /// `PROBE_TIMEOUT` (Go duration, default 300 ms).
+    pub probe_timeout: Duration,
+    /// `PROBE_FREQUENCY` (Go duration, default 200 ms).
+    pub probe_frequency: Duration,
+    /// `MAX_IDLE_PROXY_CONNS_PER_HOST` (default 100).
+    pub max_idle_per_host: usize,
+    /// `CLUSTER_DOMAIN` or the resolv.conf search domain.
+    pub cluster_domain: String,
+    /// `ACTIVATOR_HTTP1_PORT` (ours; default 8012).
+    pub http1_port: u16,
+    /// `ACTIVATOR_H2C_PORT` (ours; default 8013).
+    pub h2c_port: u16,
+    /// `ACTIVATOR_AUTOSCALER_URL` (ours; default `ws://autoscaler.<ns>.svc.<domain>:8080`).
+    pub autoscaler_url: String,
+    /// `ACTIVATOR_DISCOVERY_FILE` (ours): the file discovery source.
+    pub discovery_file: Option<PathBuf>,
+    /// `ACTIVATOR_DRAIN_SLEEP_SECONDS` (ours; default 45).
+    pub drain_sleep: Duration,
+    /// `ACTIVATOR_MAX_QUEUED_PER_REVISION` (ours; unset = unbounded, as upstream).
+    pub max_queued_per_revision: Option<usize>,
+}
+
+fn duration(env: &dyn Env, name: &'static str, default: Duration) -> Result<Duration, EnvError> {
+    match env.var(name) {
+        None => Ok(default),
+        Some(text) => parse_go_duration(&text).map_err(|_| EnvError::Invalid {
+            name,
+            value: text,
+            expected: "a Go duration such as 300ms or 1s",
+        }),
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration; `cluster_domain` is the discovered domain.
+    pub fn from_env(env: &dyn Env, cluster_domain: String) -> Result<Config, EnvError> {
+        let system_namespace = required_string(env, "SYSTEM_NAMESPACE")?;
+        let autoscaler_url = match optional_string(env, "ACTIVATOR_AUTOSCALER_URL") {
+            url if url.is_empty() => crate::reporter::autoscaler_url(&system_namespace, &cluster_domain),
+            url => url,
+        };
+        let max_queued: usize = optional_int(env, "ACTIVATOR_MAX_QUEUED_PER_REVISION", 0, "a non-negative integer")?;
+        Ok(Config {
+            pod_name: required_string(env, "POD_NAME")?,
+            pod_ip: required_string(env, "POD_IP")?,
+            probe_timeout: duration(env, "PROBE_TIMEOUT", Duration::from_millis(300))?,
+            probe_frequency: duration(env, "PROBE_FREQUENCY", Duration::from_millis(200))?,
+            max_idle_per_host: optional_int(env, "MAX_IDLE_PROXY_CONNS_PER_HOST", 100, "a non-negative integer")?,
+            http1_port: optional_port(env, "ACTIVATOR_HTTP1_PORT", DEFAULT_HTTP1_PORT)?,
+            h2c_port: optional_port(env, "ACTIVATOR_H2C_PORT", DEFAULT_H2C_PORT)?,
+            discovery_file: env.var("ACTIVATOR_DISCOVERY_FILE").filter(|p| !p.is_empty()).map(PathBuf::from),
+            drain_sleep: Duration::from_secs(optional_int(
+                env,
+                "ACTIVATOR_DRAIN_SLEEP_SECONDS",
+                DEFAULT_DRAIN_SLEEP.as_secs(),
+                "a non-negative integer number of seconds",
+            )?),
+            max_queued_per_revision: (max_queued > 0).then_some(max_queued),
+            system_namespace,
+            autoscaler_url,
+            cluster_domain,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base() -> HashMap<&'static str, &'static str> {
+        [("POD_NAME", "activator-1"), ("POD_IP", "10.0.0.7"), ("SYSTEM_NAMESPACE", "knative-serving")]
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_env(&base(), "cluster.local".into()).unwrap();
+        assert_eq!(c.probe_timeout, Duration::from_millis(300));
+        assert_eq!(c.probe_frequency, Duration::from_millis(200));
+        assert_eq!((c.http1_port, c.h2c_port), (8012, 8013));
+        assert_eq!(c.autoscaler_url, "ws://autoscaler.knative-serving.svc.cluster.local:8080");
+        assert_eq!(c.max_idle_per_host, 100);
+        assert_eq!(c.drain_sleep, DEFAULT_DRAIN_SLEEP);
+        assert_eq!(c.max_queued_per_revision, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [("PROBE_TIMEOUT", "soon"), ("ACTIVATOR_HTTP1_PORT", "0"), ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1")] {
+            let mut env = base();
+            env.insert(name, value);
+            let e = Config::from_env(&env, "cluster.local".into()).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(value), "{e}");
+        }
+        let mut env = base();
+        env.remove("POD_NAME");
+        assert!(Config::from_env(&env, "cluster.local".into()).unwrap_err().to_string().contains("POD_NAME"));
+    }
+}

@@ -1,0 +1,306 @@
+//! Discovery: what the activator knows about revisions — their settings (spec §3.1), their private
+//! endpoints (pods, cluster IP; spec §5.1) and their public endpoints (activators; spec §3.8).
+//!
+//! A source (the [`FileSource`] here; a Kubernetes source later) publishes immutable
+//! [`Snapshot`]s through a [`SnapshotCell`]; consumers either [`DiscoverySource::subscribe`] to
+//! every change (the backends manager, [`crate::backends`]) or look one revision up on the request
+//! path with [`DiscoverySource::revision`] (one read lock, two hash lookups with borrowed strings,
+//! no allocation).
+//!
+//! ```
+//! # use activator::discovery::*;
+//! # use activator::throttler::RevisionId;
+//! let snapshot = Snapshot::new([RevisionEntry::new(RevisionSpec::new(RevisionId::new("default", "hello-00001")))]);
+//! let cell = SnapshotCell::new();
+//! cell.publish(snapshot);
+//! assert!(cell.revision("default", "hello-00001").is_some());
+//! assert!(cell.revision("default", "nope").is_none());
+//! ```
+
+mod document;
+mod file;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::throttler::{Protocol, RevisionId, RevisionSettings};
+
+pub use document::{parse_document, DocumentError};
+pub use file::{FileSource, FileStatus, DEFAULT_POLL_INTERVAL};
+
+/// `timeoutSeconds` when the revision does not set it (Knative's `revision-timeout-seconds`).
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+
+/// Largest accepted `containerConcurrency` (Knative's default `container-concurrency-max-limit`).
+pub const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
+
+/// A revision's settings (spec §3.1 and the timeouts of §2.11). Revisions are immutable in
+/// Knative: the throttler keeps the settings it was created with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionSpec {
+    /// (namespace, name).
+    pub id: RevisionId,
+    /// `spec.containerConcurrency` (0 = unlimited).
+    pub container_concurrency: u32,
+    /// `spec.timeoutSeconds` (default [`DEFAULT_TIMEOUT_SECONDS`]).
+    pub timeout_seconds: u64,
+    /// `spec.responseStartTimeoutSeconds`.
+    pub response_start_timeout_seconds: Option<u64>,
+    /// `spec.idleTimeoutSeconds`.
+    pub idle_timeout_seconds: Option<u64>,
+    /// Serving protocol (HTTP/1 or h2c).
+    pub protocol: Protocol,
+    /// Label `serving.knative.dev/service` (may be empty).
+    pub service: String,
+    /// Label `serving.knative.dev/configuration` (may be empty).
+    pub configuration: String,
+    /// Probe optimisation (spec §5.2): trust a successful queue-proxy probe of a pod Kubernetes
+    /// still lists as not ready. `true` unless the serving container has an exec readiness probe
+    /// or a startup probe (or a sidecar has a startup probe).
+    pub probe_optimisation: bool,
+}
+
+impl RevisionSpec {
+    /// A spec with Knative's defaults: cc 0, timeout 300 s, HTTP/1, probe optimisation on.
+    pub fn new(id: RevisionId) -> Self {
+        RevisionSpec {
+            id,
+            container_concurrency: 0,
+            timeout_seconds: DEFAULT_TIMEOUT_SECONDS,
+            response_start_timeout_seconds: None,
+            idle_timeout_seconds: None,
+            protocol: Protocol::Http1,
+            service: String::new(),
+            configuration: String::new(),
+            probe_optimisation: true,
+        }
+    }
+
+    /// The throttler settings for this revision (`max_queued` is the activator-wide option).
+    pub fn throttler_settings(&self, max_queued: Option<usize>) -> RevisionSettings {
+        RevisionSettings {
+            container_concurrency: self.container_concurrency,
+            protocol: self.protocol,
+            max_queued,
+        }
+    }
+}
+
+/// The revision's private endpoints (its pods) and private Service (spec §5.1, §5.3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrivateEndpoints {
+    /// Pods Kubernetes reports ready, as `ip:port` (IPv6 bracketed).
+    pub ready: Vec<String>,
+    /// Pods Kubernetes reports not ready, as `ip:port`.
+    pub not_ready: Vec<String>,
+    /// `clusterIP:port` of the private Service (its `http`/`http2` *service* port); `None` when
+    /// the Service is missing or has no cluster IP (no cluster-IP fallback then).
+    pub cluster_ip: Option<String>,
+}
+
+impl PrivateEndpoints {
+    /// No pods at all (scaled to zero).
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.not_ready.is_empty()
+    }
+}
+
+/// The revision's public endpoints: the activators fronting it (spec §3.8).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicEndpoints {
+    /// Ready addresses (plain IPs) of the public Endpoints' subsets whose port is the revision's
+    /// `http`/`http2` port.
+    pub activator_ips: Vec<String>,
+}
+
+/// Everything known about one revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionEntry {
+    /// Settings.
+    pub spec: Arc<RevisionSpec>,
+    /// Pods and private Service.
+    pub private: PrivateEndpoints,
+    /// Activators.
+    pub public: PublicEndpoints,
+}
+
+impl RevisionEntry {
+    /// An entry without endpoints.
+    pub fn new(spec: RevisionSpec) -> Self {
+        RevisionEntry {
+            spec: Arc::new(spec),
+            private: PrivateEndpoints::default(),
+            public: PublicEndpoints::default(),
+        }
+    }
+}
+
+/// An immutable view of all revisions.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    revisions: HashMap<RevisionId, RevisionEntry>,
+    /// namespace → name → spec, for lookups with borrowed strings.
+    index: HashMap<String, HashMap<String, Arc<RevisionSpec>>>,
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, other: &Self) -> bool {
+        // The index is derived from `revisions`.
+        self.revisions == other.revisions
+    }
+}
+
+impl Eq for Snapshot {}
+
+impl Snapshot {
+    /// A snapshot of `entries`, keyed by `spec.id` (a later duplicate replaces an earlier one;
+    /// sources reject duplicates before).
+    pub fn new(entries: impl IntoIterator<Item = RevisionEntry>) -> Self {
+        let mut revisions = HashMap::new();
+        for entry in entries {
+            revisions.insert(entry.spec.id.clone(), entry);
+        }
+        let mut index: HashMap<String, HashMap<String, Arc<RevisionSpec>>> = HashMap::new();
+        for (id, entry) in &revisions {
+            index
+                .entry(id.namespace.clone())
+                .or_default()
+                .insert(id.name.clone(), entry.spec.clone());
+        }
+        Snapshot { revisions, index }
+    }
+
+    /// All revisions.
+    pub fn revisions(&self) -> &HashMap<RevisionId, RevisionEntry> {
+        &self.revisions
+    }
+
+    /// One revision.
+    pub fn get(&self, id: &RevisionId) -> Option<&RevisionEntry> {
+        self.revisions.get(id)
+    }
+
+    /// The revision's settings, looked up with borrowed strings (no allocation).
+    pub fn revision(&self, namespace: &str, name: &str) -> Option<Arc<RevisionSpec>> {
+        self.index.get(namespace)?.get(name).cloned()
+    }
+
+    /// Number of revisions.
+    pub fn len(&self) -> usize {
+        self.revisions.len()
+    }
+
+    /// Whether there are no revisions.
+    pub fn is_empty(&self) -> bool {
+        self.revisions.is_empty()
+    }
+}
+
+/// Where a source publishes its snapshots: a `watch` channel (every consumer sees the latest
+/// snapshot; intermediate ones may be skipped) plus the "synced" flag. Sources embed one.
+#[derive(Debug)]
+pub struct SnapshotCell {
+    tx: watch::Sender<Arc<Snapshot>>,
+    synced: AtomicBool,
+}
+
+impl Default for SnapshotCell {
+    fn default() -> Self {
+        SnapshotCell::new()
+    }
+}
+
+impl SnapshotCell {
+    /// An empty, not yet synced cell.
+    pub fn new() -> Self {
+        SnapshotCell {
+            tx: watch::Sender::new(Arc::new(Snapshot::default())),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// Publishes `snapshot` (subscribers are woken only if it differs from the current one) and
+    /// marks the cell synced. Returns whether it differed.
+    pub fn publish(&self, snapshot: Snapshot) -> bool {
+        let changed = self.tx.send_if_modified(|current| {
+            if **current == snapshot {
+                false
+            } else {
+                *current = Arc::new(snapshot);
+                true
+            }
+        });
+        self.synced.store(true, Ordering::Release);
+        changed
+    }
+
+    /// A receiver whose current value is the latest snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    /// The latest snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// The revision's settings from the latest snapshot (read lock, no allocation).
+    pub fn revision(&self, namespace: &str, name: &str) -> Option<Arc<RevisionSpec>> {
+        self.tx.borrow().revision(namespace, name)
+    }
+
+    /// Whether a first complete snapshot has been published.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
+/// A discovery source. The file source implements it; the Kubernetes source will too.
+pub trait DiscoverySource: Send + Sync {
+    /// A receiver of the snapshots (its current value is the latest).
+    fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>>;
+
+    /// Whether the first complete snapshot has been published (readiness).
+    fn synced(&self) -> bool;
+
+    /// The latest snapshot.
+    fn current(&self) -> Arc<Snapshot> {
+        self.subscribe().borrow().clone()
+    }
+
+    /// The revision's settings, for the request path.
+    fn revision(&self, namespace: &str, name: &str) -> Option<Arc<RevisionSpec>> {
+        self.current().revision(namespace, name)
+    }
+}
+
+/// Errors of discovery sources (fatal at startup).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The file could not be read.
+    #[error("cannot read discovery file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file's content is invalid.
+    #[error("invalid discovery file {}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the revision and field.
+        source: DocumentError,
+    },
+    /// Started outside a Tokio runtime.
+    #[error("discovery must be started inside a Tokio runtime")]
+    NoRuntime,
+}
