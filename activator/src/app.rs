@@ -18,7 +18,9 @@ use crate::config::{Config, DEFAULT_DRAIN_TIMEOUT};
 use crate::discovery::FileSource;
 use crate::handler::pools::DestPools;
 use crate::handler::{ActivatorService, ActivatorState};
-use crate::reporter::{discover_cluster_domain, AutoscalerConnection, ConcurrencyReporter, REPORT_INTERVAL};
+use crate::reporter::{
+    discover_cluster_domain, AutoscalerConnection, ConcurrencyReporter, REPORT_INTERVAL,
+};
 use crate::throttler::Throttler;
 
 /// How often the discovery file is checked for changes.
@@ -41,7 +43,10 @@ pub fn main() -> ExitCode {
         ],
         &std::env::var("ACTIVATOR_LOG_LEVEL").unwrap_or_default(),
     );
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime.block_on(run(config)),
         Err(error) => {
             eprintln!("activator: cannot start the runtime: {error}");
@@ -90,11 +95,15 @@ pub async fn run(config: Config) -> ExitCode {
         },
         background_rx.clone(),
     );
-    let autoscaler = AutoscalerConnection::spawn(config.autoscaler_url.clone(), background_rx.clone());
+    let autoscaler =
+        AutoscalerConnection::spawn(config.autoscaler_url.clone(), background_rx.clone());
     let sender = autoscaler.clone();
-    let reporter = Arc::new(ConcurrencyReporter::new(config.pod_name.clone(), move |batch| {
-        sender.send(batch);
-    }));
+    let reporter = Arc::new(ConcurrencyReporter::new(
+        config.pod_name.clone(),
+        move |batch| {
+            sender.send(batch);
+        },
+    ));
     let reporter_task = tokio::spawn(reporter.clone().run(REPORT_INTERVAL));
     let pools = Arc::new(DestPools::new(config.max_idle_per_host));
     let sweeper = tokio::spawn(pools.clone().run_sweeper());
@@ -111,7 +120,10 @@ pub async fn run(config: Config) -> ExitCode {
     }));
 
     let bound = (|| -> Result<_, BindError> {
-        Ok((bind_dual_stack(config.http1_port)?, bind_dual_stack(config.h2c_port)?))
+        Ok((
+            bind_dual_stack(config.http1_port)?,
+            bind_dual_stack(config.h2c_port)?,
+        ))
     })();
     let (http1, h2c) = match bound {
         Ok(listeners) => listeners,
@@ -148,7 +160,10 @@ pub async fn run(config: Config) -> ExitCode {
         let _ = server.await;
     }
     if !state.in_flight.wait_idle(DEFAULT_DRAIN_TIMEOUT).await {
-        tracing::warn!(in_flight = state.in_flight.current(), "in-flight requests did not finish in time");
+        tracing::warn!(
+            in_flight = state.in_flight.current(),
+            "in-flight requests did not finish in time"
+        );
     }
     let _ = background_stop.send(true);
     reporter_task.abort();

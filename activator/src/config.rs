@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use knative_common::env::{optional_int, optional_port, optional_string, required_string, Env, EnvError};
+use knative_common::env::{
+    optional_int, optional_port, optional_string, required_string, Env, EnvError,
+};
 
 use crate::backends::parse_go_duration;
 
@@ -65,19 +67,34 @@ impl Config {
     pub fn from_env(env: &dyn Env, cluster_domain: String) -> Result<Config, EnvError> {
         let system_namespace = required_string(env, "SYSTEM_NAMESPACE")?;
         let autoscaler_url = match optional_string(env, "ACTIVATOR_AUTOSCALER_URL") {
-            url if url.is_empty() => crate::reporter::autoscaler_url(&system_namespace, &cluster_domain),
+            url if url.is_empty() => {
+                crate::reporter::autoscaler_url(&system_namespace, &cluster_domain)
+            }
             url => url,
         };
-        let max_queued: usize = optional_int(env, "ACTIVATOR_MAX_QUEUED_PER_REVISION", 0, "a non-negative integer")?;
+        let max_queued: usize = optional_int(
+            env,
+            "ACTIVATOR_MAX_QUEUED_PER_REVISION",
+            0,
+            "a non-negative integer",
+        )?;
         Ok(Config {
             pod_name: required_string(env, "POD_NAME")?,
             pod_ip: required_string(env, "POD_IP")?,
             probe_timeout: duration(env, "PROBE_TIMEOUT", Duration::from_millis(300))?,
             probe_frequency: duration(env, "PROBE_FREQUENCY", Duration::from_millis(200))?,
-            max_idle_per_host: optional_int(env, "MAX_IDLE_PROXY_CONNS_PER_HOST", 100, "a non-negative integer")?,
+            max_idle_per_host: optional_int(
+                env,
+                "MAX_IDLE_PROXY_CONNS_PER_HOST",
+                100,
+                "a non-negative integer",
+            )?,
             http1_port: optional_port(env, "ACTIVATOR_HTTP1_PORT", DEFAULT_HTTP1_PORT)?,
             h2c_port: optional_port(env, "ACTIVATOR_H2C_PORT", DEFAULT_H2C_PORT)?,
-            discovery_file: env.var("ACTIVATOR_DISCOVERY_FILE").filter(|p| !p.is_empty()).map(PathBuf::from),
+            discovery_file: env
+                .var("ACTIVATOR_DISCOVERY_FILE")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             drain_sleep: Duration::from_secs(optional_int(
                 env,
                 "ACTIVATOR_DRAIN_SLEEP_SECONDS",
@@ -98,9 +115,13 @@ mod tests {
     use std::collections::HashMap;
 
     fn base() -> HashMap<&'static str, &'static str> {
-        [("POD_NAME", "activator-1"), ("POD_IP", "10.0.0.7"), ("SYSTEM_NAMESPACE", "knative-serving")]
-            .into_iter()
-            .collect()
+        [
+            ("POD_NAME", "activator-1"),
+            ("POD_IP", "10.0.0.7"),
+            ("SYSTEM_NAMESPACE", "knative-serving"),
+        ]
+        .into_iter()
+        .collect()
     }
 
     #[test]
@@ -109,7 +130,10 @@ mod tests {
         assert_eq!(c.probe_timeout, Duration::from_millis(300));
         assert_eq!(c.probe_frequency, Duration::from_millis(200));
         assert_eq!((c.http1_port, c.h2c_port), (8012, 8013));
-        assert_eq!(c.autoscaler_url, "ws://autoscaler.knative-serving.svc.cluster.local:8080");
+        assert_eq!(
+            c.autoscaler_url,
+            "ws://autoscaler.knative-serving.svc.cluster.local:8080"
+        );
         assert_eq!(c.max_idle_per_host, 100);
         assert_eq!(c.drain_sleep, DEFAULT_DRAIN_SLEEP);
         assert_eq!(c.max_queued_per_revision, None);
@@ -117,14 +141,23 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (name, value) in [("PROBE_TIMEOUT", "soon"), ("ACTIVATOR_HTTP1_PORT", "0"), ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1")] {
+        for (name, value) in [
+            ("PROBE_TIMEOUT", "soon"),
+            ("ACTIVATOR_HTTP1_PORT", "0"),
+            ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1"),
+        ] {
             let mut env = base();
             env.insert(name, value);
-            let e = Config::from_env(&env, "cluster.local".into()).unwrap_err().to_string();
+            let e = Config::from_env(&env, "cluster.local".into())
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(name) && e.contains(value), "{e}");
         }
         let mut env = base();
         env.remove("POD_NAME");
-        assert!(Config::from_env(&env, "cluster.local".into()).unwrap_err().to_string().contains("POD_NAME"));
+        assert!(Config::from_env(&env, "cluster.local".into())
+            .unwrap_err()
+            .to_string()
+            .contains("POD_NAME"));
     }
 }

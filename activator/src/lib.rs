@@ -6,5 +6,10 @@
 //! - [`reporter`]: concurrency accounting per revision and the autoscaler websocket (spec §6).
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod backends;
+pub mod config;
+pub mod discovery;
+pub mod handler;
 pub mod reporter;
 pub mod throttler;

@@ -6,7 +6,8 @@
 //! - [`breaker`], [`timeout`], [`forwarded`]: request-path stages as tower layers;
 //! - [`proxy`]: the pooled reverse proxy with upgrades;
 //! - [`drain`], [`stats`], [`server`], [`env`](mod@env): lifecycle, accounting, listeners, configuration;
-//! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config).
+//! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config);
+//! - [`trace`]: W3C trace context, spans, sampling and span exporters (stdout, OTLP).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,3 +26,4 @@ pub mod signals;
 pub mod stats;
 pub mod timeout;
 pub mod tls;
+pub mod trace;

@@ -20,10 +20,10 @@ use knative_common::request_log::{
 use knative_common::server::{
     bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
 };
+use knative_common::signals::Signals;
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
-use knative_common::signals::Signals;
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -73,7 +73,10 @@ pub fn main() -> ExitCode {
     logging::init(
         "queueproxy",
         vec![
-            ("knative.dev/key", format!("{}/{}", config.namespace, config.revision)),
+            (
+                "knative.dev/key",
+                format!("{}/{}", config.namespace, config.revision),
+            ),
             ("knative.dev/pod", config.pod.clone()),
         ],
         &config.logging_level,

@@ -17,9 +17,14 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use knative_common::body::{attach_guard, empty, text_error, text_error_bytes, Guarded, LocalBody, ProxyBody};
+use knative_common::body::{
+    attach_guard, empty, text_error, text_error_bytes, Guarded, LocalBody, ProxyBody,
+};
 use knative_common::drain::{InFlightCounter, InFlightGuard};
-use knative_common::headers::{first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST, K_PROXY_REQUEST};
+use knative_common::headers::{
+    first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
+    K_PROXY_REQUEST,
+};
 use knative_common::proxy::{bad_gateway, forward, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
 use tower_layer::Layer;
@@ -87,10 +92,14 @@ impl ActivatorService {
 }
 
 /// The response body of the activation path, with every per-request guard.
-pub type ActivatorBody = Guarded<Guarded<TimeoutBody<Guarded<ProxyBody, Option<Lease>>>, Option<InFlightReport>>, Option<InFlightGuard>>;
+pub type ActivatorBody = Guarded<
+    Guarded<TimeoutBody<Guarded<ProxyBody, Option<Lease>>>, Option<InFlightReport>>,
+    Option<InFlightGuard>,
+>;
 
 /// Response future of [`ActivatorService`].
-pub type ActivatorFuture = Pin<Box<dyn Future<Output = Result<Response<ActivatorBody>, Infallible>> + Send>>;
+pub type ActivatorFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ActivatorBody>, Infallible>> + Send>>;
 
 impl Service<Request<Incoming>> for ActivatorService {
     type Response = Response<ActivatorBody>;
@@ -131,26 +140,47 @@ pub fn identify<'a>(request: &'a Request<Incoming>, cluster_domain: &str) -> (&'
 
 fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'a str)> {
     let mut parts = host.splitn(4, '.');
-    let (name, namespace, svc, domain) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (name, namespace, svc, domain) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let domain = domain.rsplit_once(':').map_or(domain, |(d, _)| d);
     (svc == "svc" && domain == cluster_domain).then_some((namespace, name))
 }
 
-async fn handle(state: &'static ActivatorState, peer: PeerIp, request: Request<Incoming>) -> Response<ActivatorBody> {
+async fn handle(
+    state: &'static ActivatorState,
+    peer: PeerIp,
+    request: Request<Incoming>,
+) -> Response<ActivatorBody> {
     let (namespace, name) = identify(&request, &state.cluster_domain);
     let Some(revision) = (state.revisions)(namespace, name) else {
-        let body = format!("Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n");
+        let body = format!(
+            "Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n"
+        );
         return text_error_bytes(StatusCode::NOT_FOUND, Bytes::from(body));
     };
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
         total: Duration::from_secs(revision.timeout_seconds.max(1)),
-        response_start: revision.response_start_timeout_seconds.filter(|s| *s > 0).map(Duration::from_secs),
-        idle: revision.idle_timeout_seconds.filter(|s| *s > 0).map(Duration::from_secs),
+        response_start: revision
+            .response_start_timeout_seconds
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        idle: revision
+            .idle_timeout_seconds
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
     };
-    let activation = Activation { state, peer, revision };
-    let response = match TimeoutLayer::new(timeouts, TIMEOUT_BODY).layer(activation).call(request).await {
+    let activation = Activation {
+        state,
+        peer,
+        revision,
+    };
+    let response = match TimeoutLayer::new(timeouts, TIMEOUT_BODY)
+        .layer(activation)
+        .call(request)
+        .await
+    {
         Ok(response) => response,
         Err(never) => match never {},
     };
@@ -182,12 +212,23 @@ impl Service<Request<Incoming>> for Activation {
 }
 
 impl Activation {
-    async fn activate(self, mut request: Request<Incoming>) -> Response<Guarded<ProxyBody, Option<Lease>>> {
+    async fn activate(
+        self,
+        mut request: Request<Incoming>,
+    ) -> Response<Guarded<ProxyBody, Option<Lease>>> {
         let id = &self.revision.id;
-        let lease = match self.state.throttler.try_acquire_by(&id.namespace, &id.name).await {
+        let lease = match self
+            .state
+            .throttler
+            .try_acquire_by(&id.namespace, &id.name)
+            .await
+        {
             Ok(lease) => lease,
             Err(ThrottlerError::QueueFull) => {
-                return text_error(StatusCode::SERVICE_UNAVAILABLE, "pending request queue full\n")
+                return text_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "pending request queue full\n",
+                )
             }
             Err(error) => {
                 tracing::warn!(%error, revision = %id, "throttler failed");
@@ -236,7 +277,9 @@ fn direct_to(request: &mut Request<Incoming>, dest: &str) {
             let mut parts = std::mem::take(request.uri_mut()).into_parts();
             parts.authority = Some(authority);
             parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts.path_and_query.get_or_insert(http::uri::PathAndQuery::from_static("/"));
+            parts
+                .path_and_query
+                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
             if let Ok(uri) = http::Uri::from_parts(parts) {
                 *request.uri_mut() = uri;
             }
@@ -261,9 +304,18 @@ mod tests {
 
     #[test]
     fn host_identification() {
-        assert_eq!(identify_host("name.ns.svc.cluster.local", "cluster.local"), Some(("ns", "name")));
-        assert_eq!(identify_host("name.ns.svc.cluster.local:80", "cluster.local"), Some(("ns", "name")));
-        assert_eq!(identify_host("name.ns.svc.other.domain", "cluster.local"), None);
+        assert_eq!(
+            identify_host("name.ns.svc.cluster.local", "cluster.local"),
+            Some(("ns", "name"))
+        );
+        assert_eq!(
+            identify_host("name.ns.svc.cluster.local:80", "cluster.local"),
+            Some(("ns", "name"))
+        );
+        assert_eq!(
+            identify_host("name.ns.svc.other.domain", "cluster.local"),
+            None
+        );
         assert_eq!(identify_host("name.ns.example.com", "cluster.local"), None);
         assert_eq!(identify_host("localhost", "cluster.local"), None);
     }

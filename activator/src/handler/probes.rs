@@ -5,7 +5,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use knative_common::body::{empty, text_error, text_error_bytes, text_plain, LocalBody};
 use knative_common::classify::is_kubelet_probe;
-use knative_common::headers::{first_str, K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_ACTIVATOR, PROBE_NETWORK};
+use knative_common::headers::{
+    first_str, K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_ACTIVATOR, PROBE_NETWORK,
+};
 
 /// Why the activator is not healthy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +44,11 @@ pub fn answer<B: LocalBody>(
     }
     let probe = first_str(headers, &K_NETWORK_PROBE);
     if probe == PROBE_NETWORK {
-        let Some(hash) = headers.get(&K_NETWORK_HASH).filter(|h| !h.is_empty()).cloned() else {
+        let Some(hash) = headers
+            .get(&K_NETWORK_HASH)
+            .filter(|h| !h.is_empty())
+            .cloned()
+        else {
             return Some(text_error(StatusCode::BAD_REQUEST, MISSING_HASH_BODY));
         };
         let mut response = empty(StatusCode::OK);
@@ -53,7 +59,10 @@ pub fn answer<B: LocalBody>(
         if probe == PROBE_ACTIVATOR {
             return Some(text_plain(StatusCode::OK, PROBE_ACTIVATOR));
         }
-        let body = format!("unexpected probe header value: \"{}\"\n", html_escape(probe));
+        let body = format!(
+            "unexpected probe header value: \"{}\"\n",
+            html_escape(probe)
+        );
         return Some(text_error_bytes(StatusCode::BAD_REQUEST, Bytes::from(body)));
     }
     headers.remove(&K_NETWORK_HASH);
@@ -91,7 +100,10 @@ mod tests {
         h
     }
 
-    async fn run(pairs: &[(&'static str, &'static str)], health: Result<(), Unhealthy>) -> Option<(StatusCode, String)> {
+    async fn run(
+        pairs: &[(&'static str, &'static str)],
+        health: Result<(), Unhealthy>,
+    ) -> Option<(StatusCode, String)> {
         let mut h = headers(pairs);
         let response: Response<ProxyBody> = answer(&mut h, || health)?;
         let status = response.status();
@@ -103,13 +115,24 @@ mod tests {
     #[tokio::test]
     async fn kubelet_health() {
         assert_eq!(run(&[("user-agent", "curl")], Ok(())).await, None);
-        assert_eq!(run(&[("user-agent", "kube-probe/1.29")], Ok(())).await, Some((StatusCode::OK, String::new())));
         assert_eq!(
-            run(&[("user-agent", "kube-probe/1.29")], Err(Unhealthy::Terminating)).await,
+            run(&[("user-agent", "kube-probe/1.29")], Ok(())).await,
+            Some((StatusCode::OK, String::new()))
+        );
+        assert_eq!(
+            run(
+                &[("user-agent", "kube-probe/1.29")],
+                Err(Unhealthy::Terminating)
+            )
+            .await,
             Some((StatusCode::INTERNAL_SERVER_ERROR, SIGTERM_BODY.into()))
         );
         assert_eq!(
-            run(&[("k-kubelet-probe", "1")], Err(Unhealthy::AutoscalerUnreachable)).await,
+            run(
+                &[("k-kubelet-probe", "1")],
+                Err(Unhealthy::AutoscalerUnreachable)
+            )
+            .await,
             Some((StatusCode::INTERNAL_SERVER_ERROR, NOT_CONNECTED_BODY.into()))
         );
     }
@@ -118,14 +141,23 @@ mod tests {
     #[tokio::test]
     async fn probe_headers() {
         assert_eq!(run(&[], Ok(())).await, None);
-        assert_eq!(run(&[("k-network-probe", "activator")], Ok(())).await, Some((StatusCode::OK, "activator".into())));
+        assert_eq!(
+            run(&[("k-network-probe", "activator")], Ok(())).await,
+            Some((StatusCode::OK, "activator".into()))
+        );
         assert_eq!(
             run(&[("k-network-probe", "queue")], Ok(())).await,
-            Some((StatusCode::BAD_REQUEST, "unexpected probe header value: \"queue\"\n".into()))
+            Some((
+                StatusCode::BAD_REQUEST,
+                "unexpected probe header value: \"queue\"\n".into()
+            ))
         );
         assert_eq!(
             run(&[("k-network-probe", "<b>")], Ok(())).await,
-            Some((StatusCode::BAD_REQUEST, "unexpected probe header value: \"&lt;b&gt;\"\n".into()))
+            Some((
+                StatusCode::BAD_REQUEST,
+                "unexpected probe header value: \"&lt;b&gt;\"\n".into()
+            ))
         );
         assert_eq!(run(&[("k-network-probe", "")], Ok(())).await, None);
         assert_eq!(

@@ -1,0 +1,365 @@
+//! The revision backends manager (spec §5): turns discovery snapshots into throttler state.
+//!
+//! For every revision of each [`Snapshot`]:
+//! - the throttler is ensured with the revision's settings (spec §3.7; a revision that leaves the
+//!   snapshot is removed from the throttler — requests holding leases keep their reference);
+//! - the activator set of its public endpoints is applied with this activator's `POD_IP`
+//!   (spec §3.8);
+//! - a watcher task probes its pods with the queue-proxy health check and emits dests updates
+//!   (healthy pods, or the cluster IP plus the ready count) to the throttler (spec §5.5–§5.10).
+//!   Pods that leave the healthy set get no new requests; the throttler keeps the slots of
+//!   in-flight requests until their leases drop.
+//!
+//! Fast probing (our addition, see [`fast`]): while a revision has requests waiting and nothing
+//! healthy, its not-yet-healthy pods are re-probed every [`BackendSettings::fast_probe_interval`]
+//! (default 10 ms) instead of every `PROBE_FREQUENCY` (200 ms), so a held request reaches a pod
+//! within a few milliseconds of its queue-proxy answering `queue`.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use activator::backends::*;
+//! # use activator::discovery::FileSource;
+//! # use activator::throttler::Throttler;
+//! # async fn wire(shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), Box<dyn std::error::Error>> {
+//! let source = FileSource::start("/etc/activator/revisions.json", std::time::Duration::from_millis(100), shutdown.clone())?;
+//! let throttler = Arc::new(Throttler::new());
+//! let settings = BackendSettings {
+//!     probe_timeout: parse_go_duration("300ms")?,
+//!     self_ip: "10.0.0.7".into(),
+//!     ..BackendSettings::default()
+//! };
+//! let task = BackendsManager::spawn(source.subscribe(), throttler, settings, shutdown);
+//! task.await?; // after shutdown turned true
+//! # Ok(()) }
+//! ```
+
+mod duration;
+pub mod fast;
+mod probe;
+mod watcher;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::discovery::{PrivateEndpoints, PublicEndpoints, RevisionEntry, RevisionSpec, Snapshot};
+use crate::throttler::{DestsUpdate, RevisionId, Throttler};
+
+pub use duration::{parse_go_duration, DurationError};
+pub use probe::{private_service_name, probe_queue, HttpProber, ProbeResult, Prober, PROBE_PATH};
+pub use watcher::{Dests, PodProbe, RevisionWatcher, WatcherConfig};
+
+use fast::FastProbing;
+use watcher::{WatcherContext, WatcherShared};
+
+/// `PROBE_TIMEOUT` default.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// `PROBE_FREQUENCY` default.
+pub const DEFAULT_PROBE_FREQUENCY: Duration = Duration::from_millis(200);
+/// Default re-probe interval while requests wait and nothing is healthy.
+pub const DEFAULT_FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Shortest `PROBE_FREQUENCY` honoured (a zero period would spin).
+const MIN_PROBE_FREQUENCY: Duration = Duration::from_millis(1);
+
+/// `mesh-compatibility-mode` of `config-network` (spec §5.8).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MeshMode {
+    /// Probe pods; fall back to the cluster IP when no pod is healthy and no non-mesh response
+    /// was seen.
+    #[default]
+    Auto,
+    /// Never probe pods; always route through the cluster IP.
+    Enabled,
+    /// Probe only not-ready pods (ready ones are trusted); never fall back to the cluster IP.
+    Disabled,
+}
+
+impl MeshMode {
+    /// Parses the configmap value (case-insensitive); unknown values mean `auto`, as in Go.
+    pub fn from_config(value: &str) -> MeshMode {
+        if value.eq_ignore_ascii_case("enabled") {
+            MeshMode::Enabled
+        } else if value.eq_ignore_ascii_case("disabled") {
+            MeshMode::Disabled
+        } else {
+            MeshMode::Auto
+        }
+    }
+}
+
+/// Settings of the backends manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSettings {
+    /// `PROBE_TIMEOUT`: deadline of one round of pod probes and of one cluster-IP probe.
+    pub probe_timeout: Duration,
+    /// `PROBE_FREQUENCY`: re-probe period while some pod is not known healthy (≥ 1 ms).
+    pub probe_frequency: Duration,
+    /// Re-probe period while requests wait for a revision with nothing healthy; zero disables
+    /// fast probing (Knative's behavior).
+    pub fast_probe_interval: Duration,
+    /// `mesh-compatibility-mode`.
+    pub mesh_mode: MeshMode,
+    /// `enable-mesh-pod-addressability` (passthrough LB): probes carry `Host:
+    /// <rev>-private.<ns>` and `K-Passthrough-Lb: true`; never fall back to the cluster IP.
+    pub passthrough_lb: bool,
+    /// This activator's `POD_IP` (its index among a revision's activators, spec §3.8).
+    pub self_ip: String,
+    /// Optional cap on requests waiting per revision (see
+    /// [`RevisionSettings::max_queued`](crate::throttler::RevisionSettings::max_queued)).
+    pub max_queued: Option<usize>,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        BackendSettings {
+            probe_timeout: DEFAULT_PROBE_TIMEOUT,
+            probe_frequency: DEFAULT_PROBE_FREQUENCY,
+            fast_probe_interval: DEFAULT_FAST_PROBE_INTERVAL,
+            mesh_mode: MeshMode::Auto,
+            passthrough_lb: false,
+            self_ip: String::new(),
+            max_queued: None,
+        }
+    }
+}
+
+/// The revision backends manager.
+#[derive(Debug)]
+pub struct BackendsManager;
+
+impl BackendsManager {
+    /// Applies the current snapshot at once (so every revision in it has a throttler when this
+    /// returns), then follows `source` until `shutdown` turns true; the returned task ends after
+    /// every watcher has stopped. Must be called inside a Tokio runtime.
+    pub fn spawn(
+        source: watch::Receiver<Arc<Snapshot>>,
+        throttler: Arc<Throttler>,
+        settings: BackendSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        Self::spawn_with(
+            source,
+            throttler,
+            settings,
+            shutdown,
+            Arc::new(HttpProber),
+            None,
+        )
+    }
+
+    /// [`BackendsManager::spawn`] with another prober and an observer of every emitted update.
+    pub(crate) fn spawn_with<P: Prober>(
+        mut source: watch::Receiver<Arc<Snapshot>>,
+        throttler: Arc<Throttler>,
+        settings: BackendSettings,
+        shutdown: watch::Receiver<bool>,
+        prober: Arc<P>,
+        observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
+    ) -> JoinHandle<()> {
+        let mut manager = Manager::new(throttler, settings, prober, observer);
+        let snapshot = source.borrow_and_update().clone();
+        manager.apply(&snapshot);
+        tokio::spawn(manager.run(source, shutdown))
+    }
+}
+
+struct WatcherHandle {
+    shared: Arc<WatcherShared>,
+    input: watch::Sender<Arc<Dests>>,
+    spec: Arc<RevisionSpec>,
+    private: PrivateEndpoints,
+    public: PublicEndpoints,
+    task: JoinHandle<()>,
+}
+
+struct Manager<P> {
+    throttler: Arc<Throttler>,
+    settings: BackendSettings,
+    prober: Arc<P>,
+    ctx: Arc<WatcherContext>,
+    poller_stop: watch::Sender<bool>,
+    poller: Option<JoinHandle<()>>,
+    watchers: HashMap<RevisionId, WatcherHandle>,
+    next_serial: u64,
+}
+
+impl<P: Prober> Manager<P> {
+    fn new(
+        throttler: Arc<Throttler>,
+        mut settings: BackendSettings,
+        prober: Arc<P>,
+        observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
+    ) -> Self {
+        settings.probe_frequency = settings.probe_frequency.max(MIN_PROBE_FREQUENCY);
+        // POD_IP is compared with the (canonical) activator IPs as a string.
+        if let Ok(ip) = settings.self_ip.trim().parse::<IpAddr>() {
+            settings.self_ip = ip.to_string();
+        }
+        let (poller_stop, poller_rx) = watch::channel(false);
+        let fast = (!settings.fast_probe_interval.is_zero()).then(|| {
+            Arc::new(FastProbing::new(
+                settings.fast_probe_interval,
+                throttler.clone(),
+            ))
+        });
+        let poller = fast
+            .as_ref()
+            .map(|fast| tokio::spawn(fast.clone().run(poller_rx)));
+        let ctx = Arc::new(WatcherContext {
+            throttler: throttler.clone(),
+            fast,
+            probe_frequency: settings.probe_frequency,
+            observer,
+        });
+        Manager {
+            throttler,
+            settings,
+            prober,
+            ctx,
+            poller_stop,
+            poller,
+            watchers: HashMap::new(),
+            next_serial: 0,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut source: watch::Receiver<Arc<Snapshot>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = shutdown_requested(&mut shutdown) => break,
+                changed = source.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: keep the last state until shutdown.
+                        shutdown_requested(&mut shutdown).await;
+                        break;
+                    }
+                    let snapshot = source.borrow_and_update().clone();
+                    self.apply(&snapshot);
+                }
+            }
+        }
+        self.stop().await;
+    }
+
+    /// Reconciles watchers and throttlers with `snapshot`.
+    fn apply(&mut self, snapshot: &Snapshot) {
+        for (id, entry) in snapshot.revisions() {
+            let desired = entry.spec.throttler_settings(self.settings.max_queued);
+            let revision = self.throttler.ensure_revision(id, desired);
+            let (spec_changed, public_changed) = match self.watchers.get_mut(id) {
+                Some(handle) => {
+                    if handle.private != entry.private {
+                        handle.private = entry.private.clone();
+                        handle
+                            .input
+                            .send_replace(Arc::new(Dests::from_endpoints(&entry.private)));
+                    }
+                    let spec_changed = handle.spec != entry.spec;
+                    handle.spec = entry.spec.clone();
+                    let public_changed = handle.public != entry.public;
+                    handle.public = entry.public.clone();
+                    (spec_changed, public_changed)
+                }
+                None => {
+                    tracing::info!(revision = %id, pods = %entry.private, "watching revision");
+                    let handle = self.start_watcher(id, entry);
+                    self.watchers.insert(id.clone(), handle);
+                    (true, true)
+                }
+            };
+            if spec_changed && revision.settings() != desired {
+                tracing::warn!(
+                    revision = %id,
+                    "revision settings changed; the throttler keeps the settings it was created \
+                     with (revisions are immutable: remove the revision and add it again)"
+                );
+            }
+            if public_changed {
+                let _ = self.throttler.update_activators(
+                    id,
+                    &entry.public.activator_ips,
+                    &self.settings.self_ip,
+                );
+            }
+        }
+        let throttler = &self.throttler;
+        self.watchers.retain(|id, handle| {
+            if snapshot.get(id).is_some() {
+                return true;
+            }
+            tracing::info!(revision = %id, "revision removed");
+            // Stopped first: no update for the revision after this (spec §5.9).
+            handle.shared.stop();
+            throttler.remove_revision(id);
+            false
+        });
+    }
+
+    fn start_watcher(&mut self, id: &RevisionId, entry: &RevisionEntry) -> WatcherHandle {
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let shared = Arc::new(WatcherShared::new(id.clone(), self.next_serial));
+        let watcher = RevisionWatcher::new(
+            id.clone(),
+            self.prober.clone(),
+            WatcherConfig {
+                probe_timeout: self.settings.probe_timeout,
+                mesh_mode: self.settings.mesh_mode,
+                passthrough_lb: self.settings.passthrough_lb,
+                probe_optimisation: entry.spec.probe_optimisation,
+            },
+        );
+        let (input, input_rx) = watch::channel(Arc::new(Dests::from_endpoints(&entry.private)));
+        let task = tokio::spawn(watcher::run(
+            watcher,
+            input_rx,
+            shared.clone(),
+            self.ctx.clone(),
+        ));
+        WatcherHandle {
+            shared,
+            input,
+            spec: entry.spec.clone(),
+            private: entry.private.clone(),
+            public: entry.public.clone(),
+            task,
+        }
+    }
+
+    /// Stops every watcher and the poller, and waits for them.
+    async fn stop(mut self) {
+        let handles: Vec<WatcherHandle> = self.watchers.drain().map(|(_, h)| h).collect();
+        for handle in &handles {
+            handle.shared.stop();
+        }
+        for handle in handles {
+            let _ = handle.task.await;
+        }
+        self.poller_stop.send_replace(true);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.await;
+        }
+    }
+}
+
+/// Resolves once `true` is observed; never if the sender is dropped first.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! OTLP trace export over hyper: `http/protobuf` (`POST <path>` with an
+//! `ExportTraceServiceRequest` body) and `grpc` (the unary
+//! `opentelemetry.proto.collector.trace.v1.TraceService/Export` call over h2c or TLS h2, with the
+//! 5-byte gRPC message framing). One connection is kept and reused between exports.
+//!
+//! The protobuf messages are declared in [`proto`] with the field numbers of opentelemetry-proto.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{CONTENT_TYPE, HOST, TE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{ExportError, ExportFuture, SpanExporter};
+use crate::trace::resource::Resource;
+use crate::trace::span::{Scope, SpanData, Value};
+
+/// The gRPC method of the trace service.
+pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// Default OTLP/HTTP traces path.
+pub const DEFAULT_HTTP_PATH: &str = "/v1/traces";
+/// `User-Agent` of export requests.
+pub const USER_AGENT_VALUE: &str =
+    concat!("knative-rust-otlp-exporter/", env!("CARGO_PKG_VERSION"));
+/// Largest response body read from a collector.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// The OTLP trace messages (field numbers from `opentelemetry/proto/{collector/trace,trace,
+/// common,resource}/v1/*.proto`). Events and links are never sent and not declared.
+#[allow(missing_docs)]
+pub mod proto {
+    /// `ExportTraceServiceRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub resource_spans: Vec<ResourceSpans>,
+    }
+
+    /// `ExportTraceServiceResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTraceServiceResponse {
+        #[prost(message, optional, tag = "1")]
+        pub partial_success: Option<ExportTracePartialSuccess>,
+    }
+
+    /// `ExportTracePartialSuccess`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExportTracePartialSuccess {
+        #[prost(int64, tag = "1")]
+        pub rejected_spans: i64,
+        #[prost(string, tag = "2")]
+        pub error_message: String,
+    }
+
+    /// `ResourceSpans`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ResourceSpans {
+        #[prost(message, optional, tag = "1")]
+        pub resource: Option<Resource>,
+        #[prost(message, repeated, tag = "2")]
+        pub scope_spans: Vec<ScopeSpans>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    /// `Resource`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(message, repeated, tag = "1")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "2")]
+        pub dropped_attributes_count: u32,
+    }
+
+    /// `ScopeSpans`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ScopeSpans {
+        #[prost(message, optional, tag = "1")]
+        pub scope: Option<InstrumentationScope>,
+        #[prost(message, repeated, tag = "2")]
+        pub spans: Vec<Span>,
+        #[prost(string, tag = "3")]
+        pub schema_url: String,
+    }
+
+    /// `InstrumentationScope`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InstrumentationScope {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub version: String,
+        #[prost(message, repeated, tag = "3")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "4")]
+        pub dropped_attributes_count: u32,
+    }
+
+    /// `Span`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Span {
+        #[prost(bytes = "vec", tag = "1")]
+        pub trace_id: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub span_id: Vec<u8>,
+        #[prost(string, tag = "3")]
+        pub trace_state: String,
+        #[prost(bytes = "vec", tag = "4")]
+        pub parent_span_id: Vec<u8>,
+        #[prost(string, tag = "5")]
+        pub name: String,
+        /// `SpanKind`: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
+        #[prost(int32, tag = "6")]
+        pub kind: i32,
+        #[prost(fixed64, tag = "7")]
+        pub start_time_unix_nano: u64,
+        #[prost(fixed64, tag = "8")]
+        pub end_time_unix_nano: u64,
+        #[prost(message, repeated, tag = "9")]
+        pub attributes: Vec<KeyValue>,
+        #[prost(uint32, tag = "10")]
+        pub dropped_attributes_count: u32,
+        #[prost(uint32, tag = "12")]
+        pub dropped_events_count: u32,
+        #[prost(uint32, tag = "14")]
+        pub dropped_links_count: u32,
+        #[prost(message, optional, tag = "15")]
+        pub status: Option<Status>,
+        /// Bits 0–7 trace flags; bit 8 "has is-remote"; bit 9 "parent is remote".
+        #[prost(fixed32, tag = "16")]
+        pub flags: u32,
+    }
+
+    /// `Status`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Status {
+        #[prost(string, tag = "2")]
+        pub message: String,
+        /// 0 unset, 1 ok, 2 error.
+        #[prost(int32, tag = "3")]
+        pub code: i32,
+    }
+
+    /// `KeyValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValue {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(message, optional, tag = "2")]
+        pub value: Option<AnyValue>,
+    }
+
+    /// `AnyValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct AnyValue {
+        #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4, 5, 6, 7")]
+        pub value: Option<any_value::Value>,
+    }
+
+    /// `ArrayValue`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ArrayValue {
+        #[prost(message, repeated, tag = "1")]
+        pub values: Vec<AnyValue>,
+    }
+
+    /// `KeyValueList`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct KeyValueList {
+        #[prost(message, repeated, tag = "1")]
+        pub values: Vec<KeyValue>,
+    }
+
+    /// The `AnyValue.value` oneof.
+    pub mod any_value {
+        /// See [`super::AnyValue`].
+        #[derive(Clone, PartialEq, prost::Oneof)]
+        pub enum Value {
+            #[prost(string, tag = "1")]
+            StringValue(String),
+            #[prost(bool, tag = "2")]
+            BoolValue(bool),
+            #[prost(int64, tag = "3")]
+            IntValue(i64),
+            #[prost(double, tag = "4")]
+            DoubleValue(f64),
+            #[prost(message, tag = "5")]
+            ArrayValue(super::ArrayValue),
+            #[prost(message, tag = "6")]
+            KvlistValue(super::KeyValueList),
+            #[prost(bytes = "vec", tag = "7")]
+            BytesValue(Vec<u8>),
+        }
+    }
+}
+
+/// `Span.flags`: the context has the is-remote bit.
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+/// `Span.flags`: the parent is remote.
+const FLAG_IS_REMOTE: u32 = 0x200;
+
+fn any_value(value: &Value) -> proto::AnyValue {
+    use proto::any_value::Value as V;
+    let v = match value {
+        Value::Int(n) => V::IntValue(*n),
+        Value::Bool(b) => V::BoolValue(*b),
+        Value::Float(f) => V::DoubleValue(*f),
+        other => V::StringValue(other.text().unwrap_or_default().into_owned()),
+    };
+    proto::AnyValue { value: Some(v) }
+}
+
+fn string_kv(key: &str, value: &str) -> proto::KeyValue {
+    proto::KeyValue {
+        key: key.to_owned(),
+        value: Some(proto::AnyValue {
+            value: Some(proto::any_value::Value::StringValue(value.to_owned())),
+        }),
+    }
+}
+
+fn unix_nanos(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn span_message(span: &SpanData) -> proto::Span {
+    let mut flags = FLAG_HAS_IS_REMOTE | u32::from(span.context.flags());
+    if span.parent_remote {
+        flags |= FLAG_IS_REMOTE;
+    }
+    proto::Span {
+        trace_id: span.context.trace_id.0.to_vec(),
+        span_id: span.context.span_id.0.to_vec(),
+        trace_state: span
+            .context
+            .trace_state
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        parent_span_id: span.parent_span_id.map_or(Vec::new(), |id| id.0.to_vec()),
+        name: span.name.to_string(),
+        kind: span.kind as i32,
+        start_time_unix_nano: unix_nanos(span.start),
+        end_time_unix_nano: unix_nanos(span.end),
+        attributes: span
+            .attributes
+            .iter()
+            .map(|kv| proto::KeyValue {
+                key: kv.key.to_owned(),
+                value: Some(any_value(&kv.value)),
+            })
+            .collect(),
+        dropped_attributes_count: span.attributes.dropped(),
+        dropped_events_count: 0,
+        dropped_links_count: 0,
+        status: Some(proto::Status {
+            message: span.status.message.to_string(),
+            code: span.status.code as i32,
+        }),
+        flags,
+    }
+}
+
+/// The export request for `batch`: one `ResourceSpans`, one `ScopeSpans` per scope (in order of
+/// first appearance), spans in the order they ended.
+pub fn export_request(
+    batch: &[Box<SpanData>],
+    resource: &Resource,
+) -> proto::ExportTraceServiceRequest {
+    let mut scopes: Vec<(&'static Scope, Vec<proto::Span>)> = Vec::new();
+    for span in batch {
+        let message = span_message(span);
+        match scopes.iter_mut().find(|(s, _)| *s == span.scope) {
+            Some((_, spans)) => spans.push(message),
+            None => scopes.push((span.scope, vec![message])),
+        }
+    }
+    proto::ExportTraceServiceRequest {
+        resource_spans: vec![proto::ResourceSpans {
+            resource: Some(proto::Resource {
+                attributes: resource.iter().map(|(k, v)| string_kv(k, v)).collect(),
+                dropped_attributes_count: 0,
+            }),
+            scope_spans: scopes
+                .into_iter()
+                .map(|(scope, spans)| proto::ScopeSpans {
+                    scope: Some(proto::InstrumentationScope {
+                        name: scope.name.to_owned(),
+                        version: scope.version.to_owned(),
+                        attributes: Vec::new(),
+                        dropped_attributes_count: 0,
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                })
+                .collect(),
+            schema_url: String::new(),
+        }],
+    }
+}
+
+/// Which OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// `http/protobuf`.
+    HttpProtobuf,
+    /// `grpc`.
+    Grpc,
+}
+
+/// Where an OTLP exporter sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtlpEndpoint {
+    /// TLS (`https`) or plaintext (`http`, h2c for gRPC).
+    pub tls: bool,
+    /// Host name or IP address (no brackets), for DNS and TLS server name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Request path (`http/protobuf` only; gRPC uses the service method path).
+    pub path: String,
+}
+
+impl OtlpEndpoint {
+    /// `host:port`, with brackets around IPv6 addresses.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for OtlpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority(), self.path)
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// A client TLS configuration trusting the system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR`
+/// honoured), as Go's exporters do.
+pub fn system_tls_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+fn tls_connector(roots: rustls::RootCertStore, alpn: &[u8]) -> Result<TlsConnector, ExportError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ExportError::new(format!("TLS configuration: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The OTLP exporter (either transport).
+pub struct OtlpExporter {
+    transport: Transport,
+    endpoint: OtlpEndpoint,
+    authority: String,
+    headers: HeaderMap,
+    timeout: Duration,
+    tls: Option<TlsConnector>,
+    http1: Option<http1::SendRequest<Full<Bytes>>>,
+    http2: Option<http2::SendRequest<Full<Bytes>>>,
+}
+
+impl fmt::Debug for OtlpExporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpExporter")
+            .field("transport", &self.transport)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtlpExporter {
+    /// An exporter to `endpoint`, sending `headers` with every request, each export bounded by
+    /// `timeout`. TLS endpoints trust the system roots.
+    pub fn new(
+        transport: Transport,
+        endpoint: OtlpEndpoint,
+        headers: HeaderMap,
+        timeout: Duration,
+    ) -> Result<Self, ExportError> {
+        let roots = if endpoint.tls {
+            system_tls_roots()
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        Self::with_roots(transport, endpoint, headers, timeout, roots)
+    }
+
+    /// As [`OtlpExporter::new`], trusting `roots` for TLS.
+    pub fn with_roots(
+        transport: Transport,
+        endpoint: OtlpEndpoint,
+        headers: HeaderMap,
+        timeout: Duration,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, ExportError> {
+        let alpn: &[u8] = match transport {
+            Transport::HttpProtobuf => b"http/1.1",
+            Transport::Grpc => b"h2",
+        };
+        let tls = if endpoint.tls {
+            Some(tls_connector(roots, alpn)?)
+        } else {
+            None
+        };
+        Ok(OtlpExporter {
+            transport,
+            authority: endpoint.authority(),
+            endpoint,
+            headers,
+            timeout,
+            tls,
+            http1: None,
+            http2: None,
+        })
+    }
+
+    /// Where it sends.
+    pub fn endpoint(&self) -> &OtlpEndpoint {
+        &self.endpoint
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, ExportError> {
+        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+            .await
+            .map_err(|e| ExportError::new(format!("connecting to {}: {e}", self.authority)))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name =
+            rustls::pki_types::ServerName::try_from(self.endpoint.host.clone()).map_err(|e| {
+                ExportError::new(format!("TLS server name {}: {e}", self.endpoint.host))
+            })?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ExportError::new(format!("TLS handshake with {}: {e}", self.authority)))?;
+        Ok(Box::new(stream))
+    }
+
+    async fn http1_sender(
+        &mut self,
+    ) -> Result<(http1::SendRequest<Full<Bytes>>, bool), ExportError> {
+        if let Some(mut sender) = self.http1.take() {
+            if sender.ready().await.is_ok() {
+                return Ok((sender, true));
+            }
+        }
+        let io = self.connect().await?;
+        let (sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(|e| {
+            ExportError::new(format!("HTTP handshake with {}: {e}", self.authority))
+        })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender, false))
+    }
+
+    async fn http2_sender(&mut self) -> Result<http2::SendRequest<Full<Bytes>>, ExportError> {
+        if let Some(sender) = self.http2.take() {
+            if !sender.is_closed() {
+                return Ok(sender);
+            }
+        }
+        let io = self.connect().await?;
+        let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| {
+                ExportError::new(format!("HTTP/2 handshake with {}: {e}", self.authority))
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn add_headers(&self, request: &mut Request<Full<Bytes>>) {
+        for (name, value) in &self.headers {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+
+    async fn export_http(&mut self, message: Bytes) -> Result<(), ExportError> {
+        let mut retried = false;
+        loop {
+            let (mut sender, reused) = self.http1_sender().await?;
+            let mut request = Request::post(self.endpoint.path.as_str())
+                .header(HOST, self.authority.as_str())
+                .header(CONTENT_TYPE, "application/x-protobuf")
+                .header(USER_AGENT, USER_AGENT_VALUE)
+                .body(Full::new(message.clone()))
+                .map_err(|e| ExportError::new(format!("building the request: {e}")))?;
+            self.add_headers(&mut request);
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                // A kept-alive connection the collector closed meanwhile: one retry on a new one.
+                Err(_) if reused && !retried => {
+                    retried = true;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ExportError::new(format!(
+                        "sending to {}: {e}",
+                        self.endpoint
+                    )))
+                }
+            };
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| ExportError::new(format!("reading the response: {e}")))?
+                .to_bytes();
+            self.http1 = Some(sender);
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
+                return Err(ExportError::new(format!(
+                    "{} answered {status}: {}",
+                    self.endpoint,
+                    text.trim()
+                )));
+            }
+            report_partial_success(&body);
+            return Ok(());
+        }
+    }
+
+    async fn export_grpc(&mut self, message: Bytes) -> Result<(), ExportError> {
+        let mut sender = self.http2_sender().await?;
+        let mut framed = BytesMut::with_capacity(5 + message.len());
+        framed.put_u8(0);
+        framed.put_u32(
+            u32::try_from(message.len()).map_err(|_| ExportError::new("batch too large"))?,
+        );
+        framed.extend_from_slice(&message);
+        let scheme = if self.endpoint.tls { "https" } else { "http" };
+        let mut request = Request::post(format!("{scheme}://{}{GRPC_EXPORT_PATH}", self.authority))
+            .version(http::Version::HTTP_2)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header(TE, "trailers")
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .header(
+                "grpc-timeout",
+                format!("{}m", self.timeout.as_millis().max(1)),
+            )
+            .body(Full::new(framed.freeze()))
+            .map_err(|e| ExportError::new(format!("building the request: {e}")))?;
+        self.add_headers(&mut request);
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ExportError::new(format!("sending to {}: {e}", self.endpoint)))?;
+        self.http2 = Some(sender);
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            return Err(ExportError::new(format!(
+                "{} answered HTTP {}",
+                self.endpoint, parts.status
+            )));
+        }
+        let collected = Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ExportError::new(format!("reading the response: {e}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let body = collected.to_bytes();
+        // Trailers-only responses carry the status in the headers.
+        let status_of = |map: &HeaderMap| {
+            map.get("grpc-status")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let code = status_of(&trailers).or_else(|| status_of(&parts.headers));
+        match code.as_deref() {
+            Some("0") => {
+                if body.len() >= 5 {
+                    report_partial_success(&body[5..]);
+                }
+                Ok(())
+            }
+            Some(code) => {
+                let message = trailers
+                    .get("grpc-message")
+                    .or_else(|| parts.headers.get("grpc-message"))
+                    .map(|m| {
+                        let raw = String::from_utf8_lossy(m.as_bytes()).into_owned();
+                        crate::trace::resource::percent_decode(&raw).unwrap_or(raw)
+                    })
+                    .unwrap_or_default();
+                Err(ExportError::new(format!(
+                    "{} answered grpc-status {code}: {message}",
+                    self.endpoint
+                )))
+            }
+            None => Err(ExportError::new(format!(
+                "{} answered without a grpc-status",
+                self.endpoint
+            ))),
+        }
+    }
+}
+
+fn report_partial_success(body: &[u8]) {
+    if let Ok(response) = proto::ExportTraceServiceResponse::decode(body) {
+        if let Some(partial) = response.partial_success {
+            if partial.rejected_spans > 0 || !partial.error_message.is_empty() {
+                tracing::warn!(
+                    rejected_spans = partial.rejected_spans,
+                    message = partial.error_message,
+                    "the trace collector rejected spans"
+                );
+            }
+        }
+    }
+}
+
+impl SpanExporter for OtlpExporter {
+    fn export<'a>(
+        &'a mut self,
+        batch: &'a [Box<SpanData>],
+        resource: &'a Resource,
+    ) -> ExportFuture<'a> {
+        let message = Bytes::from(export_request(batch, resource).encode_to_vec());
+        Box::pin(async move {
+            let timeout = self.timeout;
+            let result = tokio::time::timeout(timeout, async {
+                match self.transport {
+                    Transport::HttpProtobuf => self.export_http(message).await,
+                    Transport::Grpc => self.export_grpc(message).await,
+                }
+            })
+            .await;
+            match result {
+                Ok(result) => result,
+                Err(_) => {
+                    // The connection may be stuck mid-exchange: start over next time.
+                    self.http1 = None;
+                    self.http2 = None;
+                    Err(ExportError::new(format!(
+                        "export to {} timed out after {timeout:?}",
+                        self.endpoint
+                    )))
+                }
+            }
+        })
+    }
+
+    fn shutdown(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.http1 = None;
+        self.http2 = None;
+        Box::pin(async {})
+    }
+}
+
+/// Parses `OTEL_EXPORTER_OTLP_HEADERS`-style text (`k=v,k2=v2`, values percent-decoded) into
+/// headers; malformed entries are skipped with a warning.
+pub fn parse_headers(text: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for entry in text.split(',').filter(|e| !e.trim().is_empty()) {
+        let parsed = entry.split_once('=').and_then(|(k, v)| {
+            let name = http::header::HeaderName::from_bytes(k.trim().as_bytes()).ok()?;
+            let value = crate::trace::resource::percent_decode(v.trim())?;
+            Some((name, HeaderValue::from_str(&value).ok()?))
+        });
+        match parsed {
+            Some((name, value)) => {
+                headers.append(name, value);
+            }
+            None => tracing::warn!(entry, "ignoring a malformed OTLP header entry"),
+        }
+    }
+    headers
+}

@@ -1,0 +1,563 @@
+//! Tower layers that put spans on the request path, and how spans travel with a request.
+//!
+//! The current span of a request is the [`CurrentSpan`] extension: [`ServerSpanLayer`] sets it
+//! from its server span (whose parent is the incoming `traceparent`), inner stages replace it with
+//! their own spans ([`Tracer::start_in`]), and [`ClientSpanLayer`] starts the client span as its
+//! child and writes the client span's context into the upstream `traceparent`.
+//!
+//! Every layer takes an `Option<&'static Tracer>`; with `None` it calls the inner service
+//! directly and adds nothing.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::span::{Scope, Span, SpanKind, StatusCode, Value};
+use super::{SpanContext, Tracer, OTELHTTP_SCOPE};
+use crate::body::{attach_guard, Guarded, ProxyBody};
+use crate::classify::is_probe;
+use crate::headers::X_FORWARDED_FOR;
+
+/// The span a request is currently in (request extension).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentSpan(pub SpanContext);
+
+/// A span that travels with the request until a later stage ends it, e.g. the breaker wait that
+/// ends when the request is let through ([`EndCarriedSpan`]) or when the request is dropped.
+/// Cloning yields an empty carrier (a request's extensions are never meant to be cloned).
+#[derive(Debug, Default)]
+pub struct CarriedSpan(pub Option<Span>);
+
+impl Clone for CarriedSpan {
+    fn clone(&self) -> Self {
+        CarriedSpan(None)
+    }
+}
+
+/// Service that ends the request's [`CarriedSpan`] as the request reaches it.
+#[derive(Clone, Debug)]
+pub struct EndCarriedSpan<S> {
+    inner: S,
+    enabled: bool,
+}
+
+impl<S> EndCarriedSpan<S> {
+    /// Wraps `inner`; when `enabled` is false the request is passed on untouched.
+    pub fn new(inner: S, enabled: bool) -> Self {
+        EndCarriedSpan { inner, enabled }
+    }
+}
+
+impl<S, B> Service<Request<B>> for EndCarriedSpan<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if self.enabled {
+            drop(request.extensions_mut().remove::<CarriedSpan>());
+        }
+        self.inner.call(request)
+    }
+}
+
+const METHODS: [(Method, &str, &str); 9] = [
+    (Method::GET, "GET", "HTTP GET"),
+    (Method::POST, "POST", "HTTP POST"),
+    (Method::PUT, "PUT", "HTTP PUT"),
+    (Method::DELETE, "DELETE", "HTTP DELETE"),
+    (Method::HEAD, "HEAD", "HTTP HEAD"),
+    (Method::OPTIONS, "OPTIONS", "HTTP OPTIONS"),
+    (Method::PATCH, "PATCH", "HTTP PATCH"),
+    (Method::CONNECT, "CONNECT", "HTTP CONNECT"),
+    (Method::TRACE, "TRACE", "HTTP TRACE"),
+];
+
+/// `otelhttp`'s method normalization: a known method as is; a known method in other case →
+/// upper-cased, with the original kept; anything else → `_OTHER`, with the original kept.
+fn method_attributes(method: &Method) -> (&'static str, Option<Value>) {
+    let text = method.as_str();
+    if let Some((_, name, _)) = METHODS.iter().find(|(_, name, _)| *name == text) {
+        return (name, None);
+    }
+    let original = Some(Value::String(text.to_owned()));
+    match METHODS
+        .iter()
+        .find(|(_, name, _)| name.eq_ignore_ascii_case(text))
+    {
+        Some((_, name, _)) => (name, original),
+        None => ("_OTHER", original),
+    }
+}
+
+/// Server span name: the (normalized) method, `HTTP` for unknown methods.
+fn server_span_name(method: &Method) -> &'static str {
+    match method_attributes(method).0 {
+        "_OTHER" => "HTTP",
+        name => name,
+    }
+}
+
+/// Client span name as `otelhttp`'s transport formats it: `HTTP <METHOD>`.
+fn client_span_name(method: &Method) -> Cow<'static, str> {
+    match METHODS.iter().find(|(m, _, _)| m == method) {
+        Some((_, _, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("HTTP {}", method.as_str())),
+    }
+}
+
+/// `network.protocol.version`, as Go's `Request.Proto` after the slash.
+fn protocol_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2.0",
+        Version::HTTP_3 => "3.0",
+        _ => "1.1",
+    }
+}
+
+/// `host[:port]` → host (no brackets) and port, as `otelhttp`'s `SplitHostPort`.
+fn split_host_port(hostport: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let Some(end) = rest.find(']') else {
+            return ("", None);
+        };
+        let port = rest[end + 1..]
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok());
+        return (&rest[..end], port);
+    }
+    match hostport.rfind(':') {
+        // An IPv6 address without brackets: Go's SplitHostPort fails.
+        Some(i) if hostport[..i].contains(':') => ("", None),
+        Some(i) => (&hostport[..i], hostport[i + 1..].parse().ok()),
+        None => (hostport, None),
+    }
+}
+
+/// Requests that get no server span: probes (§3.2 IsProbe) and `OPTIONS *`, which Go's server
+/// answers before any handler.
+pub fn skip_probes(method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+    is_probe(headers) || (method == Method::OPTIONS && uri == "*")
+}
+
+/// How [`ServerSpanLayer`] names and annotates server spans.
+#[derive(Clone, Copy)]
+pub struct ServerSpans {
+    /// Scope of the server spans.
+    pub scope: &'static Scope,
+    /// Fixed span name; `None` names the span after the HTTP method (`HTTP` for unknown ones).
+    pub name: Option<&'static str>,
+    /// Requests that get no span at all.
+    pub skip: fn(&Method, &Uri, &HeaderMap) -> bool,
+    /// Adds per-request attributes (e.g. `kn.route.tag`) to a recording span.
+    pub annotate: fn(&HeaderMap, &mut Span),
+}
+
+impl std::fmt::Debug for ServerSpans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSpans")
+            .field("scope", &self.scope)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerSpans {
+    /// `otelhttp` spans named after the method, no span for probes, no extra attributes.
+    fn default() -> Self {
+        ServerSpans {
+            scope: &OTELHTTP_SCOPE,
+            name: None,
+            skip: skip_probes,
+            annotate: |_, _| {},
+        }
+    }
+}
+
+/// Layer 1's tracing half (queue-proxy §3.1, §7.3): extracts the incoming trace context and wraps
+/// the request in a server span, which ends when the response body has been sent.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerSpanLayer {
+    tracer: Option<&'static Tracer>,
+    spans: ServerSpans,
+    peer: SocketAddr,
+    tls: bool,
+}
+
+impl ServerSpanLayer {
+    /// Server spans from `tracer` (`None`: off) for a connection from `peer`, over TLS or not.
+    pub fn new(
+        tracer: Option<&'static Tracer>,
+        spans: ServerSpans,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Self {
+        ServerSpanLayer {
+            tracer,
+            spans,
+            peer,
+            tls,
+        }
+    }
+}
+
+impl<S> Layer<S> for ServerSpanLayer {
+    type Service = ServerSpanService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerSpanService {
+            inner,
+            layer: *self,
+        }
+    }
+}
+
+/// See [`ServerSpanLayer`].
+#[derive(Clone, Debug)]
+pub struct ServerSpanService<S> {
+    inner: S,
+    layer: ServerSpanLayer,
+}
+
+impl ServerSpanLayer {
+    fn start<B>(&self, tracer: &'static Tracer, request: &mut Request<B>) -> Option<Span> {
+        let headers = request.headers();
+        if (self.spans.skip)(request.method(), request.uri(), headers) {
+            return None;
+        }
+        let parent = SpanContext::from_headers(headers);
+        let name: Cow<'static, str> = match self.spans.name {
+            Some(name) => Cow::Borrowed(name),
+            None => Cow::Borrowed(server_span_name(request.method())),
+        };
+        let (mut span, context) =
+            tracer.start(self.spans.scope, name, SpanKind::Server, parent.as_ref());
+        if span.is_recording() {
+            self.annotate(&mut span, request);
+        }
+        request.extensions_mut().insert(CurrentSpan(context));
+        Some(span)
+    }
+
+    /// The standard HTTP server attributes of `otelhttp`.
+    fn annotate<B>(&self, span: &mut Span, request: &Request<B>) {
+        let headers = request.headers();
+        let host = match request.uri().authority() {
+            Some(authority) => authority.as_str(),
+            None => headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        };
+        let (host, port) = split_host_port(host);
+        let (method, original) = method_attributes(request.method());
+        span.set_attribute("server.address", host.to_owned());
+        span.set_attribute("http.request.method", method);
+        span.set_attribute("url.scheme", if self.tls { "https" } else { "http" });
+        let default_port = if self.tls { 443 } else { 80 };
+        if let Some(port) = port.filter(|p| *p != default_port && *p > 0) {
+            span.set_attribute("server.port", i64::from(port));
+        }
+        if let Some(original) = original {
+            span.set_attribute("http.request.method_original", original);
+        }
+        span.set_attribute("network.peer.address", self.peer.ip());
+        span.set_attribute("network.peer.port", i64::from(self.peer.port()));
+        if let Some(ua) = headers
+            .get(http::header::USER_AGENT)
+            .filter(|ua| !ua.is_empty())
+        {
+            span.set_attribute("user_agent.original", ua.clone());
+        }
+        let forwarded_client = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim())
+            .filter(|v| !v.is_empty());
+        match forwarded_client {
+            Some(client) => span.set_attribute("client.address", client.to_owned()),
+            None => span.set_attribute("client.address", self.peer.ip()),
+        }
+        if let Some(pq) = request.uri().path_and_query() {
+            if !pq.path().is_empty() {
+                span.set_attribute("url.path", Value::Path(pq.clone()));
+            }
+        }
+        span.set_attribute(
+            "network.protocol.version",
+            protocol_version(request.version()),
+        );
+        (self.spans.annotate)(headers, span);
+    }
+}
+
+impl<S, ReqB, B> Service<Request<ReqB>> for ServerSpanService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    B: Send + 'static,
+{
+    type Response = Response<Guarded<B, Span>>;
+    type Error = S::Error;
+    type Future = SpanFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let span = match self.layer.tracer {
+            Some(tracer) => self.layer.start(tracer, &mut request),
+            None => None,
+        };
+        SpanFuture {
+            future: self.inner.call(request),
+            span,
+            kind: SpanKind::Server,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of the span layers: records the status on the span, then hands the span
+    /// to the response body, where it ends once the body has been sent.
+    pub struct SpanFuture<F> {
+        #[pin]
+        future: F,
+        span: Option<Span>,
+        kind: SpanKind,
+    }
+}
+
+/// Records the response status: server spans are errors from 500 up, client spans from 400 up
+/// (`otelhttp`'s rules).
+fn record_status(span: &mut Span, kind: SpanKind, status: http::StatusCode) {
+    if !span.is_recording() {
+        return;
+    }
+    let code = status.as_u16();
+    span.set_attribute("http.response.status_code", i64::from(code));
+    let error_from = if kind == SpanKind::Client { 400 } else { 500 };
+    if code >= error_from {
+        span.set_status(StatusCode::Error, "");
+    }
+}
+
+impl<F, B, E> Future for SpanFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Send + 'static,
+{
+    type Output = Result<Response<Guarded<B, Span>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx))?;
+        Poll::Ready(Ok(match this.span.take() {
+            Some(mut span) => {
+                record_status(&mut span, *this.kind, response.status());
+                attach_guard(response, span)
+            }
+            None => response.map(Guarded::unguarded),
+        }))
+    }
+}
+
+/// The client span (queue-proxy §7.3 item 4): a child of the request's [`CurrentSpan`] (a root
+/// span when there is none, e.g. kubelet probes) around the upstream call, ending with the
+/// upstream response body. Its context replaces the request's `traceparent`.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientSpanLayer {
+    tracer: Option<&'static Tracer>,
+    target: SocketAddr,
+}
+
+impl ClientSpanLayer {
+    /// Client spans from `tracer` (`None`: off) for requests sent to `target`.
+    pub fn new(tracer: Option<&'static Tracer>, target: SocketAddr) -> Self {
+        ClientSpanLayer { tracer, target }
+    }
+}
+
+impl<S> Layer<S> for ClientSpanLayer {
+    type Service = ClientSpanService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientSpanService {
+            inner,
+            layer: *self,
+        }
+    }
+}
+
+/// See [`ClientSpanLayer`].
+#[derive(Clone, Debug)]
+pub struct ClientSpanService<S> {
+    inner: S,
+    layer: ClientSpanLayer,
+}
+
+/// Starts a client span for `request`, sent to `target`, as a child of the request's
+/// [`CurrentSpan`], and writes its context into the request's `traceparent`.
+pub fn start_client_span<B>(
+    tracer: &'static Tracer,
+    request: &mut Request<B>,
+    target: SocketAddr,
+) -> Span {
+    let parent = request.extensions().get::<CurrentSpan>().map(|c| &c.0);
+    let (mut span, context) = tracer.start(
+        &OTELHTTP_SCOPE,
+        client_span_name(request.method()),
+        SpanKind::Client,
+        parent,
+    );
+    context.inject(request.headers_mut());
+    if span.is_recording() {
+        let (method, original) = method_attributes(request.method());
+        span.set_attribute("http.request.method", method);
+        if let Some(original) = original {
+            span.set_attribute("http.request.method_original", original);
+        }
+        let target_text = match target {
+            SocketAddr::V4(v4) => v4.to_string(),
+            SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+        };
+        let pq = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        span.set_attribute("url.full", format!("http://{target_text}{pq}"));
+        span.set_attribute("server.address", target.ip());
+        if target.port() != 80 {
+            span.set_attribute("server.port", i64::from(target.port()));
+        }
+        span.set_attribute(
+            "network.protocol.version",
+            protocol_version(request.version()),
+        );
+    }
+    span
+}
+
+impl<S, ReqB> Service<Request<ReqB>> for ClientSpanService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ProxyBody>>,
+{
+    type Response = Response<Guarded<ProxyBody, Span>>;
+    type Error = S::Error;
+    type Future = ClientSpanFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
+        let span = self
+            .layer
+            .tracer
+            .map(|tracer| start_client_span(tracer, &mut request, self.layer.target));
+        ClientSpanFuture {
+            future: self.inner.call(request),
+            span,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`ClientSpanService`]. A `502` the proxy generated itself (no upstream
+    /// response) marks the span failed with the error text.
+    pub struct ClientSpanFuture<F> {
+        #[pin]
+        future: F,
+        span: Option<Span>,
+    }
+}
+
+impl<F, E> Future for ClientSpanFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, E>>,
+{
+    type Output = Result<Response<Guarded<ProxyBody, Span>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx))?;
+        Poll::Ready(Ok(match this.span.take() {
+            Some(mut span) => {
+                match response.body() {
+                    // Generated by the proxy: there is no upstream response, the exchange failed.
+                    ProxyBody::Full { bytes }
+                        if response.status() == http::StatusCode::BAD_GATEWAY =>
+                    {
+                        if span.is_recording() {
+                            let text = bytes
+                                .as_ref()
+                                .map(|b| String::from_utf8_lossy(b).trim_end().to_owned())
+                                .unwrap_or_default();
+                            span.set_status(StatusCode::Error, text);
+                            span.set_attribute("error.type", "proxy_error");
+                        }
+                    }
+                    _ => record_status(&mut span, SpanKind::Client, response.status()),
+                }
+                attach_guard(response, span)
+            }
+            None => response.map(Guarded::unguarded),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_methods() {
+        assert_eq!(server_span_name(&Method::GET), "GET");
+        assert_eq!(
+            server_span_name(&Method::from_bytes(b"get").unwrap()),
+            "GET"
+        );
+        assert_eq!(
+            server_span_name(&Method::from_bytes(b"PURGE").unwrap()),
+            "HTTP"
+        );
+        assert_eq!(client_span_name(&Method::POST), "HTTP POST");
+        assert_eq!(
+            client_span_name(&Method::from_bytes(b"PURGE").unwrap()),
+            "HTTP PURGE"
+        );
+        let (m, original) = method_attributes(&Method::from_bytes(b"Patch").unwrap());
+        assert_eq!(m, "PATCH");
+        assert_eq!(original, Some(Value::String("Patch".into())));
+        assert_eq!(method_attributes(&Method::DELETE), ("DELETE", None));
+    }
+
+    #[test]
+    fn host_port_splitting() {
+        assert_eq!(
+            split_host_port("example.com:8080"),
+            ("example.com", Some(8080))
+        );
+        assert_eq!(split_host_port("example.com"), ("example.com", None));
+        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host_port("[::1"), ("", None));
+        assert_eq!(split_host_port("::1"), ("", None));
+        assert_eq!(split_host_port("h:x"), ("h", None));
+    }
+}
