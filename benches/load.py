@@ -74,9 +74,12 @@ def parse_latency(text, label):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, duration, connections, path="/"):
+REVISION_HEADERS = ["-H", "Knative-Serving-Namespace: default", "-H", "Knative-Serving-Revision: hello-00001"]
+
+
+def run_wrk(port, duration, connections, path="/", headers=()):
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *headers, f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -88,9 +91,10 @@ def run_wrk(port, duration, connections, path="/"):
     }
 
 
-def measure(name, port, pid, app_pid, args):
+def measure(name, port, pid, app_pid, args, headers=(), also=None):
+    """`also`: another process of the chain whose CPU per request is reported too."""
     fresh = rss_kib(pid) if pid else 0  # before any request
-    run_wrk(port, 1, args.connections)  # warm-up: connections, pools, caches
+    run_wrk(port, 1, args.connections, headers=headers)  # warm-up: connections, pools, caches
     idle = rss_kib(pid) if pid else 0
     peak = [idle]
     done = threading.Event()
@@ -105,15 +109,18 @@ def measure(name, port, pid, app_pid, args):
     sampler.start()
     cpu0 = cpu_seconds(pid) if pid else 0.0
     app0 = cpu_seconds(app_pid)
-    result = run_wrk(port, args.duration, args.connections)
+    also0 = cpu_seconds(also) if also else 0.0
+    result = run_wrk(port, args.duration, args.connections, headers=headers)
     cpu1 = cpu_seconds(pid) if pid else 0.0
     app1 = cpu_seconds(app_pid)
+    also1 = cpu_seconds(also) if also else 0.0
     done.set()
     sampler.join()
     result.update({
         "name": name,
         "hop_cpu_us": (cpu1 - cpu0) * 1e6 / max(result["requests"], 1) if pid else 0.0,
         "app_cpu_us": (app1 - app0) * 1e6 / max(result["requests"], 1),
+        "also_cpu_us": (also1 - also0) * 1e6 / max(result["requests"], 1) if also else 0.0,
         "fresh_rss_mb": fresh / 1024, "idle_rss_mb": idle / 1024, "load_rss_mb": peak[0] / 1024,
     })
     return result
@@ -174,6 +181,32 @@ def main():
             qp.terminate()
             qp.kill()
 
+        # The activator in front of a queue-proxy (CC=10) in front of the app.
+        qp_port = free_port()
+        qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 10, qp_port),
+                              stdout=subprocess.DEVNULL)
+        procs.append(qp)
+        wait_listening(qp_port)
+        act_port = free_port()
+        discovery = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"load-revisions-{os.getpid()}.json")
+        with open(discovery, "w") as f:
+            f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":10,'
+                    '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
+                    '"activators":["127.0.0.1"]}]}' % qp_port)
+        act = subprocess.Popen([os.path.join(BIN, "activator")], env={
+            **os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
+            "ACTIVATOR_HTTP1_PORT": str(act_port), "ACTIVATOR_H2C_PORT": str(free_port()),
+            "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
+            "ACTIVATOR_LOG_LEVEL": "error"}, stdout=subprocess.DEVNULL)
+        procs.append(act)
+        wait_listening(act_port)
+        time.sleep(0.5)  # first probe round marks the pod healthy
+        chain = measure("activator -> qp -> app", act_port, act.pid, app.pid, args, headers=REVISION_HEADERS, also=qp.pid)
+        results.append(chain)
+        act.kill()
+        qp.kill()
+        os.unlink(discovery)
+
         start = startup_ms(app_port)
     finally:
         for p in procs:
@@ -188,6 +221,8 @@ def main():
         print(f"{r['name']:22} {r['rps']:9.0f} {ratio:8.2f} {r['hop_cpu_us']:14.1f} {vs_bare:10.2f} {r['p50']:7.2f} {r['p99']:7.2f} "
               f"{r['fresh_rss_mb']:13.1f} {r['idle_rss_mb']:6.1f} {r['load_rss_mb']:6.1f} {r['non2xx']:6d}")
     print(f"\napp CPU per request (direct): {direct['app_cpu_us']:.1f} us")
+    print(f"activator chain: activator {chain['hop_cpu_us']:.1f} us/req + queue-proxy {chain['also_cpu_us']:.1f} us/req "
+          f"(the hop columns above show the activator)")
     print(f"queue-proxy start-up to listening (median of 5): {start:.1f} ms")
     bad = [r for r in results if r["non2xx"] or r["socket_errors"]]
     for r in bad:

@@ -9,5 +9,5 @@ if ! command -v wrk >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release -q -p queue-proxy -p sample-app -p benches --bins
+cargo build --release -q -p queue-proxy -p activator -p sample-app -p benches --bins
 exec python3 benches/load.py "$@"

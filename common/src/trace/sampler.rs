@@ -258,14 +258,13 @@ mod tests {
 
     #[test]
     fn sdk_env_rules() {
-        use Protocol::*;
         let s = |name: &'static str, arg: Option<&'static str>| {
             let mut e = vec![("OTEL_TRACES_SAMPLER", name)];
             if let Some(a) = arg {
                 e.push(("OTEL_TRACES_SAMPLER_ARG", a));
             }
             // The env sampler wins over stdout and the configured rate.
-            select(Stdout, 1.0, &e)
+            select(Protocol::Stdout, 1.0, &e)
         };
         assert_eq!(s("always_off", None), Sampler::ALWAYS_OFF);
         assert_eq!(s(" Always_On ", None), Sampler::ALWAYS_ON);
@@ -292,7 +291,7 @@ mod tests {
         );
         // Empty OTEL_TRACES_SAMPLER is ignored: Knative's rules apply (and a bad ARG is fatal).
         assert!(select_sampler(
-            Grpc,
+            Protocol::Grpc,
             0.5,
             &env(&[
                 ("OTEL_TRACES_SAMPLER", ""),
