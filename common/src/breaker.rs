@@ -157,6 +157,11 @@ impl BreakerLayer {
     pub fn new(breaker: Option<&'static Breaker>) -> Self {
         BreakerLayer { breaker }
     }
+
+    /// The breaker, if requests are limited at all.
+    pub fn breaker(&self) -> Option<&'static Breaker> {
+        self.breaker
+    }
 }
 
 impl<S> Layer<S> for BreakerLayer {

@@ -9,25 +9,138 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// How a time stamp is written (zap's `timeEncoder`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeEncoding {
+    /// `2026-11-22T06:19:53.312Z` (`iso8601`, `rfc3339`, `rfc3339nano`).
+    Iso8601,
+    /// Float seconds since the epoch (`epoch`, zap's production default).
+    EpochSeconds,
+    /// Integer milliseconds since the epoch (`millis`).
+    EpochMillis,
+    /// Integer nanoseconds since the epoch (`nanos`).
+    EpochNanos,
+}
+
+/// The parts of a zap logging configuration (`SERVING_LOGGING_CONFIG`, config-logging's
+/// `zap-logger-config`) that shape a line: key names (empty = omitted), level, time encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogFormat {
+    /// Key of the time stamp.
+    pub time_key: String,
+    /// Key of the level.
+    pub level_key: String,
+    /// Key of the logger name.
+    pub name_key: String,
+    /// Key of `file:line`.
+    pub caller_key: String,
+    /// Key of the message.
+    pub message_key: String,
+    /// Level names in capitals (`INFO`) rather than lower case.
+    pub capital_levels: bool,
+    /// Time stamp form.
+    pub time_encoding: TimeEncoding,
+    /// The configured level (before any override).
+    pub level: String,
+}
+
+impl LogFormat {
+    /// Knative's shipped `zap-logger-config`.
+    pub fn knative() -> Self {
+        LogFormat {
+            time_key: "timestamp".into(),
+            level_key: "severity".into(),
+            name_key: "logger".into(),
+            caller_key: "caller".into(),
+            message_key: "message".into(),
+            capital_levels: true,
+            time_encoding: TimeEncoding::Iso8601,
+            level: "info".into(),
+        }
+    }
+
+    /// zap's production configuration: what upstream falls back to without a valid config.
+    pub fn production() -> Self {
+        LogFormat {
+            time_key: "ts".into(),
+            level_key: "level".into(),
+            name_key: "logger".into(),
+            caller_key: "caller".into(),
+            message_key: "msg".into(),
+            capital_levels: false,
+            time_encoding: TimeEncoding::EpochSeconds,
+            level: "info".into(),
+        }
+    }
+
+    /// Parses a zap JSON configuration; empty or invalid gives the production default and the
+    /// reason, to be logged as a warning once logging is up.
+    pub fn from_zap_config(config: &str) -> (LogFormat, Option<String>) {
+        if config.trim().is_empty() {
+            return (LogFormat::production(), Some("empty logging configuration".into()));
+        }
+        let value: serde_json::Value = match serde_json::from_str(config) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return (LogFormat::production(), Some("logging configuration is not a JSON object".into())),
+            Err(e) => return (LogFormat::production(), Some(format!("invalid logging configuration: {e}"))),
+        };
+        let text = |v: &serde_json::Value, key: &str, default: &str| -> String {
+            v.get(key).and_then(|x| x.as_str()).unwrap_or(default).to_owned()
+        };
+        let encoder = value.get("encoderConfig").cloned().unwrap_or_default();
+        let capital_levels = !matches!(
+            encoder.get("levelEncoder").and_then(|x| x.as_str()),
+            Some("lowercase") | Some("lower") | Some("color")
+        );
+        let time_encoding = match encoder.get("timeEncoder").and_then(|x| x.as_str()).unwrap_or("") {
+            "iso8601" | "ISO8601" | "rfc3339" | "RFC3339" | "rfc3339nano" | "RFC3339Nano" => TimeEncoding::Iso8601,
+            "millis" => TimeEncoding::EpochMillis,
+            "nanos" => TimeEncoding::EpochNanos,
+            _ => TimeEncoding::EpochSeconds,
+        };
+        let format = LogFormat {
+            time_key: text(&encoder, "timeKey", ""),
+            level_key: text(&encoder, "levelKey", ""),
+            name_key: text(&encoder, "nameKey", ""),
+            caller_key: text(&encoder, "callerKey", ""),
+            message_key: text(&encoder, "messageKey", ""),
+            capital_levels,
+            time_encoding,
+            level: text(&value, "level", "info"),
+        };
+        (format, None)
+    }
+}
+
 /// Formats events as Knative zap-style JSON.
 pub struct KnativeJson {
     logger: &'static str,
     fields: Vec<(&'static str, String)>,
+    format: LogFormat,
 }
 
 impl KnativeJson {
-    /// Lines name `logger` and carry `fields` (e.g. `knative.dev/pod`).
+    /// Lines name `logger` and carry `fields` (e.g. `knative.dev/pod`), with Knative's keys.
     pub fn new(logger: &'static str, fields: Vec<(&'static str, String)>) -> Self {
-        KnativeJson { logger, fields }
+        Self::with_format(logger, fields, LogFormat::knative())
+    }
+
+    /// Lines shaped by `format`.
+    pub fn with_format(logger: &'static str, fields: Vec<(&'static str, String)>, format: LogFormat) -> Self {
+        KnativeJson { logger, fields, format }
     }
 }
 
-fn severity(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARN",
-        Level::INFO => "INFO",
-        _ => "DEBUG",
+fn severity(level: &Level, capital: bool) -> &'static str {
+    match (*level, capital) {
+        (Level::ERROR, true) => "ERROR",
+        (Level::WARN, true) => "WARN",
+        (Level::INFO, true) => "INFO",
+        (_, true) => "DEBUG",
+        (Level::ERROR, false) => "error",
+        (Level::WARN, false) => "warn",
+        (Level::INFO, false) => "info",
+        (_, false) => "debug",
     }
 }
 
@@ -69,18 +182,19 @@ where
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let now = humantime_rfc3339();
-        let caller = format!(
-            "{}:{}",
-            meta.file().unwrap_or("?"),
-            meta.line().unwrap_or(0)
-        );
+        let f = &self.format;
+        let caller = format!("{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0));
         let mut line = serde_json::Map::new();
-        line.insert("severity".into(), severity(meta.level()).into());
-        line.insert("timestamp".into(), now.into());
-        line.insert("logger".into(), self.logger.into());
-        line.insert("caller".into(), caller.into());
-        line.insert("message".into(), fields.message.into());
+        let mut put = |key: &str, value: serde_json::Value| {
+            if !key.is_empty() {
+                line.insert(key.to_owned(), value);
+            }
+        };
+        put(&f.level_key, severity(meta.level(), f.capital_levels).into());
+        put(&f.time_key, time_value(f.time_encoding));
+        put(&f.name_key, self.logger.into());
+        put(&f.caller_key, caller.into());
+        put(&f.message_key, fields.message.into());
         for (k, v) in fields.extra {
             line.insert(k.into(), v.into());
         }
@@ -88,6 +202,18 @@ where
             line.insert((*k).into(), v.clone().into());
         }
         writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+fn time_value(encoding: TimeEncoding) -> serde_json::Value {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    match encoding {
+        TimeEncoding::Iso8601 => humantime_rfc3339().into(),
+        TimeEncoding::EpochSeconds => now.as_secs_f64().into(),
+        TimeEncoding::EpochMillis => (now.as_millis() as u64).into(),
+        TimeEncoding::EpochNanos => (now.as_nanos() as u64).into(),
     }
 }
 
@@ -126,11 +252,66 @@ pub fn level_filter(level: &str) -> tracing::level_filters::LevelFilter {
     }
 }
 
-/// Installs the JSON logger on stdout.
+/// Installs the JSON logger on stdout, with Knative's keys.
 pub fn init(logger: &'static str, fields: Vec<(&'static str, String)>, level: &str) {
     let _ = tracing_subscriber::fmt()
         .event_format(KnativeJson::new(logger, fields))
         .with_max_level(level_filter(level))
         .with_writer(std::io::stdout)
         .try_init();
+}
+
+/// Installs the JSON logger on stdout shaped by a zap configuration (`zap_config`, e.g.
+/// `SERVING_LOGGING_CONFIG`); a non-empty `level_override` (e.g. `SERVING_LOGGING_LEVEL`) wins over
+/// the configured level. An empty or invalid configuration falls back to zap's production format
+/// with a warning, as upstream.
+pub fn init_from_zap(logger: &'static str, fields: Vec<(&'static str, String)>, zap_config: &str, level_override: &str) {
+    let (format, problem) = LogFormat::from_zap_config(zap_config);
+    let level = if level_override.trim().is_empty() { format.level.clone() } else { level_override.to_owned() };
+    let _ = tracing_subscriber::fmt()
+        .event_format(KnativeJson::with_format(logger, fields, format))
+        .with_max_level(level_filter(&level))
+        .with_writer(std::io::stdout)
+        .try_init();
+    if let Some(problem) = problem {
+        tracing::warn!("{problem}; using the default zap production configuration");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KNATIVE_CONFIG: &str = r#"{"level":"info","development":false,"outputPaths":["stdout"],
+        "errorOutputPaths":["stderr"],"encoding":"json","encoderConfig":{"timeKey":"timestamp",
+        "levelKey":"severity","nameKey":"logger","callerKey":"caller","messageKey":"message",
+        "stacktraceKey":"stacktrace","lineEnding":"","levelEncoder":"","timeEncoder":"iso8601",
+        "durationEncoder":"","callerEncoder":""}}"#;
+
+    #[test]
+    fn knative_config_gives_knative_keys() {
+        let (format, problem) = LogFormat::from_zap_config(KNATIVE_CONFIG);
+        assert_eq!(problem, None);
+        assert_eq!(format, LogFormat::knative());
+    }
+
+    #[test]
+    fn empty_or_invalid_falls_back_to_production() {
+        for bad in ["", "{", "[]"] {
+            let (format, problem) = LogFormat::from_zap_config(bad);
+            assert_eq!(format, LogFormat::production());
+            assert!(problem.is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn custom_keys_levels_and_time() {
+        let (f, _) = LogFormat::from_zap_config(
+            r#"{"level":"debug","encoderConfig":{"messageKey":"msg","levelKey":"lvl","levelEncoder":"lowercase","timeEncoder":"millis"}}"#,
+        );
+        assert_eq!((f.message_key.as_str(), f.level_key.as_str(), f.time_key.as_str()), ("msg", "lvl", ""));
+        assert!(!f.capital_levels);
+        assert_eq!(f.time_encoding, TimeEncoding::EpochMillis);
+        assert_eq!(f.level, "debug");
+    }
 }

@@ -10,8 +10,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use knative_common::body::LocalBody;
 use knative_common::breaker::{Breaker, BreakerLayer};
+use knative_common::classify::is_health_check;
 use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
-use knative_common::env::ProcessEnv;
+use knative_common::env::{Env, ProcessEnv};
 use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
 use knative_common::request_log::{
@@ -24,6 +25,11 @@ use knative_common::signals::Signals;
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
+use knative_common::trace::layer::skip_probes;
+use knative_common::trace::{
+    self, ClientSpanLayer, ServerSpanLayer, ServerSpans, Span, Tracer, TracingConfig,
+    OTELHTTP_SCOPE,
+};
 use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -32,6 +38,7 @@ use crate::config::Config;
 use crate::handler::QueueHandlerLayer;
 use crate::health::HealthLayer;
 use crate::metrics;
+use crate::metrics::route_tag::{self, route_tag, RouteTag};
 use crate::metrics::{AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
 use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
@@ -45,6 +52,8 @@ const TIMEOUT_BODY: &str = "request timeout";
 const IN_FLIGHT_WAIT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections to the user container when CC = 0 (Go's `MaxIdleConns`).
 const MAX_IDLE_UNLIMITED: usize = 1000;
+/// Upper bound on exporting the last spans at shutdown.
+const TRACE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the request path shares, alive for the whole process.
 struct State {
@@ -59,6 +68,7 @@ struct State {
     sigterm: AtomicBool,
     request_log: Option<RequestLogSettings>,
     metrics: Option<Metrics>,
+    tracer: Option<&'static Tracer>,
 }
 
 /// The binary's entry point: configuration, runtime, then [`run`].
@@ -70,15 +80,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    logging::init(
+    logging::init_from_zap(
         "queueproxy",
         vec![
-            (
-                "knative.dev/key",
-                format!("{}/{}", config.namespace, config.revision),
-            ),
+            ("knative.dev/key", format!("{}/{}", config.namespace, config.revision)),
             ("knative.dev/pod", config.pod.clone()),
         ],
+        &config.logging_config,
         &config.logging_level,
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -135,6 +143,10 @@ pub async fn run(config: Config) -> ExitCode {
         Err(error) => return fatal(error),
     };
     let request_log = request_log_settings(&config, &observability);
+    let tracer = match start_tracing(&config, &observability) {
+        Ok(tracer) => tracer,
+        Err(error) => return fatal(error),
+    };
     let metrics_address = match metrics::listen_address(&observability.request_metrics, &ProcessEnv)
     {
         Ok(address) => address,
@@ -176,6 +188,7 @@ pub async fn run(config: Config) -> ExitCode {
         sigterm: AtomicBool::new(false),
         request_log,
         metrics,
+        tracer,
         config,
     }));
 
@@ -295,6 +308,11 @@ pub async fn run(config: Config) -> ExitCode {
             "in-flight requests did not finish in time"
         );
     }
+    if let Some(tracer) = state.tracer {
+        if !tracer.shutdown(TRACE_FLUSH_WAIT).await {
+            tracing::warn!("the last spans could not be exported in time");
+        }
+    }
     tracing::info!("Shutdown complete, exiting...");
     ExitCode::SUCCESS
 }
@@ -313,16 +331,111 @@ fn main_chain(
        + Send
        + 'static {
     let metrics = state.metrics.as_ref();
+    let tracer = state.tracer;
     let proxy = ReverseProxy::new(&state.upstream, PeerIp::new(remote));
+    let user_container = SocketAddr::from((Ipv4Addr::LOCALHOST, state.config.user_port));
+    let proxy = ClientSpanLayer::new(tracer, user_container).layer(proxy);
     let chain = AppMetricsLayer::new(metrics, state.breaker.as_ref()).layer(proxy);
-    let handler = QueueHandlerLayer::new(&state.stats, BreakerLayer::new(state.breaker.as_ref()));
+    let handler = QueueHandlerLayer::new(&state.stats, BreakerLayer::new(state.breaker.as_ref()))
+        .with_tracer(tracer);
     let chain = handler.layer(chain);
     let chain = ForwardedShimLayer.layer(chain);
     let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
     let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);
     let chain = RequestLogLayer::new(state.request_log.as_ref(), remote).layer(chain);
-    ServerMetricsLayer::new(metrics, scheme).layer(chain)
+    let chain = ServerMetricsLayer::new(metrics, scheme).layer(chain);
+    ServerSpanLayer::new(tracer, SERVER_SPANS, remote, scheme == UrlScheme::Https).layer(chain)
+}
+
+/// Layer 1's server spans: named after the method, none for probes, `kn.route.tag` (§3.6) on
+/// everything but health checks (which the drainer answers before the route-tag stage).
+const SERVER_SPANS: ServerSpans = ServerSpans {
+    scope: &OTELHTTP_SCOPE,
+    name: None,
+    skip: skip_probes,
+    annotate: annotate_server_span,
+};
+
+fn annotate_server_span(headers: &http::HeaderMap, span: &mut Span) {
+    if is_health_check(headers) {
+        return;
+    }
+    let tag: &'static str = match route_tag(headers) {
+        RouteTag::Tag(tag) => return span.set_attribute("kn.route.tag", tag.into_owned()),
+        RouteTag::Disabled => route_tag::DISABLED,
+        RouteTag::Default => route_tag::DEFAULT,
+        RouteTag::Undefined => route_tag::UNDEFINED,
+    };
+    span.set_attribute("kn.route.tag", tag);
+}
+
+/// `service.version` of exported spans: the build's commit when the build provides
+/// `QUEUE_PROXY_COMMIT`, else the crate version.
+const SERVICE_VERSION: &str = match option_env!("QUEUE_PROXY_COMMIT") {
+    Some(commit) => commit,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// The tracer per `tracing.*` and the `OTEL_*` variables (spec §1.3, §7.3), or `None` for
+/// protocol `none`. A bad endpoint or sampler argument is fatal.
+fn start_tracing(
+    config: &Config,
+    observability: &ObservabilityConfig,
+) -> Result<Option<&'static Tracer>, trace::TraceConfigError> {
+    let settings = &observability.tracing;
+    let protocol = match settings.protocol {
+        Protocol::None | Protocol::Prometheus => trace::Protocol::None,
+        Protocol::Grpc => trace::Protocol::Grpc,
+        Protocol::HttpProtobuf => trace::Protocol::HttpProtobuf,
+        Protocol::Stdout => trace::Protocol::Stdout,
+    };
+    let tracing_config = TracingConfig {
+        protocol,
+        endpoint: settings.endpoint.clone(),
+        sampling_rate: settings.sampling_rate,
+    };
+    let tracer = trace::build_tracer(&tracing_config, &ProcessEnv, trace_resource(config))?;
+    if let Some(tracer) = tracer {
+        tracing::info!(protocol = ?protocol, sampler = %tracer.sampler(), "tracing enabled");
+    }
+    Ok(tracer)
+}
+
+/// Resource attributes of exported spans (spec §7.1).
+fn trace_resource(config: &Config) -> trace::Resource {
+    let env = &ProcessEnv;
+    let var = |name: &str| env.var(name).unwrap_or_default();
+    let pod = Some(var("POD_NAME"))
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| var("HOSTNAME"));
+    let service_name = [
+        var("OTEL_SERVICE_NAME"),
+        config.service.clone(),
+        config.configuration.clone(),
+        config.revision.clone(),
+        pod.clone(),
+    ]
+    .into_iter()
+    .find(|name| !name.is_empty())
+    .unwrap_or_default();
+    let mut resource = trace::Resource::sdk_default(env);
+    resource.set("k8s.container.name", "queue-proxy");
+    resource.set("k8s.namespace.name", config.namespace.as_str());
+    resource.set("k8s.pod.name", pod.as_str());
+    resource.set("service.instance.id", pod);
+    resource.set("service.version", SERVICE_VERSION);
+    resource.set("service.name", service_name);
+    for (key, value) in [
+        ("kn.service.name", &config.service),
+        ("kn.configuration.name", &config.configuration),
+        ("kn.revision.name", &config.revision),
+    ] {
+        if !value.is_empty() {
+            resource.set(key, value.as_str());
+        }
+    }
+    resource
 }
 
 /// The request-log settings, when `enableRequestLog` asks for them. A template that does not

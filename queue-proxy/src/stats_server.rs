@@ -78,3 +78,32 @@ pub async fn handle(
     );
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use knative_common::stats::Stat;
+
+    /// The autoscaler reads at most 336 bytes of the body (spec §6.3): the largest possible stat,
+    /// with a 253-character pod name (the Kubernetes maximum) and every field non-zero, fits.
+    #[test]
+    fn largest_stat_fits_the_scraper_limit() {
+        let stat = Stat {
+            pod_name: "p".repeat(253),
+            average_concurrent_requests: f64::MAX,
+            average_proxied_concurrent_requests: f64::MAX,
+            request_count: f64::MAX,
+            proxied_request_count: f64::MAX,
+            process_uptime: f64::MAX,
+            timestamp: i64::MAX,
+        };
+        assert!(stat.encode_to_vec().len() <= 336, "{} bytes", stat.encode_to_vec().len());
+    }
+
+    #[tokio::test]
+    async fn before_the_first_report_only_the_pod_name_is_set() {
+        let published = PublishedStat::new("pod-1".into());
+        let stat = Stat::decode(published.current()).unwrap();
+        assert_eq!(stat, Stat { pod_name: "pod-1".into(), ..Default::default() });
+    }
+}

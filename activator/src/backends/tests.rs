@@ -982,7 +982,7 @@ fn private_service_names() {
     let name = private_service_name(&long);
     assert_eq!(
         name,
-        "aaaaaaaaaaaaaaaaaaaaaaa1d6bdbbf75e4b1d8e2d9c5ec5e39b1b1-private"
+        "aaaaaaaaaaaaaaaaaaaaaaa3b0c8ac703f828b04c6c197006d17218-private"
     );
     assert_eq!(name.len(), 63);
 }

@@ -81,6 +81,43 @@ pub enum TraceConfigError {
     NoRuntime,
 }
 
+/// Which OTLP signal an exporter carries: picks the `OTEL_EXPORTER_OTLP_<SIGNAL>_*` variables,
+/// the default HTTP path and the gRPC method.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans (`/v1/traces`, `TraceService/Export`).
+    #[default]
+    Traces,
+    /// Metrics (`/v1/metrics`, `MetricsService/Export`).
+    Metrics,
+}
+
+impl Signal {
+    /// The default OTLP/HTTP path.
+    pub fn default_http_path(self) -> &'static str {
+        match self {
+            Signal::Traces => otlp::DEFAULT_HTTP_PATH,
+            Signal::Metrics => otlp::DEFAULT_METRICS_HTTP_PATH,
+        }
+    }
+
+    /// The gRPC `Export` method.
+    pub fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => otlp::GRPC_EXPORT_PATH,
+            Signal::Metrics => otlp::GRPC_METRICS_EXPORT_PATH,
+        }
+    }
+
+    fn var(self, suffix: &str) -> String {
+        let signal = match self {
+            Signal::Traces => "TRACES",
+            Signal::Metrics => "METRICS",
+        };
+        format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}")
+    }
+}
+
 /// Batch span processor settings (Go SDK defaults; `OTEL_BSP_*` in milliseconds or counts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BatchConfig {
@@ -219,8 +256,8 @@ fn default_port(transport: Transport, tls: bool) -> u16 {
     }
 }
 
-/// The SDK's default endpoint (`localhost:4317` / `localhost:4318/v1/traces`, TLS).
-fn sdk_default_endpoint(transport: Transport) -> OtlpEndpoint {
+/// The SDK's default endpoint (`localhost:4317` / `localhost:4318/v1/<signal>`, TLS).
+fn sdk_default_endpoint(signal: Signal, transport: Transport) -> OtlpEndpoint {
     OtlpEndpoint {
         tls: true,
         host: "localhost".into(),
@@ -228,7 +265,7 @@ fn sdk_default_endpoint(transport: Transport) -> OtlpEndpoint {
             Transport::Grpc => 4317,
             Transport::HttpProtobuf => 4318,
         },
-        path: otlp::DEFAULT_HTTP_PATH.into(),
+        path: signal.default_http_path().into(),
     }
 }
 
@@ -248,8 +285,8 @@ fn endpoint_from_url(transport: Transport, url: &GoUrl, tls: bool, path: String)
 /// The endpoint from `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is, empty path → `/`) or else
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base: `/v1/traces` appended); scheme `http`/`unix` is
 /// plaintext, anything else TLS. A value that does not parse is ignored with a warning, as the SDK
-/// does, leaving the SDK default.
-fn endpoint_from_env(transport: Transport, env: &dyn Env) -> OtlpEndpoint {
+/// does, leaving the SDK default. (`TRACES`/`/v1/traces` stand for the signal's names.)
+fn endpoint_from_env(signal: Signal, transport: Transport, env: &dyn Env) -> OtlpEndpoint {
     let parsed = |name: &str| -> Option<GoUrl> {
         let value = env.var(name).filter(|v| !v.is_empty())?;
         match url::parse(&value) {
@@ -266,7 +303,7 @@ fn endpoint_from_env(transport: Transport, env: &dyn Env) -> OtlpEndpoint {
         }
     };
     let tls_of = |u: &GoUrl| !matches!(u.scheme.as_str(), "http" | "unix");
-    if let Some(u) = parsed("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+    if let Some(u) = parsed(&signal.var("ENDPOINT")) {
         let path = if u.path.is_empty() {
             "/".to_owned()
         } else {
@@ -275,10 +312,10 @@ fn endpoint_from_env(transport: Transport, env: &dyn Env) -> OtlpEndpoint {
         return endpoint_from_url(transport, &u, tls_of(&u), path);
     }
     if let Some(u) = parsed("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        let path = clean_path(&format!("{}/{}", u.path, otlp::DEFAULT_HTTP_PATH));
+        let path = clean_path(&format!("{}/{}", u.path, signal.default_http_path()));
         return endpoint_from_url(transport, &u, tls_of(&u), path);
     }
-    sdk_default_endpoint(transport)
+    sdk_default_endpoint(signal, transport)
 }
 
 /// Knative's `endpointFor`: if either `OTEL_EXPORTER_OTLP_ENDPOINT` or
@@ -292,14 +329,22 @@ pub fn resolve_endpoint(
     configured: &str,
     env: &dyn Env,
 ) -> Result<OtlpEndpoint, TraceConfigError> {
-    let overridden = [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    ]
-    .iter()
-    .any(|name| env.var(name).is_some_and(|v| !v.is_empty()));
+    resolve_signal_endpoint(Signal::Traces, transport, configured, env)
+}
+
+/// [`resolve_endpoint`] for any signal: `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` and the signal's
+/// default path (`/v1/metrics` for metrics).
+pub fn resolve_signal_endpoint(
+    signal: Signal,
+    transport: Transport,
+    configured: &str,
+    env: &dyn Env,
+) -> Result<OtlpEndpoint, TraceConfigError> {
+    let overridden = ["OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), signal.var("ENDPOINT")]
+        .iter()
+        .any(|name| env.var(name).is_some_and(|v| !v.is_empty()));
     if overridden {
-        return Ok(endpoint_from_env(transport, env));
+        return Ok(endpoint_from_env(signal, transport, env));
     }
     let invalid = |reason: String| TraceConfigError::Endpoint {
         endpoint: configured.to_owned(),
@@ -310,33 +355,34 @@ pub fn resolve_endpoint(
         parsed = url::parse(&format!("https://{configured}")).map_err(invalid)?;
     }
     let tls = parsed.scheme == "https";
-    let path = otlp_path(&parsed.path, otlp::DEFAULT_HTTP_PATH);
+    let path = otlp_path(&parsed.path, signal.default_http_path());
     if parsed.host.is_empty() {
         tracing::warn!(
             endpoint = configured,
-            "the tracing endpoint names no host; exporting to the OTLP default port on localhost"
+            ?signal,
+            "the OTLP endpoint names no host; exporting to the OTLP default port on localhost"
         );
         return Ok(OtlpEndpoint {
             tls,
             path,
-            ..sdk_default_endpoint(transport)
+            ..sdk_default_endpoint(signal, transport)
         });
     }
     Ok(endpoint_from_url(transport, &parsed, tls, path))
 }
 
-/// Extra headers: `OTEL_EXPORTER_OTLP_TRACES_HEADERS` if set, else `OTEL_EXPORTER_OTLP_HEADERS`.
-fn headers_from_env(env: &dyn Env) -> HeaderMap {
-    env.var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+/// Extra headers: `OTEL_EXPORTER_OTLP_<SIGNAL>_HEADERS` if set, else `OTEL_EXPORTER_OTLP_HEADERS`.
+fn headers_from_env(signal: Signal, env: &dyn Env) -> HeaderMap {
+    env.var(&signal.var("HEADERS"))
         .or_else(|| env.var("OTEL_EXPORTER_OTLP_HEADERS"))
         .map(|text| otlp::parse_headers(&text))
         .unwrap_or_default()
 }
 
-/// Export timeout: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms),
+/// Export timeout: `OTEL_EXPORTER_OTLP_<SIGNAL>_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (ms),
 /// else 10 s.
-fn timeout_from_env(env: &dyn Env) -> Duration {
-    positive_env(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+fn timeout_from_env(signal: Signal, env: &dyn Env) -> Duration {
+    positive_env(env, &signal.var("TIMEOUT"))
         .or_else(|| positive_env(env, "OTEL_EXPORTER_OTLP_TIMEOUT"))
         .map_or(Duration::from_secs(10), Duration::from_millis)
 }
@@ -356,8 +402,8 @@ impl TracingConfig {
             Some(transport) => ExporterPlan::Otlp {
                 transport,
                 endpoint: resolve_endpoint(transport, &self.endpoint, env)?,
-                headers: headers_from_env(env),
-                timeout: timeout_from_env(env),
+                headers: headers_from_env(Signal::Traces, env),
+                timeout: timeout_from_env(Signal::Traces, env),
             },
         };
         let sampler = select_sampler(self.protocol, self.sampling_rate, env)?;
@@ -367,6 +413,25 @@ impl TracingConfig {
             batch: BatchConfig::from_env(env),
         }))
     }
+}
+
+/// An OTLP exporter for `signal` per the same rules as the span exporter: endpoint from
+/// `configured` or the `OTEL_EXPORTER_OTLP_*` variables ([`resolve_signal_endpoint`]), headers and
+/// timeout from `OTEL_EXPORTER_OTLP_[<SIGNAL>_]{HEADERS,TIMEOUT}`, the signal's gRPC method.
+pub fn otlp_exporter(
+    signal: Signal,
+    transport: Transport,
+    configured: &str,
+    env: &dyn Env,
+) -> Result<OtlpExporter, TraceConfigError> {
+    let endpoint = resolve_signal_endpoint(signal, transport, configured, env)?;
+    let exporter = OtlpExporter::new(
+        transport,
+        endpoint,
+        headers_from_env(signal, env),
+        timeout_from_env(signal, env),
+    )?;
+    Ok(exporter.with_grpc_path(signal.grpc_path()))
 }
 
 /// Builds the process tracer for `config` (none for protocol `none`), describing the process
@@ -528,6 +593,50 @@ mod tests {
             resolve(Grpc, "x:1", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]),
             ep(true, "x", 1, "/v1/traces")
         );
+    }
+
+    #[test]
+    fn metrics_signal_endpoints() {
+        use Transport::*;
+        let metrics = |t, configured: &str, e: &[(&'static str, &'static str)]| {
+            resolve_signal_endpoint(Signal::Metrics, t, configured, &env(e)).unwrap()
+        };
+        assert_eq!(
+            metrics(HttpProtobuf, "http://c:4318", &[]),
+            ep(false, "c", 4318, "/v1/metrics")
+        );
+        assert_eq!(
+            metrics(HttpProtobuf, "c:4318", &[]),
+            ep(true, "c", 4318, "/v1/metrics")
+        );
+        // The traces variable does not apply to metrics, the metrics one does.
+        assert_eq!(
+            metrics(
+                HttpProtobuf,
+                "http://c:4318",
+                &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:1")]
+            ),
+            ep(false, "c", 4318, "/v1/metrics")
+        );
+        assert_eq!(
+            metrics(
+                HttpProtobuf,
+                "http://c:4318",
+                &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:2/x")]
+            ),
+            ep(false, "m", 2, "/x")
+        );
+        assert_eq!(
+            metrics(
+                Grpc,
+                "",
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:3/p")]
+            ),
+            ep(false, "base", 3, "/p/v1/metrics")
+        );
+        let exporter =
+            otlp_exporter(Signal::Metrics, Grpc, "http://c:4317", &env(&[])).unwrap();
+        assert_eq!(exporter.endpoint(), &ep(false, "c", 4317, "/v1/metrics"));
     }
 
     #[test]

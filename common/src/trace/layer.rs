@@ -113,12 +113,25 @@ fn server_span_name(method: &Method) -> &'static str {
     }
 }
 
-/// Client span name as `otelhttp`'s transport formats it: `HTTP <METHOD>`.
-fn client_span_name(method: &Method) -> Cow<'static, str> {
+/// How a client span is named, from the request's method and target.
+pub type ClientSpanName = fn(&Method, &Uri) -> Cow<'static, str>;
+
+/// Client span name as `otelhttp`'s transport formats it by default: `HTTP <METHOD>` (the
+/// queue-proxy's).
+pub fn http_method_name(method: &Method, _uri: &Uri) -> Cow<'static, str> {
     match METHODS.iter().find(|(m, _, _)| m == method) {
         Some((_, _, name)) => Cow::Borrowed(name),
         None => Cow::Owned(format!("HTTP {}", method.as_str())),
     }
+}
+
+/// Client span name `<METHOD> <path>` (`<METHOD> /` for an empty path; the activator's).
+pub fn method_path_name(method: &Method, uri: &Uri) -> Cow<'static, str> {
+    let path = match uri.path() {
+        "" => "/",
+        path => path,
+    };
+    Cow::Owned(format!("{} {path}", method.as_str()))
 }
 
 /// `network.protocol.version`, as Go's `Request.Proto` after the slash.
@@ -236,7 +249,11 @@ pub struct ServerSpanService<S> {
 }
 
 impl ServerSpanLayer {
-    fn start<B>(&self, tracer: &'static Tracer, request: &mut Request<B>) -> Option<Span> {
+    pub(crate) fn start<B>(
+        &self,
+        tracer: &'static Tracer,
+        request: &mut Request<B>,
+    ) -> Option<Span> {
         let headers = request.headers();
         if (self.spans.skip)(request.method(), request.uri(), headers) {
             return None;
@@ -383,16 +400,37 @@ where
 /// The client span (queue-proxy §7.3 item 4): a child of the request's [`CurrentSpan`] (a root
 /// span when there is none, e.g. kubelet probes) around the upstream call, ending with the
 /// upstream response body. Its context replaces the request's `traceparent`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct ClientSpanLayer {
     tracer: Option<&'static Tracer>,
     target: SocketAddr,
+    name: ClientSpanName,
+}
+
+impl std::fmt::Debug for ClientSpanLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSpanLayer")
+            .field("enabled", &self.tracer.is_some())
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientSpanLayer {
-    /// Client spans from `tracer` (`None`: off) for requests sent to `target`.
+    /// Client spans from `tracer` (`None`: off) for requests sent to `target`, named
+    /// `HTTP <METHOD>`.
     pub fn new(tracer: Option<&'static Tracer>, target: SocketAddr) -> Self {
-        ClientSpanLayer { tracer, target }
+        ClientSpanLayer {
+            tracer,
+            target,
+            name: http_method_name,
+        }
+    }
+
+    /// Names the spans with `name` instead.
+    pub fn with_name(mut self, name: ClientSpanName) -> Self {
+        self.name = name;
+        self
     }
 }
 
@@ -413,17 +451,19 @@ pub struct ClientSpanService<S> {
     layer: ClientSpanLayer,
 }
 
-/// Starts a client span for `request`, sent to `target`, as a child of the request's
-/// [`CurrentSpan`], and writes its context into the request's `traceparent`.
+/// Starts a client span named by `name` for `request`, sent to `target`, as a child of the
+/// request's [`CurrentSpan`] (a root span if there is none), and writes its context into the
+/// request's `traceparent`.
 pub fn start_client_span<B>(
     tracer: &'static Tracer,
     request: &mut Request<B>,
     target: SocketAddr,
+    name: ClientSpanName,
 ) -> Span {
     let parent = request.extensions().get::<CurrentSpan>().map(|c| &c.0);
     let (mut span, context) = tracer.start(
         &OTELHTTP_SCOPE,
-        client_span_name(request.method()),
+        name(request.method(), request.uri()),
         SpanKind::Client,
         parent,
     );
@@ -466,10 +506,9 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        let span = self
-            .layer
-            .tracer
-            .map(|tracer| start_client_span(tracer, &mut request, self.layer.target));
+        let span = self.layer.tracer.map(|tracer| {
+            start_client_span(tracer, &mut request, self.layer.target, self.layer.name)
+        });
         ClientSpanFuture {
             future: self.inner.call(request),
             span,
@@ -537,10 +576,19 @@ mod tests {
             server_span_name(&Method::from_bytes(b"PURGE").unwrap()),
             "HTTP"
         );
-        assert_eq!(client_span_name(&Method::POST), "HTTP POST");
+        let root = Uri::from_static("/");
+        assert_eq!(http_method_name(&Method::POST, &root), "HTTP POST");
         assert_eq!(
-            client_span_name(&Method::from_bytes(b"PURGE").unwrap()),
+            http_method_name(&Method::from_bytes(b"PURGE").unwrap(), &root),
             "HTTP PURGE"
+        );
+        assert_eq!(
+            method_path_name(&Method::GET, &Uri::from_static("/a/b?c=d")),
+            "GET /a/b"
+        );
+        assert_eq!(
+            method_path_name(&Method::GET, &Uri::from_static("http://h")),
+            "GET /"
         );
         let (m, original) = method_attributes(&Method::from_bytes(b"Patch").unwrap());
         assert_eq!(m, "PATCH");

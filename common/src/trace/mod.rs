@@ -184,8 +184,13 @@ impl Tracer {
         name: impl Into<Cow<'static, str>>,
         kind: SpanKind,
     ) -> Span {
-        let parent = extensions.get::<CurrentSpan>().map(|c| &c.0);
-        let (span, context) = self.start(scope, name, kind, parent);
+        // Replaced in place: no new extension allocation per nested span.
+        if let Some(current) = extensions.get_mut::<CurrentSpan>() {
+            let (span, context) = self.start(scope, name, kind, Some(&current.0));
+            current.0 = context;
+            return span;
+        }
+        let (span, context) = self.start(scope, name, kind, None);
         extensions.insert(CurrentSpan(context));
         span
     }

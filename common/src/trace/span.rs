@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::HeaderValue;
 
@@ -242,13 +242,12 @@ pub struct SpanData {
     pub parent_sampled: bool,
     /// Wall-clock start.
     pub start: SystemTime,
-    /// Wall-clock end (start plus the monotonic duration).
+    /// Wall-clock end (never before the start).
     pub end: SystemTime,
     /// Attributes.
     pub attributes: Attributes,
     /// Status.
     pub status: Status,
-    started: Instant,
 }
 
 impl SpanData {
@@ -272,7 +271,6 @@ impl SpanData {
             end: start,
             attributes: Attributes::default(),
             status: Status::default(),
-            started: Instant::now(),
         }
     }
 
@@ -349,7 +347,8 @@ impl Span {
 impl Drop for Span {
     fn drop(&mut self) {
         if let Some((mut data, tracer)) = self.recording.take() {
-            data.end = data.start + data.started.elapsed();
+            // Wall clock at both ends, as Go's SDK exports them.
+            data.end = SystemTime::now().max(data.start);
             tracer.on_end(data);
         }
     }

@@ -65,15 +65,20 @@ fn tracer_with(exporter: impl SpanExporter, sampler: Sampler) -> &'static Tracer
 #[tokio::test]
 async fn parent_child_links_and_propagation() {
     let exporter = InMemoryExporter::new();
-    let tracer = tracer_with(exporter.clone(), Sampler::ParentBased(sampler::RootSampler::AlwaysOff));
+    let tracer = tracer_with(
+        exporter.clone(),
+        Sampler::ParentBased(sampler::RootSampler::AlwaysOff),
+    );
     let remote = incoming(true);
-    let (server, server_ctx) = tracer.start(&OTELHTTP_SCOPE, "GET", SpanKind::Server, Some(&remote));
+    let (server, server_ctx) =
+        tracer.start(&OTELHTTP_SCOPE, "GET", SpanKind::Server, Some(&remote));
     assert!(server.is_recording());
     assert_eq!(server_ctx.trace_id, remote.trace_id);
     assert_ne!(server_ctx.span_id, remote.span_id);
     assert!(!server_ctx.remote && server_ctx.sampled);
     assert_eq!(server_ctx.trace_state.as_ref().unwrap(), "vendor=1");
-    let (child, child_ctx) = tracer.start(&QUEUE_SCOPE, "child", SpanKind::Internal, Some(&server_ctx));
+    let (child, child_ctx) =
+        tracer.start(&QUEUE_SCOPE, "child", SpanKind::Internal, Some(&server_ctx));
     child.end();
     server.end();
     tracer.force_flush().await;
@@ -89,7 +94,12 @@ async fn parent_child_links_and_propagation() {
 
     // An unsampled remote parent: ids still propagate, nothing is recorded.
     exporter.clear();
-    let (span, ctx) = tracer.start(&OTELHTTP_SCOPE, "GET", SpanKind::Server, Some(&incoming(false)));
+    let (span, ctx) = tracer.start(
+        &OTELHTTP_SCOPE,
+        "GET",
+        SpanKind::Server,
+        Some(&incoming(false)),
+    );
     assert!(!span.is_recording());
     assert_eq!(ctx.trace_id, remote.trace_id);
     assert!(ctx.is_valid() && !ctx.sampled);
@@ -108,7 +118,12 @@ async fn parent_child_links_and_propagation() {
 async fn always_sampler_overrides_parents() {
     let exporter = InMemoryExporter::new();
     let on = tracer_with(exporter.clone(), Sampler::ALWAYS_ON);
-    let (span, ctx) = on.start(&QUEUE_SCOPE, "x", SpanKind::Internal, Some(&incoming(false)));
+    let (span, ctx) = on.start(
+        &QUEUE_SCOPE,
+        "x",
+        SpanKind::Internal,
+        Some(&incoming(false)),
+    );
     assert!(span.is_recording() && ctx.sampled);
     drop(span);
     let off = tracer_with(exporter.clone(), Sampler::ALWAYS_OFF);
@@ -241,7 +256,10 @@ async fn stdout_lines_follow_go_stdouttrace() {
     assert_eq!(server["Name"], "POST");
     assert_eq!(server["SpanKind"], 2);
     assert_eq!(server["SpanContext"]["TraceID"], TRACE);
-    assert_eq!(server["SpanContext"]["SpanID"], server_ctx.span_id.to_string());
+    assert_eq!(
+        server["SpanContext"]["SpanID"],
+        server_ctx.span_id.to_string()
+    );
     assert_eq!(server["SpanContext"]["TraceFlags"], "01");
     assert_eq!(server["SpanContext"]["TraceState"], "vendor=1");
     assert_eq!(server["Parent"]["SpanID"], PARENT);
@@ -254,7 +272,10 @@ async fn stdout_lines_follow_go_stdouttrace() {
         server["Attributes"][1],
         serde_json::json!({"Key": "kn.route.tag", "Value": {"Type": "STRING", "Value": "kn:disabled"}})
     );
-    assert_eq!(server["Status"], serde_json::json!({"Code": "Unset", "Description": ""}));
+    assert_eq!(
+        server["Status"],
+        serde_json::json!({"Code": "Unset", "Description": ""})
+    );
     // Resource sorted by key, as Go's attribute sets.
     assert_eq!(server["Resource"][0]["Key"], "k8s.namespace.name");
     assert_eq!(server["Resource"][1]["Value"]["Value"], "svc");
@@ -263,7 +284,10 @@ async fn stdout_lines_follow_go_stdouttrace() {
     // A root span: zero parent, no attributes.
     assert_eq!(root["Parent"]["TraceID"], "0".repeat(32));
     assert_eq!(root["Parent"]["SpanID"], "0".repeat(16));
-    assert_eq!(root["SpanContext"]["TraceID"], root_ctx.trace_id.to_string());
+    assert_eq!(
+        root["SpanContext"]["TraceID"],
+        root_ctx.trace_id.to_string()
+    );
     assert_eq!(root["Attributes"], serde_json::Value::Null);
     assert_eq!(root["SpanKind"], 1);
 }
@@ -425,7 +449,9 @@ impl Service<Request<()>> for App {
     }
     fn call(&mut self, request: Request<()>) -> Self::Future {
         self.0.lock().unwrap().push(request.headers().clone());
-        ready(Ok(Response::new(ProxyBody::full(Bytes::from_static(b"ok")))))
+        ready(Ok(Response::new(ProxyBody::full(Bytes::from_static(
+            b"ok",
+        )))))
     }
 }
 
@@ -510,7 +536,10 @@ async fn otlp_http_export_through_the_layers() {
     .unwrap();
     let mut resource = Resource::empty();
     resource.set("service.name", "rev-1");
-    let tracer = Tracer::builder(exporter).resource(resource).build().unwrap();
+    let tracer = Tracer::builder(exporter)
+        .resource(resource)
+        .build()
+        .unwrap();
 
     let app = App::default();
     let upstream: SocketAddr = "127.0.0.1:8080".parse().unwrap();
@@ -569,7 +598,11 @@ async fn otlp_http_export_through_the_layers() {
         .flat_map(|s| s.spans.clone())
         .collect();
     assert_eq!(all.len(), 5, "{all:#?}");
-    let names: Vec<&str> = rs.scope_spans[1].spans.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = rs.scope_spans[1]
+        .spans
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
     // End order within the otelhttp scope: client, server, then the probe's client span.
     assert_eq!(names, ["HTTP POST", "POST", "HTTP GET"]);
 
@@ -625,10 +658,7 @@ async fn otlp_http_export_through_the_layers() {
     // What the app received: same trace, the client span as parent; the rest untouched.
     let seen = app.0.lock().unwrap().clone();
     let tp = seen[0]["traceparent"].to_str().unwrap().to_owned();
-    assert_eq!(
-        tp,
-        format!("00-{TRACE}-{}-01", hex_string(&client.span_id))
-    );
+    assert_eq!(tp, format!("00-{TRACE}-{}-01", hex_string(&client.span_id)));
     assert_eq!(seen[0]["tracestate"], "vendor=1");
     assert_eq!(seen[0]["baggage"], "user=42");
     // The probe's client span is a new root trace, injected over the incoming traceparent.
@@ -651,8 +681,8 @@ async fn disabled_layers_pass_everything_through() {
     let upstream: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let peer: SocketAddr = "10.0.0.7:51000".parse().unwrap();
     let client = ClientSpanLayer::new(None, upstream).layer(app.clone());
-    let mut chain =
-        ServerSpanLayer::new(None, ServerSpans::default(), peer, false).layer(EndCarriedSpan::new(client, false));
+    let mut chain = ServerSpanLayer::new(None, ServerSpans::default(), peer, false)
+        .layer(EndCarriedSpan::new(client, false));
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     let request = Request::get("/")
         .header("traceparent", incoming.as_str())
@@ -671,17 +701,19 @@ async fn proxy_errors_mark_the_client_span() {
     let tracer = tracer_with(exporter.clone(), Sampler::ALWAYS_ON);
     let failing = tower_service_fn(|_req: Request<()>| {
         crate::proxy::bad_gateway(&crate::proxy::ProxyError::InvalidRequest(
-            "dial tcp 127.0.0.1:1: connect: connection refused".into(),
+            "dial tcp 127.0.0.1:1: connect: connection refused",
         ))
     });
-    let mut chain = ClientSpanLayer::new(Some(tracer), "127.0.0.1:1".parse().unwrap()).layer(failing);
+    let mut chain =
+        ClientSpanLayer::new(Some(tracer), "127.0.0.1:1".parse().unwrap()).layer(failing);
     drive(&mut chain, Request::get("/").body(()).unwrap()).await;
     let not_found = tower_service_fn(|_req: Request<()>| {
         let mut r = Response::new(ProxyBody::empty());
         *r.status_mut() = StatusCode::NOT_FOUND;
         r
     });
-    let mut chain = ClientSpanLayer::new(Some(tracer), "127.0.0.1:1".parse().unwrap()).layer(not_found);
+    let mut chain =
+        ClientSpanLayer::new(Some(tracer), "127.0.0.1:1".parse().unwrap()).layer(not_found);
     drive(&mut chain, Request::get("/").body(()).unwrap()).await;
     tracer.force_flush().await;
     let spans = exporter.spans();
@@ -729,6 +761,8 @@ fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// Exporters get the queue's boxes as they are.
+#[allow(clippy::vec_box)]
 fn test_batch() -> (Vec<Box<SpanData>>, Resource) {
     let ctx = SpanContext {
         trace_id: TraceId::random(),
@@ -865,4 +899,115 @@ async fn otlp_grpc_over_tls() {
     .unwrap();
     let error = untrusting.export(&batch, &resource).await.unwrap_err();
     assert!(error.0.contains("TLS"), "{error}");
+}
+
+/// Junk never panics the parsers and the configuration.
+#[test]
+fn junk_input_never_panics() {
+    let alphabet: &[u8] = b"0123456789abcdefABCDEF-:/[]%@?#. \x00\x7f\xc3\xa9hx";
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let env = std::collections::HashMap::<&str, &str>::new();
+    for _ in 0..20_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 60) as usize;
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| alphabet[((state >> (i % 50)) as usize + i * 7) % alphabet.len()])
+            .collect();
+        let _ = context::parse_traceparent(&bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = url::parse(&text);
+        let _ = config::resolve_endpoint(otlp::Transport::HttpProtobuf, &text, &env);
+        let _ = otlp::parse_headers(&text);
+        let _ = sampler::sampler_from_env(&text, Some(text.to_string()));
+    }
+}
+
+/// Drops every batch.
+struct NullExporter;
+
+impl SpanExporter for NullExporter {
+    fn export<'a>(
+        &'a mut self,
+        _batch: &'a [Box<SpanData>],
+        _resource: &'a Resource,
+    ) -> export::ExportFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Per-request cost of the spans with tracing on (server, proxy, wait, client; sampled or not):
+/// `cargo test -p knative-common --lib trace::tests::per_request_cost -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn per_request_cost() {
+    let n = 20_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let request = Request::get("/path?q=1")
+            .header("host", "svc.example.com")
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .body(())
+            .unwrap();
+        drop(std::hint::black_box(request));
+    }
+    println!(
+        "baseline (building the request): {:?}",
+        started.elapsed() / n
+    );
+    for (label, sampler) in [
+        ("sampled", Sampler::ALWAYS_ON),
+        ("unsampled", Sampler::ALWAYS_OFF),
+    ] {
+        let tracer = Tracer::builder(NullExporter)
+            .sampler(sampler)
+            .batch(BatchConfig {
+                max_queue_size: 1 << 16,
+                ..BatchConfig::default()
+            })
+            .build()
+            .unwrap();
+        let layer = ServerSpanLayer::new(
+            Some(tracer),
+            ServerSpans::default(),
+            "10.0.0.1:1234".parse().unwrap(),
+            false,
+        );
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let mut request = Request::get("/path?q=1")
+                .header("host", "svc.example.com")
+                .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+                .body(())
+                .unwrap();
+            let server = layer.start(tracer, &mut request);
+            let proxy = tracer.start_in(
+                request.extensions_mut(),
+                &QUEUE_SCOPE,
+                "p",
+                SpanKind::Internal,
+            );
+            let wait = tracer.start_in(
+                request.extensions_mut(),
+                &QUEUE_SCOPE,
+                "w",
+                SpanKind::Internal,
+            );
+            request.extensions_mut().insert(CarriedSpan(Some(wait)));
+            drop(request.extensions_mut().remove::<CarriedSpan>());
+            let client = layer::start_client_span(
+                tracer,
+                &mut request,
+                "127.0.0.1:8080".parse().unwrap(),
+                layer::http_method_name,
+            );
+            drop((client, proxy, server));
+            if tracer.queue.len() > 60_000 {
+                tracer.force_flush().await;
+            }
+        }
+        println!("{label}: {:?} per request (4 spans)", started.elapsed() / n);
+        tracer.force_flush().await;
+    }
 }

@@ -3,6 +3,10 @@
 //! `opentelemetry.proto.collector.trace.v1.TraceService/Export` call over h2c or TLS h2, with the
 //! 5-byte gRPC message framing). One connection is kept and reused between exports.
 //!
+//! The transport itself ([`OtlpExporter::send`]) carries any encoded OTLP export request: other
+//! signals (request metrics) reuse it with their own gRPC method ([`OtlpExporter::with_grpc_path`])
+//! and HTTP path (the endpoint's).
+//!
 //! The protobuf messages are declared in [`proto`] with the field numbers of opentelemetry-proto.
 
 use std::fmt;
@@ -28,6 +32,11 @@ use crate::trace::span::{Scope, SpanData, Value};
 pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Default OTLP/HTTP traces path.
 pub const DEFAULT_HTTP_PATH: &str = "/v1/traces";
+/// The gRPC method of the metrics service.
+pub const GRPC_METRICS_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+/// Default OTLP/HTTP metrics path.
+pub const DEFAULT_METRICS_HTTP_PATH: &str = "/v1/metrics";
 /// `User-Agent` of export requests.
 pub const USER_AGENT_VALUE: &str =
     concat!("knative-rust-otlp-exporter/", env!("CARGO_PKG_VERSION"));
@@ -381,6 +390,7 @@ pub struct OtlpExporter {
     authority: String,
     headers: HeaderMap,
     timeout: Duration,
+    grpc_path: &'static str,
     tls: Option<TlsConnector>,
     http1: Option<http1::SendRequest<Full<Bytes>>>,
     http2: Option<http2::SendRequest<Full<Bytes>>>,
@@ -435,6 +445,7 @@ impl OtlpExporter {
             endpoint,
             headers,
             timeout,
+            grpc_path: GRPC_EXPORT_PATH,
             tls,
             http1: None,
             http2: None,
@@ -444,6 +455,45 @@ impl OtlpExporter {
     /// Where it sends.
     pub fn endpoint(&self) -> &OtlpEndpoint {
         &self.endpoint
+    }
+
+    /// Calls the gRPC method `path` (e.g. the metrics service's `Export`) instead of the trace
+    /// service's.
+    pub fn with_grpc_path(mut self, path: &'static str) -> Self {
+        self.grpc_path = path;
+        self
+    }
+
+    /// Sends one encoded export request (`http/protobuf`: `POST` to the endpoint's path; `grpc`:
+    /// the configured method), bounded by the exporter's timeout. A non-success answer is an
+    /// error; a partial success is logged.
+    pub async fn send(&mut self, message: Bytes) -> Result<(), ExportError> {
+        let timeout = self.timeout;
+        let result = tokio::time::timeout(timeout, async {
+            match self.transport {
+                Transport::HttpProtobuf => self.export_http(message).await,
+                Transport::Grpc => self.export_grpc(message).await,
+            }
+        })
+        .await;
+        match result {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may be stuck mid-exchange: start over next time.
+                self.http1 = None;
+                self.http2 = None;
+                Err(ExportError::new(format!(
+                    "export to {} timed out after {timeout:?}",
+                    self.endpoint
+                )))
+            }
+        }
+    }
+
+    /// Drops the kept connection.
+    pub fn close(&mut self) {
+        self.http1 = None;
+        self.http2 = None;
     }
 
     async fn connect(&self) -> Result<Box<dyn Io>, ExportError> {
@@ -561,7 +611,7 @@ impl OtlpExporter {
         );
         framed.extend_from_slice(&message);
         let scheme = if self.endpoint.tls { "https" } else { "http" };
-        let mut request = Request::post(format!("{scheme}://{}{GRPC_EXPORT_PATH}", self.authority))
+        let mut request = Request::post(format!("{scheme}://{}{}", self.authority, self.grpc_path))
             .version(http::Version::HTTP_2)
             .header(CONTENT_TYPE, "application/grpc")
             .header(TE, "trailers")
@@ -626,14 +676,16 @@ impl OtlpExporter {
     }
 }
 
+/// Logs a partial success. Every signal's `Export*ServiceResponse` has the same shape
+/// (`partial_success { int64 rejected_<items> = 1; string error_message = 2; }`).
 fn report_partial_success(body: &[u8]) {
     if let Ok(response) = proto::ExportTraceServiceResponse::decode(body) {
         if let Some(partial) = response.partial_success {
             if partial.rejected_spans > 0 || !partial.error_message.is_empty() {
                 tracing::warn!(
-                    rejected_spans = partial.rejected_spans,
+                    rejected = partial.rejected_spans,
                     message = partial.error_message,
-                    "the trace collector rejected spans"
+                    "the OTLP collector rejected part of an export"
                 );
             }
         }
@@ -647,33 +699,11 @@ impl SpanExporter for OtlpExporter {
         resource: &'a Resource,
     ) -> ExportFuture<'a> {
         let message = Bytes::from(export_request(batch, resource).encode_to_vec());
-        Box::pin(async move {
-            let timeout = self.timeout;
-            let result = tokio::time::timeout(timeout, async {
-                match self.transport {
-                    Transport::HttpProtobuf => self.export_http(message).await,
-                    Transport::Grpc => self.export_grpc(message).await,
-                }
-            })
-            .await;
-            match result {
-                Ok(result) => result,
-                Err(_) => {
-                    // The connection may be stuck mid-exchange: start over next time.
-                    self.http1 = None;
-                    self.http2 = None;
-                    Err(ExportError::new(format!(
-                        "export to {} timed out after {timeout:?}",
-                        self.endpoint
-                    )))
-                }
-            }
-        })
+        Box::pin(self.send(message))
     }
 
     fn shutdown(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
-        self.http1 = None;
-        self.http2 = None;
+        self.close();
         Box::pin(async {})
     }
 }
