@@ -25,6 +25,7 @@ use knative_common::signals::Signals;
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
+use knative_common::trace::export::otlp::Transport;
 use knative_common::trace::layer::skip_probes;
 use knative_common::trace::{
     self, ClientSpanLayer, ServerSpanLayer, ServerSpans, Span, Tracer, TracingConfig,
@@ -39,7 +40,9 @@ use crate::handler::QueueHandlerLayer;
 use crate::health::HealthLayer;
 use crate::metrics;
 use crate::metrics::route_tag::{self, route_tag, RouteTag};
-use crate::metrics::{AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
+use crate::metrics::{
+    AppMetricsLayer, Metrics, MetricsExporter, Resource, ServerMetricsLayer, UrlScheme,
+};
 use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
@@ -54,6 +57,8 @@ const IN_FLIGHT_WAIT: Duration = Duration::from_secs(60);
 const MAX_IDLE_UNLIMITED: usize = 1000;
 /// Upper bound on exporting the last spans at shutdown.
 const TRACE_FLUSH_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for the last OTLP export of the request metrics at shutdown.
+const METRICS_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything the request path shares, alive for the whole process.
 struct State {
@@ -152,17 +157,27 @@ pub async fn run(config: Config) -> ExitCode {
         Ok(address) => address,
         Err(error) => return fatal(error),
     };
-    if matches!(
-        observability.request_metrics.protocol,
-        Protocol::Grpc | Protocol::HttpProtobuf
-    ) {
-        tracing::warn!(
-            "OTLP export of request metrics is not supported yet; request metrics are disabled"
-        );
-    }
-    let metrics = metrics_address
-        .as_ref()
-        .map(|_| Metrics::new(Resource::from_env(&ProcessEnv)));
+    let request_metrics = &observability.request_metrics;
+    let metrics_push = match request_metrics.protocol {
+        Protocol::Grpc => Some(Transport::Grpc),
+        Protocol::HttpProtobuf => Some(Transport::HttpProtobuf),
+        _ => None,
+    };
+    let metrics_push = match metrics_push
+        .map(|t| metrics::otlp::exporter(t, &request_metrics.endpoint, &ProcessEnv))
+        .transpose()
+    {
+        Ok(exporter) => exporter.map(|exporter| {
+            let interval =
+                metrics::otlp::export_interval(request_metrics.export_interval_ns, &ProcessEnv);
+            let endpoint = exporter.endpoint().to_string();
+            tracing::info!(endpoint, ?interval, "exporting request metrics over OTLP");
+            (exporter, interval, trace_resource(&config))
+        }),
+        Err(error) => return fatal(error),
+    };
+    let metrics = (metrics_address.is_some() || metrics_push.is_some())
+        .then(|| Metrics::new(Resource::from_env(&ProcessEnv)));
     let breaker = match config.container_concurrency {
         0 => None,
         cc => match Breaker::for_container_concurrency(cc) {
@@ -274,6 +289,11 @@ pub async fn run(config: Config) -> ExitCode {
                 stop_rx.clone(),
             ))
         });
+    // OTLP push instead of the 9091 listener (requestMetrics.protocol grpc / http/protobuf).
+    let metrics_exporter = state.metrics.as_ref().zip(metrics_push).map(|(m, push)| {
+        let (exporter, interval, resource) = push;
+        MetricsExporter::start(m, exporter, resource, interval)
+    });
     tokio::spawn(state.published.run(&state.stats));
     tracing::info!(
         port = state.config.serving_port,
@@ -307,6 +327,11 @@ pub async fn run(config: Config) -> ExitCode {
             in_flight = state.in_flight.current(),
             "in-flight requests did not finish in time"
         );
+    }
+    if let Some(exporter) = metrics_exporter {
+        if !exporter.shutdown(METRICS_FLUSH_WAIT).await {
+            tracing::warn!("the last request metrics could not be exported in time");
+        }
     }
     if let Some(tracer) = state.tracer {
         if !tracer.shutdown(TRACE_FLUSH_WAIT).await {

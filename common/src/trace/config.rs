@@ -340,9 +340,12 @@ pub fn resolve_signal_endpoint(
     configured: &str,
     env: &dyn Env,
 ) -> Result<OtlpEndpoint, TraceConfigError> {
-    let overridden = ["OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), signal.var("ENDPOINT")]
-        .iter()
-        .any(|name| env.var(name).is_some_and(|v| !v.is_empty()));
+    let overridden = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+        signal.var("ENDPOINT"),
+    ]
+    .iter()
+    .any(|name| env.var(name).is_some_and(|v| !v.is_empty()));
     if overridden {
         return Ok(endpoint_from_env(signal, transport, env));
     }
@@ -634,8 +637,7 @@ mod tests {
             ),
             ep(false, "base", 3, "/p/v1/metrics")
         );
-        let exporter =
-            otlp_exporter(Signal::Metrics, Grpc, "http://c:4317", &env(&[])).unwrap();
+        let exporter = otlp_exporter(Signal::Metrics, Grpc, "http://c:4317", &env(&[])).unwrap();
         assert_eq!(exporter.endpoint(), &ep(false, "c", 4317, "/v1/metrics"));
     }
 

@@ -23,17 +23,17 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
 };
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::{Completion, MeteredBody, MeteredFuture};
+use super::histogram::{AtomicHistogram, HistogramSnapshot};
 use super::status_table::StatusTable;
 use super::{label, Metrics, Scope, DURATION_BUCKETS};
 
-const SCOPE: Scope = Scope {
+pub(crate) const SCOPE: Scope = Scope {
     name: "knative.dev/serving/pkg/queue",
     version: "",
 };
@@ -44,7 +44,7 @@ const UNSET: i64 = i64::MIN;
 /// The layer-10 instruments.
 pub(crate) struct AppInstruments {
     queue_depth: Gauge<i64, AtomicI64>,
-    invocations: StatusTable<Histogram>,
+    invocations: StatusTable<AtomicHistogram>,
 }
 
 impl Default for AppInstruments {
@@ -82,18 +82,33 @@ impl EncodeLabelSet for AppLabels {
 
 impl AppInstruments {
     #[inline]
-    fn set_queue_depth(&self, in_flight: usize) {
+    pub(crate) fn set_queue_depth(&self, in_flight: usize) {
         self.queue_depth
             .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
     }
 
     #[inline]
-    fn record(&self, status: u16, seconds: f64) {
+    pub(crate) fn record(&self, status: u16, seconds: f64) {
         self.invocations.with(
             status,
-            || Histogram::new(DURATION_BUCKETS),
+            || AtomicHistogram::new(&DURATION_BUCKETS),
             |h| h.observe(seconds),
         );
+    }
+
+    /// The queue depth, unless never set.
+    pub(crate) fn queue_depth(&self) -> Option<i64> {
+        Some(self.queue_depth.get()).filter(|d| *d != UNSET)
+    }
+
+    /// The invocation histograms by status code, ascending.
+    pub(crate) fn invocations(&self) -> Vec<(u16, HistogramSnapshot)> {
+        let mut rows = Vec::new();
+        let _ = self.invocations.for_each::<()>(|status, h| {
+            rows.push((status, h.snapshot()));
+            Ok(())
+        });
+        rows
     }
 
     /// Writes `kn_serving_invocation_duration_seconds` and `kn_serving_queue_depth` (each left

@@ -1,4 +1,5 @@
-//! Request metrics (spec §7.1) exported as Prometheus text on the user-metrics port (§2, 9091).
+//! Request metrics (spec §7.1) exported as Prometheus text on the user-metrics port (§2, 9091)
+//! or pushed over OTLP.
 //!
 //! - [`server_metrics`]: layer 1, the HTTP server instruments of Go's `otelhttp`
 //!   (`http_server_request_duration_seconds`, `http_server_{request,response}_body_size_bytes`);
@@ -6,6 +7,9 @@
 //!   `kn_serving_invocation_duration_seconds`;
 //! - [`route_tag`]: the `kn_route_tag` label (§3.6);
 //! - [`listener`]: the `/metrics` handler and where it listens.
+//! - [`otlp`]: the OTLP push (`requestMetrics.protocol` `grpc` / `http/protobuf`) of the same
+//!   instruments, with their OTel names, units and dotted attribute keys;
+//! - `histogram`: the atomic explicit-bucket histogram both exporters read.
 //!
 //! Names, HELP texts, label keys, bucket bounds and the `target_info` series follow the upstream
 //! exposition (Go OTel Prometheus exporter). Storage and encoding are `prometheus-client`'s:
@@ -16,7 +20,9 @@ pub mod app_metrics;
 mod body;
 #[cfg(test)]
 mod chain_tests;
+mod histogram;
 pub mod listener;
+pub mod otlp;
 pub mod route_tag;
 pub mod server_metrics;
 mod status_table;
@@ -37,6 +43,7 @@ use prometheus_client::registry::Registry;
 pub use app_metrics::{AppMetricsLayer, AppMetricsService};
 pub use body::{Completion, MeteredBody, MeteredFuture};
 pub use listener::{handle, listen_address, ListenAddress, ListenerConfigError};
+pub use otlp::{MetricsExporter, OtlpMetricsConfigError};
 pub use route_tag::{route_tag, RouteTag};
 pub use server_metrics::{ServerMetricsLayer, ServerMetricsService, UrlScheme};
 
@@ -58,8 +65,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The `otel_scope_*` labels of one instrumentation scope.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Scope {
-    name: &'static str,
-    version: &'static str,
+    pub(crate) name: &'static str,
+    pub(crate) version: &'static str,
 }
 
 impl Scope {
@@ -237,6 +244,8 @@ impl Collector for Instruments {
 pub struct Metrics {
     instruments: Arc<Instruments>,
     registry: Registry,
+    /// When recording began (start time of the cumulative OTLP data points).
+    start: std::time::SystemTime,
 }
 
 impl Metrics {
@@ -258,6 +267,7 @@ impl Metrics {
         Metrics {
             instruments,
             registry,
+            start: std::time::SystemTime::now(),
         }
     }
 

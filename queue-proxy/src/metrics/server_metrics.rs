@@ -33,13 +33,14 @@ use knative_common::classify::{is_health_check, is_probe};
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
 };
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::{Completion, MeteredBody, MeteredFuture};
+use super::histogram::{AtomicHistogram, HistogramSnapshot};
+use super::otlp::{bool_kv, int_kv, string_kv, KeyValue};
 use super::route_tag::{route_tag, RouteTag};
 use super::status_table::StatusTable;
 use super::{label, Metrics, Scope, DURATION_BUCKETS, SIZE_BUCKETS};
@@ -47,7 +48,7 @@ use super::{label, Metrics, Scope, DURATION_BUCKETS, SIZE_BUCKETS};
 /// Most distinct label sets (without the status code) kept per process.
 pub const SERIES_LIMIT: usize = 2000;
 
-const SCOPE: Scope = Scope {
+pub(crate) const SCOPE: Scope = Scope {
     name: "go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp",
     version: "0.69.0",
 };
@@ -237,21 +238,44 @@ impl OwnedRequestLabels {
 }
 
 /// The three histograms of one full label set.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct ServerHistograms {
-    duration: Histogram,
-    request_size: Histogram,
-    response_size: Histogram,
+    duration: AtomicHistogram,
+    request_size: AtomicHistogram,
+    response_size: AtomicHistogram,
 }
 
 impl ServerHistograms {
     fn new() -> Self {
         ServerHistograms {
-            duration: Histogram::new(DURATION_BUCKETS),
-            request_size: Histogram::new(SIZE_BUCKETS),
-            response_size: Histogram::new(SIZE_BUCKETS),
+            duration: AtomicHistogram::new(&DURATION_BUCKETS),
+            request_size: AtomicHistogram::new(&SIZE_BUCKETS),
+            response_size: AtomicHistogram::new(&SIZE_BUCKETS),
         }
     }
+
+    fn snapshot(&self) -> ServerSnapshots {
+        ServerSnapshots {
+            duration: self.duration.snapshot(),
+            request_size: self.request_size.snapshot(),
+            response_size: self.response_size.snapshot(),
+        }
+    }
+}
+
+/// [`ServerHistograms`] at one moment.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerSnapshots {
+    pub duration: HistogramSnapshot,
+    pub request_size: HistogramSnapshot,
+    pub response_size: HistogramSnapshot,
+}
+
+/// One exported series: its full label set and values.
+#[derive(Debug)]
+pub(crate) struct ServerRow {
+    pub labels: ServerLabelSet,
+    pub values: ServerSnapshots,
 }
 
 /// Every status code seen for one set of request labels (`key: None` is the overflow series).
@@ -400,8 +424,8 @@ impl ServerInstruments {
         })
     }
 
-    /// Writes the three `http_server_*` families (omitted while empty).
-    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    /// Every series with its values, in exposition order (overflow last).
+    pub(crate) fn rows(&self) -> Vec<ServerRow> {
         let mut series: Vec<&'static RequestSeries> = self
             .index
             .read()
@@ -409,24 +433,30 @@ impl ServerInstruments {
             .all
             .clone();
         series.extend(self.overflow.get().copied());
-        let mut rows: Vec<(ServerLabelSet, ServerHistograms)> = Vec::new();
+        let mut rows: Vec<ServerRow> = Vec::new();
         for s in series {
-            s.statuses.for_each::<fmt::Error>(|status, histograms| {
-                rows.push((
-                    ServerLabelSet {
+            let _ = s.statuses.for_each::<()>(|status, histograms| {
+                rows.push(ServerRow {
+                    labels: ServerLabelSet {
                         key: s.key.as_ref(),
                         status,
                     },
-                    histograms.clone(),
-                ));
+                    values: histograms.snapshot(),
+                });
                 Ok(())
-            })?;
+            });
         }
+        rows.sort_by(|a, b| a.labels.sort_key().cmp(&b.labels.sort_key()));
+        rows
+    }
+
+    /// Writes the three `http_server_*` families (omitted while empty).
+    pub(crate) fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
+        let rows = self.rows();
         if rows.is_empty() {
             return Ok(());
         }
-        rows.sort_by(|(a, _), (b, _)| a.sort_key().cmp(&b.sort_key()));
-        type Pick = fn(&ServerHistograms) -> &Histogram;
+        type Pick = fn(&ServerSnapshots) -> &HistogramSnapshot;
         let families: [(&str, &str, Pick); 3] = [
             (
                 "http_server_request_body_size_bytes",
@@ -446,8 +476,8 @@ impl ServerInstruments {
         ];
         for (name, help, pick) in families {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for (labels, histograms) in &rows {
-                pick(histograms).encode(family.encode_family(labels)?)?;
+            for row in &rows {
+                pick(&row.values).encode(family.encode_family(&row.labels)?)?;
             }
         }
         Ok(())
@@ -455,7 +485,8 @@ impl ServerInstruments {
 }
 
 /// The full label set of one exported series.
-struct ServerLabelSet {
+#[derive(Debug)]
+pub(crate) struct ServerLabelSet {
     key: Option<&'static OwnedRequestLabels>,
     status: u16,
 }
@@ -474,6 +505,31 @@ impl ServerLabelSet {
             v.port,
             v.scheme.as_str(),
         ))
+    }
+}
+
+impl ServerLabelSet {
+    /// The OTel attributes of the series (dotted keys; status code and port as integers, as
+    /// `otelhttp` records them).
+    pub(crate) fn otlp_attributes(&self) -> Vec<KeyValue> {
+        let Some(key) = self.key else {
+            return vec![bool_kv("otel.metric.overflow", true)];
+        };
+        let mut attributes = vec![
+            string_kv("http.request.method", key.method.as_str()),
+            int_kv("http.response.status_code", i64::from(self.status)),
+        ];
+        if let Some(tag) = &key.route_tag {
+            attributes.push(string_kv("kn.route.tag", tag.as_str()));
+        }
+        attributes.push(string_kv("network.protocol.name", "http"));
+        attributes.push(string_kv("network.protocol.version", key.version.as_str()));
+        attributes.push(string_kv("server.address", &key.host));
+        if let Some(port) = key.port {
+            attributes.push(int_kv("server.port", i64::from(port)));
+        }
+        attributes.push(string_kv("url.scheme", key.scheme.as_str()));
+        attributes
     }
 }
 
