@@ -77,23 +77,45 @@ impl LogFormat {
     /// reason, to be logged as a warning once logging is up.
     pub fn from_zap_config(config: &str) -> (LogFormat, Option<String>) {
         if config.trim().is_empty() {
-            return (LogFormat::production(), Some("empty logging configuration".into()));
+            return (
+                LogFormat::production(),
+                Some("empty logging configuration".into()),
+            );
         }
         let value: serde_json::Value = match serde_json::from_str(config) {
             Ok(v @ serde_json::Value::Object(_)) => v,
-            Ok(_) => return (LogFormat::production(), Some("logging configuration is not a JSON object".into())),
-            Err(e) => return (LogFormat::production(), Some(format!("invalid logging configuration: {e}"))),
+            Ok(_) => {
+                return (
+                    LogFormat::production(),
+                    Some("logging configuration is not a JSON object".into()),
+                )
+            }
+            Err(e) => {
+                return (
+                    LogFormat::production(),
+                    Some(format!("invalid logging configuration: {e}")),
+                )
+            }
         };
         let text = |v: &serde_json::Value, key: &str, default: &str| -> String {
-            v.get(key).and_then(|x| x.as_str()).unwrap_or(default).to_owned()
+            v.get(key)
+                .and_then(|x| x.as_str())
+                .unwrap_or(default)
+                .to_owned()
         };
         let encoder = value.get("encoderConfig").cloned().unwrap_or_default();
         let capital_levels = !matches!(
             encoder.get("levelEncoder").and_then(|x| x.as_str()),
             Some("lowercase") | Some("lower") | Some("color")
         );
-        let time_encoding = match encoder.get("timeEncoder").and_then(|x| x.as_str()).unwrap_or("") {
-            "iso8601" | "ISO8601" | "rfc3339" | "RFC3339" | "rfc3339nano" | "RFC3339Nano" => TimeEncoding::Iso8601,
+        let time_encoding = match encoder
+            .get("timeEncoder")
+            .and_then(|x| x.as_str())
+            .unwrap_or("")
+        {
+            "iso8601" | "ISO8601" | "rfc3339" | "RFC3339" | "rfc3339nano" | "RFC3339Nano" => {
+                TimeEncoding::Iso8601
+            }
             "millis" => TimeEncoding::EpochMillis,
             "nanos" => TimeEncoding::EpochNanos,
             _ => TimeEncoding::EpochSeconds,
@@ -126,8 +148,16 @@ impl KnativeJson {
     }
 
     /// Lines shaped by `format`.
-    pub fn with_format(logger: &'static str, fields: Vec<(&'static str, String)>, format: LogFormat) -> Self {
-        KnativeJson { logger, fields, format }
+    pub fn with_format(
+        logger: &'static str,
+        fields: Vec<(&'static str, String)>,
+        format: LogFormat,
+    ) -> Self {
+        KnativeJson {
+            logger,
+            fields,
+            format,
+        }
     }
 }
 
@@ -183,14 +213,21 @@ where
         let mut fields = Fields::default();
         event.record(&mut fields);
         let f = &self.format;
-        let caller = format!("{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0));
+        let caller = format!(
+            "{}:{}",
+            meta.file().unwrap_or("?"),
+            meta.line().unwrap_or(0)
+        );
         let mut line = serde_json::Map::new();
         let mut put = |key: &str, value: serde_json::Value| {
             if !key.is_empty() {
                 line.insert(key.to_owned(), value);
             }
         };
-        put(&f.level_key, severity(meta.level(), f.capital_levels).into());
+        put(
+            &f.level_key,
+            severity(meta.level(), f.capital_levels).into(),
+        );
         put(&f.time_key, time_value(f.time_encoding));
         put(&f.name_key, self.logger.into());
         put(&f.caller_key, caller.into());
@@ -265,9 +302,18 @@ pub fn init(logger: &'static str, fields: Vec<(&'static str, String)>, level: &s
 /// `SERVING_LOGGING_CONFIG`); a non-empty `level_override` (e.g. `SERVING_LOGGING_LEVEL`) wins over
 /// the configured level. An empty or invalid configuration falls back to zap's production format
 /// with a warning, as upstream.
-pub fn init_from_zap(logger: &'static str, fields: Vec<(&'static str, String)>, zap_config: &str, level_override: &str) {
+pub fn init_from_zap(
+    logger: &'static str,
+    fields: Vec<(&'static str, String)>,
+    zap_config: &str,
+    level_override: &str,
+) {
     let (format, problem) = LogFormat::from_zap_config(zap_config);
-    let level = if level_override.trim().is_empty() { format.level.clone() } else { level_override.to_owned() };
+    let level = if level_override.trim().is_empty() {
+        format.level.clone()
+    } else {
+        level_override.to_owned()
+    };
     let _ = tracing_subscriber::fmt()
         .event_format(KnativeJson::with_format(logger, fields, format))
         .with_max_level(level_filter(&level))
@@ -309,7 +355,14 @@ mod tests {
         let (f, _) = LogFormat::from_zap_config(
             r#"{"level":"debug","encoderConfig":{"messageKey":"msg","levelKey":"lvl","levelEncoder":"lowercase","timeEncoder":"millis"}}"#,
         );
-        assert_eq!((f.message_key.as_str(), f.level_key.as_str(), f.time_key.as_str()), ("msg", "lvl", ""));
+        assert_eq!(
+            (
+                f.message_key.as_str(),
+                f.level_key.as_str(),
+                f.time_key.as_str()
+            ),
+            ("msg", "lvl", "")
+        );
         assert!(!f.capital_levels);
         assert_eq!(f.time_encoding, TimeEncoding::EpochMillis);
         assert_eq!(f.level, "debug");

@@ -88,7 +88,10 @@ pub fn main() -> ExitCode {
     logging::init_from_zap(
         "queueproxy",
         vec![
-            ("knative.dev/key", format!("{}/{}", config.namespace, config.revision)),
+            (
+                "knative.dev/key",
+                format!("{}/{}", config.namespace, config.revision),
+            ),
             ("knative.dev/pod", config.pod.clone()),
         ],
         &config.logging_config,

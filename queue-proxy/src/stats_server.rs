@@ -97,13 +97,23 @@ mod tests {
             process_uptime: f64::MAX,
             timestamp: i64::MAX,
         };
-        assert!(stat.encode_to_vec().len() <= 336, "{} bytes", stat.encode_to_vec().len());
+        assert!(
+            stat.encode_to_vec().len() <= 336,
+            "{} bytes",
+            stat.encode_to_vec().len()
+        );
     }
 
     #[tokio::test]
     async fn before_the_first_report_only_the_pod_name_is_set() {
         let published = PublishedStat::new("pod-1".into());
         let stat = Stat::decode(published.current()).unwrap();
-        assert_eq!(stat, Stat { pod_name: "pod-1".into(), ..Default::default() });
+        assert_eq!(
+            stat,
+            Stat {
+                pod_name: "pod-1".into(),
+                ..Default::default()
+            }
+        );
     }
 }

@@ -367,7 +367,10 @@ async fn item50_cluster_ip_error_then_success_on_the_next_tick() {
 #[tokio::test(start_paused = true)]
 async fn item52_no_healthy_pod_nor_cluster_ip_gives_no_update() {
     for pod_reply in [Reply::Status(503), Reply::Fail] {
-        let prober = FakeProber::new(&[(P1, &[pod_reply.clone()]), (CIP, &[Reply::Status(503)])]);
+        let prober = FakeProber::new(&[
+            (P1, std::slice::from_ref(&pod_reply)),
+            (CIP, &[Reply::Status(503)]),
+        ]);
         let mut w = watcher(&prober, MeshMode::Auto);
         let cur = dests(&[P1], &[], Some(CIP));
         assert_eq!(
@@ -910,26 +913,36 @@ async fn a_re_added_revision_starts_fresh() {
 #[tokio::test(start_paused = true)]
 async fn a_removed_pod_gets_no_new_leases() {
     let prober = FakeProber::new(&[(P1, &[Reply::Ok]), (P2, &[Reply::Ok])]);
-    let mut h = Harness::start(one(private(&[P1, P2], &[], None)), prober, settings());
+    let mut e = entry(NAME, Protocol::Http1, private(&[P1, P2], &[], None));
+    Arc::make_mut(&mut e.spec).container_concurrency = 2;
+    let mut h = Harness::start(Snapshot::new([e.clone()]), prober, settings());
     assert_eq!(h.next_for_default().await, pods(&[P1, P2]));
-    // cc 1, first available: the first lease goes to the lowest dest.
-    let held = h.throttler.try_acquire(&id()).await.unwrap();
+    let acquire = |throttler: Arc<Throttler>| async move {
+        timeout(Duration::from_secs(5), throttler.try_acquire(&id()))
+            .await
+            .expect("no lease")
+            .unwrap()
+    };
+    // cc 2, first available: the first lease goes to the lowest dest.
+    let held = acquire(h.throttler.clone()).await;
     assert_eq!(held.dest(), P1);
 
-    h.publish(one(private(&[P2], &[], None)));
+    e.private = private(&[P2], &[], None);
+    h.publish(Snapshot::new([e]));
     assert_eq!(h.next_for_default().await, pods(&[P2]));
     let revision = h.throttler.revision(&id()).unwrap();
     assert_eq!(revision.pod_dests(), [P2]);
     assert_eq!(revision.dest_in_flight(P1), None);
     for _ in 0..5 {
-        let lease = h.throttler.try_acquire(&id()).await.unwrap();
+        let lease = acquire(h.throttler.clone()).await;
         assert_eq!(lease.dest(), P2);
     }
     // The in-flight request on the removed pod finishes normally.
     assert_eq!(held.dest(), P1);
     drop(held);
-    let lease = h.throttler.try_acquire(&id()).await.unwrap();
-    assert_eq!(lease.dest(), P2);
+    let a = acquire(h.throttler.clone()).await;
+    let b = acquire(h.throttler.clone()).await;
+    assert_eq!((a.dest(), b.dest()), (P2, P2));
     h.stop().await;
 }
 

@@ -242,7 +242,10 @@ impl Activation {
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
         direct_to(&mut request, lease.dest());
         let upstream = self.state.pools.get(addr);
-        match forward(&upstream, request, upgrade).await {
+        // Boxed: the proxy's future is large, and without the box every request *queued* in the
+        // throttler above would carry its full size (10,000 queued requests: ~30 MB of a debug
+        // build's 72 MB resident set).
+        match Box::pin(forward(&upstream, request, upgrade)).await {
             Ok(response) => attach_guard(response, Some(lease)),
             Err(error) => {
                 tracing::debug!(%error, dest = lease.dest(), "proxying to the pod failed");

@@ -1,0 +1,89 @@
+//! Memory with a deep queue: 10,000 requests held for a revision without pods (spec §3.2: the
+//! revision queue is effectively unbounded) must fit in a small resident set, then all complete
+//! when a pod appears. Alone in its test binary so that no other test skews the figures.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+const CONNECTIONS: usize = 40;
+const STREAMS_PER_CONNECTION: usize = 250;
+const QUEUED: usize = CONNECTIONS * STREAMS_PER_CONNECTION;
+const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+/// 10,000 requests as 40 h2c connections × 250 streams (the activator's per-connection stream
+/// limit; 10,000 sockets would also approach the file-descriptor limit), held with no pods:
+/// VmRSS ≤ 64 MiB while they wait; then a pod is listed and every one completes with 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_queued_requests_fit_in_64_mib() {
+    let stats = StatsReceiver::start().await;
+    let name = "deep-00001";
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(name, 0)])
+        .start();
+    activator.wait_healthy().await;
+    let baseline = activator.rss_kib().expect("VmRSS");
+
+    let mut handles = Vec::with_capacity(QUEUED);
+    for _ in 0..CONNECTIONS {
+        let sender = h2_connect(activator.h2c_addr()).await;
+        for i in 0..STREAMS_PER_CONNECTION {
+            let mut sender = sender.clone();
+            let request = rev_req("GET", &format!("/?i={i}"), NS, name)
+                .body(empty())
+                .unwrap();
+            handles.push(tokio::spawn(async move {
+                let response = sender.send_request(request).await?;
+                collect(response).await
+            }));
+        }
+    }
+    let queued_at = stats
+        .wait_for(DEADLINE, "all 10,000 requests counted in", |s| {
+            (s.requests_counted(NS, name) >= QUEUED as f64).then(Instant::now)
+        })
+        .await;
+    assert_eq!(stats.requests_counted(NS, name), QUEUED as f64);
+    assert!(
+        handles.iter().all(|h| !h.is_finished()),
+        "a request was answered"
+    );
+    // Sample for a little while (the reporter ticks, connections stay idle).
+    let mut peak = 0;
+    while queued_at.elapsed() < Duration::from_millis(1200) {
+        peak = peak.max(activator.rss_kib().expect("VmRSS"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "VmRSS with {QUEUED} queued requests: {:.1} MiB (idle baseline {:.1} MiB)",
+        peak as f64 / 1024.0,
+        baseline as f64 / 1024.0
+    );
+    assert!(
+        peak <= RSS_LIMIT_KIB,
+        "VmRSS {peak} KiB with {QUEUED} queued requests exceeds {RSS_LIMIT_KIB} KiB"
+    );
+
+    let app = App::ok().await;
+    let listed = Instant::now();
+    activator.set_revisions(&[Rev::new(name, 0).ready([app.addr])]);
+    let limit = tokio::time::Instant::now() + Duration::from_secs(40);
+    for handle in handles {
+        let resp = tokio::time::timeout_at(limit, handle)
+            .await
+            .expect("every queued request completes")
+            .expect("request task")
+            .expect("h2 exchange");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.text(), "ok");
+    }
+    println!(
+        "{QUEUED} queued requests served {:?} after the pod was listed; VmRSS now {:.1} MiB",
+        listed.elapsed(),
+        activator.rss_kib().unwrap_or(0) as f64 / 1024.0
+    );
+    assert_eq!(app.seen_count(), QUEUED);
+}
