@@ -67,6 +67,11 @@ async fn poke_latency(stats: &StatsReceiver, name: &str, sent: Instant) -> Durat
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_from_zero_end_to_end() {
     const HELD: usize = 20;
+    // Build the queue-proxy before anything is timed: held requests wait at most DEADLINE, and a
+    // cold `cargo build` inside the test (fresh CI target directory) can take longer than that.
+    tokio::task::spawn_blocking(queue_proxy_bin)
+        .await
+        .expect("build the queue-proxy");
     let stats = StatsReceiver::start().await;
     let warmups = ["poke-a", "poke-b", "poke-c"];
     let mut revs: Vec<Rev> = warmups.iter().map(|n| Rev::new(n, 2)).collect();
@@ -80,7 +85,10 @@ async fn scale_from_zero_end_to_end() {
     let mut parked = Vec::new();
     for name in warmups {
         let sent = Instant::now();
-        parked.push(spawn_request(addr, name, 0));
+        // These revisions never get a pod: their requests stay held until aborted at the end, so
+        // they must not panic when the client's exchange limit expires.
+        let request = rev_req("GET", "/?id=0", NS, name).body(empty()).unwrap();
+        parked.push(tokio::spawn(async move { try_send(addr, request).await }));
         latencies.push(poke_latency(&stats, name, sent).await);
     }
 
