@@ -14,6 +14,12 @@
 //! }]}
 //! ```
 //!
+//! Two optional top-level sections stand in for the system namespace's objects (spec §1.3, §9):
+//! `"configMaps": {"config-observability": {"labels": {}, "data": {"metrics-protocol": "none"}}}`
+//! and `"secrets": {"routing-serving-certs": {"data": {"tls.crt": "-----BEGIN …"}}}` (Secret data
+//! as text, typically PEM, not base64). Names must be DNS-1123 subdomains; `labels` and `data` map
+//! strings to strings.
+//!
 //! Only `namespace` and `name` are required. Defaults: `containerConcurrency` 0, `timeoutSeconds`
 //! 300, `protocol` `http1` (or `h2c`), `service`/`configuration` empty, `probeOptimisation` true,
 //! no pods, no cluster IP, no activators. Unknown fields, bad types, names that are not DNS-1123
@@ -27,6 +33,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Map, Value};
 
+use super::system::{ConfigMapObject, SecretObject, SystemObjects};
 use super::{
     PrivateEndpoints, PublicEndpoints, RevisionEntry, RevisionSpec, Snapshot,
     DEFAULT_TIMEOUT_SECONDS, MAX_CONTAINER_CONCURRENCY,
@@ -85,12 +92,13 @@ pub fn parse_document(bytes: &[u8]) -> Result<Snapshot, DocumentError> {
             ),
         ));
     };
-    if let Some(key) = top.keys().find(|k| k.as_str() != "revisions") {
+    if let Some(key) = top.keys().find(|k| !TOP_FIELDS.contains(&k.as_str())) {
         return Err(DocumentError::new(
             format!("field {key}"),
-            "unknown field (the document has only \"revisions\")",
+            "unknown field (the document has \"revisions\", \"configMaps\" and \"secrets\")",
         ));
     }
+    let system = parse_system(&top)?;
     let revisions = match top.get("revisions") {
         Some(Value::Array(items)) => items,
         Some(other) => {
@@ -118,7 +126,119 @@ pub fn parse_document(bytes: &[u8]) -> Result<Snapshot, DocumentError> {
         }
         entries.push(entry);
     }
-    Ok(Snapshot::new(entries))
+    Ok(Snapshot::new(entries).with_system(system))
+}
+
+/// Top-level fields of the document.
+const TOP_FIELDS: &[&str] = &["revisions", "configMaps", "secrets"];
+
+/// The optional `configMaps` and `secrets` sections.
+fn parse_system(top: &Map<String, Value>) -> Result<SystemObjects, DocumentError> {
+    let mut system = SystemObjects::default();
+    for (name, object) in named_objects(top, "configMaps")? {
+        let at = format!("configMaps.{name}");
+        let fields = object_fields(&at, object, &["labels", "data"])?;
+        system.config_maps.insert(
+            name.clone(),
+            ConfigMapObject {
+                labels: string_map(&at, fields.get("labels"), "labels")?,
+                data: string_map(&at, fields.get("data"), "data")?,
+            },
+        );
+    }
+    for (name, object) in named_objects(top, "secrets")? {
+        let at = format!("secrets.{name}");
+        let fields = object_fields(&at, object, &["data"])?;
+        let data = string_map(&at, fields.get("data"), "data")?;
+        system.secrets.insert(
+            name.clone(),
+            SecretObject {
+                data: data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+            },
+        );
+    }
+    Ok(system)
+}
+
+/// The entries of the top-level object `field` (absent = none), names checked.
+fn named_objects<'a>(
+    top: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Vec<(&'a String, &'a Value)>, DocumentError> {
+    match top.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(items)) => {
+            for name in items.keys() {
+                if !is_dns_subdomain(name) {
+                    return Err(DocumentError::new(
+                        format!("field {field}"),
+                        format!("{} is not a valid object name", quote_str(name)),
+                    ));
+                }
+            }
+            Ok(items.iter().collect())
+        }
+        Some(other) => Err(DocumentError::new(
+            format!("field {field}"),
+            format!("expected an object of named objects, got {}", quote(other)),
+        )),
+    }
+}
+
+/// `value` as an object whose keys are among `allowed`.
+fn object_fields<'a>(
+    at: &str,
+    value: &'a Value,
+    allowed: &[&str],
+) -> Result<&'a Map<String, Value>, DocumentError> {
+    let Value::Object(fields) = value else {
+        return Err(DocumentError::new(
+            at,
+            format!("expected an object, got {}", quote(value)),
+        ));
+    };
+    if let Some(key) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(DocumentError::new(
+            format!("{at}, field {key}"),
+            "unknown field",
+        ));
+    }
+    Ok(fields)
+}
+
+/// An optional object of strings.
+fn string_map(
+    at: &str,
+    value: Option<&Value>,
+    field: &str,
+) -> Result<std::collections::BTreeMap<String, String>, DocumentError> {
+    let mut out = std::collections::BTreeMap::new();
+    match value {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(items)) => {
+            for (key, item) in items {
+                let Value::String(text) = item else {
+                    return Err(DocumentError::new(
+                        format!("{at}, field {field}.{key}"),
+                        format!("expected a string, got {}", quote(item)),
+                    ));
+                };
+                out.insert(key.clone(), text.clone());
+            }
+        }
+        Some(other) => {
+            return Err(DocumentError::new(
+                format!("{at}, field {field}"),
+                format!("expected an object of strings, got {}", quote(other)),
+            ))
+        }
+    }
+    Ok(out)
+}
+
+/// A DNS-1123 subdomain (Kubernetes object names): dot-separated labels, at most 253 bytes.
+fn is_dns_subdomain(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns_label)
 }
 
 /// Error context inside one revision.

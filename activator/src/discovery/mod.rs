@@ -19,6 +19,7 @@
 
 mod document;
 mod file;
+pub mod system;
 
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,7 @@ use crate::throttler::{Protocol, RevisionId, RevisionSettings};
 
 pub use document::{parse_document, DocumentError};
 pub use file::{FileSource, FileStatus, DEFAULT_POLL_INTERVAL};
+pub use system::{ConfigMapObject, SecretObject, SystemObjects};
 
 /// `timeoutSeconds` when the revision does not set it (Knative's `revision-timeout-seconds`).
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
@@ -142,18 +144,20 @@ impl RevisionEntry {
     }
 }
 
-/// An immutable view of all revisions.
+/// An immutable view of all revisions, plus the system namespace's ConfigMaps and Secrets.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     revisions: HashMap<RevisionId, RevisionEntry>,
     /// namespace → name → spec, for lookups with borrowed strings.
     index: HashMap<String, HashMap<String, Arc<RevisionSpec>>>,
+    /// ConfigMaps and Secrets of the system namespace.
+    system: Arc<SystemObjects>,
 }
 
 impl PartialEq for Snapshot {
     fn eq(&self, other: &Self) -> bool {
         // The index is derived from `revisions`.
-        self.revisions == other.revisions
+        self.revisions == other.revisions && self.system == other.system
     }
 }
 
@@ -174,7 +178,22 @@ impl Snapshot {
                 .or_default()
                 .insert(id.name.clone(), entry.spec.clone());
         }
-        Snapshot { revisions, index }
+        Snapshot {
+            revisions,
+            index,
+            system: Arc::default(),
+        }
+    }
+
+    /// This snapshot with `system` as its system-namespace objects.
+    pub fn with_system(mut self, system: impl Into<Arc<SystemObjects>>) -> Self {
+        self.system = system.into();
+        self
+    }
+
+    /// The system namespace's ConfigMaps and Secrets.
+    pub fn system(&self) -> &Arc<SystemObjects> {
+        &self.system
     }
 
     /// All revisions.

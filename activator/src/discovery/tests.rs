@@ -639,3 +639,62 @@ async fn a_zero_poll_interval_does_not_panic() {
     .await;
     stop.send_replace(true);
 }
+
+mod system_sections {
+    use super::super::*;
+
+    #[test]
+    fn config_maps_and_secrets_are_parsed() {
+        let doc = br#"{"revisions": [],
+            "configMaps": {"config-observability": {"data": {"metrics-protocol": "prometheus"}},
+                           "my-bundle": {"labels": {"networking.knative.dev/trust-bundle": "true"},
+                                         "data": {"ca.pem": "PEM"}}},
+            "secrets": {"routing-serving-certs": {"data": {"tls.crt": "CERT"}}}}"#;
+        let snapshot = parse_document(doc).unwrap();
+        let system = snapshot.system();
+        assert_eq!(
+            system.config_map("config-observability").unwrap()["metrics-protocol"],
+            "prometheus"
+        );
+        assert_eq!(system.trust_bundles().count(), 1);
+        assert_eq!(
+            system.secret("routing-serving-certs").unwrap().data["tls.crt"],
+            b"CERT"
+        );
+    }
+
+    #[test]
+    fn bad_system_sections_name_the_place() {
+        for (doc, needle) in [
+            (
+                &br#"{"revisions": [], "configMaps": []}"#[..],
+                "field configMaps",
+            ),
+            (
+                br#"{"revisions": [], "configMaps": {"Bad_Name": {}}}"#,
+                "not a valid object name",
+            ),
+            (
+                br#"{"revisions": [], "configMaps": {"a": {"data": {"k": 1}}}}"#,
+                "configMaps.a, field data.k",
+            ),
+            (
+                br#"{"revisions": [], "secrets": {"a": {"stringData": {}}}}"#,
+                "secrets.a, field stringData",
+            ),
+            (br#"{"revisions": [], "other": 1}"#, "field other"),
+        ] {
+            let error = parse_document(doc).unwrap_err().to_string();
+            assert!(error.contains(needle), "{error} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn a_system_change_changes_the_snapshot() {
+        let a = parse_document(br#"{"revisions": [], "configMaps": {"x": {"data": {"k": "1"}}}}"#)
+            .unwrap();
+        let b = parse_document(br#"{"revisions": [], "configMaps": {"x": {"data": {"k": "2"}}}}"#)
+            .unwrap();
+        assert_ne!(a, b);
+    }
+}
