@@ -5,8 +5,7 @@
 //! Every test binary compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
-pub mod app;
-pub mod client;
+pub use test_support::{app, client};
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -76,13 +75,8 @@ pub fn queue_proxy_bin() -> &'static Path {
     })
 }
 
-/// A port nothing listens on right now (bound on loopback, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
+#[allow(unused_imports)]
+pub use test_support::free_port;
 
 fn unique_path(prefix: &str, ext: &str) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -122,45 +116,14 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid} failed: {status}");
 }
 
-/// `VmRSS` of `pid` in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+#[allow(unused_imports)]
+pub use test_support::rss_kib;
 
-/// Waits up to `limit` for `child` to exit.
-fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+#[allow(unused_imports)]
+use test_support::wait_child;
 
-/// Polls `check` every 10 ms until it returns `Some`, panicking with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use test_support::eventually;
 
 // ------------------------------------------------------------------------------------------------
 // Discovery documents
@@ -583,49 +546,9 @@ impl Drop for Activator {
 // The queue-proxy
 
 /// Every variable the queue-proxy reads that could leak from the parent environment.
-const QP_VARS: &[&str] = &[
-    "SERVING_NAMESPACE",
-    "SERVING_SERVICE",
-    "SERVING_CONFIGURATION",
-    "SERVING_REVISION",
-    "SERVING_POD",
-    "SERVING_POD_IP",
-    "QUEUE_SERVING_PORT",
-    "QUEUE_SERVING_TLS_PORT",
-    "USER_PORT",
-    "CONTAINER_CONCURRENCY",
-    "REVISION_TIMEOUT_SECONDS",
-    "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
-    "REVISION_IDLE_TIMEOUT_SECONDS",
-    "SERVING_READINESS_PROBE",
-    "ENABLE_MULTI_CONTAINER_PROBES",
-    "ENABLE_HTTP2_AUTO_DETECTION",
-    "ENABLE_HTTP_FULL_DUPLEX",
-    "SERVING_LOGGING_CONFIG",
-    "SERVING_LOGGING_LEVEL",
-    "OBSERVABILITY_CONFIG",
-    "QUEUE_PROXY_TLS_MIN_VERSION",
-    "QUEUE_PROXY_TLS_MAX_VERSION",
-    "QUEUE_PROXY_TLS_CIPHER_SUITES",
-    "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
-    "QUEUE_ADMIN_PORT",
-    "QUEUE_STATS_PORT",
-    "QUEUE_DRAIN_QUIET_PERIOD_SECONDS",
-    "OTEL_SERVICE_NAME",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "PROFILING_PORT",
-];
+const QP_VARS: &[&str] = test_support::QUEUE_PROXY_VARS;
 
-const QP_PORT_VARS: &[&str] = &[
-    "QUEUE_SERVING_PORT",
-    "QUEUE_SERVING_TLS_PORT",
-    "QUEUE_ADMIN_PORT",
-    "QUEUE_STATS_PORT",
-];
+const QP_PORT_VARS: &[&str] = test_support::QUEUE_PROXY_PORT_VARS;
 
 /// A running queue-proxy in front of a test app (a "pod"); killed when dropped.
 pub struct QueueProxy {

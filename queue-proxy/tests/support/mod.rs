@@ -4,8 +4,7 @@
 //! Every test binary compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
-pub mod app;
-pub mod client;
+pub use test_support::{app, client};
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,58 +28,13 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Every variable the binary reads; those not set explicitly are removed from the child's
 /// environment so that the parent's environment cannot leak into a test.
-const KNOWN_VARS: &[&str] = &[
-    "SERVING_NAMESPACE",
-    "SERVING_SERVICE",
-    "SERVING_CONFIGURATION",
-    "SERVING_REVISION",
-    "SERVING_POD",
-    "SERVING_POD_IP",
-    "QUEUE_SERVING_PORT",
-    "QUEUE_SERVING_TLS_PORT",
-    "USER_PORT",
-    "CONTAINER_CONCURRENCY",
-    "REVISION_TIMEOUT_SECONDS",
-    "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
-    "REVISION_IDLE_TIMEOUT_SECONDS",
-    "SERVING_READINESS_PROBE",
-    "ENABLE_MULTI_CONTAINER_PROBES",
-    "ENABLE_HTTP2_AUTO_DETECTION",
-    "ENABLE_HTTP_FULL_DUPLEX",
-    "SERVING_LOGGING_CONFIG",
-    "SERVING_LOGGING_LEVEL",
-    "OBSERVABILITY_CONFIG",
-    "QUEUE_PROXY_TLS_MIN_VERSION",
-    "QUEUE_PROXY_TLS_MAX_VERSION",
-    "QUEUE_PROXY_TLS_CIPHER_SUITES",
-    "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
-    "QUEUE_ADMIN_PORT",
-    "QUEUE_STATS_PORT",
-    "QUEUE_DRAIN_QUIET_PERIOD_SECONDS",
-    "OTEL_SERVICE_NAME",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-    "PROFILING_PORT",
-];
+const KNOWN_VARS: &[&str] = test_support::QUEUE_PROXY_VARS;
 
 /// Port variables the harness fills with free ports unless the test sets them.
-const PORT_VARS: &[&str] = &[
-    "QUEUE_SERVING_PORT",
-    "QUEUE_SERVING_TLS_PORT",
-    "QUEUE_ADMIN_PORT",
-    "QUEUE_STATS_PORT",
-];
+const PORT_VARS: &[&str] = test_support::QUEUE_PROXY_PORT_VARS;
 
-/// A port nothing listens on right now (bound on loopback, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
+#[allow(unused_imports)]
+pub use test_support::free_port;
 
 /// The environment for one queue-proxy process.
 #[derive(Clone, Debug)]
@@ -423,21 +377,5 @@ impl Drop for QueueProxy {
     }
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[allow(unused_imports)]
+pub use test_support::eventually;

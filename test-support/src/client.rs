@@ -1,5 +1,5 @@
 //! Clients: HTTP/1.1 and h2c (prior knowledge) over hyper's connection API, one connection per
-//! exchange unless stated otherwise.
+//! exchange unless stated otherwise, and raw TCP for malformed input.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +10,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::app::{empty, BoxError, TestBody};
+use crate::app::{empty, BoxError, TestBody};
 
 /// Limit for a single exchange in the helpers below.
 pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(30);
@@ -52,24 +53,17 @@ pub fn req(method: &str, path: &str) -> http::request::Builder {
         .header("host", "example.com")
 }
 
-/// A request builder for `path` naming the revision with the ingress headers
-/// `Knative-Serving-Namespace` / `Knative-Serving-Revision` (spec §2.5).
-pub fn rev_req(method: &str, path: &str, namespace: &str, name: &str) -> http::request::Builder {
-    req(method, path)
-        .header("knative-serving-namespace", namespace)
-        .header("knative-serving-revision", name)
+/// `GET path` with no body.
+pub fn get_req(path: &str) -> Request<TestBody> {
+    req("GET", path).body(empty()).unwrap()
 }
 
-/// `GET path` for the revision, with no body.
-pub fn rev_get(path: &str, namespace: &str, name: &str) -> Request<TestBody> {
-    rev_req("GET", path, namespace, name).body(empty()).unwrap()
-}
-
-/// Opens an HTTP/1.1 connection.
+/// Opens an HTTP/1.1 connection (up to 1000 response headers).
 pub async fn h1_connect(addr: SocketAddr) -> Result<http1::SendRequest<TestBody>, BoxError> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
+        .max_headers(1000)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {
@@ -116,12 +110,18 @@ pub async fn send(addr: SocketAddr, request: Request<TestBody>) -> Resp {
         .unwrap_or_else(|e| panic!("{what} to {addr} failed: {e}"))
 }
 
-/// A kubelet probe (`User-Agent: kube-probe/…`, spec §2.1).
-pub async fn kubelet_probe(addr: SocketAddr) -> Resp {
+/// `GET path` over HTTP/1.1.
+pub async fn get(addr: SocketAddr, path: &str) -> Resp {
+    send(addr, get_req(path)).await
+}
+
+/// A health check as the kubelet sends it (spec §3.3).
+pub async fn health_check(addr: SocketAddr) -> Resp {
     send(
         addr,
         req("GET", "/")
-            .header("user-agent", "kube-probe/1.30")
+            .header("user-agent", "kube-probe/1.29")
+            .header("k-network-probe", "queue")
             .body(empty())
             .unwrap(),
     )
@@ -152,4 +152,105 @@ pub async fn send_h2(
     })
     .await
     .expect("h2 exchange timed out")
+}
+
+/// Writes `bytes` on a new connection, then reads until the server closes it (or `limit`).
+/// Write errors are ignored: the server may answer and close before reading everything.
+pub async fn raw_exchange(addr: SocketAddr, bytes: Vec<u8>, limit: Duration) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.expect("connect raw");
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&bytes).await;
+        // Keep the write half open (no FIN) until the exchange ends.
+        write
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    out
+}
+
+/// The status line of a raw response, e.g. `HTTP/1.1 400 Bad Request`.
+pub fn status_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+/// The autoscaler's `metrics.Stat` (spec §6.3), decoded independently of the implementation.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Stat {
+    /// 1
+    #[prost(string, tag = "1")]
+    pub pod_name: String,
+    /// 2
+    #[prost(double, tag = "2")]
+    pub average_concurrent_requests: f64,
+    /// 3
+    #[prost(double, tag = "3")]
+    pub average_proxied_concurrent_requests: f64,
+    /// 4
+    #[prost(double, tag = "4")]
+    pub request_count: f64,
+    /// 5
+    #[prost(double, tag = "5")]
+    pub proxied_request_count: f64,
+    /// 6
+    #[prost(double, tag = "6")]
+    pub process_uptime: f64,
+    /// 7
+    #[prost(int64, tag = "7")]
+    pub timestamp: i64,
+}
+
+/// Scrapes `/metrics` on the stats port and decodes the stat (asserting the content type).
+pub async fn scrape(stats: SocketAddr) -> Stat {
+    use prost::Message;
+    let resp = send(
+        stats,
+        req("GET", "/metrics")
+            .header("accept", "application/protobuf")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(
+        resp.header("content-type").as_deref(),
+        Some("application/protobuf")
+    );
+    Stat::decode(resp.body).expect("decode metrics.Stat")
+}
+
+/// A request builder for `path` naming the revision with the ingress headers
+/// `Knative-Serving-Namespace` / `Knative-Serving-Revision` (spec §2.5).
+pub fn rev_req(method: &str, path: &str, namespace: &str, name: &str) -> http::request::Builder {
+    req(method, path)
+        .header("knative-serving-namespace", namespace)
+        .header("knative-serving-revision", name)
+}
+
+/// `GET path` for the revision, with no body.
+pub fn rev_get(path: &str, namespace: &str, name: &str) -> Request<TestBody> {
+    rev_req("GET", path, namespace, name).body(empty()).unwrap()
+}
+
+/// A kubelet probe (`User-Agent: kube-probe/…`, spec §2.1).
+pub async fn kubelet_probe(addr: SocketAddr) -> Resp {
+    send(
+        addr,
+        req("GET", "/")
+            .header("user-agent", "kube-probe/1.30")
+            .body(empty())
+            .unwrap(),
+    )
+    .await
 }

@@ -1,6 +1,10 @@
-//! In-process user containers: a hyper server (HTTP/1.1 + h2c) with a per-test handler that
-//! records every request head and the concurrency it sees, and raw-TCP servers for byte-level
-//! behaviour (header case, resets).
+//! In-process user containers: a hyper server (HTTP/1.1 + h2c, upgrades allowed) with a per-test
+//! handler that records every request head and the concurrency it sees, and raw-TCP servers for
+//! byte-level behaviour (header case, resets).
+//!
+//! Apps answer the activator's pod probe (`K-Network-Probe: queue`) with `200 queue`, like a
+//! queue-proxy, so an activator's discovery may point straight at them; probes are neither
+//! recorded nor counted. (A queue-proxy answers that probe itself, so apps behind one never see it.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,6 +76,15 @@ impl Seen {
         self.headers
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// Every value of a header, as text.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
     }
 }
 
@@ -151,6 +164,13 @@ where
     Arc::new(move |req| Box::pin(f(req)))
 }
 
+/// Whether `req` is the activator's pod probe (`K-Network-Probe: queue`).
+fn is_pod_probe<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get("k-network-probe")
+        .is_some_and(|v| v == "queue")
+}
+
 /// A user container served by hyper (HTTP/1.1 and h2c prior knowledge, upgrades allowed) on
 /// `127.0.0.1:<ephemeral>`. It stops with the test's runtime.
 #[derive(Clone)]
@@ -163,7 +183,7 @@ pub struct App {
 }
 
 impl App {
-    /// Starts an app answering with `handler`.
+    /// Starts an app answering with `handler` (and answering pod probes with `200 queue`).
     pub async fn start(handler: Handler) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let addr = listener.local_addr().expect("app addr");
@@ -183,23 +203,31 @@ impl App {
                 let (handler, seen, concurrency) =
                     (handler.clone(), seen.clone(), concurrency.clone());
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    seen.lock().unwrap().push(Seen {
-                        method: req.method().clone(),
-                        uri: req.uri().clone(),
-                        version: req.version(),
-                        headers: req.headers().clone(),
-                    });
-                    concurrency.enter();
-                    let leave = Leave(concurrency.clone());
-                    let fut = handler(req);
-                    async move {
-                        let response = fut.await;
-                        drop(leave);
-                        Ok::<_, Infallible>(response)
-                    }
+                    let fut = if is_pod_probe(&req) {
+                        Box::pin(async { respond(StatusCode::OK, "queue") })
+                            as BoxFuture<Response<TestBody>>
+                    } else {
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().clone(),
+                            uri: req.uri().clone(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        concurrency.enter();
+                        let leave = Leave(concurrency.clone());
+                        let inner = handler(req);
+                        Box::pin(async move {
+                            let response = inner.await;
+                            drop(leave);
+                            response
+                        })
+                    };
+                    async move { Ok::<_, Infallible>(fut.await) }
                 });
                 tokio::spawn(async move {
-                    let _ = auto::Builder::new(TokioExecutor::new())
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http2().max_concurrent_streams(20_000);
+                    let _ = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
@@ -221,6 +249,11 @@ impl App {
     /// Every request head seen so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Number of requests seen so far.
+    pub fn seen_count(&self) -> usize {
+        self.seen.lock().unwrap().len()
     }
 
     /// The only request head seen (panics unless exactly one request arrived).
@@ -409,4 +442,14 @@ where
         }
     }
     Ok(n)
+}
+
+/// An app echoing every request body back as it streams in (full duplex: the response starts
+/// before the request body ends).
+pub async fn echo_app() -> App {
+    App::start(handler(|req: Request<Incoming>| async move {
+        let body = req.into_body().map_err(BoxError::from).boxed();
+        Response::new(body)
+    }))
+    .await
 }

@@ -1,0 +1,13 @@
+//! The test harness the integration tests of the queue-proxy, the activator and the local stack
+//! share: in-process user containers that record what they receive ([`app`]) and small HTTP/1.1,
+//! h2c and raw-TCP clients ([`client`]), plus process helpers ([`process`]).
+//!
+//! It is a dev-dependency only; nothing here is part of a product binary.
+
+pub mod app;
+pub mod client;
+pub mod process;
+
+pub use app::*;
+pub use client::*;
+pub use process::*;

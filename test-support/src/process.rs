@@ -1,0 +1,101 @@
+//! Helpers for tests that run the real binaries: free ports, polling, child processes, RSS, and the
+//! environment variables the queue-proxy reads (so a harness can clear whatever leaks from the
+//! parent environment).
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Every variable the queue-proxy binary reads. A harness removes the ones it does not set, so
+/// that the parent's environment cannot leak into a test.
+pub const QUEUE_PROXY_VARS: &[&str] = &[
+    "SERVING_NAMESPACE",
+    "SERVING_SERVICE",
+    "SERVING_CONFIGURATION",
+    "SERVING_REVISION",
+    "SERVING_POD",
+    "SERVING_POD_IP",
+    "QUEUE_SERVING_PORT",
+    "QUEUE_SERVING_TLS_PORT",
+    "USER_PORT",
+    "CONTAINER_CONCURRENCY",
+    "REVISION_TIMEOUT_SECONDS",
+    "REVISION_RESPONSE_START_TIMEOUT_SECONDS",
+    "REVISION_IDLE_TIMEOUT_SECONDS",
+    "SERVING_READINESS_PROBE",
+    "ENABLE_MULTI_CONTAINER_PROBES",
+    "ENABLE_HTTP2_AUTO_DETECTION",
+    "ENABLE_HTTP_FULL_DUPLEX",
+    "SERVING_LOGGING_CONFIG",
+    "SERVING_LOGGING_LEVEL",
+    "OBSERVABILITY_CONFIG",
+    "QUEUE_PROXY_TLS_MIN_VERSION",
+    "QUEUE_PROXY_TLS_MAX_VERSION",
+    "QUEUE_PROXY_TLS_CIPHER_SUITES",
+    "QUEUE_PROXY_TLS_CURVE_PREFERENCES",
+    "QUEUE_ADMIN_PORT",
+    "QUEUE_STATS_PORT",
+    "QUEUE_DRAIN_QUIET_PERIOD_SECONDS",
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "PROFILING_PORT",
+];
+
+/// The queue-proxy's port variables, which a harness fills with free ports unless a test sets them.
+pub const QUEUE_PROXY_PORT_VARS: &[&str] = &[
+    "QUEUE_SERVING_PORT",
+    "QUEUE_SERVING_TLS_PORT",
+    "QUEUE_ADMIN_PORT",
+    "QUEUE_STATS_PORT",
+];
+
+/// A port nothing listens on right now (bound on loopback, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, panicking with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits up to `limit` for `child` to exit (polling; for synchronous drop paths).
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `VmRSS` of `pid` in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
