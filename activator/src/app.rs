@@ -4,27 +4,24 @@
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use knative_common::drain::InFlightCounter;
 use knative_common::env::ProcessEnv;
-use knative_common::logging;
-use knative_common::server::{bind_dual_stack, serve, BindError, Protocols, ServerLimits};
+use knative_common::server::{bind_dual_stack, serve, serve_tls, BindError, Protocols};
 use knative_common::signals::Signals;
 use tokio::sync::watch;
 
 use crate::backends::{BackendSettings, BackendsManager};
 use crate::config::{Config, DEFAULT_DRAIN_TIMEOUT};
-use crate::discovery::FileSource;
+use crate::discovery::DiscoverySource;
 use crate::handler::pools::DestPools;
 use crate::handler::{ActivatorService, ActivatorState};
+use crate::network_config::{NetworkConfig, CONFIG_NETWORK};
 use crate::reporter::{
     discover_cluster_domain, AutoscalerConnection, ConcurrencyReporter, REPORT_INTERVAL,
 };
 use crate::throttler::Throttler;
-
-/// How often the discovery file is checked for changes.
-const DISCOVERY_POLL: Duration = Duration::from_millis(100);
+use crate::tls::SystemTls;
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
@@ -35,8 +32,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    logging::init(
-        "activator",
+    crate::observability::logging::init(
         vec![
             ("knative.dev/controller", "activator".to_owned()),
             ("knative.dev/pod", config.pod_name.clone()),
@@ -72,17 +68,55 @@ pub async fn run(config: Config) -> ExitCode {
     let (listeners_stop, listeners_rx) = watch::channel(false);
     let (background_stop, background_rx) = watch::channel(false);
 
-    let Some(path) = config.discovery_file.clone() else {
-        return fatal(
-            "no discovery source: set ACTIVATOR_DISCOVERY_FILE to a revisions file \
-             (Kubernetes discovery is not available in this build)",
-        );
+    // The file source when ACTIVATOR_DISCOVERY_FILE is set, else Kubernetes (version check and
+    // initial sync happen here, before any listener exists: spec §1.4).
+    let flags = crate::kubernetes::KubeFlags::parse(std::env::args().skip(1));
+    let discovery: Arc<dyn DiscoverySource> = tokio::select! {
+        started = crate::kubernetes::start_discovery(&config, &flags, background_rx.clone()) => {
+            match started {
+                Ok(source) => source,
+                Err(error) => return fatal(error),
+            }
+        }
+        () = signals.next() => {
+            tracing::info!("signal received before discovery was ready; exiting");
+            return ExitCode::SUCCESS;
+        }
     };
-    let discovery = match FileSource::start(path, DISCOVERY_POLL, background_rx.clone()) {
-        Ok(source) => source,
+    // config-network (spec §1.3, §1.4 step 5): read once; TLS and mesh modes need a restart to
+    // change. The file source without a config-network section means the defaults.
+    let network =
+        match NetworkConfig::from_data(discovery.current().system().config_map(CONFIG_NETWORK)) {
+            Ok(network) => network,
+            Err(error) => return fatal(format!("Failed to construct network config: {error}")),
+        };
+    let system_tls = if network.system_internal_tls {
+        tracing::info!("Knative system-internal-tls is enabled");
+        match SystemTls::start(
+            &ProcessEnv,
+            &config.system_namespace,
+            discovery.subscribe(),
+            background_rx.clone(),
+        ) {
+            Ok(tls) => Some(tls),
+            Err(error) => return fatal(error),
+        }
+    } else {
+        None
+    };
+    // config-logging and config-observability (spec §1.3, §1.4 steps 2–3).
+    let observability = match crate::observability::Observability::start(
+        &config.pod_name,
+        &config.system_namespace,
+        &ProcessEnv,
+        discovery.subscribe(),
+        listeners_rx.clone(),
+        background_rx.clone(),
+    ) {
+        Ok(observability) => observability,
         Err(error) => return fatal(error),
     };
-    let throttler = Arc::new(Throttler::new());
+    let throttler = Arc::new(Throttler::with_max_queued_total(config.max_queued_total));
     let _backends = BackendsManager::spawn(
         discovery.subscribe(),
         throttler.clone(),
@@ -91,6 +125,8 @@ pub async fn run(config: Config) -> ExitCode {
             probe_frequency: config.probe_frequency,
             self_ip: config.pod_ip.clone(),
             max_queued: config.max_queued_per_revision,
+            mesh_mode: network.mesh_mode,
+            passthrough_lb: network.mesh_pod_addressability,
             ..BackendSettings::default()
         },
         background_rx.clone(),
@@ -98,14 +134,27 @@ pub async fn run(config: Config) -> ExitCode {
     let autoscaler =
         AutoscalerConnection::spawn(config.autoscaler_url.clone(), background_rx.clone());
     let sender = autoscaler.clone();
-    let reporter = Arc::new(ConcurrencyReporter::new(
-        config.pod_name.clone(),
-        move |batch| {
+    observability.watch_autoscaler(&autoscaler);
+    let gauge_source = discovery.clone();
+    let reporter = Arc::new(
+        ConcurrencyReporter::new(config.pod_name.clone(), move |batch| {
             sender.send(batch);
-        },
-    ));
+        })
+        .with_concurrency_observer(move |id, concurrency| {
+            if let Some(revision) = gauge_source.revision(&id.namespace, &id.name) {
+                observability.record_concurrency(&revision, concurrency);
+            }
+        }),
+    );
     let reporter_task = tokio::spawn(reporter.clone().run(REPORT_INTERVAL));
-    let pools = Arc::new(DestPools::new(config.max_idle_per_host));
+    let pools = Arc::new(match &system_tls {
+        Some(tls) => DestPools::with_tls(
+            config.max_idle_per_host,
+            tls.trust.clone(),
+            config.queue_tls_port,
+        ),
+        None => DestPools::new(config.max_idle_per_host),
+    });
     let sweeper = tokio::spawn(pools.clone().run_sweeper());
     let lookup_source = discovery.clone();
     let state: &'static ActivatorState = Box::leak(Box::new(ActivatorState {
@@ -117,6 +166,8 @@ pub async fn run(config: Config) -> ExitCode {
         terminating: Default::default(),
         in_flight: InFlightCounter::default(),
         cluster_domain: config.cluster_domain.clone(),
+        passthrough_lb: network.mesh_pod_addressability,
+        observability,
     }));
 
     let bound = (|| -> Result<_, BindError> {
@@ -129,7 +180,7 @@ pub async fn run(config: Config) -> ExitCode {
         Ok(listeners) => listeners,
         Err(error) => return fatal(error),
     };
-    let limits = ServerLimits::default();
+    let limits = config.limits;
     let servers = [http1, h2c].map(|listener| {
         tokio::spawn(serve(
             listener,
@@ -139,7 +190,22 @@ pub async fn run(config: Config) -> ExitCode {
             listeners_rx.clone(),
         ))
     });
+    // The TLS listener (8112) runs next to the plaintext ones, with the same chain.
+    let https = match &system_tls {
+        None => None,
+        Some(tls) => match bind_dual_stack(config.https_port) {
+            Ok(listener) => Some(tokio::spawn(serve_tls(
+                listener,
+                tls.acceptor.clone(),
+                limits,
+                move |remote| ActivatorService::new(state, remote),
+                listeners_rx.clone(),
+            ))),
+            Err(error) => return fatal(error),
+        },
+    };
     tracing::info!(
+        https_port = https.as_ref().map(|_| config.https_port),
         http1_port = config.http1_port,
         h2c_port = config.h2c_port,
         autoscaler = %config.autoscaler_url,
@@ -157,6 +223,9 @@ pub async fn run(config: Config) -> ExitCode {
     tokio::time::sleep(config.drain_sleep).await;
     let _ = listeners_stop.send(true);
     for server in servers {
+        let _ = server.await;
+    }
+    if let Some(server) = https {
         let _ = server.await;
     }
     if !state.in_flight.wait_idle(DEFAULT_DRAIN_TIMEOUT).await {

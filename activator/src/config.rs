@@ -14,6 +14,8 @@ use crate::backends::parse_go_duration;
 pub const DEFAULT_HTTP1_PORT: u16 = 8012;
 /// Default h2c port (same chain).
 pub const DEFAULT_H2C_PORT: u16 = 8013;
+/// Default TLS port (ours and the queue-proxies', upstream's `BackendHTTPSPort`).
+pub const DEFAULT_HTTPS_PORT: u16 = 8112;
 /// Upstream sleeps this long after SIGTERM so endpoints and ingresses stop routing here.
 pub const DEFAULT_DRAIN_SLEEP: Duration = Duration::from_secs(45);
 /// Upper bound on waiting for in-flight requests after the listeners closed (the Deployment's
@@ -49,7 +51,26 @@ pub struct Config {
     pub drain_sleep: Duration,
     /// `ACTIVATOR_MAX_QUEUED_PER_REVISION` (ours; unset = unbounded, as upstream).
     pub max_queued_per_revision: Option<usize>,
+    /// `ACTIVATOR_HTTPS_PORT` (ours; default 8112): the TLS listener, in system-internal TLS
+    /// mode only.
+    pub https_port: u16,
+    /// `ACTIVATOR_QUEUE_TLS_PORT` (ours; default 8112): the queue-proxies' TLS port that pod
+    /// dests are rewritten to in TLS mode (tests point it at a free port).
+    pub queue_tls_port: u16,
+    /// Kubernetes discovery settings (`KUBECONFIG`, `KUBERNETES_MIN_VERSION`...).
+    pub kube: crate::kubernetes::KubeSettings,
+    /// `ACTIVATOR_MAX_QUEUED_TOTAL` (ours; default [`DEFAULT_MAX_QUEUED_TOTAL`], 0 = unbounded):
+    /// requests waiting for a slot across all revisions; beyond it 503 `pending request queue
+    /// full`. Bounds the memory parked requests can take.
+    pub max_queued_total: Option<usize>,
+    /// Listener limits (ours): `ACTIVATOR_HEADER_READ_TIMEOUT_SECONDS`,
+    /// `ACTIVATOR_MAX_HEADER_BYTES`, `ACTIVATOR_MAX_HEADERS`, `ACTIVATOR_H2_MAX_CONCURRENT_STREAMS`,
+    /// `ACTIVATOR_MAX_CONNECTIONS`.
+    pub limits: knative_common::server::ServerLimits,
 }
+
+/// Default for `ACTIVATOR_MAX_QUEUED_TOTAL`.
+pub const DEFAULT_MAX_QUEUED_TOTAL: usize = 100_000;
 
 fn duration(env: &dyn Env, name: &'static str, default: Duration) -> Result<Duration, EnvError> {
     match env.var(name) {
@@ -102,6 +123,20 @@ impl Config {
                 "a non-negative integer number of seconds",
             )?),
             max_queued_per_revision: (max_queued > 0).then_some(max_queued),
+            https_port: optional_port(env, "ACTIVATOR_HTTPS_PORT", DEFAULT_HTTPS_PORT)?,
+            queue_tls_port: optional_port(env, "ACTIVATOR_QUEUE_TLS_PORT", DEFAULT_HTTPS_PORT)?,
+            max_queued_total: Some(optional_int(
+                env,
+                "ACTIVATOR_MAX_QUEUED_TOTAL",
+                DEFAULT_MAX_QUEUED_TOTAL,
+                "a non-negative integer",
+            )?)
+            .filter(|&total| total > 0),
+            limits: knative_common::server::ServerLimits::from_env(
+                env,
+                &knative_common::limit_vars!("ACTIVATOR_"),
+            )?,
+            kube: crate::kubernetes::KubeSettings::from_env(env)?,
             system_namespace,
             autoscaler_url,
             cluster_domain,
@@ -130,6 +165,7 @@ mod tests {
         assert_eq!(c.probe_timeout, Duration::from_millis(300));
         assert_eq!(c.probe_frequency, Duration::from_millis(200));
         assert_eq!((c.http1_port, c.h2c_port), (8012, 8013));
+        assert_eq!((c.https_port, c.queue_tls_port), (8112, 8112));
         assert_eq!(
             c.autoscaler_url,
             "ws://autoscaler.knative-serving.svc.cluster.local:8080"

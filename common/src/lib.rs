@@ -19,6 +19,7 @@ pub mod env;
 pub mod forwarded;
 pub mod headers;
 pub mod logging;
+pub mod metrics;
 pub mod proxy;
 pub mod request_log;
 pub mod server;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 
 use crate::body::BodyError;
+use crate::env::{optional_int, Env, EnvError};
 
 /// Protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,21 +28,33 @@ pub enum Protocols {
     Http1AndH2c,
 }
 
-/// Per-listener limits. Defaults follow Go's `net/http` where upstream relies on them.
-#[derive(Clone, Copy, Debug)]
+/// Per-listener limits. Defaults follow Go's `net/http` where upstream relies on them; the ones
+/// Go leaves unbounded (connections, the wait for the first byte, HTTP/2 resets) get explicit
+/// bounds here. README "Limits" lists each with its behaviour at the limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerLimits {
-    /// Time allowed to read a request head (Go `ReadHeaderTimeout`).
+    /// Time allowed to read a request head (Go `ReadHeaderTimeout`). It also bounds the wait for
+    /// a new connection's first bytes (HTTP/1 head or HTTP/2 preface) and, because hyper restarts
+    /// it as soon as a response is finished, the idle time of an HTTP/1 keep-alive connection.
     pub header_read_timeout: Duration,
-    /// Largest request head in bytes (Go's `DefaultMaxHeaderBytes`, 1 MiB).
+    /// Largest request head in bytes (Go's `DefaultMaxHeaderBytes`, 1 MiB); more gets `431`.
     pub max_header_bytes: usize,
     /// Most header fields in one HTTP/1 request head; more gets `431`.
     pub max_headers: usize,
     /// Concurrent HTTP/2 streams per connection (Go's default, 250).
     pub h2_max_concurrent_streams: u32,
-    /// HTTP/2 streams reset by the client but not yet accepted (rapid-reset protection).
+    /// HTTP/2 streams reset by the client but not yet accepted (rapid-reset protection): beyond
+    /// it the connection is closed with GOAWAY `ENHANCE_YOUR_CALM`.
     pub h2_max_pending_accept_reset_streams: usize,
-    /// HTTP/2 header list size (the h2 analogue of `max_header_bytes`).
+    /// HTTP/2 streams the server may reset because of client protocol errors over a connection's
+    /// life (the second rapid-reset variant): beyond it GOAWAY `ENHANCE_YOUR_CALM`.
+    pub h2_max_local_error_reset_streams: usize,
+    /// HTTP/2 header list size (the h2 analogue of `max_header_bytes`; it also bounds a
+    /// CONTINUATION sequence, whose decoding h2 stops once it is exceeded).
     pub h2_max_header_list_size: u32,
+    /// Open connections per listener, 0 = unbounded. At the limit the accept loop pauses: new
+    /// connections wait in the kernel's listen backlog (1024) until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerLimits {
@@ -52,8 +65,115 @@ impl Default for ServerLimits {
             max_headers: 500,
             h2_max_concurrent_streams: 250,
             h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 1024,
             h2_max_header_list_size: 1 << 20,
+            max_connections: 10_000,
         }
+    }
+}
+
+/// The environment variable names of the operator-tunable [`ServerLimits`] of one binary (see
+/// [`limit_vars!`](crate::limit_vars)).
+#[derive(Clone, Copy, Debug)]
+pub struct LimitVars {
+    /// [`ServerLimits::header_read_timeout`], whole seconds (at least 1).
+    pub header_read_timeout_seconds: &'static str,
+    /// [`ServerLimits::max_header_bytes`] (at least 8192: hyper's smallest read buffer).
+    pub max_header_bytes: &'static str,
+    /// [`ServerLimits::max_headers`] (at least 1).
+    pub max_headers: &'static str,
+    /// [`ServerLimits::h2_max_concurrent_streams`] (at least 1).
+    pub h2_max_concurrent_streams: &'static str,
+    /// [`ServerLimits::max_connections`] (0 = unbounded).
+    pub max_connections: &'static str,
+}
+
+/// [`LimitVars`] named `<PREFIX>HEADER_READ_TIMEOUT_SECONDS`, `<PREFIX>MAX_HEADER_BYTES`,
+/// `<PREFIX>MAX_HEADERS`, `<PREFIX>H2_MAX_CONCURRENT_STREAMS` and `<PREFIX>MAX_CONNECTIONS`.
+#[macro_export]
+macro_rules! limit_vars {
+    ($prefix:literal) => {
+        $crate::server::LimitVars {
+            header_read_timeout_seconds: concat!($prefix, "HEADER_READ_TIMEOUT_SECONDS"),
+            max_header_bytes: concat!($prefix, "MAX_HEADER_BYTES"),
+            max_headers: concat!($prefix, "MAX_HEADERS"),
+            h2_max_concurrent_streams: concat!($prefix, "H2_MAX_CONCURRENT_STREAMS"),
+            max_connections: concat!($prefix, "MAX_CONNECTIONS"),
+        }
+    };
+}
+
+/// Largest accepted `*_HEADER_READ_TIMEOUT_SECONDS` (a day; keeps the timer arithmetic finite).
+const MAX_HEADER_READ_TIMEOUT_SECONDS: u64 = 86_400;
+/// hyper's smallest read buffer; a smaller head limit cannot be enforced.
+const MIN_HEADER_BYTES: usize = 8192;
+
+impl ServerLimits {
+    /// The defaults with the operator overrides named by `vars` applied; a value that is not a
+    /// number or is out of range is an error naming the variable.
+    pub fn from_env(env: &dyn Env, vars: &LimitVars) -> Result<ServerLimits, EnvError> {
+        let d = ServerLimits::default();
+        let timeout: u64 = ranged(
+            env,
+            vars.header_read_timeout_seconds,
+            d.header_read_timeout.as_secs(),
+            1..=MAX_HEADER_READ_TIMEOUT_SECONDS,
+            "a whole number of seconds from 1 to 86400",
+        )?;
+        Ok(ServerLimits {
+            header_read_timeout: Duration::from_secs(timeout),
+            max_header_bytes: ranged(
+                env,
+                vars.max_header_bytes,
+                d.max_header_bytes,
+                MIN_HEADER_BYTES..=(64 << 20),
+                "a byte count from 8192 to 67108864",
+            )?,
+            max_headers: ranged(
+                env,
+                vars.max_headers,
+                d.max_headers,
+                1..=100_000,
+                "a header count from 1 to 100000",
+            )?,
+            h2_max_concurrent_streams: ranged(
+                env,
+                vars.h2_max_concurrent_streams,
+                d.h2_max_concurrent_streams,
+                1..=100_000,
+                "a stream count from 1 to 100000",
+            )?,
+            max_connections: ranged(
+                env,
+                vars.max_connections,
+                d.max_connections,
+                0..=10_000_000,
+                "a connection count (0 = unbounded)",
+            )?,
+            ..d
+        })
+    }
+}
+
+fn ranged<T>(
+    env: &dyn Env,
+    name: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+    expected: &'static str,
+) -> Result<T, EnvError>
+where
+    T: std::str::FromStr + PartialOrd + ToString,
+{
+    let value: T = optional_int(env, name, default, expected)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(EnvError::Invalid {
+            name,
+            value: value.to_string(),
+            expected,
+        })
     }
 }
 
@@ -146,6 +266,7 @@ fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Buil
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
         .max_header_list_size(limits.h2_max_header_list_size);
     builder
 }
@@ -168,40 +289,197 @@ pub async fn serve<M, S, B>(
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
-    let builder = connection_builder(protocols, &limits);
+    let builder = Arc::new(connection_builder(protocols, &limits));
     let graceful = GracefulShutdown::new();
+    let slots = ConnectionSlots::new(limits.max_connections);
 
-    let stop = stopped(shutdown);
+    let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
-    {
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, remote) = match accepted {
-                        Ok(pair) => pair,
-                        Err(error) => {
-                            // Out of descriptors and the like: back off instead of spinning.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
+    loop {
+        let slot = tokio::select! {
+            slot = slots.acquire() => slot,
+            _ = &mut stop => break,
+        };
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = HyperService(make_service(canonical_peer(remote)));
+                let watcher = graceful.watcher();
+                let builder = Arc::clone(&builder);
+                let mut shutdown = shutdown.clone();
+                let first_bytes_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let stream = if protocols == Protocols::Http1AndH2c {
+                        tokio::select! {
+                            read = read_preface(stream, first_bytes_timeout) => match read {
+                                Some(stream) => stream,
+                                None => return,
+                            },
+                            _ = shutdown.wait_for(|stop| *stop) => return,
                         }
+                    } else {
+                        // hyper's own header-read timer starts at once on HTTP/1-only listeners.
+                        Prefixed::new(stream)
                     };
-                    let _ = stream.set_nodelay(true);
-                    let service = HyperService(make_service(canonical_peer(remote)));
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                }
-                _ = &mut stop => break,
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let _ = watcher.watch(connection).await;
+                });
             }
+            _ = &mut stop => break,
         }
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The per-listener connection cap ([`ServerLimits::max_connections`]).
+struct ConnectionSlots(Option<Arc<tokio::sync::Semaphore>>);
+
+impl ConnectionSlots {
+    fn new(max: usize) -> Self {
+        let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
+        ConnectionSlots((max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))))
+    }
+
+    /// Waits for a free slot; the permit is held by the connection's task until it ends.
+    async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.0 {
+            // The semaphore is never closed, so this only fails in theory.
+            Some(semaphore) => Arc::clone(semaphore).acquire_owned().await.ok(),
+            None => None,
+        }
+    }
+}
+
+/// The HTTP/2 client preface; hyper-util's auto builder compares a connection's first bytes with
+/// it to tell HTTP/2 from HTTP/1.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a new connection's first bytes until they can no longer be (or fully are) the HTTP/2
+/// preface, within `limit`, and hands them back in front of the stream. hyper-util waits for
+/// those bytes with no timeout at all, so a client that connects and sends nothing (or a few
+/// bytes of a preface) would otherwise hold its connection forever. `None`: the client closed,
+/// failed, or was too slow; the connection is dropped.
+async fn read_preface<S>(mut stream: S, limit: Duration) -> Option<Prefixed<S>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 24];
+    let mut len = 0;
+    let read = async {
+        while len < buf.len() {
+            let n = stream.read(&mut buf[len..]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            len += n;
+            if buf[..len] != H2_PREFACE[..len] {
+                break;
+            }
+        }
+        Some(())
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()?;
+    Some(Prefixed {
+        prefix: buf,
+        start: 0,
+        end: len as u8,
+        inner: stream,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A stream with up to 24 already-read bytes replayed in front of it.
+    struct Prefixed<S> {
+        prefix: [u8; 24],
+        start: u8,
+        end: u8,
+        #[pin]
+        inner: S,
+    }
+}
+
+impl<S> Prefixed<S> {
+    fn new(inner: S) -> Self {
+        Prefixed {
+            prefix: [0; 24],
+            start: 0,
+            end: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for Prefixed<S> {
+    #[inline]
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        if *this.start < *this.end {
+            let pending = &this.prefix[usize::from(*this.start)..usize::from(*this.end)];
+            let n = pending.len().min(buf.remaining());
+            buf.put_slice(&pending[..n]);
+            *this.start += n as u8;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Prefixed<S> {
+    #[inline]
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
 }
 
 /// [`serve`] over TLS: each accepted connection does its TLS handshake (bounded by
@@ -227,10 +505,15 @@ pub async fn serve_tls<M, S, B>(
 {
     let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
     let graceful = GracefulShutdown::new();
+    let slots = ConnectionSlots::new(limits.max_connections);
 
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     loop {
+        let slot = tokio::select! {
+            slot = slots.acquire() => slot,
+            _ = &mut stop => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, remote) = match accepted {
@@ -250,6 +533,7 @@ pub async fn serve_tls<M, S, B>(
                 let mut shutdown = shutdown.clone();
                 let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
                     let stream = tokio::select! {
                         done = handshake => match done {
@@ -262,6 +546,13 @@ pub async fn serve_tls<M, S, B>(
                                 tracing::debug!(%remote, "TLS handshake timed out");
                                 return;
                             }
+                        },
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    };
+                    let stream = tokio::select! {
+                        read = read_preface(stream, handshake_timeout) => match read {
+                            Some(stream) => stream,
+                            None => return,
                         },
                         _ = shutdown.wait_for(|stop| *stop) => return,
                     };

@@ -1,191 +1,283 @@
-//! `knative-local`: a local harness, not a product component. It starts the sample app and, in
-//! front of it, the real `queue-proxy` binary with the environment the Knative controller would
-//! inject, all on loopback ports, prints where to send requests, and on Ctrl-C drains the
-//! queue-proxy gracefully (SIGTERM, as the kubelet does) and stops everything.
+//! `knative-local`: a local harness, not a product component. One command runs the whole data
+//! plane on loopback: the real `activator` (file discovery), an autoscaler stand-in, and 0..N
+//! instances of a sample revision (sample app + real `queue-proxy`). See the crate documentation
+//! and the README's "local stack" section.
 //!
-//! It builds the binaries it needs first (`cargo build --release`), so one command is enough.
+//! It builds the binaries it needs first (`cargo build` with the profile it was built with).
 
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use local_stack::demo::{self, DemoConfig};
+use local_stack::stack::{REVISION, REVISION_HOST};
+use local_stack::{Stack, StackConfig};
 
-/// Ports the demo prefers; any that is taken is replaced by a free one.
-const PREFERRED_QUEUE_PORT: u16 = 8012;
-const PREFERRED_APP_PORT: u16 = 8080;
+/// The activator port the stack prefers (upstream's); a free one is used if it is taken.
+const PREFERRED_PORT: u16 = 8012;
 
-fn port_or_free(preferred: u16) -> Result<u16> {
-    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
-        return Ok(preferred);
-    }
-    println!("port {preferred} is taken; using a free one instead");
-    free_port()
+const USAGE: &str = "\
+knative-local: the Knative data plane on loopback (local harness, not a product component)
+
+usage: cargo run --release -p local-stack -- [options]
+
+  --demo                   run a scripted scenario, print a report, exit 0 if every check passed
+  --port N                 activator port (default 8012, or a free one if 8012 is taken)
+  --cc N                   containerConcurrency of the sample revision (default 2)
+  --target X               concurrency per instance the stand-in aims for (default: cc)
+  --max-scale N            most instances (default 5)
+  --initial-scale N        instances started with the stack (default 1; they prove the app starts)
+  --stable-window SECS     scale-down uses the highest wish over this window (default 6)
+  --scale-to-zero-grace SECS  idle time before the last instance goes (default 8)
+  --drain-quiet SECS       queue-proxy drain quiet period (default 1)
+  --timeout SECS           revision timeoutSeconds (default 60)
+  --app PATH               user container to run instead of sample-app (must listen on $PORT)
+  --no-build               do not run cargo build first
+  -h, --help               this text
+";
+
+struct Args {
+    demo: bool,
+    port: Option<u16>,
+    build: bool,
+    config: StackConfig,
+    target: Option<f64>,
 }
 
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind(("127.0.0.1", 0)).context("no free loopback port")?;
-    Ok(l.local_addr()?.port())
-}
-
-fn target_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate this executable")?;
-    Ok(exe
-        .parent()
-        .context("executable has no directory")?
-        .to_path_buf())
-}
-
-fn build_binaries() -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-q", "-p", "queue-proxy", "-p", "sample-app"])
-        .status()
-        .context("could not run cargo to build queue-proxy and sample-app; run `cargo build --release --workspace`")?;
-    if !status.success() {
-        bail!("building queue-proxy and sample-app failed; run `cargo build --release --workspace` to see why");
-    }
-    Ok(())
-}
-
-fn wait_listening(port: u16, child: &mut Child, what: &str) -> Result<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(start.elapsed());
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited during start-up ({status})");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    bail!("{what} did not listen on port {port} within 10 s")
-}
-
-struct Stack {
-    children: Vec<(String, Child)>,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn run() -> Result<()> {
-    build_binaries()?;
-    let bin = target_dir()?;
-    let app_port = port_or_free(PREFERRED_APP_PORT)?;
-    let queue_port = port_or_free(PREFERRED_QUEUE_PORT)?;
-    let (admin_port, stats_port, tls_port) = (free_port()?, free_port()?, free_port()?);
-    let mut stack = Stack {
-        children: Vec::new(),
+fn parse_args(bin_dir: PathBuf, run_dir: PathBuf) -> Result<Option<Args>> {
+    let mut args = Args {
+        demo: false,
+        port: None,
+        build: true,
+        config: StackConfig::new(bin_dir, run_dir),
+        target: None,
     };
-
-    let mut app = Command::new(bin.join("sample-app"))
-        .process_group(0)
-        .env("PORT", app_port.to_string())
-        .spawn()
-        .context("cannot start sample-app")?;
-    wait_listening(app_port, &mut app, "sample-app")?;
-    stack.children.push(("sample-app".into(), app));
-
-    let mut queue = Command::new(bin.join("queue-proxy"))
-        .process_group(0)
-        .envs([
-            ("SERVING_NAMESPACE", "default".to_owned()),
-            ("SERVING_SERVICE", "hello".to_owned()),
-            ("SERVING_CONFIGURATION", "hello".to_owned()),
-            ("SERVING_REVISION", "hello-00001".to_owned()),
-            ("SERVING_POD", "hello-00001-deployment-local".to_owned()),
-            ("SERVING_POD_IP", "127.0.0.1".to_owned()),
-            ("QUEUE_SERVING_PORT", queue_port.to_string()),
-            ("QUEUE_SERVING_TLS_PORT", tls_port.to_string()),
-            ("USER_PORT", app_port.to_string()),
-            ("CONTAINER_CONCURRENCY", "2".to_owned()),
-            ("REVISION_TIMEOUT_SECONDS", "30".to_owned()),
-            ("SERVING_READINESS_PROBE", format!(r#"{{"tcpSocket":{{"port":{app_port},"host":"127.0.0.1"}},"successThreshold":1}}"#)),
-            ("SERVING_LOGGING_CONFIG", String::new()),
-            ("SERVING_LOGGING_LEVEL", "info".to_owned()),
-            ("QUEUE_ADMIN_PORT", admin_port.to_string()),
-            ("QUEUE_STATS_PORT", stats_port.to_string()),
-            ("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", "2".to_owned()),
-        ])
-        .spawn()
-        .context("cannot start queue-proxy")?;
-    let startup = wait_listening(queue_port, &mut queue, "queue-proxy")?;
-    let queue_pid = queue.id();
-    stack.children.push(("queue-proxy".into(), queue));
-
-    println!(
-        "\nKnative data plane, local harness (no cluster)\n\
-         ------------------------------------------------\n\
-         sample app (user container) : http://127.0.0.1:{app_port}\n\
-         queue-proxy (send requests) : http://127.0.0.1:{queue_port}   [up in {:.1} ms, containerConcurrency=2, timeout 30 s]\n\
-         autoscaler stats (protobuf) : http://127.0.0.1:{stats_port}/metrics\n\
-         drain hook (preStop)        : http://127.0.0.1:{admin_port}/wait-for-drain\n\n\
-         Try:\n\
-         \x20 curl http://127.0.0.1:{queue_port}/\n\
-         \x20 curl -H 'User-Agent: kube-probe/1.29' -H 'K-Network-Probe: queue' http://127.0.0.1:{queue_port}/   # readiness: 200 queue\n\
-         \x20 for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}}\\n' 'http://127.0.0.1:{queue_port}/sleep?ms=2000' & done; wait   # 2 run, 20 queue, 8 get 503\n\
-         \x20 curl --http2-prior-knowledge http://127.0.0.1:{queue_port}/trailers -i   # h2c with trailers\n\n\
-         Ctrl-C drains the queue-proxy gracefully (SIGTERM) and stops everything.\n",
-        startup.as_secs_f64() * 1000.0
-    );
-
-    wait_for_stop(&mut stack)?;
-    println!("\nstopping: SIGTERM to the queue-proxy (drain), then the app");
-    let _ = Command::new("kill")
-        .args(["-TERM", &queue_pid.to_string()])
-        .status();
-    if let Some((_, queue)) = stack.children.iter_mut().find(|(n, _)| n == "queue-proxy") {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = queue.try_wait()? {
-                println!("queue-proxy exited: {status}");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |what: &str| -> Result<String> {
+            it.next()
+                .with_context(|| format!("{flag} needs {what}; see --help"))
+        };
+        fn num<T: std::str::FromStr>(flag: &str, text: String) -> Result<T> {
+            text.parse()
+                .map_err(|_| anyhow::anyhow!("{flag}: {text:?} is not a valid number"))
         }
+        let s = &mut args.config.scaling;
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "--demo" => args.demo = true,
+            "--no-build" => args.build = false,
+            "--port" => args.port = Some(num(&flag, value("a port")?)?),
+            "--cc" => args.config.cc = num(&flag, value("a number")?)?,
+            "--target" => args.target = Some(num(&flag, value("a number")?)?),
+            "--max-scale" => s.max_scale = num(&flag, value("a number")?)?,
+            "--initial-scale" => s.initial_scale = num(&flag, value("a number")?)?,
+            "--stable-window" => {
+                s.stable_window = Duration::from_secs(num(&flag, value("seconds")?)?)
+            }
+            "--scale-to-zero-grace" => {
+                s.scale_to_zero_grace = Duration::from_secs(num(&flag, value("seconds")?)?)
+            }
+            "--drain-quiet" => args.config.drain_quiet_seconds = num(&flag, value("seconds")?)?,
+            "--timeout" => args.config.timeout_seconds = num(&flag, value("seconds")?)?,
+            "--app" => args.config.app = Some(PathBuf::from(value("a path")?)),
+            other => bail!("unknown option {other:?}; see --help"),
+        }
+    }
+    if args.config.cc == 0 || args.config.cc > 1000 {
+        bail!("--cc must be between 1 and 1000");
+    }
+    if args.config.timeout_seconds == 0 {
+        bail!("--timeout must be at least 1");
+    }
+    if args.port == Some(0) {
+        bail!("--port must be between 1 and 65535");
+    }
+    let target = args.target.unwrap_or(f64::from(args.config.cc));
+    if !(target > 0.0 && target.is_finite()) {
+        bail!("--target must be a positive number");
+    }
+    args.config.scaling.target = target;
+    if args.config.scaling.max_scale == 0 {
+        bail!("--max-scale must be at least 1");
+    }
+    args.config.scaling.initial_scale = args
+        .config
+        .scaling
+        .initial_scale
+        .min(args.config.scaling.max_scale);
+    Ok(Some(args))
+}
+
+/// Builds the three binaries with the profile this executable was built with.
+fn build(bin_dir: &std::path::Path) -> Result<()> {
+    let release = bin_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command.arg("build").arg("-q");
+    if release {
+        command.arg("--release");
+    }
+    command.args(["-p", "activator", "-p", "queue-proxy", "-p", "sample-app"]);
+    command.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    let how = format!(
+        "cargo build{} -p activator -p queue-proxy -p sample-app",
+        if release { " --release" } else { "" }
+    );
+    println!("building: {how}");
+    let status = command.status().with_context(|| {
+        format!("could not run {cargo}; build the binaries yourself: `{how}`, then pass --no-build")
+    })?;
+    if !status.success() {
+        bail!("`{how}` failed ({status}); fix the build and run again");
     }
     Ok(())
 }
 
-/// Blocks until Ctrl-C or SIGTERM, failing if a child exits on its own meanwhile.
-fn wait_for_stop(stack: &mut Stack) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => return Ok(()),
-                _ = terminate.recv() => return Ok(()),
-                _ = tick.tick() => {
-                    for (name, child) in stack.children.iter_mut() {
-                        if let Some(status) = child.try_wait()? {
-                            bail!("{name} exited unexpectedly ({status})");
-                        }
-                    }
-                }
-            }
+fn print_banner(stack: &Stack, log_dir: &std::path::Path) {
+    let a = stack.activator_addr();
+    let c = stack.config();
+    let s = &c.scaling;
+    println!(
+        "\nKnative data plane on loopback: a local harness, not a product component
+--------------------------------------------------------------------------
+Send requests to the activator (the Host names the revision):
+  curl -H 'Host: {REVISION_HOST}' http://{a}/
+  curl -H 'Host: {REVISION_HOST}' 'http://{a}/sleep?ms=2000'
+  for i in $(seq 30); do curl -s -o /dev/null -w '%{{http_code}} ' -H 'Host: {REVISION_HOST}' 'http://{a}/sleep?ms=3000' & done; wait   # scale-up
+  curl --http2-prior-knowledge -i -H 'Host: {REVISION_HOST}' http://{a}/trailers   # h2c, trailers
+  curl -H 'Host: {REVISION_HOST}' http://{a}/concurrency   # the instance that answers: its highest concurrency
+
+Revision          default/{REVISION}: containerConcurrency {cc}, timeoutSeconds {t}
+Activator         http://{a} (h2c also on {h2c}), pid {pid}
+Autoscaler        stand-in at {ws}: activator stats (websocket) + each queue-proxy's stats port;
+                  wants ceil(concurrency / {target}) instances (1..={max}), scales down over a {sw:?}
+                  window and to zero after {grace:?} idle
+Discovery file    {disc}   (watch it: watch -n 0.5 cat {disc})
+Logs              {logs}/*.log
+
+What to watch: the lines below show every scale decision, each instance starting (notReady),
+ready, draining and stopped (with the highest concurrency its app saw, never above {cc}).
+Ctrl-C stops everything: activator first, then each instance drains; no process is left behind.
+",
+        cc = c.cc,
+        t = c.timeout_seconds,
+        h2c = stack.activator_h2c_addr(),
+        pid = stack.activator_pid(),
+        ws = stack.stats_endpoint().url(),
+        target = s.target,
+        max = s.max_scale,
+        sw = s.stable_window,
+        grace = s.scale_to_zero_grace,
+        disc = stack.discovery_file().display(),
+        logs = log_dir.display(),
+    );
+}
+
+async fn run() -> Result<bool> {
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
+    let bin_dir = exe
+        .parent()
+        .context("this executable has no directory")?
+        .to_path_buf();
+    let run_dir = bin_dir
+        .join("knative-local-runs")
+        .join(format!("run-{}", std::process::id()));
+    let Some(mut args) = parse_args(bin_dir.clone(), run_dir.clone())? else {
+        return Ok(true);
+    };
+    if args.build {
+        build(&bin_dir)?;
+    }
+    args.config.activator_port = match args.port {
+        Some(port) => Some(port),
+        None if std::net::TcpListener::bind(("127.0.0.1", PREFERRED_PORT)).is_ok() => {
+            Some(PREFERRED_PORT)
         }
-    })
+        None => {
+            println!("port {PREFERRED_PORT} is in use; the activator gets a free port instead (or pass --port N)");
+            None
+        }
+    };
+    let t0 = Instant::now();
+    println!(
+        "starting the activator, the autoscaler stand-in and {} instance(s) ...",
+        args.config.scaling.initial_scale
+    );
+    let stack = Stack::start(args.config).await?;
+    let mut events = stack.subscribe();
+    for event in stack.events() {
+        println!(
+            "[{:5.1}s] {}",
+            event.at.duration_since(t0).as_secs_f64(),
+            event.kind
+        );
+    }
+    print_banner(&stack, &run_dir);
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let printer_t0 = t0;
+    let printer = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            println!(
+                "[{:5.1}s] {}",
+                event.at.duration_since(printer_t0).as_secs_f64(),
+                event.kind
+            );
+        }
+    });
+    let demo_config = DemoConfig::default();
+    let outcome: Result<bool> = tokio::select! {
+        _ = interrupt.recv() => { println!("\nCtrl-C: stopping"); Ok(true) }
+        _ = terminate.recv() => { println!("\nSIGTERM: stopping"); Ok(true) }
+        passed = demo::run(&stack, &demo_config), if args.demo => Ok(passed),
+        how = async {
+            loop {
+                if let Some(how) = stack.activator_exit() { return how; }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } => Err(anyhow::anyhow!("the activator exited unexpectedly ({how}); see {}/activator.log", run_dir.display())),
+    };
+    let shutdown = stack.shutdown();
+    tokio::pin!(shutdown);
+    let stopped = tokio::select! {
+        result = &mut shutdown => result,
+        _ = interrupt.recv() => Err("second Ctrl-C: killed everything".to_owned()),
+    };
+    printer.abort();
+    match &stopped {
+        Ok(()) => println!("stopped: every process exited, ports freed"),
+        Err(problem) => println!("stopped, with problems: {problem}"),
+    }
+    let passed = outcome?;
+    if passed && stopped.is_ok() {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    } else {
+        println!("logs kept in {}", run_dir.display());
+    }
+    Ok(passed && stopped.is_ok())
 }
 
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("knative-local: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(error) => {
             eprintln!("knative-local: {error:#}");
             ExitCode::from(1)

@@ -244,7 +244,7 @@ pub async fn run(config: Config) -> ExitCode {
             }
         };
 
-    let limits = ServerLimits::default();
+    let limits = state.config.limits;
     let main_server = tokio::spawn(serve(
         main_listener,
         Protocols::Http1AndH2c,

@@ -66,6 +66,9 @@ pub struct Config {
     /// How often the certificate files are re-read (`QUEUE_CERT_RELOAD_MILLIS`, default 60 000;
     /// ours, for tests).
     pub cert_reload_period: Duration,
+    /// Listener limits (ours): `QUEUE_HEADER_READ_TIMEOUT_SECONDS`, `QUEUE_MAX_HEADER_BYTES`,
+    /// `QUEUE_MAX_HEADERS`, `QUEUE_H2_MAX_CONCURRENT_STREAMS`, `QUEUE_MAX_CONNECTIONS`.
+    pub limits: knative_common::server::ServerLimits,
 }
 
 fn port(env: &dyn Env, name: &'static str) -> Result<u16, EnvError> {
@@ -148,6 +151,10 @@ impl Config {
                 knative_common::tls::DEFAULT_RELOAD_PERIOD.as_millis() as u64,
                 "a positive number of milliseconds",
             )?),
+            limits: knative_common::server::ServerLimits::from_env(
+                env,
+                &knative_common::limit_vars!("QUEUE_"),
+            )?,
         })
     }
 }

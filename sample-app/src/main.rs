@@ -7,10 +7,13 @@
 //! - `GET /bytes?n=N` — streams N bytes;
 //! - `GET /trailers` — a chunked body followed by gRPC-style trailers;
 //! - `GET /headers` — the request head as text;
-//! - `GET /concurrency` — current and highest concurrent requests seen;
-//! - `GET /ws` — websocket echo.
+//! - `GET /concurrency` — current and highest concurrent requests seen, and requests served;
+//! - `GET /ws` — websocket echo;
+//! - `POST /grpc-echo` — a gRPC-style bidirectional stream (use HTTP/2): every request data frame
+//!   is echoed as soon as it arrives, then trailers `grpc-status: 0`.
 //!
-//! `STARTUP_DELAY_MS` delays listening (a slow-starting app).
+//! `STARTUP_DELAY_MS` delays listening (a slow-starting app). Every response carries
+//! `x-instance: $INSTANCE` when that variable is set (the local stack names its instances).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,12 +33,15 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 static CURRENT: AtomicUsize = AtomicUsize::new(0);
 static HIGHEST: AtomicUsize = AtomicUsize::new(0);
+static TOTAL: AtomicUsize = AtomicUsize::new(0);
+static INSTANCE: std::sync::OnceLock<Option<HeaderValue>> = std::sync::OnceLock::new();
 
 struct Counted;
 impl Counted {
     fn enter() -> Self {
         let now = CURRENT.fetch_add(1, Ordering::SeqCst) + 1;
         HIGHEST.fetch_max(now, Ordering::SeqCst);
+        TOTAL.fetch_add(1, Ordering::SeqCst);
         Counted
     }
 }
@@ -62,7 +68,24 @@ fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let mut response = route(req).await;
+    if let Some(Some(name)) = INSTANCE.get() {
+        response.headers_mut().insert("x-instance", name.clone());
+    }
+    Ok(response)
+}
+
+async fn route(mut req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/concurrency" {
+        // Not counted itself: it reports on the other requests.
+        return Response::new(full(format!(
+            "{{\"current\":{},\"highest\":{},\"total\":{}}}\n",
+            CURRENT.load(Ordering::SeqCst),
+            HIGHEST.load(Ordering::SeqCst),
+            TOTAL.load(Ordering::SeqCst)
+        )));
+    }
     let counted = Counted::enter();
     let response = match req.uri().path() {
         "/" => Response::new(full("Hello from the Knative sample app!\n")),
@@ -76,7 +99,35 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
                 let _keep = &counted;
                 f
             });
-            return Ok(Response::new(body.boxed()));
+            return Response::new(body.boxed());
+        }
+        "/grpc-echo" => {
+            // Data frames go back as they come; the request's trailers are replaced by ours.
+            let mut ok = HeaderMap::new();
+            ok.insert("grpc-status", HeaderValue::from_static("0"));
+            let stream = futures_util::stream::unfold(
+                (req.into_body(), Some(ok), counted),
+                |(mut body, mut trailers, counted)| async move {
+                    loop {
+                        match body.frame().await {
+                            Some(Ok(frame)) if frame.is_data() => {
+                                return Some((Ok(frame), (body, trailers, counted)))
+                            }
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => return Some((Err(e), (body, None, counted))),
+                            None => {
+                                let t = trailers.take()?;
+                                return Some((Ok(Frame::trailers(t)), (body, None, counted)));
+                            }
+                        }
+                    }
+                },
+            );
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/grpc"));
+            return response;
         }
         "/bytes" => {
             let mut left = query_number(&req, "n");
@@ -119,12 +170,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
             }
             Response::new(full(text))
         }
-        "/concurrency" => Response::new(full(format!(
-            "{{\"current\":{},\"highest\":{}}}\n",
-            CURRENT.load(Ordering::SeqCst) - 1,
-            HIGHEST.load(Ordering::SeqCst)
-        ))),
-        "/ws" => return Ok(websocket(&mut req)),
+        "/ws" => return websocket(&mut req),
         _ => {
             let mut r = Response::new(full("not found\n"));
             *r.status_mut() = StatusCode::NOT_FOUND;
@@ -132,7 +178,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
         }
     };
     drop(counted);
-    Ok(response)
+    response
 }
 
 fn websocket(req: &mut Request<Incoming>) -> Response<Body> {
@@ -186,6 +232,11 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
+    INSTANCE.get_or_init(|| {
+        std::env::var("INSTANCE")
+            .ok()
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+    });
     tokio::time::sleep(Duration::from_millis(delay)).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -5,6 +5,7 @@
 //! It is a dev-dependency only; nothing here is part of a product binary.
 
 pub mod app;
+pub mod attack;
 pub mod client;
 pub mod process;
 

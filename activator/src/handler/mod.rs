@@ -23,14 +23,16 @@ use knative_common::body::{
 use knative_common::drain::{InFlightCounter, InFlightGuard};
 use knative_common::headers::{
     first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
-    K_PROXY_REQUEST,
+    K_PASSTHROUGH_LB, K_PROXY_REQUEST,
 };
+use knative_common::metrics::{MeteredBody, MeteredFuture};
 use knative_common::proxy::{bad_gateway, forward, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::discovery::RevisionSpec;
+use crate::observability::{ActiveGuard, Observability, Observed, RevisionMetrics};
 use crate::reporter::{AutoscalerConnection, ConcurrencyReporter, InFlightReport};
 use crate::throttler::{Lease, Throttler, ThrottlerError};
 use pools::DestPools;
@@ -60,6 +62,11 @@ pub struct ActivatorState {
     pub in_flight: InFlightCounter,
     /// The cluster domain, for `<rev>.<ns>.svc.<domain>` hosts.
     pub cluster_domain: String,
+    /// `enable-mesh-pod-addressability` (passthrough LB, spec §2.13): outbound Host
+    /// `<rev>-private.<ns>` and `K-Passthrough-Lb: true`.
+    pub passthrough_lb: bool,
+    /// Metrics and request log (stages 4, 7–9).
+    pub observability: &'static Observability,
 }
 
 impl ActivatorState {
@@ -79,6 +86,7 @@ impl ActivatorState {
 pub struct ActivatorService {
     state: &'static ActivatorState,
     peer: PeerIp,
+    remote: std::net::SocketAddr,
 }
 
 impl ActivatorService {
@@ -87,15 +95,23 @@ impl ActivatorService {
         ActivatorService {
             state,
             peer: PeerIp::new(peer),
+            remote: peer,
         }
     }
 }
 
+/// What the proxied response body holds until it ends: the throttler slot and the
+/// `kn.revision.request.active` count.
+pub type ProxyGuards = Option<(Lease, Option<ActiveGuard>)>;
+
 /// The response body of the activation path, with every per-request guard.
-pub type ActivatorBody = Guarded<
-    Guarded<TimeoutBody<Guarded<ProxyBody, Option<Lease>>>, Option<InFlightReport>>,
+pub type InnerBody = Guarded<
+    Guarded<TimeoutBody<Guarded<ProxyBody, ProxyGuards>>, Option<InFlightReport>>,
     Option<InFlightGuard>,
 >;
+
+/// The response body of the chain: [`InnerBody`], observed (metrics, request log) when on.
+pub type ActivatorBody = MeteredBody<InnerBody, Observed>;
 
 /// Response future of [`ActivatorService`].
 pub type ActivatorFuture =
@@ -115,8 +131,36 @@ impl Service<Request<Incoming>> for ActivatorService {
         if let Some(answer) = probes::answer(request.headers_mut(), || state.health()) {
             return Box::pin(std::future::ready(Ok(answer)));
         }
+        // Stage 4 (OTel server instrumentation) sits before revision identification upstream;
+        // identifying first lets one observation carry the revision labels (stage 7) and the
+        // request log (stage 8) without a second lookup. Requests for unknown revisions are
+        // measured without revision labels and never logged, as upstream.
+        let (namespace, name) = identify(&request, &state.cluster_domain);
+        let revision = (state.revisions)(namespace, name);
+        let Some(revision) = revision else {
+            let body = format!(
+                "Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n"
+            );
+            let observed = state
+                .observability
+                .observe(&request, None, None, self.remote);
+            let response: Response<InnerBody> =
+                text_error_bytes(StatusCode::NOT_FOUND, Bytes::from(body));
+            return Box::pin(MeteredFuture::new(
+                std::future::ready(Ok(response)),
+                observed,
+                request.method() == http::Method::HEAD,
+            ));
+        };
+        let metrics = state.observability.revision_metrics(&revision);
+        let observed =
+            state
+                .observability
+                .observe(&request, Some(&revision), metrics.clone(), self.remote);
+        let head = request.method() == http::Method::HEAD;
         let peer = self.peer.clone();
-        Box::pin(async move { Ok(handle(state, peer, request).await) })
+        let handled = async move { Ok(handle(state, peer, request, revision, metrics).await) };
+        Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
 
@@ -150,14 +194,9 @@ async fn handle(
     state: &'static ActivatorState,
     peer: PeerIp,
     request: Request<Incoming>,
-) -> Response<ActivatorBody> {
-    let (namespace, name) = identify(&request, &state.cluster_domain);
-    let Some(revision) = (state.revisions)(namespace, name) else {
-        let body = format!(
-            "Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n"
-        );
-        return text_error_bytes(StatusCode::NOT_FOUND, Bytes::from(body));
-    };
+    revision: Arc<RevisionSpec>,
+    metrics: Option<Arc<RevisionMetrics>>,
+) -> Response<InnerBody> {
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
@@ -175,6 +214,7 @@ async fn handle(
         state,
         peer,
         revision,
+        metrics,
     };
     let response = match TimeoutLayer::new(timeouts, TIMEOUT_BODY)
         .layer(activation)
@@ -194,10 +234,11 @@ struct Activation {
     state: &'static ActivatorState,
     peer: PeerIp,
     revision: Arc<RevisionSpec>,
+    metrics: Option<Arc<RevisionMetrics>>,
 }
 
 impl Service<Request<Incoming>> for Activation {
-    type Response = Response<Guarded<ProxyBody, Option<Lease>>>;
+    type Response = Response<Guarded<ProxyBody, ProxyGuards>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
@@ -215,8 +256,11 @@ impl Activation {
     async fn activate(
         self,
         mut request: Request<Incoming>,
-    ) -> Response<Guarded<ProxyBody, Option<Lease>>> {
+    ) -> Response<Guarded<ProxyBody, ProxyGuards>> {
         let id = &self.revision.id;
+        // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
+        // has been sent.
+        let queued = self.metrics.as_ref().map(|m| m.queued());
         let lease = match self
             .state
             .throttler
@@ -225,28 +269,48 @@ impl Activation {
         {
             Ok(lease) => lease,
             Err(ThrottlerError::QueueFull) => {
+                drop(queued);
                 return text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "pending request queue full\n",
-                )
+                );
             }
             Err(error) => {
-                tracing::warn!(%error, revision = %id, "throttler failed");
+                drop(queued);
+                tracing::warn!(%error, "knative.dev/key" = %id, "throttler failed");
                 return empty(StatusCode::INTERNAL_SERVER_ERROR);
             }
         };
+        let active = queued.map(|q| q.activate());
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
             return Guarded::full_response(StatusCode::BAD_GATEWAY);
         };
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
-        direct_to(&mut request, lease.dest());
-        let upstream = self.state.pools.get(addr);
+        // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
+        // verified for the revision's namespace.
+        let upstream = match self
+            .state
+            .pools
+            .get_tls(addr, lease.is_cluster_ip(), &id.namespace)
+        {
+            None => {
+                direct_to(&mut request, lease.dest());
+                self.state.pools.get(addr)
+            }
+            Some(target) => {
+                direct_to(&mut request, &target.host);
+                target.upstream
+            }
+        };
+        if self.state.passthrough_lb {
+            passthrough_lb(&mut request, &id.namespace, &id.name);
+        }
         // Boxed: the proxy's future is large, and without the box every request *queued* in the
         // throttler above would carry its full size (10,000 queued requests: ~30 MB of a debug
         // build's 72 MB resident set).
         match Box::pin(forward(&upstream, request, upgrade)).await {
-            Ok(response) => attach_guard(response, Some(lease)),
+            Ok(response) => attach_guard(response, Some((lease, active))),
             Err(error) => {
                 tracing::debug!(%error, dest = lease.dest(), "proxying to the pod failed");
                 bad_gateway(&error).map(Guarded::unguarded)
@@ -290,6 +354,30 @@ fn direct_to(request: &mut Request<Incoming>, dest: &str) {
     }
 }
 
+/// Passthrough-LB mode (spec §2.13, §11 item 7): the mesh routes by Host, so the request is
+/// addressed to the revision's private Service and marked with `K-Passthrough-Lb: true`.
+fn passthrough_lb<B>(request: &mut Request<B>, namespace: &str, name: &str) {
+    let host = format!(
+        "{}.{namespace}",
+        crate::backends::private_service_name(name)
+    );
+    if request.version() == Version::HTTP_2 {
+        if let Ok(authority) = http::uri::Authority::try_from(host.as_str()) {
+            let mut parts = std::mem::take(request.uri_mut()).into_parts();
+            parts.authority = Some(authority);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    if let Ok(value) = HeaderValue::try_from(host) {
+        request.headers_mut().insert(HOST, value);
+    }
+    request
+        .headers_mut()
+        .append(K_PASSTHROUGH_LB, HeaderValue::from_static("true"));
+}
+
 /// Helper: an empty response of a guarded body type.
 trait FullResponse: Sized {
     fn full_response(status: StatusCode) -> Response<Self>;
@@ -304,6 +392,24 @@ impl<B: LocalBody> FullResponse for B {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passthrough_lb_addresses_the_private_service() {
+        let mut request = Request::get("/").body(()).unwrap();
+        request
+            .headers_mut()
+            .insert(HOST, HeaderValue::from_static("10.0.0.1:8012"));
+        passthrough_lb(&mut request, "real-namespace", "real-name");
+        assert_eq!(request.headers()[HOST], "real-name-private.real-namespace");
+        assert_eq!(request.headers()[K_PASSTHROUGH_LB], "true");
+
+        let mut h2 = Request::get("http://10.0.0.1:8013/x?y")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        passthrough_lb(&mut h2, "ns", "rev");
+        assert_eq!(h2.uri().to_string(), "http://rev-private.ns/x?y");
+    }
 
     #[test]
     fn host_identification() {

@@ -10,6 +10,13 @@ use std::time::Duration;
 use dashmap::DashMap;
 use knative_common::proxy::{Upstream, UpstreamHandle};
 
+use crate::tls::UpstreamTrust;
+
+/// Port of a pod's queue-proxy TLS listener (upstream's `BackendHTTPSPort`).
+pub const QUEUE_TLS_PORT: u16 = 8112;
+/// Port of a private Service's cluster IP in TLS mode.
+pub const CLUSTER_IP_TLS_PORT: u16 = 443;
+
 /// How often unused pools are dropped (Go's idle-connection timeout).
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(90);
 
@@ -18,10 +25,37 @@ struct DestPool {
     used: AtomicBool,
 }
 
+/// A TLS pool: its connections were verified for one revision namespace only.
+struct TlsDestPool {
+    upstream: Arc<Upstream>,
+    used: AtomicBool,
+    namespace: Box<str>,
+    host: Arc<str>,
+}
+
+/// System-internal TLS targets (spec §2.13, §9).
+struct TlsTargets {
+    trust: Arc<UpstreamTrust>,
+    /// Replaces the port of pod dests (8112; tests override it).
+    pod_port: u16,
+    pools: DashMap<SocketAddr, TlsDestPool>,
+}
+
 /// The pools, keyed by pod (or cluster IP) address.
 pub struct DestPools {
     pools: DashMap<SocketAddr, DestPool>,
     max_idle_per_host: usize,
+    tls: Option<TlsTargets>,
+}
+
+/// Where a request goes in TLS mode.
+pub struct TlsTarget {
+    /// The pool.
+    pub upstream: UpstreamHandle,
+    /// `ip:port` with the TLS port.
+    pub addr: SocketAddr,
+    /// The same as text (the outbound `Host`).
+    pub host: Arc<str>,
 }
 
 impl DestPools {
@@ -31,7 +65,80 @@ impl DestPools {
         DestPools {
             pools: DashMap::new(),
             max_idle_per_host,
+            tls: None,
         }
+    }
+
+    /// Pools for TLS mode: requests go to `pod_port` of pods (8112) or 443 of cluster IPs,
+    /// verified with `trust` for the revision's namespace.
+    pub fn with_tls(max_idle_per_host: usize, trust: Arc<UpstreamTrust>, pod_port: u16) -> Self {
+        DestPools {
+            tls: Some(TlsTargets {
+                trust,
+                pod_port,
+                pools: DashMap::new(),
+            }),
+            ..DestPools::new(max_idle_per_host)
+        }
+    }
+
+    /// Whether upstream connections are TLS.
+    #[inline]
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// TLS mode: the pool for the dest `addr` (as discovered, with its plaintext port) of a
+    /// revision in `namespace`; `None` in plaintext mode. A pool is bound to the namespace its
+    /// connections were verified for: a request for another namespace at the same address
+    /// (an IP reused by a pod of another namespace) replaces it, so a connection verified for
+    /// one namespace never carries another's request.
+    pub fn get_tls(
+        &self,
+        addr: SocketAddr,
+        cluster_ip: bool,
+        namespace: &str,
+    ) -> Option<TlsTarget> {
+        let tls = self.tls.as_ref()?;
+        let port = if cluster_ip {
+            CLUSTER_IP_TLS_PORT
+        } else {
+            tls.pod_port
+        };
+        let addr = SocketAddr::new(addr.ip(), port);
+        if let Some(pool) = tls.pools.get(&addr) {
+            if *pool.namespace == *namespace {
+                pool.used.store(true, Ordering::Relaxed);
+                return Some(TlsTarget {
+                    upstream: UpstreamHandle::Shared(pool.upstream.clone()),
+                    addr,
+                    host: pool.host.clone(),
+                });
+            }
+        }
+        let new_pool = || TlsDestPool {
+            upstream: self.tls_upstream(tls, addr, namespace),
+            used: AtomicBool::new(true),
+            namespace: namespace.into(),
+            host: addr.to_string().into(),
+        };
+        let mut entry = tls.pools.entry(addr).or_insert_with(new_pool);
+        if *entry.namespace != *namespace {
+            *entry = new_pool();
+        }
+        Some(TlsTarget {
+            upstream: UpstreamHandle::Shared(entry.upstream.clone()),
+            addr,
+            host: entry.host.clone(),
+        })
+    }
+
+    fn tls_upstream(&self, tls: &TlsTargets, addr: SocketAddr, namespace: &str) -> Arc<Upstream> {
+        Arc::new(Upstream::with_tls(
+            addr,
+            self.max_idle_per_host,
+            tls.trust.for_namespace(namespace),
+        ))
     }
 
     /// The pool for `addr`.
@@ -50,12 +157,12 @@ impl DestPools {
 
     /// Number of pools.
     pub fn len(&self) -> usize {
-        self.pools.len()
+        self.pools.len() + self.tls.as_ref().map_or(0, |t| t.pools.len())
     }
 
     /// Whether there are no pools.
     pub fn is_empty(&self) -> bool {
-        self.pools.is_empty()
+        self.len() == 0
     }
 
     /// Drops pools not used since the previous sweep and not held by any request; their idle
@@ -64,6 +171,11 @@ impl DestPools {
         self.pools.retain(|_, pool| {
             pool.used.swap(false, Ordering::Relaxed) || Arc::strong_count(&pool.upstream) > 1
         });
+        if let Some(tls) = &self.tls {
+            tls.pools.retain(|_, pool| {
+                pool.used.swap(false, Ordering::Relaxed) || Arc::strong_count(&pool.upstream) > 1
+            });
+        }
     }
 
     /// Sweeps every [`SWEEP_PERIOD`], forever.
@@ -93,6 +205,35 @@ mod tests {
         pools.sweep(); // a unused and unheld; b unused but held
         assert_eq!(pools.len(), 1);
         drop(held);
+        pools.sweep();
+        assert!(pools.is_empty());
+    }
+
+    #[test]
+    fn tls_pools_use_tls_ports_and_are_bound_to_a_namespace() {
+        let trust = Arc::new(UpstreamTrust::new(&Default::default()));
+        let pools = DestPools::with_tls(4, trust, 8112);
+        assert!(DestPools::new(4)
+            .get_tls("10.0.0.1:8012".parse().unwrap(), false, "a")
+            .is_none());
+        let pod: SocketAddr = "10.0.0.1:8012".parse().unwrap();
+        let a = pools.get_tls(pod, false, "a").unwrap();
+        assert_eq!(a.addr, "10.0.0.1:8112".parse().unwrap());
+        assert_eq!(a.upstream.addr(), a.addr);
+        let again = pools.get_tls(pod, false, "a").unwrap();
+        assert!(std::ptr::eq(&*a.upstream, &*again.upstream));
+        let b = pools.get_tls(pod, false, "b").unwrap();
+        assert!(
+            !std::ptr::eq(&*a.upstream, &*b.upstream),
+            "namespace b got a's pool"
+        );
+        assert_eq!(pools.len(), 1, "b replaced a's pool");
+        let ip6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let cluster = pools.get_tls(ip6, true, "a").unwrap();
+        assert_eq!(cluster.addr, "[fd00::1]:443".parse().unwrap());
+        assert_eq!(&*cluster.host, "[fd00::1]:443");
+        drop((a, again, b, cluster));
+        pools.sweep();
         pools.sweep();
         assert!(pools.is_empty());
     }

@@ -130,15 +130,36 @@ type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>>>;
 
 /// The registry of revision throttlers, keyed by namespace then name so that lookups borrow the
 /// caller's strings (one read lock, two hash lookups, no allocation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Throttler {
     revisions: RwLock<Revisions>,
+    gate: Arc<revision::QueueGate>,
+}
+
+impl Default for Throttler {
+    fn default() -> Self {
+        Throttler::with_max_queued_total(None)
+    }
 }
 
 impl Throttler {
     /// An empty registry.
     pub fn new() -> Self {
         Throttler::default()
+    }
+
+    /// An empty registry whose revisions together park at most `max` waiting requests (`None` =
+    /// unbounded); beyond it [`Throttler::try_acquire`] fails with [`ThrottlerError::QueueFull`].
+    pub fn with_max_queued_total(max: Option<usize>) -> Self {
+        Throttler {
+            revisions: RwLock::default(),
+            gate: Arc::new(revision::QueueGate::new(max)),
+        }
+    }
+
+    /// Requests waiting for a revision slot now, across all revisions.
+    pub fn queued(&self) -> usize {
+        self.gate.waiting()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Revisions> {
@@ -165,7 +186,13 @@ impl Throttler {
             .entry(id.namespace.clone())
             .or_default()
             .entry(id.name.clone())
-            .or_insert_with(|| Arc::new(RevisionThrottler::new(id.clone(), settings)))
+            .or_insert_with(|| {
+                Arc::new(RevisionThrottler::with_gate(
+                    id.clone(),
+                    settings,
+                    Arc::clone(&self.gate),
+                ))
+            })
             .clone()
     }
 

@@ -4,6 +4,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
@@ -15,6 +18,49 @@ use super::{DestsUpdate, Protocol, RevisionId, RevisionSettings, ThrottlerError}
 
 /// Pause between attempts when the revision slot was obtained but no pod slot (spec §3.5 step 3).
 const RETRY_BACKOFF: Duration = Duration::from_millis(1);
+
+/// The cap on requests waiting for a revision slot across all revisions
+/// (`ACTIVATOR_MAX_QUEUED_TOTAL`): the per-revision caps alone let many revisions together park
+/// an unbounded number of requests.
+#[derive(Debug)]
+pub(crate) struct QueueGate {
+    max: Option<usize>,
+    waiting: AtomicUsize,
+}
+
+impl QueueGate {
+    /// A gate admitting `max` waiting requests (`None` = unbounded, only counted).
+    pub(crate) fn new(max: Option<usize>) -> Self {
+        QueueGate {
+            max,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests waiting now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Admits one more waiting request, or `None` when the gate is full.
+    fn enter(&self) -> Option<Waiting<'_>> {
+        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.max.is_some_and(|max| before >= max) {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Waiting(self))
+    }
+}
+
+/// One admitted waiting request; leaves the gate when dropped.
+struct Waiting<'a>(&'a QueueGate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The revision breaker: finite (cc > 0) or infinite (cc = 0).
 #[derive(Debug)]
@@ -81,6 +127,8 @@ pub struct RevisionThrottler {
     policy: Policy,
     routing: RwLock<Routing>,
     control: Mutex<Control>,
+    /// The activator-wide cap on waiting requests, shared by all revisions.
+    gate: Arc<QueueGate>,
 }
 
 /// Target capacity of the revision breaker (spec §3.3 step 3, Go `calculateCapacity`).
@@ -113,6 +161,11 @@ pub(crate) fn calculate_capacity(
 impl RevisionThrottler {
     /// A throttler for `id` with no backends yet (capacity 0: requests queue).
     pub fn new(id: RevisionId, settings: RevisionSettings) -> Self {
+        RevisionThrottler::with_gate(id, settings, Arc::new(QueueGate::new(None)))
+    }
+
+    /// [`RevisionThrottler::new`] counting its waiting requests against a shared `gate`.
+    pub(super) fn with_gate(id: RevisionId, settings: RevisionSettings, gate: Arc<QueueGate>) -> Self {
         let cc = settings.container_concurrency;
         let breaker = if cc == 0 {
             RevisionBreaker::Infinite(InfiniteBreaker::new(settings.max_queued))
@@ -132,6 +185,7 @@ impl RevisionThrottler {
                 activator_index: -1,
                 backend_count: 0,
             }),
+            gate,
         }
     }
 
@@ -145,10 +199,7 @@ impl RevisionThrottler {
     pub async fn acquire(self: Arc<Self>) -> Result<Lease, ThrottlerError> {
         let mut attempt: u32 = 0;
         loop {
-            self.breaker
-                .acquire()
-                .await
-                .map_err(|QueueFull| ThrottlerError::QueueFull)?;
+            self.wait_for_slot().await?;
             // No await point until the slot is either in a Lease or released.
             if let Some(tracker) = self.pick() {
                 return Ok(Lease {
@@ -164,6 +215,21 @@ impl RevisionThrottler {
             }
             attempt = attempt.saturating_add(1);
         }
+    }
+
+    /// Takes a revision slot. A request that has to wait counts against the activator-wide
+    /// [`QueueGate`] while it waits (only then: the fast path touches no shared counter).
+    async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
+        let mut acquire = std::pin::pin!(self.breaker.acquire());
+        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        let acquired = match first {
+            Poll::Ready(acquired) => acquired,
+            Poll::Pending => {
+                let _waiting = self.gate.enter().ok_or(ThrottlerError::QueueFull)?;
+                acquire.await
+            }
+        };
+        acquired.map_err(|QueueFull| ThrottlerError::QueueFull)
     }
 
     /// Picks a dest under the read lock (spec §3.5 step 2).

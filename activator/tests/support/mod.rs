@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub use test_support::{app, client};
+pub mod fake_api;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -233,19 +234,37 @@ const ACTIVATOR_VARS: &[&str] = &[
     "ACTIVATOR_H2C_PORT",
     "ACTIVATOR_AUTOSCALER_URL",
     "ACTIVATOR_DISCOVERY_FILE",
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "KUBERNETES_MIN_VERSION",
+    "ACTIVATOR_KUBE_VERSION_WAIT_SECONDS",
+    "CONFIG_LOGGING_NAME",
+    "CONFIG_OBSERVABILITY_NAME",
     "ACTIVATOR_DRAIN_SLEEP_SECONDS",
     "ACTIVATOR_MAX_QUEUED_PER_REVISION",
     "ACTIVATOR_LOG_LEVEL",
+    "ACTIVATOR_HTTPS_PORT",
+    "ACTIVATOR_QUEUE_TLS_PORT",
+    "ACTIVATOR_TLS_MIN_VERSION",
+    "ACTIVATOR_TLS_MAX_VERSION",
+    "ACTIVATOR_TLS_CIPHER_SUITES",
+    "ACTIVATOR_TLS_CURVE_PREFERENCES",
 ];
 
 /// Port variables the harness fills with free ports unless the test sets them.
-const ACTIVATOR_PORT_VARS: &[&str] = &["ACTIVATOR_HTTP1_PORT", "ACTIVATOR_H2C_PORT"];
+const ACTIVATOR_PORT_VARS: &[&str] = &[
+    "ACTIVATOR_HTTP1_PORT",
+    "ACTIVATOR_H2C_PORT",
+    "ACTIVATOR_HTTPS_PORT",
+];
 
 /// The environment and initial discovery document of one activator process.
 #[derive(Clone, Debug)]
 pub struct ActivatorConfig {
     vars: BTreeMap<&'static str, Option<String>>,
     discovery: String,
+    args: Vec<String>,
 }
 
 impl ActivatorConfig {
@@ -267,12 +286,19 @@ impl ActivatorConfig {
         ActivatorConfig {
             vars,
             discovery: document(&[]),
+            args: Vec::new(),
         }
     }
 
     /// Sets a variable.
     pub fn env(mut self, name: &'static str, value: impl ToString) -> Self {
         self.vars.insert(name, Some(value.to_string()));
+        self
+    }
+
+    /// Command-line arguments for the binary.
+    pub fn args(mut self, args: &[String]) -> Self {
+        self.args = args.to_vec();
         self
     }
 
@@ -317,6 +343,7 @@ impl ActivatorConfig {
         let out_path = unique_path("activator", "stdout");
         let err_path = unique_path("activator", "stderr");
         let mut command = Command::new(ACTIVATOR_BIN);
+        command.args(&self.args);
         for name in ACTIVATOR_VARS {
             command.env_remove(name);
         }
@@ -350,6 +377,7 @@ impl ActivatorConfig {
                 discovery_file: discovery_file.clone(),
                 http1_port: config.port("ACTIVATOR_HTTP1_PORT"),
                 h2c_port: config.port("ACTIVATOR_H2C_PORT"),
+                https_port: config.port("ACTIVATOR_HTTPS_PORT"),
             };
             let deadline = Instant::now() + DEADLINE;
             loop {
@@ -442,6 +470,8 @@ pub struct Activator {
     pub http1_port: u16,
     /// `ACTIVATOR_H2C_PORT`.
     pub h2c_port: u16,
+    /// `ACTIVATOR_HTTPS_PORT` (listening in system-internal TLS mode only).
+    pub https_port: u16,
 }
 
 impl Activator {
@@ -557,12 +587,24 @@ pub struct QueueProxy {
     stderr: PathBuf,
     /// Main listener (HTTP/1.1 + h2c): the pod address to list in the discovery file.
     pub port: u16,
+    /// `QUEUE_SERVING_TLS_PORT` (listening only when `QUEUE_CERT_DIR` holds a pair).
+    pub tls_port: u16,
 }
 
 impl QueueProxy {
     /// Starts a queue-proxy for revision `NS/revision` with `CONTAINER_CONCURRENCY=cc` in front
     /// of `127.0.0.1:user_port`, and waits until its ports accept connections.
     pub fn start(user_port: u16, revision: &str, cc: u32) -> QueueProxy {
+        Self::start_with_env(user_port, revision, cc, &[])
+    }
+
+    /// [`Self::start`] with extra variables (e.g. `QUEUE_CERT_DIR`).
+    pub fn start_with_env(
+        user_port: u16,
+        revision: &str,
+        cc: u32,
+        extra: &[(&str, String)],
+    ) -> QueueProxy {
         let bin = queue_proxy_bin();
         for _attempt in 0..5 {
             let ports: Vec<u16> = QP_PORT_VARS.iter().map(|_| free_port()).collect();
@@ -589,6 +631,9 @@ impl QueueProxy {
             for (name, port) in QP_PORT_VARS.iter().zip(&ports) {
                 command.env(name, port.to_string());
             }
+            for (name, value) in extra {
+                command.env(name, value);
+            }
             command
                 .stdin(Stdio::null())
                 .stdout(File::create(&out_path).expect("create stdout log"))
@@ -599,6 +644,7 @@ impl QueueProxy {
                 stdout: out_path,
                 stderr: err_path,
                 port: ports[0],
+                tls_port: ports[1],
             };
             let deadline = Instant::now() + DEADLINE;
             loop {
@@ -683,11 +729,23 @@ pub struct Pod {
 impl Pod {
     /// Starts `app` behind a queue-proxy for `NS/revision` with concurrency `cc`.
     pub async fn start(app: App, revision: &str, cc: u32) -> Pod {
+        Self::start_with_env(app, revision, cc, Vec::new()).await
+    }
+
+    /// [`Self::start`] with extra queue-proxy variables.
+    pub async fn start_with_env(
+        app: App,
+        revision: &str,
+        cc: u32,
+        extra: Vec<(&'static str, String)>,
+    ) -> Pod {
         let port = app.port();
         let revision = revision.to_owned();
-        let qp = tokio::task::spawn_blocking(move || QueueProxy::start(port, &revision, cc))
-            .await
-            .expect("start queue-proxy");
+        let qp = tokio::task::spawn_blocking(move || {
+            QueueProxy::start_with_env(port, &revision, cc, &extra)
+        })
+        .await
+        .expect("start queue-proxy");
         Pod { app, qp }
     }
 

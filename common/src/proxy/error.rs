@@ -12,6 +12,11 @@ pub enum ProxyError {
     /// Every dial attempt timed out.
     #[error("dial tcp {0}: i/o timeout")]
     DialTimeout(SocketAddr),
+    /// The TLS handshake on a new connection failed (system-internal TLS): the text is the
+    /// verifier's own message when it gave one (e.g. upstream's `san "…" does not have a
+    /// matching name in […]`), else `tls: <reason>`.
+    #[error("{1}")]
+    Tls(SocketAddr, String),
     /// The HTTP handshake on a new connection failed.
     #[error("{text}", text = describe_hyper(.1))]
     Handshake(SocketAddr, #[source] hyper::Error),
@@ -29,6 +34,23 @@ pub enum ProxyError {
     /// The request could not be turned into an upstream request.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+}
+
+impl ProxyError {
+    /// A [`ProxyError::Tls`] from the handshake's I/O error.
+    pub fn tls(addr: SocketAddr, error: &std::io::Error) -> ProxyError {
+        let text = match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+                other.0.to_string()
+            }
+            Some(e) => format!("tls: {e}"),
+            None => format!("tls: {error}"),
+        };
+        ProxyError::Tls(addr, text)
+    }
 }
 
 /// Go spells OS errors as `connect: <strerror in lower case>`.

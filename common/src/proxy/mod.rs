@@ -34,6 +34,9 @@ pub async fn forward(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if request.version() == Version::HTTP_2 {
         rewrite::to_h2c_form(&mut request).map_err(ProxyError::InvalidRequest)?;
+        if upstream.is_tls() {
+            set_https(&mut request);
+        }
         let mut sender = upstream.h2().await?;
         let mut response = sender
             .send_request(request)
@@ -92,6 +95,15 @@ pub async fn forward(
     }
     rewrite::prepare_response(&mut response);
     Ok(response.map(|body| ProxyBody::Upstream { body }))
+}
+
+/// `:scheme https` for HTTP/2 over TLS (rare path: system-internal TLS only).
+fn set_https<B>(request: &mut Request<B>) {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
 }
 
 fn header_text<B>(response: &Response<B>, name: http::header::HeaderName) -> String {

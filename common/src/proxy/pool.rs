@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -76,6 +76,16 @@ impl From<std::sync::Arc<Upstream>> for UpstreamHandle {
     }
 }
 
+/// Where a TLS upstream (the activator's system-internal TLS to queue-proxies) gets its client
+/// configuration. Asked at every new connection, so a rebuilt trust pool applies to the next
+/// dial without touching existing pools or connections.
+pub trait UpstreamTls: Send + Sync + std::fmt::Debug {
+    /// The configuration for the next handshake.
+    fn client_config(&self) -> Arc<rustls::ClientConfig>;
+    /// The name sent as SNI and verified against the certificate.
+    fn server_name(&self) -> rustls::pki_types::ServerName<'static>;
+}
+
 struct IdleConn {
     sender: http1::SendRequest<UpstreamRequestBody>,
     since: Instant,
@@ -86,6 +96,9 @@ pub struct Upstream {
     addr: SocketAddr,
     idle: ArrayQueue<IdleConn>,
     h2: Mutex<Option<http2::SendRequest<UpstreamRequestBody>>>,
+    /// `Some`: every connection is TLS (no ALPN; the protocol follows the request, as Go's
+    /// transport with a custom TLS dialer does).
+    tls: Option<Arc<dyn UpstreamTls>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -111,12 +124,27 @@ impl Upstream {
             addr,
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: Mutex::new(None),
+            tls: None,
+        }
+    }
+
+    /// Like [`Self::new`], but every connection is TLS with the configuration `tls` gives at
+    /// dial time.
+    pub fn with_tls(addr: SocketAddr, max_idle: usize, tls: Arc<dyn UpstreamTls>) -> Self {
+        Upstream {
+            tls: Some(tls),
+            ..Upstream::new(addr, max_idle)
         }
     }
 
     /// The upstream address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Number of idle HTTP/1.1 connections.
@@ -147,16 +175,14 @@ impl Upstream {
                 }
             });
         }
-        let io = this.dial().await?;
-        let (sender, conn) = http1::Builder::new()
-            .title_case_headers(true)
-            .max_headers(MAX_RESPONSE_HEADERS)
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::Handshake(this.addr, e))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
+        let stream = this.dial().await?;
+        let sender = match &this.tls {
+            None => this.handshake_http1(stream).await?,
+            Some(tls) => {
+                let stream = this.tls_connect(tls, stream.into_inner()).await?;
+                this.handshake_http1(TokioIo::new(stream)).await?
+            }
+        };
         Ok(Checkout {
             sender,
             fresh: true,
@@ -173,7 +199,44 @@ impl Upstream {
                 }
             }
         }
-        let io = self.dial().await?;
+        let stream = self.dial().await?;
+        let sender = match &self.tls {
+            None => self.handshake_h2(stream).await?,
+            Some(tls) => {
+                let stream = self.tls_connect(tls, stream.into_inner()).await?;
+                self.handshake_h2(TokioIo::new(stream)).await?
+            }
+        };
+        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    async fn handshake_http1<I>(
+        &self,
+        io: I,
+    ) -> Result<http1::SendRequest<UpstreamRequestBody>, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http1::Builder::new()
+            .title_case_headers(true)
+            .max_headers(MAX_RESPONSE_HEADERS)
+            .handshake(io)
+            .await
+            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    async fn handshake_h2<I>(
+        &self,
+        io: I,
+    ) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(io)
             .await
@@ -181,8 +244,19 @@ impl Upstream {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
         Ok(sender)
+    }
+
+    /// The TLS handshake on a new TCP connection.
+    async fn tls_connect(
+        &self,
+        tls: &Arc<dyn UpstreamTls>,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProxyError> {
+        tokio_rustls::TlsConnector::from(tls.client_config())
+            .connect(tls.server_name(), stream)
+            .await
+            .map_err(|e| ProxyError::tls(self.addr, &e))
     }
 
     fn give_back(&self, sender: http1::SendRequest<UpstreamRequestBody>) {

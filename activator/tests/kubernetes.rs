@@ -1,0 +1,399 @@
+//! Kubernetes discovery end to end (spec §1.4, §3.7, §3.8, §3.9, §5.1, §10): the real activator
+//! binary watches an in-test API server ([`support::fake_api`]) through a KUBECONFIG file, and
+//! proxies to real queue-proxy pods. Watch errors (`410 Gone`, dropped connections) and startup
+//! failures (unreachable or old API server, missing ConfigMaps) are covered too.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::fake_api::*;
+use support::*;
+
+fn tmp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// An activator using Kubernetes discovery against `api` (no discovery file).
+fn kube_config(api: &FakeApi, stats: &StatsReceiver) -> ActivatorConfig {
+    ActivatorConfig::new(&stats.url())
+        .without("ACTIVATOR_DISCOVERY_FILE")
+        .env(
+            "KUBECONFIG",
+            api.write_kubeconfig(&tmp_dir()).display().to_string(),
+        )
+}
+
+async fn start(config: ActivatorConfig) -> Activator {
+    tokio::task::spawn_blocking(move || config.start())
+        .await
+        .expect("start the activator")
+}
+
+async fn run_to_exit(config: ActivatorConfig) -> Exited {
+    tokio::task::spawn_blocking(move || config.run_to_exit())
+        .await
+        .expect("run the activator")
+}
+
+/// Waits until a request for `name` gets `status`.
+async fn wait_status(addr: SocketAddr, name: &str, status: StatusCode) {
+    eventually(
+        DEADLINE,
+        &format!("{name} to answer {status}"),
+        || async move {
+            let r = send(addr, rev_get("/", NS, name)).await;
+            (r.status == status).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_appear_and_vanish() {
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    let stats = StatsReceiver::start().await;
+    let activator = start(kube_config(&api, &stats)).await;
+    let addr = activator.addr();
+    activator.wait_healthy().await;
+
+    let name = "appear-00001";
+    let r = send(addr, rev_get("/", NS, name)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+
+    let pod = Pod::start(App::ok().await, name, 0).await;
+    api.put(revision(name, 0));
+    api.put(private_endpoints(name, &[pod.addr()], &[]));
+    wait_status(addr, name, StatusCode::OK).await;
+    assert!(pod.app.seen_count() >= 1);
+
+    api.delete("Revision", NS, name);
+    wait_status(addr, name, StatusCode::NOT_FOUND).await;
+    let r = send(addr, rev_get("/", NS, name)).await;
+    assert_eq!(
+        r.text(),
+        format!(
+            "Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n"
+        )
+    );
+    let mut activator = activator;
+    activator.assert_healthy();
+}
+
+/// Sends requests for `name` from `workers` tasks until `stop`; returns (ok, failures).
+fn load(
+    addr: SocketAddr,
+    name: &'static str,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    (0..workers)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = send(addr, rev_get("/", NS, name)).await;
+                    if r.status == StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        failures.push(format!("{} {}", r.status, r.text()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                (ok, failures)
+            })
+        })
+        .collect()
+}
+
+/// Waits until `pod` receives requests again (the activator routes to it).
+async fn wait_traffic(pod: &Pod, what: &str) {
+    let before = pod.app.seen_count();
+    eventually(DEADLINE, what, || {
+        std::future::ready((pod.app.seen_count() > before + 5).then_some(()))
+    })
+    .await;
+}
+
+/// Waits until `pod` stops receiving requests while the load runs.
+async fn wait_no_traffic(pod: &Pod, what: &str) {
+    eventually(DEADLINE, what, || async move {
+        let before = pod.app.seen_count();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (pod.app.seen_count() == before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoints_change_under_load_across_410_gone_and_dropped_watches() {
+    const NAME: &str = "load-00001";
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    let (a, b) = tokio::join!(
+        async { Pod::start(App::ok().await, NAME, 0).await },
+        async { Pod::start(App::ok().await, NAME, 0).await },
+    );
+    api.put(revision(NAME, 0));
+    api.put(private_endpoints(NAME, &[a.addr()], &[]));
+    let stats = StatsReceiver::start().await;
+    let activator = start(kube_config(&api, &stats)).await;
+    let addr = activator.addr();
+    wait_status(addr, NAME, StatusCode::OK).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = load(addr, NAME, 4, stop.clone());
+    wait_traffic(&a, "traffic to pod A").await;
+
+    // Scale out: B joins.
+    api.put(private_endpoints(NAME, &[a.addr(), b.addr()], &[]));
+    wait_traffic(&b, "traffic to pod B after it joined").await;
+
+    // 410 Gone: every watch must relist; then A leaves, which the relisted watch must see.
+    let lists_before = api.lists("endpoints");
+    api.expire_watches();
+    eventually(DEADLINE, "a relist of endpoints after 410 Gone", || {
+        std::future::ready((api.lists("endpoints") > lists_before).then_some(()))
+    })
+    .await;
+    api.put(private_endpoints(NAME, &[b.addr()], &[]));
+    wait_no_traffic(&a, "pod A to get no more requests after it left").await;
+    wait_traffic(&b, "traffic to pod B alone").await;
+
+    // Dropped connections: the watches resume from their last version; A comes back.
+    let watches_before = api.watch_starts("endpoints");
+    api.drop_watches();
+    eventually(DEADLINE, "endpoint watches to restart", || {
+        std::future::ready((api.watch_starts("endpoints") > watches_before).then_some(()))
+    })
+    .await;
+    api.put(private_endpoints(NAME, &[a.addr(), b.addr()], &[]));
+    wait_traffic(&a, "traffic to pod A after it came back").await;
+    api.bookmark();
+
+    stop.store(true, Ordering::Relaxed);
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for worker in workers {
+        let (n, f) = worker.await.unwrap();
+        ok += n;
+        failures.extend(f);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 50, "only {ok} requests");
+    let mut activator = activator;
+    activator.assert_healthy();
+}
+
+/// An app answering after `delay`.
+async fn slow_app(delay: Duration) -> App {
+    App::start(handler(
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            tokio::time::sleep(delay).await;
+            respond(StatusCode::OK, "ok")
+        },
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn activator_index_from_public_endpoints_drives_subsetting() {
+    const NAME: &str = "subset-00001";
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    let (p1, p2, p3) = tokio::join!(
+        async { Pod::start(slow_app(Duration::from_millis(300)).await, NAME, 1).await },
+        async { Pod::start(slow_app(Duration::from_millis(300)).await, NAME, 1).await },
+        async { Pod::start(slow_app(Duration::from_millis(300)).await, NAME, 1).await },
+    );
+    let mut pods = [p1, p2, p3];
+    // Subsetting sorts dests byte-wise.
+    pods.sort_by_key(|p| p.addr().to_string());
+    let addrs: Vec<SocketAddr> = pods.iter().map(Pod::addr).collect();
+    api.put(revision(NAME, 1));
+    api.put(private_endpoints(NAME, &addrs, &[]));
+    // Two activators; this one (POD_IP 127.0.0.2) has index 1: with 3 pods it gets pod 1 only
+    // (spec §3.9: 3 pods / 2 activators → idx0 {p0, p2}, idx1 {p1}).
+    api.put(public_endpoints(NAME, &["127.0.0.1", "127.0.0.2"]));
+    let stats = StatsReceiver::start().await;
+    let activator = start(kube_config(&api, &stats).env("POD_IP", "127.0.0.2")).await;
+    let addr = activator.addr();
+    wait_status(addr, NAME, StatusCode::OK).await;
+
+    // Capacity 1 (cc 1 × 1 assigned pod): three concurrent requests all go to pod 1, one by one.
+    let started = Instant::now();
+    let replies: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(send(addr, rev_get("/", NS, NAME))))
+        .collect();
+    for reply in replies {
+        assert_eq!(reply.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(
+        (pods[0].app.seen_count(), pods[2].app.seen_count()),
+        (0, 0),
+        "only the assigned pod gets traffic"
+    );
+    assert!(pods[1].app.seen_count() >= 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "serialized by capacity 1: {:?}",
+        started.elapsed()
+    );
+
+    // The other activator leaves: this one becomes index 0 of 1 and takes every pod.
+    api.put(public_endpoints(NAME, &["127.0.0.2"]));
+    let pods = &pods;
+    eventually(DEADLINE, "all three pods to be used", || async move {
+        let replies: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(send(addr, rev_get("/", NS, NAME))))
+            .collect();
+        for reply in replies {
+            assert_eq!(reply.await.unwrap().status, StatusCode::OK);
+        }
+        pods.iter().all(|p| p.app.seen_count() > 0).then_some(())
+    })
+    .await;
+
+    // Public Endpoints without this activator (serve mode lists pods there) change nothing.
+    api.put(public_endpoints(NAME, &["10.9.9.9"]));
+    let r = send(addr, rev_get("/", NS, NAME)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut activator = activator;
+    activator.assert_healthy();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_api_server_exits_after_the_version_window() {
+    let stats = StatsReceiver::start().await;
+    // A kubeconfig whose server does not listen.
+    let api = FakeApi::start().await;
+    let kubeconfig = api.write_kubeconfig(&tmp_dir());
+    drop(api);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let text = text
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("server:") {
+                format!("    server: {dead}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&kubeconfig, text).unwrap();
+    let started = Instant::now();
+    let exited = run_to_exit(
+        ActivatorConfig::new(&stats.url())
+            .without("ACTIVATOR_DISCOVERY_FILE")
+            .env("KUBECONFIG", kubeconfig.display())
+            .env("ACTIVATOR_KUBE_VERSION_WAIT_SECONDS", 2),
+    )
+    .await;
+    exited.assert_failed();
+    assert!(
+        exited.stderr.contains("version check failed") && exited.stderr.contains("cannot reach"),
+        "{}",
+        exited.stderr
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "exited before the window: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_old_api_server_exits() {
+    let api = FakeApi::start().await;
+    api.set_version("v1.33.4");
+    api.put_all(required_config_maps());
+    let stats = StatsReceiver::start().await;
+    let exited =
+        run_to_exit(kube_config(&api, &stats).env("ACTIVATOR_KUBE_VERSION_WAIT_SECONDS", 1)).await;
+    exited.assert_failed();
+    assert!(
+        exited
+            .stderr
+            .contains("v1.33.4 is not compatible, need at least v1.34.0"),
+        "{}",
+        exited.stderr
+    );
+    // KUBERNETES_MIN_VERSION lowers the bar.
+    let activator = start(kube_config(&api, &stats).env("KUBERNETES_MIN_VERSION", "v1.33.0")).await;
+    activator.wait_healthy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_config_maps_exit_after_sync() {
+    let api = FakeApi::start().await;
+    api.put(config_map("config-logging", &[]));
+    api.put(config_map("config-observability", &[]));
+    let stats = StatsReceiver::start().await;
+    let exited = run_to_exit(kube_config(&api, &stats)).await;
+    exited.assert_failed();
+    assert!(
+        exited
+            .stderr
+            .contains("\"config-network\" not found in namespace \"knative-serving\""),
+        "{}",
+        exited.stderr
+    );
+    // Custom names are the ones required.
+    api.put(config_map("config-network", &[]));
+    let exited =
+        run_to_exit(kube_config(&api, &stats).env("CONFIG_OBSERVABILITY_NAME", "my-observability"))
+            .await;
+    exited.assert_failed();
+    assert!(
+        exited.stderr.contains("\"my-observability\""),
+        "{}",
+        exited.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_discovery_source_exits_naming_both_options() {
+    let stats = StatsReceiver::start().await;
+    let exited =
+        run_to_exit(ActivatorConfig::new(&stats.url()).without("ACTIVATOR_DISCOVERY_FILE")).await;
+    exited.assert_failed();
+    assert!(
+        exited.stderr.contains("ACTIVATOR_DISCOVERY_FILE") && exited.stderr.contains("KUBECONFIG"),
+        "{}",
+        exited.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klog_flags_are_accepted() {
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    let stats = StatsReceiver::start().await;
+    // The harness passes no arguments; --kubeconfig on the command line must work like KUBECONFIG.
+    let kubeconfig = api.write_kubeconfig(&tmp_dir());
+    let activator = start(
+        ActivatorConfig::new(&stats.url())
+            .without("ACTIVATOR_DISCOVERY_FILE")
+            .args(&[
+                "-v=2".to_owned(),
+                "--logtostderr".to_owned(),
+                format!("--kubeconfig={}", kubeconfig.display()),
+            ]),
+    )
+    .await;
+    activator.wait_healthy().await;
+}

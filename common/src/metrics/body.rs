@@ -1,0 +1,372 @@
+//! Recording when a response is really over: response futures and bodies that carry a pending
+//! measurement ([`Completion`]) and settle it when the body ends, fails or is dropped.
+//!
+//! Nothing is buffered: data frames pass through and only their length is added up. The
+//! measurement is settled as soon as the inner body reports its end (so a body hyper stops
+//! polling after the last frame still counts as complete). Upgraded responses (`101`) hand the
+//! measurement to the tunnel ([`TunnelScope`]); it completes when the tunnel closes, with status
+//! `200` as upstream's recorders report for hijacked connections.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use crate::body::LocalBody;
+use crate::proxy::TunnelScope;
+use bytes::{Buf, Bytes};
+use http::{Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// A measurement started when a request entered a layer, settled when its response is over.
+pub trait Completion: Send + 'static {
+    /// The response head is ready with `status` (`200` for an upgraded connection).
+    fn respond(&mut self, status: StatusCode);
+    /// The response was delivered in full with `response_bytes` bytes of body data.
+    fn complete(self, response_bytes: u64);
+    /// The exchange ended without a complete response: the response future or body was dropped,
+    /// the body failed, or the inner stages panicked. `responded` tells whether a response head
+    /// had been produced.
+    fn abort(self, responded: bool);
+}
+
+/// Holds a [`Completion`] and aborts it if dropped unsettled.
+struct Pending<C: Completion> {
+    completion: Option<C>,
+    responded: bool,
+}
+
+impl<C: Completion> Pending<C> {
+    fn new(completion: Option<C>) -> Self {
+        Pending {
+            completion,
+            responded: false,
+        }
+    }
+
+    fn take(&mut self) -> Option<C> {
+        self.completion.take()
+    }
+}
+
+impl<C: Completion> Drop for Pending<C> {
+    fn drop(&mut self) {
+        if let Some(completion) = self.completion.take() {
+            completion.abort(self.responded);
+        }
+    }
+}
+
+/// Given to an upgrade tunnel: completes (with no body bytes) when the tunnel closes.
+struct TunnelHold<C: Completion>(Option<C>);
+
+impl<C: Completion> Drop for TunnelHold<C> {
+    fn drop(&mut self) {
+        if let Some(completion) = self.0.take() {
+            completion.complete(0);
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that counts the data bytes passing through and settles its
+    /// [`Completion`] when the body ends (complete), fails (abort) or is dropped early (abort).
+    pub struct MeteredBody<B, C: Completion> {
+        #[pin]
+        body: B,
+        pending: Pending<C>,
+        bytes: u64,
+    }
+}
+
+impl<B, C: Completion> MeteredBody<B, C> {
+    /// Wraps `body` with nothing to record.
+    pub fn unmetered(body: B) -> Self {
+        MeteredBody {
+            body,
+            pending: Pending::new(None),
+            bytes: 0,
+        }
+    }
+
+    fn metered(body: B, completion: C) -> Self {
+        MeteredBody {
+            body,
+            pending: Pending {
+                completion: Some(completion),
+                responded: true,
+            },
+            bytes: 0,
+        }
+    }
+}
+
+impl<B: LocalBody, C: Completion> LocalBody for MeteredBody<B, C> {
+    fn full(bytes: Bytes) -> Self {
+        MeteredBody::unmetered(B::full(bytes))
+    }
+}
+
+impl<B: Body, C: Completion> Body for MeteredBody<B, C> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let mut this = self.project();
+        let polled = ready!(this.body.as_mut().poll_frame(cx));
+        if this.pending.completion.is_some() {
+            match &polled {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        *this.bytes += data.remaining() as u64;
+                    }
+                    if this.body.is_end_stream() {
+                        if let Some(completion) = this.pending.take() {
+                            completion.complete(*this.bytes);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(completion) = this.pending.take() {
+                        completion.complete(*this.bytes);
+                    }
+                }
+                Some(Err(_)) => {
+                    if let Some(completion) = this.pending.take() {
+                        completion.abort(true);
+                    }
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
+    /// Response future of the metering layers: attaches the [`Completion`] to the response
+    /// (its body, or the upgrade tunnel) once the inner stages answer.
+    pub struct MeteredFuture<F, C: Completion> {
+        #[pin]
+        future: F,
+        pending: Pending<C>,
+        head: bool,
+    }
+}
+
+impl<F, C: Completion> MeteredFuture<F, C> {
+    /// Wraps the inner `future`; `None` records nothing. `head`: the request was a `HEAD`, so
+    /// the server will not send (nor poll) any response body.
+    pub fn new(future: F, completion: Option<C>, head: bool) -> Self {
+        MeteredFuture {
+            future,
+            pending: Pending::new(completion),
+            head,
+        }
+    }
+}
+
+/// Whether the server sends no body at all with this response (and drops it unpolled).
+fn bodiless(head: bool, status: StatusCode) -> bool {
+    head || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
+impl<F, B, E, C> Future for MeteredFuture<F, C>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    C: Completion,
+{
+    type Output = Result<Response<MeteredBody<B, C>>, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx))?;
+        let Some(mut completion) = this.pending.take() else {
+            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
+        };
+        if let Some(scope) = response.extensions().get::<TunnelScope>() {
+            // The 101 goes out on the hijacked connection upstream, so recorders saw nothing
+            // written: 200, no body bytes, complete when the tunnel closes.
+            completion.respond(StatusCode::OK);
+            scope.hold(Box::new(TunnelHold(Some(completion))));
+            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
+        }
+        completion.respond(response.status());
+        if response.body().is_end_stream() || bodiless(*this.head, response.status()) {
+            completion.complete(0);
+            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
+        }
+        Poll::Ready(Ok(
+            response.map(|body| MeteredBody::metered(body, completion))
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use http_body_util::BodyExt;
+
+    #[derive(Debug, PartialEq)]
+    enum Outcome {
+        Complete(u16, u64),
+        Abort(bool),
+    }
+
+    struct Probe {
+        status: u16,
+        log: Arc<Mutex<Vec<Outcome>>>,
+    }
+
+    impl Completion for Probe {
+        fn respond(&mut self, status: StatusCode) {
+            self.status = status.as_u16();
+        }
+        fn complete(self, bytes: u64) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(Outcome::Complete(self.status, bytes));
+        }
+        fn abort(self, responded: bool) {
+            self.log.lock().unwrap().push(Outcome::Abort(responded));
+        }
+    }
+
+    fn probe() -> (Probe, Arc<Mutex<Vec<Outcome>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        (
+            Probe {
+                status: 0,
+                log: log.clone(),
+            },
+            log,
+        )
+    }
+
+    type Stream = http_body_util::StreamBody<
+        futures_util::stream::Iter<
+            std::vec::IntoIter<Result<Frame<Bytes>, crate::body::BodyError>>,
+        >,
+    >;
+
+    fn stream(frames: Vec<Result<Frame<Bytes>, crate::body::BodyError>>) -> Stream {
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    async fn respond<B>(body: B, completion: Probe) -> Response<MeteredBody<B, Probe>>
+    where
+        B: Body,
+    {
+        let future = std::future::ready(Ok::<_, ()>(Response::new(body)));
+        MeteredFuture::new(future, Some(completion), false)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_bytes_and_completes_at_end() {
+        let (p, log) = probe();
+        let body = stream(vec![
+            Ok(Frame::data(Bytes::from_static(b"hello "))),
+            Ok(Frame::data(Bytes::from_static(b"world"))),
+        ]);
+        let response = respond(body, p).await;
+        let collected = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&collected[..], b"hello world");
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Complete(200, 11)]);
+    }
+
+    #[tokio::test]
+    async fn full_body_completes_without_a_final_poll() {
+        let (p, log) = probe();
+        let response = respond(crate::body::ProxyBody::full("abc".into()), p).await;
+        let mut body = response.into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap().len(), 3);
+        // Not polled to the end: is_end_stream already says it is over.
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Complete(200, 3)]);
+        drop(body);
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn empty_body_completes_at_once() {
+        let (p, log) = probe();
+        let _response = respond(http_body_util::Empty::<Bytes>::new(), p).await;
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Complete(200, 0)]);
+    }
+
+    #[tokio::test]
+    async fn bodiless_responses_complete_at_once() {
+        for (head, status) in [(true, StatusCode::OK), (false, StatusCode::NOT_MODIFIED)] {
+            let (p, log) = probe();
+            let mut response = Response::new(crate::body::ProxyBody::full("x".into()));
+            *response.status_mut() = status;
+            let future = std::future::ready(Ok::<_, ()>(response));
+            let response = MeteredFuture::new(future, Some(p), head).await.unwrap();
+            // hyper drops such a body without polling it.
+            drop(response);
+            assert_eq!(
+                *log.lock().unwrap(),
+                vec![Outcome::Complete(status.as_u16(), 0)]
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_body_aborts() {
+        let (p, log) = probe();
+        let body = stream(vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Err("upstream reset".into()),
+        ]);
+        let response = respond(body, p).await;
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Abort(true)]);
+    }
+
+    #[tokio::test]
+    async fn dropped_body_aborts() {
+        let (p, log) = probe();
+        let body = stream(vec![
+            Ok(Frame::data(Bytes::from_static(b"part"))),
+            Ok(Frame::data(Bytes::from_static(b"more"))),
+        ]);
+        let mut body = respond(body, p).await.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Abort(true)]);
+    }
+
+    #[tokio::test]
+    async fn dropped_future_aborts_unresponded() {
+        let (p, log) = probe();
+        let future = MeteredFuture::new(
+            std::future::pending::<Result<Response<http_body_util::Empty<Bytes>>, ()>>(),
+            Some(p),
+            false,
+        );
+        drop(future);
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Abort(false)]);
+    }
+}
