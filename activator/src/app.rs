@@ -238,6 +238,7 @@ pub async fn run(config: Config) -> ExitCode {
     reporter_task.abort();
     sweeper.abort();
     autoscaler.closed().await;
+    state.observability.shutdown().await;
     tracing::info!("Shutdown complete, exiting...");
     ExitCode::SUCCESS
 }

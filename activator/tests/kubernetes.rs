@@ -397,3 +397,34 @@ async fn klog_flags_are_accepted() {
     .await;
     activator.wait_healthy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_wait_for_the_initial_sync() {
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    api.set_unavailable("revisions", true);
+    let stats = StatsReceiver::start().await;
+    let port = free_port();
+    let config = kube_config(&api, &stats).env("ACTIVATOR_HTTP1_PORT", port);
+    let starting = tokio::task::spawn_blocking(move || config.start());
+    eventually(DEADLINE, "the activator to try listing revisions", || {
+        std::future::ready((api.lists("revisions") >= 1).then_some(()))
+    })
+    .await;
+    // Still not synced: nothing listens (kubelet probes fail, no request is accepted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "listening before the revisions were listed"
+    );
+    api.set_unavailable("revisions", false);
+    let activator = starting.await.expect("start the activator");
+    activator.wait_healthy().await;
+    assert!(
+        activator
+            .stdout_text()
+            .contains("Kubernetes discovery synced"),
+        "{}",
+        activator.stdout_text()
+    );
+}

@@ -318,3 +318,39 @@ async fn log_level_changes_without_restart() {
     activator.wait_log("log level set", 2).await;
     assert!(activator.stdout_text().contains("\"level\":\"debug\""));
 }
+
+/// `tracing-protocol: stdout` with sampling 1: the spans of §7.2 (`handle`, `throttler_try`,
+/// the client span, `activator_proxy`) share the incoming trace id, and the queue-proxy (hence
+/// the app) receives a `traceparent` of that trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_and_propagation() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (activator, pod, _stats) = start(
+        observability(json!({"tracing-protocol": "stdout", "tracing-sampling-rate": "1"})),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned())],
+    )
+    .await;
+    let resp = send(
+        activator.addr(),
+        rev_req("GET", "/obs", NS, REV)
+            .header("traceparent", format!("00-{TRACE}-00f067aa0ba902b7-01"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let seen = pod.app.only_seen();
+    let traceparent = seen.header("traceparent").expect("traceparent at the app");
+    assert!(traceparent.contains(TRACE), "{traceparent}");
+    assert!(!traceparent.contains("00f067aa0ba902b7"), "a new parent span: {traceparent}");
+    let names = ["\"handle\"", "\"throttler_try\"", "\"GET /obs\"", "\"activator_proxy\""];
+    eventually(DEADLINE, "the four spans on stdout", || {
+        let text = activator.stdout_text();
+        let spans: Vec<&str> = text.lines().filter(|l| l.contains(TRACE)).collect();
+        let all = names
+            .iter()
+            .all(|n| spans.iter().any(|l| l.contains(&format!("\"Name\":{n}"))));
+        std::future::ready(all.then_some(()))
+    })
+    .await;
+}

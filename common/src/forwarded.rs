@@ -14,9 +14,12 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
     if !first_str(headers, &FORWARDED).is_empty() {
         return None;
     }
-    let xff = first_str(headers, &X_FORWARDED_FOR);
-    let proto = first_str(headers, &X_FORWARDED_PROTO);
-    let host = first_str(headers, &X_FORWARDED_HOST);
+    // Go's header parsing drops surrounding spaces and tabs; h2 clients can still send them.
+    // Without the trim a whitespace-only `X-Forwarded-For` gave an empty `Forwarded` (fuzz find).
+    let ows: &[char] = &[' ', '\t'];
+    let xff = first_str(headers, &X_FORWARDED_FOR).trim_matches(ows);
+    let proto = first_str(headers, &X_FORWARDED_PROTO).trim_matches(ows);
+    let host = first_str(headers, &X_FORWARDED_HOST).trim_matches(ows);
     if xff.is_empty() && proto.is_empty() && host.is_empty() {
         return None;
     }
@@ -160,5 +163,18 @@ mod tests {
         h.insert("forwarded", HeaderValue::from_static("for=a, for=b"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         assert_eq!(synthesize(&h), None);
+    }
+
+    /// Fuzz regression: whitespace-only values are absent values, never an empty `Forwarded`.
+    #[test]
+    fn whitespace_only_values_give_no_header() {
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("\t"));
+            assert_eq!(synthesize(&h), None, "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static(" 1.2.3.4 "));
+        assert_eq!(synthesize(&h).as_deref(), Some("for=1.2.3.4"));
     }
 }

@@ -179,6 +179,10 @@ Ctrl-C stops everything: activator first, then each instance drains; no process 
 }
 
 async fn run() -> Result<bool> {
+    // Handlers first: a Ctrl-C during start-up must also stop what was started.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let exe = std::env::current_exe().context("cannot locate this executable")?;
     let bin_dir = exe
         .parent()
@@ -208,7 +212,12 @@ async fn run() -> Result<bool> {
         "starting the activator, the autoscaler stand-in and {} instance(s) ...",
         args.config.scaling.initial_scale
     );
-    let stack = Stack::start(args.config).await?;
+    let stack = tokio::select! {
+        stack = Stack::start(args.config) => stack?,
+        // Dropping the unfinished start kills whatever it had started.
+        _ = interrupt.recv() => bail!("interrupted during start-up; everything started was stopped"),
+        _ = terminate.recv() => bail!("terminated during start-up; everything started was stopped"),
+    };
     let mut events = stack.subscribe();
     for event in stack.events() {
         println!(
@@ -219,9 +228,6 @@ async fn run() -> Result<bool> {
     }
     print_banner(&stack, &run_dir);
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let printer_t0 = t0;
     let printer = tokio::spawn(async move {
         while let Ok(event) = events.recv().await {

@@ -790,13 +790,17 @@ async fn start_instance(shared: Arc<Shared>) -> Result<(), String> {
     // Readiness: the kubelet's probe of the queue-proxy (spec queue-proxy §3.3).
     let deadline = started + shared.config.start_timeout;
     let failure = loop {
-        if let Some(reason) = shared
-            .lock()
-            .instances
-            .get(&index)
-            .and_then(|i| i.failure.clone())
-        {
-            break reason;
+        match shared.lock().instances.get(&index) {
+            // Scaled down (or the stack stopped) before it was ready: stop_instance cleans up.
+            None => return Err(format!("{name} was removed during start-up")),
+            Some(i) if i.info.phase == Phase::Stopping => {
+                return Err(format!("{name} was stopped during start-up"))
+            }
+            Some(i) => {
+                if let Some(reason) = i.failure.clone() {
+                    break reason;
+                }
+            }
         }
         let probe = shared
             .client

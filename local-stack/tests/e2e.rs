@@ -266,7 +266,7 @@ async fn instance_killed_under_load() {
         worker.await.unwrap();
     }
 
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let refused = format!(
         "dial tcp {}: connect: connection refused",
         victim.queue_addr
@@ -304,12 +304,11 @@ async fn instance_killed_under_load() {
         );
     }
     eprintln!(
-        "killed {} at {:?}: {in_flight} in-flight 502s, {dialled_dead} refused 502s, {} requests",
+        "killed {}; stand-in noticed after {:?}: {in_flight} in-flight 502s, {dialled_dead} refused 502s, {} requests",
         victim.name,
-        killed_at.elapsed(),
+        died_at.saturating_duration_since(killed_at),
         outcomes.len()
     );
-    drop(outcomes);
     let stack = Arc::try_unwrap(stack).ok().expect("workers are done");
     stack.shutdown().await.expect("clean shutdown");
     assert_no_orphans(&dir).await;
@@ -356,6 +355,9 @@ async fn websocket_and_h2c_stream_through_both_proxies() {
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
     ws.close(None).await.unwrap();
+    // The app answers the close; then the tunnel ends.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(DEADLINE, ws.next()).await {}
+    drop(ws);
 
     // gRPC-style bidirectional stream over h2c: each message is echoed before the next is sent.
     let tcp = tokio::net::TcpStream::connect(stack.activator_addr())
@@ -408,6 +410,7 @@ async fn websocket_and_h2c_stream_through_both_proxies() {
         }
     };
     assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    drop(sender);
 
     stack.shutdown().await.expect("clean shutdown");
     assert_no_orphans(&dir).await;
@@ -495,6 +498,18 @@ async fn binary_stops_everything_on_ctrl_c() {
         })
         .expect("the banner names the log directory");
     let run = std::path::PathBuf::from(run);
+    let activator: std::net::SocketAddr = seen
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Activator")?
+                .trim()
+                .strip_prefix("http://")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the banner names the activator's address");
     assert_eq!(
         processes_logging_to(&run).len(),
         5,
@@ -507,4 +522,8 @@ async fn binary_stops_everything_on_ctrl_c() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     assert_no_orphans(&run).await;
+    assert!(
+        std::net::TcpStream::connect(activator).is_err(),
+        "the activator's port is free again"
+    );
 }

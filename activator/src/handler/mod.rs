@@ -28,11 +28,12 @@ use knative_common::headers::{
 use knative_common::metrics::{MeteredBody, MeteredFuture};
 use knative_common::proxy::{bad_gateway, forward, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
+use knative_common::trace::Span;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::discovery::RevisionSpec;
-use crate::observability::{ActiveGuard, Observability, Observed, RevisionMetrics};
+use crate::observability::{spans, ActiveGuard, Observability, Observed, RevisionMetrics};
 use crate::reporter::{AutoscalerConnection, ConcurrencyReporter, InFlightReport};
 use crate::throttler::{Lease, Throttler, ThrottlerError};
 use pools::DestPools;
@@ -100,9 +101,18 @@ impl ActivatorService {
     }
 }
 
-/// What the proxied response body holds until it ends: the throttler slot and the
-/// `kn.revision.request.active` count.
-pub type ProxyGuards = Option<(Lease, Option<ActiveGuard>)>;
+/// What the proxied response body holds until it ends: the throttler slot, the
+/// `kn.revision.request.active` count and the spans of the proxying (dropped in field order:
+/// the client span ends before `activator_proxy`).
+pub struct ProxyHold {
+    _lease: Lease,
+    _active: Option<ActiveGuard>,
+    _client_span: Option<Span>,
+    _proxy_span: Option<Span>,
+}
+
+/// See [`ProxyHold`].
+pub type ProxyGuards = Option<ProxyHold>;
 
 /// The response body of the activation path, with every per-request guard.
 pub type InnerBody = Guarded<
@@ -143,7 +153,7 @@ impl Service<Request<Incoming>> for ActivatorService {
             );
             let observed = state
                 .observability
-                .observe(&request, None, None, self.remote);
+                .observe(&mut request, None, None, self.remote);
             let response: Response<InnerBody> =
                 text_error_bytes(StatusCode::NOT_FOUND, Bytes::from(body));
             return Box::pin(MeteredFuture::new(
@@ -156,7 +166,7 @@ impl Service<Request<Incoming>> for ActivatorService {
         let observed =
             state
                 .observability
-                .observe(&request, Some(&revision), metrics.clone(), self.remote);
+                .observe(&mut request, Some(&revision), metrics.clone(), self.remote);
         let head = request.method() == http::Method::HEAD;
         let peer = self.peer.clone();
         let handled = async move { Ok(handle(state, peer, request, revision, metrics).await) };
@@ -261,6 +271,8 @@ impl Activation {
         // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
         // has been sent.
         let queued = self.metrics.as_ref().map(|m| m.queued());
+        let tracer = self.state.observability.tracer();
+        let mut try_span = tracer.map(|t| spans::throttler_try(t, &request));
         let lease = match self
             .state
             .throttler
@@ -270,6 +282,9 @@ impl Activation {
             Ok(lease) => lease,
             Err(ThrottlerError::QueueFull) => {
                 drop(queued);
+                if let Some(span) = try_span.as_mut() {
+                    spans::failed(span, &ThrottlerError::QueueFull);
+                }
                 return text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "pending request queue full\n",
@@ -277,10 +292,14 @@ impl Activation {
             }
             Err(error) => {
                 drop(queued);
+                if let Some(span) = try_span.as_mut() {
+                    spans::failed(span, &error);
+                }
                 tracing::warn!(%error, "knative.dev/key" = %id, "throttler failed");
                 return empty(StatusCode::INTERNAL_SERVER_ERROR);
             }
         };
+        drop(try_span);
         let active = queued.map(|q| q.activate());
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
@@ -309,9 +328,30 @@ impl Activation {
         // Boxed: the proxy's future is large, and without the box every request *queued* in the
         // throttler above would carry its full size (10,000 queued requests: ~30 MB of a debug
         // build's 72 MB resident set).
+        let (mut client_span, proxy_span) = match tracer {
+            Some(t) => {
+                let (client, proxy) = spans::proxy_spans(t, &mut request, addr);
+                (Some(client), Some(proxy))
+            }
+            None => (None, None),
+        };
         match Box::pin(forward(&upstream, request, upgrade)).await {
-            Ok(response) => attach_guard(response, Some((lease, active))),
+            Ok(response) => {
+                if let Some(span) = client_span.as_mut() {
+                    spans::record_client_status(span, response.status().as_u16());
+                }
+                let hold = ProxyHold {
+                    _lease: lease,
+                    _active: active,
+                    _client_span: client_span,
+                    _proxy_span: proxy_span,
+                };
+                attach_guard(response, Some(hold))
+            }
             Err(error) => {
+                if let Some(span) = client_span.as_mut() {
+                    spans::failed(span, &error);
+                }
                 tracing::debug!(%error, dest = lease.dest(), "proxying to the pod failed");
                 bad_gateway(&error).map(Guarded::unguarded)
             }

@@ -10,6 +10,13 @@
 //! rule for long names) and its public Endpoints (activator IPs); plus the ConfigMaps and Secrets
 //! of the system namespace. Endpoints or Services of revisions that do not exist are kept (the
 //! revision may be listed later) but publish nothing, as upstream drops their events.
+//!
+//! Decision on a Go artifact: when a revision's private Endpoints object is *deleted* while the
+//! Revision still exists, upstream drops the revision's watcher and the throttler keeps its last
+//! dests (pods that are gone). Here the revision simply has no pods, exactly like Endpoints
+//! without subsets: requests wait for pods instead of being sent to dead addresses. Public
+//! Endpoints deletions change nothing, as upstream (this activator's index is only updated from
+//! sets that contain its `POD_IP`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -571,6 +571,84 @@ fn public_endpoints_without_this_activator_keep_the_defaults() {
     let _ = Arc::new(snapshot);
 }
 
+/// Revision `rev` routed through its private Service's cluster IP: `backends` ready endpoints and
+/// `activators` activator IPs (this one is the first); returns the revision breaker's capacity.
+fn cluster_ip_capacity(cc: u32, backends: usize, activators: usize) -> u64 {
+    let ip = |prefix: u8, i: usize| format!("10.{prefix}.{}.{}", i / 250, i % 250 + 1);
+    let mut stores = Stores::default();
+    let put = |stores: &mut Stores, kind: WatchKind, value: Value| {
+        let obj: DynamicObject = serde_json::from_value(value).unwrap();
+        let key = object_key("x", &obj).unwrap();
+        stores.apply(kind, key, kind.convert(&obj).unwrap());
+    };
+    put(&mut stores, WatchKind::Revisions, revision_obj("rev", cc));
+    let pods: Vec<String> = (0..backends).map(|i| ip(1, i)).collect();
+    put(
+        &mut stores,
+        WatchKind::PrivateEndpoints,
+        endpoints_obj("rev-private", "rev", false, &pods),
+    );
+    let acts: Vec<String> = (0..activators).map(|i| ip(0, i)).collect();
+    put(
+        &mut stores,
+        WatchKind::PublicEndpoints,
+        endpoints_obj("rev", "rev", true, &acts),
+    );
+    put(
+        &mut stores,
+        WatchKind::PrivateServices,
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "rev-private", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8012}]},
+        }),
+    );
+    let snapshot = stores.snapshot();
+    let entry = snapshot.get(&id("default", "rev")).unwrap();
+    assert_eq!(entry.private.cluster_ip.as_deref(), Some("10.96.0.10:80"));
+    let throttler = Throttler::new();
+    let rev_id = entry.spec.id.clone();
+    throttler.ensure_revision(&rev_id, entry.spec.throttler_settings(None));
+    throttler
+        .update_activators(&rev_id, &entry.public.activator_ips, &ip(0, 0))
+        .unwrap();
+    // Cluster-IP mode (spec §5.10): the dests are the K8s-ready endpoints, counted.
+    throttler
+        .update_dests(
+            &rev_id,
+            &crate::throttler::DestsUpdate {
+                cluster_ip_dest: entry.private.cluster_ip.clone(),
+                dests: entry.private.ready.iter().cloned().collect(),
+            },
+        )
+        .unwrap();
+    throttler.get("default", "rev").unwrap().capacity()
+}
+
+#[test]
+fn cluster_ip_capacity_examples_through_endpoints() {
+    // Spec §11 items 29 and 30: (cc, backends, activators) → capacity.
+    for (cc, backends, activators, capacity) in [
+        (10, 1, 1, 10),
+        (10, 10, 1, 100),
+        (10, 100, 1, 1000),
+        (10, 10, 5, 20),
+        (10, 10, 200, 1),
+        (10, 0, 200, 0),
+        (0, 0, 1, 0),
+        (0, 1, 1, 1),
+        (0, 10, 1, 1),
+        (0, 0, 200, 0),
+        (0, 1, 200, 1),
+    ] {
+        assert_eq!(
+            cluster_ip_capacity(cc, backends, activators),
+            capacity,
+            "cc {cc}, {backends} backends, {activators} activators"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Publishing: nothing before every watch listed; bursts coalesced.
 

@@ -5,7 +5,8 @@
 //! - [`metrics`]: the §7.1 instruments and their Prometheus exposition;
 //! - [`listener`]: where `/metrics` listens and what it answers;
 //! - [`request_log`]: the §7.3 line;
-//! - [`logging`]: the JSON process log with a reloadable level.
+//! - [`logging`]: the JSON process log with a reloadable level;
+//! - [`spans`]: the §7.2 spans and W3C propagation.
 //!
 //! [`Observability`] is the shared state the request path reads: metric handles (if metrics are
 //! on) and the dynamic settings behind an [`ArcSwap`], replaced whole by [`Observability::watch`]
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod request_log;
+pub mod spans;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -122,6 +124,7 @@ impl StartupConfig {
 /// Shared observability state of the request path.
 pub struct Observability {
     metrics: Option<&'static ActivatorMetrics>,
+    tracer: Option<&'static knative_common::trace::Tracer>,
     dynamic: ArcSwap<DynamicObservability>,
     revision_info: DashMap<RevisionId, Arc<RevisionInfo>>,
 }
@@ -146,9 +149,22 @@ impl Observability {
     pub fn new(metrics: Option<&'static ActivatorMetrics>, dynamic: DynamicObservability) -> Self {
         Observability {
             metrics,
+            tracer: None,
             dynamic: ArcSwap::from_pointee(dynamic),
             revision_info: DashMap::new(),
         }
+    }
+
+    /// With spans from `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<&'static knative_common::trace::Tracer>) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The tracer, when tracing is on.
+    #[inline]
+    pub fn tracer(&self) -> Option<&'static knative_common::trace::Tracer> {
+        self.tracer
     }
 
     /// The metrics, when exported.
@@ -183,11 +199,14 @@ impl Observability {
     #[inline]
     pub fn observe<B: http_body::Body>(
         &'static self,
-        request: &Request<B>,
+        request: &mut Request<B>,
         revision: Option<&Arc<RevisionSpec>>,
         revision_metrics: Option<Arc<RevisionMetrics>>,
         remote: SocketAddr,
     ) -> Option<Observed> {
+        let span = self
+            .tracer
+            .map(|t| spans::server_span(t, request, revision.map(|r| &**r)));
         let measure = self.metrics.map(|m| m.start(request, revision_metrics));
         let line = revision.and_then(|revision| {
             let settings = self.dynamic.load();
@@ -200,9 +219,10 @@ impl Observability {
                 )
             })
         });
-        (measure.is_some() || line.is_some()).then_some(Observed {
+        (measure.is_some() || line.is_some() || span.is_some()).then_some(Observed {
             measure,
             line,
+            span,
             status: 200,
         })
     }
@@ -281,6 +301,9 @@ pub enum StartError {
     /// `METRICS_PROMETHEUS_*` is invalid.
     #[error(transparent)]
     Env(#[from] knative_common::env::EnvError),
+    /// Tracing cannot be set up.
+    #[error(transparent)]
+    Trace(#[from] knative_common::trace::TraceConfigError),
     /// The metrics listener cannot be bound.
     #[error("cannot listen for metrics on {address}: {source}")]
     Bind {
@@ -336,11 +359,9 @@ impl Observability {
                 None
             }
         };
-        if observability.tracing_protocol != TracingProtocol::None {
-            tracing::warn!(
-                protocol = ?observability.tracing_protocol,
-                "tracing is not implemented by this activator; no spans are exported"
-            );
+        let tracer = spans::build(observability, env, pod_name, system_namespace)?;
+        if let Some(tracer) = tracer {
+            tracing::info!(protocol = ?observability.tracing_protocol, sampler = %tracer.sampler(), "tracing enabled");
         }
         if let Some(metrics) = metrics {
             let (host, port) = listener::listen_address(env)?;
@@ -368,9 +389,18 @@ impl Observability {
             ));
         }
         let this: &'static Observability =
-            Box::leak(Box::new(Observability::new(metrics, startup.dynamic)));
+            Box::leak(Box::new(Observability::new(metrics, startup.dynamic).with_tracer(tracer)));
         tokio::spawn(this.watch(snapshots, names, fallback_level, system, background_stop));
         Ok(this)
+    }
+
+    /// Flushes the spans still queued (spec §8 step 4: 10 s budget).
+    pub async fn shutdown(&self) {
+        if let Some(tracer) = self.tracer {
+            if !tracer.shutdown(std::time::Duration::from_secs(10)).await {
+                tracing::warn!("the last spans could not be exported in time");
+            }
+        }
     }
 
     /// Reads `kn.activator.stats.conn.*` from the autoscaler connection.
@@ -410,6 +440,8 @@ pub fn apply_logging(name: &str, data: &BTreeMap<String, String>, fallback_level
 pub struct Observed {
     measure: Option<ServerMeasure>,
     line: Option<LogLine>,
+    /// The server span; ends when this is settled (dropped).
+    span: Option<knative_common::trace::Span>,
     status: u16,
 }
 
@@ -418,6 +450,9 @@ impl Completion for Observed {
         self.status = status.as_u16();
         if let Some(m) = self.measure.as_mut() {
             m.set_status(self.status);
+        }
+        if let Some(span) = self.span.as_mut() {
+            spans::record_server_status(span, self.status);
         }
     }
 
@@ -513,9 +548,9 @@ mod tests {
     fn nothing_to_observe_when_off() {
         let obs: &'static Observability = Box::leak(Box::default());
         let spec = Arc::new(RevisionSpec::new(RevisionId::new("ns", "r")));
-        let request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
+        let mut request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
         assert!(obs
-            .observe(&request, Some(&spec), None, "127.0.0.1:1".parse().unwrap())
+            .observe(&mut request, Some(&spec), None, "127.0.0.1:1".parse().unwrap())
             .is_none());
     }
 }

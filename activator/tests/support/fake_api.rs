@@ -84,6 +84,8 @@ struct State {
     version: String,
     lists: HashMap<&'static str, usize>,
     watch_starts: HashMap<&'static str, usize>,
+    /// Resources answered with `503 Service Unavailable`.
+    unavailable: Vec<&'static str>,
 }
 
 /// The fake API server; stops when dropped.
@@ -250,6 +252,19 @@ impl FakeApi {
                 },
             });
             let _ = watch.tx.send(Ok(Frame::data(line(&event))));
+        }
+    }
+
+    /// Makes list and watch requests for `resource` (plural) fail with 503 (or succeed again).
+    pub fn set_unavailable(&self, resource: &str, unavailable: bool) {
+        let (plural, _, _) = RESOURCES
+            .iter()
+            .find(|(p, _, _)| *p == resource)
+            .expect("known resource");
+        let mut state = self.state.lock().unwrap();
+        state.unavailable.retain(|r| r != plural);
+        if unavailable {
+            state.unavailable.push(plural);
         }
     }
 
@@ -482,6 +497,14 @@ fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> {
     let selector = parse_selector(params.get("labelSelector").map_or("", String::as_str));
     let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
     let mut state = state.lock().unwrap();
+    if state.unavailable.contains(&resource) {
+        *state.lists.entry(resource).or_default() += usize::from(!watch);
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": "ServiceUnavailable", "code": 503, "message": "unavailable (test)"}),
+        );
+    }
     if !watch {
         *state.lists.entry(resource).or_default() += 1;
         let items: Vec<Value> = state
