@@ -428,3 +428,122 @@ async fn listeners_wait_for_the_initial_sync() {
         activator.stdout_text()
     );
 }
+
+/// The RBAC rules shipped in `config/rbac.yaml`, as (scope, apiGroup, resource, verbs).
+fn shipped_rbac() -> Vec<(String, String, String, Vec<String>)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/rbac.yaml");
+    let text = std::fs::read_to_string(path).expect("read config/rbac.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).expect("parse rbac.yaml");
+    let mut rules = Vec::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if kind != "Role" && kind != "ClusterRole" {
+            continue;
+        }
+        let scope = match kind {
+            "Role" => doc["metadata"]["namespace"].as_str().unwrap().to_owned(),
+            _ => "*".to_owned(),
+        };
+        for rule in doc["rules"].as_array().expect("rules") {
+            let strings = |v: &serde_json::Value| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.iter().map(|s| s.as_str().unwrap().to_owned()).collect())
+                    .unwrap_or_default()
+            };
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    rules.push((
+                        scope.clone(),
+                        group.clone(),
+                        resource,
+                        strings(&rule["verbs"]),
+                    ));
+                }
+            }
+        }
+    }
+    rules
+}
+
+/// `config/rbac.yaml` (issue 6: "the RBAC the Rust activator needs, no more than upstream's"):
+/// every request the activator makes to the API server is allowed by those rules, the rules are
+/// read-only, and they are exactly upstream's (cluster-wide services, endpoints, revisions;
+/// configmaps and secrets in knative-serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_request_is_allowed_by_the_shipped_rbac() {
+    let rules = shipped_rbac();
+    let mut granted: Vec<(String, String, String)> = rules
+        .iter()
+        .map(|(scope, group, resource, verbs)| {
+            assert_eq!(
+                verbs,
+                &["get", "list", "watch"],
+                "{scope} {group}/{resource}: the activator only reads"
+            );
+            (scope.clone(), group.clone(), resource.clone())
+        })
+        .collect();
+    granted.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("*", "", "endpoints"),
+        ("*", "", "services"),
+        ("*", "serving.knative.dev", "revisions"),
+        ("knative-serving", "", "configmaps"),
+        ("knative-serving", "", "secrets"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(
+        granted, expected,
+        "the same rules as upstream's activator roles"
+    );
+
+    let api = FakeApi::start().await;
+    api.put_all(required_config_maps());
+    let stats = StatsReceiver::start().await;
+    let activator = start(kube_config(&api, &stats)).await;
+    activator.wait_healthy().await;
+    let requests = api.requests();
+    assert!(requests.iter().any(|r| r.watch), "{requests:?}");
+    for request in requests {
+        assert_eq!(
+            request.method, "GET",
+            "{request:?}: the activator only reads"
+        );
+        if request.path == "/version" {
+            // A non-resource URL every authenticated user may read (system:discovery).
+            continue;
+        }
+        let (group, rest) = if let Some(rest) = request.path.strip_prefix("/api/v1/") {
+            ("", rest)
+        } else if let Some(rest) = request.path.strip_prefix("/apis/serving.knative.dev/v1/") {
+            ("serving.knative.dev", rest)
+        } else {
+            panic!("unexpected API path {}", request.path);
+        };
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (namespace, resource, name) = match parts.as_slice() {
+            ["namespaces", ns, resource] => (Some(*ns), *resource, None),
+            ["namespaces", ns, resource, name] => (Some(*ns), *resource, Some(*name)),
+            [resource] => (None, *resource, None),
+            other => panic!("unexpected API path {other:?}"),
+        };
+        let verb = match (request.watch, name) {
+            (true, _) => "watch",
+            (false, Some(_)) => "get",
+            (false, None) => "list",
+        };
+        let allowed = rules.iter().any(|(scope, g, r, verbs)| {
+            g == group
+                && r == resource
+                && verbs.iter().any(|v| v == verb)
+                && (scope == "*" || namespace == Some(scope.as_str()))
+        });
+        assert!(
+            allowed,
+            "{verb} {group}/{resource} in {namespace:?} ({}) is not allowed by config/rbac.yaml",
+            request.path
+        );
+    }
+}

@@ -86,6 +86,19 @@ struct State {
     watch_starts: HashMap<&'static str, usize>,
     /// Resources answered with `503 Service Unavailable`.
     unavailable: Vec<&'static str>,
+    /// Every request received, in order.
+    requests: Vec<ApiRequest>,
+}
+
+/// One request the fake API server received, as an RBAC check sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// HTTP method.
+    pub method: String,
+    /// The path (no query).
+    pub path: String,
+    /// Whether it was a watch (`?watch=true`).
+    pub watch: bool,
 }
 
 /// The fake API server; stops when dropped.
@@ -253,6 +266,11 @@ impl FakeApi {
             });
             let _ = watch.tx.send(Ok(Frame::data(line(&event))));
         }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<ApiRequest> {
+        self.state.lock().unwrap().requests.clone()
     }
 
     /// Makes list and watch requests for `resource` (plural) fail with 503 (or succeed again).
@@ -474,6 +492,17 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
 }
 
 fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Body> {
+    {
+        let watch = matches!(
+            query(&req).get("watch").map(String::as_str),
+            Some("true" | "1")
+        );
+        state.lock().unwrap().requests.push(ApiRequest {
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            watch,
+        });
+    }
     if req.uri().path() == "/version" {
         let version = state.lock().unwrap().version.clone();
         return json_response(
