@@ -47,6 +47,9 @@ pub struct Config {
     pub autoscaler_url: String,
     /// `ACTIVATOR_DISCOVERY_FILE` (ours): the file discovery source.
     pub discovery_file: Option<PathBuf>,
+    /// How often the discovery file is checked for changes (ours:
+    /// `ACTIVATOR_DISCOVERY_POLL_MILLIS`, default 100 ms; at least 1 ms).
+    pub discovery_poll: Duration,
     /// `ACTIVATOR_DRAIN_SLEEP_SECONDS` (ours; default 45).
     pub drain_sleep: Duration,
     /// `ACTIVATOR_MAX_QUEUED_PER_REVISION` (ours; unset = unbounded, as upstream).
@@ -116,6 +119,15 @@ impl Config {
                 .var("ACTIVATOR_DISCOVERY_FILE")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
+            discovery_poll: Duration::from_millis(
+                optional_int(
+                    env,
+                    "ACTIVATOR_DISCOVERY_POLL_MILLIS",
+                    100,
+                    "a whole number of milliseconds",
+                )?
+                .max(1),
+            ),
             drain_sleep: Duration::from_secs(optional_int(
                 env,
                 "ACTIVATOR_DRAIN_SLEEP_SECONDS",

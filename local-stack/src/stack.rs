@@ -485,6 +485,9 @@ impl Stack {
             ("ACTIVATOR_AUTOSCALER_URL", stats.url()),
             ("ACTIVATOR_DISCOVERY_FILE", discovery.display().to_string()),
             ("ACTIVATOR_DRAIN_SLEEP_SECONDS", "0".to_owned()),
+            // The discovery file stands in for the Endpoints watch: re-read it often, so that an
+            // instance the stand-in saw die leaves the activator's pod set within milliseconds.
+            ("ACTIVATOR_DISCOVERY_POLL_MILLIS", "5".to_owned()),
             ("ACTIVATOR_LOG_LEVEL", "info".to_owned()),
         ];
         let child = shared

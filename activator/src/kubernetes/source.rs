@@ -15,9 +15,6 @@ use crate::config::Config;
 use crate::discovery::{DiscoverySource, FileSource, RevisionSpec, Snapshot};
 use crate::network_config::CONFIG_NETWORK;
 
-/// How often the file source re-reads its file.
-const DISCOVERY_FILE_POLL: Duration = Duration::from_millis(100);
-
 /// How often the wait for the initial sync logs what it still waits for.
 const SYNC_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -126,7 +123,7 @@ pub async fn start_discovery(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<dyn DiscoverySource>, String> {
     if let Some(path) = &config.discovery_file {
-        let source = FileSource::start(path.clone(), DISCOVERY_FILE_POLL, shutdown)
+        let source = FileSource::start(path.clone(), config.discovery_poll, shutdown)
             .map_err(|e| e.to_string())?;
         return Ok(source);
     }
