@@ -53,7 +53,10 @@ async fn total_queue_cap_spans_revisions() {
         Rev::new("c", 10).ready([app.addr]),
     ]);
     for handle in handles {
-        let resp = tokio::time::timeout(DEADLINE, handle).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(DEADLINE, handle)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status, StatusCode::OK, "{resp:?}");
     }
     assert_eq!(app.seen_count(), 4);
@@ -149,7 +152,10 @@ async fn h2_floods_are_cut_off() {
     });
     let (_, closed) = read_frames(&mut read, DEADLINE, |_| false).await;
     assert!(closed);
-    let sent = tokio::time::timeout(DEADLINE, writer).await.unwrap().unwrap();
+    let sent = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(sent < 8 << 20, "{sent}");
 
     assert_eq!(app.seen_count(), 0);

@@ -124,8 +124,12 @@ async fn prometheus_metrics_after_requests() {
         "{text}"
     );
     assert!(text.contains("service_name=\"activator\""), "{text}");
-    // Probes are never measured.
-    assert!(!text.contains("kube-probe"), "{text}");
+    // Kubelet probes (wait_healthy sent some) are never measured: every series has a revision.
+    let server_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .collect();
+    assert_eq!(server_lines.len(), 1, "{text}");
     let resp = get(metrics_addr, "/other").await;
     assert_eq!(resp.status, StatusCode::NOT_FOUND);
 }
@@ -342,8 +346,16 @@ async fn spans_and_propagation() {
     let seen = pod.app.only_seen();
     let traceparent = seen.header("traceparent").expect("traceparent at the app");
     assert!(traceparent.contains(TRACE), "{traceparent}");
-    assert!(!traceparent.contains("00f067aa0ba902b7"), "a new parent span: {traceparent}");
-    let names = ["\"handle\"", "\"throttler_try\"", "\"GET /obs\"", "\"activator_proxy\""];
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "a new parent span: {traceparent}"
+    );
+    let names = [
+        "\"handle\"",
+        "\"throttler_try\"",
+        "\"GET /obs\"",
+        "\"activator_proxy\"",
+    ];
     eventually(DEADLINE, "the four spans on stdout", || {
         let text = activator.stdout_text();
         let spans: Vec<&str> = text.lines().filter(|l| l.contains(TRACE)).collect();
@@ -353,4 +365,74 @@ async fn spans_and_propagation() {
         std::future::ready(all.then_some(()))
     })
     .await;
+}
+
+/// `metrics-protocol: http/protobuf`: the metrics are pushed to `metrics-endpoint` as OTLP
+/// `ExportMetricsServiceRequest`s with the OTel names and dotted attributes; no `/metrics`
+/// listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_metrics_push() {
+    use http_body_util::BodyExt;
+    use knative_common::metrics::otlp::proto::ExportMetricsServiceRequest;
+    use prost::Message;
+    use std::sync::{Arc, Mutex};
+
+    let received: Arc<Mutex<Vec<(String, ExportMetricsServiceRequest)>>> = Arc::default();
+    let sink = received.clone();
+    let collector = App::start(handler(move |req: http::Request<hyper::body::Incoming>| {
+        let sink = sink.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let message = ExportMetricsServiceRequest::decode(body).expect("protobuf body");
+            sink.lock().unwrap().push((path, message));
+            respond(StatusCode::OK, "")
+        }
+    }))
+    .await;
+    let port = free_port();
+    let (activator, _pod, _stats) = start(
+        observability(json!({
+            "metrics-protocol": "http/protobuf",
+            "metrics-endpoint": format!("http://127.0.0.1:{}", collector.port()),
+        })),
+        &[
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100".to_owned()),
+            ("METRICS_PROMETHEUS_PORT", port.to_string()),
+            ("METRICS_PROMETHEUS_HOST", "127.0.0.1".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(request(activator.addr()).await.status, StatusCode::OK);
+    let (path, message) = eventually(DEADLINE, "an export with the request metrics", || {
+        let found = received
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, m)| {
+                m.resource_metrics[0]
+                    .scope_metrics
+                    .iter()
+                    .flat_map(|s| &s.metrics)
+                    .any(|m| m.name == "kn.revision.request.active")
+            })
+            .cloned();
+        std::future::ready(found)
+    })
+    .await;
+    assert_eq!(path, "/v1/metrics");
+    let names: Vec<&str> = message.resource_metrics[0]
+        .scope_metrics
+        .iter()
+        .flat_map(|s| s.metrics.iter().map(|m| m.name.as_str()))
+        .collect();
+    for name in [
+        "http.server.request.duration",
+        "kn.revision.request.queued",
+        "kn.activator.stats.conn.reachable",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }

@@ -107,11 +107,8 @@ async fn slow_clients_are_cut_at_the_header_read_timeout() {
         }
         trickle
     });
-    let mut idle = connect_and_send(
-        qp.addr(),
-        b"GET /one HTTP/1.1\r\nHost: example.com\r\n\r\n",
-    )
-    .await;
+    let mut idle =
+        connect_and_send(qp.addr(), b"GET /one HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
 
     let started = std::time::Instant::now();
     assert!(closed_within(&mut silent, DEADLINE).await, "silent");
@@ -149,7 +146,10 @@ async fn connection_cap_pauses_accept() {
     assert!(!third.is_finished(), "a third connection was served");
     assert_eq!(app.seen_count(), 2);
     drop(first);
-    let resp = tokio::time::timeout(DEADLINE, third).await.unwrap().unwrap();
+    let resp = tokio::time::timeout(DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     drop(second);
 }
@@ -220,8 +220,14 @@ async fn h2_continuation_flood_is_cut_off() {
     });
     let (frames, closed) = read_frames(&mut read, DEADLINE, |_| false).await;
     assert!(closed, "the connection stayed open: {frames:?}");
-    let sent = tokio::time::timeout(DEADLINE, writer).await.unwrap().unwrap();
-    assert!(sent < 8 << 20, "the whole flood was accepted ({sent} bytes)");
+    let sent = tokio::time::timeout(DEADLINE, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        sent < 8 << 20,
+        "the whole flood was accepted ({sent} bytes)"
+    );
     assert_eq!(app.seen_count(), 0);
     assert_still_serving(&mut qp).await;
 }

@@ -163,13 +163,17 @@ impl Service<Request<Incoming>> for ActivatorService {
             ));
         };
         let metrics = state.observability.revision_metrics(&revision);
-        let observed =
-            state
-                .observability
-                .observe(&mut request, Some(&revision), metrics.clone(), self.remote);
+        let observed = state.observability.observe(
+            &mut request,
+            Some(&revision),
+            metrics.clone(),
+            self.remote,
+        );
         let head = request.method() == http::Method::HEAD;
         let peer = self.peer.clone();
-        let handled = async move { Ok(handle(state, peer, request, revision, metrics).await) };
+        // `handle` directly (no wrapping async block, which would store the request twice in
+        // every queued request's future).
+        let handled = handle(state, peer, request, revision, metrics);
         Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
@@ -206,7 +210,7 @@ async fn handle(
     request: Request<Incoming>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
-) -> Response<InnerBody> {
+) -> Result<Response<InnerBody>, Infallible> {
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
@@ -235,7 +239,7 @@ async fn handle(
         Err(never) => match never {},
     };
     let response = attach_guard(response, Some(report));
-    attach_guard(response, Some(in_flight))
+    Ok(attach_guard(response, Some(in_flight)))
 }
 
 /// Stage 12: wait for capacity, then proxy to the leased pod (spec §2.12–§2.15).

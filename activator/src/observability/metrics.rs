@@ -321,6 +321,8 @@ pub struct ActivatorMetrics {
     /// `target_info` labels, sorted.
     resource: BTreeMap<&'static str, String>,
     dropped: AtomicU64,
+    /// When recording began (start of the cumulative OTLP data points).
+    start: std::time::SystemTime,
 }
 
 impl fmt::Debug for ActivatorMetrics {
@@ -350,6 +352,7 @@ impl ActivatorMetrics {
             autoscaler: RwLock::new(None),
             resource,
             dropped: AtomicU64::new(0),
+            start: std::time::SystemTime::now(),
         }
     }
 
@@ -437,6 +440,188 @@ impl ActivatorMetrics {
         all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         all.insert(0, self.anonymous.clone());
         all
+    }
+}
+
+/// OTLP push (spec §7.1 with `metrics-protocol` `grpc` / `http/protobuf`): the same
+/// instruments with their OTel names, units and dotted attribute keys, cumulative.
+impl ActivatorMetrics {
+    /// The export request for everything recorded so far (`now`: the data points' time).
+    pub fn otlp_request(
+        &self,
+        now: std::time::SystemTime,
+    ) -> knative_common::metrics::otlp::proto::ExportMetricsServiceRequest {
+        use knative_common::metrics::otlp::{
+            export_request, gauge, histogram, histogram_point, int_kv, proto, scope_metrics,
+            string_kv, sum, unix_nanos, Times,
+        };
+        use proto::number_data_point::Value;
+        let times = Times {
+            start: unix_nanos(self.start),
+            now: unix_nanos(now),
+        };
+        let revisions = self.sorted_revisions();
+        let revision_kvs = |r: &RevisionMetrics, short: bool| {
+            let mut kvs = Vec::with_capacity(4);
+            if r.anonymous {
+                return kvs;
+            }
+            kvs.push(string_kv("k8s.namespace.name", &r.namespace));
+            if !short {
+                kvs.push(string_kv("kn.configuration.name", &r.configuration));
+            }
+            kvs.push(string_kv("kn.revision.name", &r.name));
+            if !short {
+                kvs.push(string_kv("kn.service.name", &r.service));
+            }
+            kvs
+        };
+        let mut server_rows = Vec::new();
+        for r in &revisions {
+            for s in r.server.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                let mut kvs = revision_kvs(r, false);
+                kvs.push(string_kv("http.request.method", s.key.method));
+                kvs.push(int_kv("http.response.status_code", i64::from(s.key.status)));
+                kvs.push(string_kv("network.protocol.name", "http"));
+                kvs.push(string_kv("network.protocol.version", s.key.version));
+                kvs.push(string_kv("server.address", &s.key.host));
+                if let Some(port) = s.key.port {
+                    kvs.push(int_kv("server.port", i64::from(port)));
+                }
+                kvs.push(string_kv("url.scheme", "http"));
+                server_rows.push((kvs, s.clone()));
+            }
+        }
+        let mut scopes = Vec::new();
+        if !server_rows.is_empty() {
+            type Pick = fn(&ServerSeries) -> &AtomicHistogram;
+            let families: [(&str, &str, &str, Pick); 3] = [
+                (
+                    "http.server.request.duration",
+                    "Duration of HTTP server requests.",
+                    "s",
+                    |s| &s.duration,
+                ),
+                (
+                    "http.server.request.body.size",
+                    "Size of HTTP server request bodies.",
+                    "By",
+                    |s| &s.request_size,
+                ),
+                (
+                    "http.server.response.body.size",
+                    "Size of HTTP server response bodies.",
+                    "By",
+                    |s| &s.response_size,
+                ),
+            ];
+            let metrics = families
+                .into_iter()
+                .map(|(name, description, unit, pick)| {
+                    let points = server_rows
+                        .iter()
+                        .map(|(kvs, s)| histogram_point(kvs.clone(), &pick(s).snapshot(), times))
+                        .collect();
+                    histogram(name, description, unit, points)
+                })
+                .collect();
+            scopes.push(scope_metrics(
+                OTELHTTP_SCOPE.name,
+                OTELHTTP_SCOPE.version,
+                metrics,
+            ));
+        }
+        let mut own = Vec::new();
+        let named: Vec<&Arc<RevisionMetrics>> = revisions.iter().filter(|r| !r.anonymous).collect();
+        let concurrency: Vec<_> = named
+            .iter()
+            .filter(|r| r.concurrency_seen.load(Ordering::Relaxed))
+            .map(|r| {
+                let value = f64::from_bits(r.concurrency.load(Ordering::Relaxed));
+                (revision_kvs(r, false), Value::AsDouble(value))
+            })
+            .collect();
+        if !concurrency.is_empty() {
+            own.push(gauge(
+                "kn.revision.request.concurrency",
+                "Concurrent requests that are routed to Activator",
+                "{request}",
+                concurrency,
+                times,
+            ));
+        }
+        let seen: Vec<&&Arc<RevisionMetrics>> = named
+            .iter()
+            .filter(|r| r.requests_seen.load(Ordering::Relaxed))
+            .collect();
+        if !seen.is_empty() {
+            for (name, description, pick) in [
+                (
+                    "kn.revision.request.queued",
+                    "Number of requests currently queued in the activator waiting for capacity",
+                    (|r: &RevisionMetrics| &r.queued) as fn(&RevisionMetrics) -> &AtomicI64,
+                ),
+                (
+                    "kn.revision.request.active",
+                    "Number of requests currently being proxied by the activator",
+                    |r: &RevisionMetrics| &r.active,
+                ),
+            ] {
+                let points = seen
+                    .iter()
+                    .map(|r| {
+                        (
+                            revision_kvs(r, true),
+                            Value::AsInt(pick(r).load(Ordering::Relaxed)),
+                        )
+                    })
+                    .collect();
+                own.push(sum(name, description, "{request}", false, points, times));
+            }
+        }
+        let connection = self
+            .autoscaler
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(conn) = connection {
+            let peer = || vec![string_kv("peer", "autoscaler")];
+            if conn.errors() > 0 || conn.reachable() != 0 {
+                own.push(gauge(
+                    "kn.activator.stats.conn.reachable",
+                    "Whether a peer is reachable from the activator (1 = reachable, 0 = not reachable)",
+                    "{reachable}",
+                    vec![(peer(), Value::AsInt(conn.reachable()))],
+                    times,
+                ));
+            }
+            if conn.errors() > 0 {
+                own.push(sum(
+                    "kn.activator.stats.conn.errors",
+                    "Number of connection errors from the activator",
+                    "{error}",
+                    true,
+                    vec![(
+                        peer(),
+                        Value::AsInt(i64::try_from(conn.errors()).unwrap_or(i64::MAX)),
+                    )],
+                    times,
+                ));
+            }
+        }
+        if !own.is_empty() {
+            scopes.push(scope_metrics(
+                ACTIVATOR_SCOPE.name,
+                ACTIVATOR_SCOPE.version,
+                own,
+            ));
+        }
+        let resource: Vec<(String, &str)> = self
+            .resource
+            .iter()
+            .map(|(k, v)| (k.replace('_', "."), v.as_str()))
+            .collect();
+        export_request(resource.iter().map(|(k, v)| (k.as_str(), *v)), scopes)
     }
 }
 
@@ -808,6 +993,75 @@ mod tests {
         let mut sorted = families.clone();
         sorted.sort();
         assert_eq!(families, sorted);
+    }
+
+    #[test]
+    fn otlp_request_has_dotted_names_and_attributes() {
+        use knative_common::metrics::otlp::proto::{any_value, metric::Data};
+        let m = metrics();
+        let rev = m.revision(&spec("ns", "rev-1"));
+        let active = rev.queued().activate();
+        rev.set_concurrency(1.5);
+        let request = http::Request::builder()
+            .uri("/")
+            .header("host", "rev-1.ns.svc.cluster.local")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        m.start(&request, Some(rev)).finish(5);
+        let req = m.otlp_request(std::time::SystemTime::now());
+        let rm = &req.resource_metrics[0];
+        let resource: Vec<&str> = rm
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert!(
+            resource.contains(&"k8s.pod.name") && resource.contains(&"service.name"),
+            "{resource:?}"
+        );
+        let names: Vec<&str> = rm
+            .scope_metrics
+            .iter()
+            .flat_map(|s| s.metrics.iter().map(|m| m.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "http.server.request.duration",
+                "http.server.request.body.size",
+                "http.server.response.body.size",
+                "kn.revision.request.concurrency",
+                "kn.revision.request.queued",
+                "kn.revision.request.active",
+            ]
+        );
+        let active_metric = &rm.scope_metrics[1].metrics[2];
+        let Some(Data::Sum(sum)) = &active_metric.data else {
+            panic!("active is a sum")
+        };
+        assert!(!sum.is_monotonic);
+        let point = &sum.data_points[0];
+        let keys: Vec<&str> = point.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["k8s.namespace.name", "kn.revision.name"]);
+        assert_eq!(
+            point.value,
+            Some(knative_common::metrics::otlp::proto::number_data_point::Value::AsInt(1))
+        );
+        let Some(Data::Histogram(h)) = &rm.scope_metrics[0].metrics[0].data else {
+            panic!()
+        };
+        let status = h.data_points[0]
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "http.response.status_code")
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| v.value.clone());
+        assert_eq!(status, Some(any_value::Value::IntValue(200)));
+        assert_eq!(h.data_points[0].count, 1);
+        drop(active);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`config`]: parsing of both ConfigMaps (startup-only and dynamic keys);
 //! - [`metrics`]: the §7.1 instruments and their Prometheus exposition;
 //! - [`listener`]: where `/metrics` listens and what it answers;
+//! - [`otlp`]: the periodic OTLP push of the same metrics;
 //! - [`request_log`]: the §7.3 line;
 //! - [`logging`]: the JSON process log with a reloadable level;
 //! - [`spans`]: the §7.2 spans and W3C propagation.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod request_log;
 pub mod spans;
 
@@ -29,6 +31,7 @@ use dashmap::DashMap;
 use http::{Request, StatusCode};
 use knative_common::metrics::Completion;
 use knative_common::request_log::RevisionInfo;
+use knative_common::trace::export::otlp::Transport;
 use tokio::sync::watch;
 
 use crate::discovery::{RevisionSpec, Snapshot, SystemObjects};
@@ -125,6 +128,8 @@ impl StartupConfig {
 pub struct Observability {
     metrics: Option<&'static ActivatorMetrics>,
     tracer: Option<&'static knative_common::trace::Tracer>,
+    /// The OTLP metric push, awaited at shutdown.
+    exporter_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dynamic: ArcSwap<DynamicObservability>,
     revision_info: DashMap<RevisionId, Arc<RevisionInfo>>,
 }
@@ -150,6 +155,7 @@ impl Observability {
         Observability {
             metrics,
             tracer: None,
+            exporter_task: std::sync::Mutex::new(None),
             dynamic: ArcSwap::from_pointee(dynamic),
             revision_info: DashMap::new(),
         }
@@ -219,11 +225,13 @@ impl Observability {
                 )
             })
         });
-        (measure.is_some() || line.is_some() || span.is_some()).then_some(Observed {
-            measure,
-            line,
-            span,
-            status: 200,
+        (measure.is_some() || line.is_some() || span.is_some()).then(|| {
+            Observed(Box::new(ObservedInner {
+                measure,
+                line,
+                span,
+                status: 200,
+            }))
         })
     }
 
@@ -338,32 +346,44 @@ impl Observability {
             &fallback_level,
         );
         let observability = &startup.observability;
-        let metrics: Option<&'static ActivatorMetrics> = match observability.metrics_protocol {
-            MetricsProtocol::None => None,
-            MetricsProtocol::Prometheus => {
+        let push = match observability.metrics_protocol {
+            MetricsProtocol::Grpc => Some(Transport::Grpc),
+            MetricsProtocol::HttpProtobuf => Some(Transport::HttpProtobuf),
+            MetricsProtocol::None | MetricsProtocol::Prometheus => None,
+        };
+        let push = push
+            .map(|t| otlp::exporter(t, &observability.metrics_endpoint, env))
+            .transpose()?;
+        let metrics: Option<&'static ActivatorMetrics> =
+            (observability.metrics_protocol != MetricsProtocol::None).then(|| {
                 let service = env
                     .var("OTEL_SERVICE_NAME")
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "activator".to_owned());
-                Some(Box::leak(Box::new(ActivatorMetrics::new(
+                &*Box::leak(Box::new(ActivatorMetrics::new(
                     pod_name,
                     system_namespace,
                     &service,
-                ))))
+                )))
+            });
+        let exporter_task = match (metrics, push) {
+            (Some(metrics), Some(exporter)) => {
+                let interval = otlp::export_interval(observability.metrics_export_interval, env);
+                tracing::info!(?interval, protocol = ?observability.metrics_protocol, "exporting metrics over OTLP");
+                Some(otlp::spawn(
+                    metrics,
+                    exporter,
+                    interval,
+                    background_stop.clone(),
+                ))
             }
-            MetricsProtocol::Grpc | MetricsProtocol::HttpProtobuf => {
-                tracing::warn!(
-                    protocol = ?observability.metrics_protocol,
-                    "OTLP metric export is not implemented by this activator; metrics are not exported"
-                );
-                None
-            }
+            _ => None,
         };
         let tracer = spans::build(observability, env, pod_name, system_namespace)?;
         if let Some(tracer) = tracer {
             tracing::info!(protocol = ?observability.tracing_protocol, sampler = %tracer.sampler(), "tracing enabled");
         }
-        if let Some(metrics) = metrics {
+        if let Some(metrics) = metrics.filter(|_| exporter_task.is_none()) {
             let (host, port) = listener::listen_address(env)?;
             let address = format!("{host}:{port}");
             let bind_error = |source| StartError::Bind {
@@ -388,14 +408,31 @@ impl Observability {
                 listeners_stop,
             ));
         }
-        let this: &'static Observability =
-            Box::leak(Box::new(Observability::new(metrics, startup.dynamic).with_tracer(tracer)));
+        let this: &'static Observability = Box::leak(Box::new(
+            Observability::new(metrics, startup.dynamic).with_tracer(tracer),
+        ));
+        *this.exporter_task.lock().unwrap_or_else(|e| e.into_inner()) = exporter_task;
         tokio::spawn(this.watch(snapshots, names, fallback_level, system, background_stop));
         Ok(this)
     }
 
-    /// Flushes the spans still queued (spec §8 step 4: 10 s budget).
+    /// Waits for the last metric export (it starts when the background stop signal is sent) and
+    /// flushes the spans still queued (spec §8 step 4: 10 s budget each).
     pub async fn shutdown(&self) {
+        let task = self
+            .exporter_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut task) = task {
+            if tokio::time::timeout(std::time::Duration::from_secs(10), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                tracing::warn!("the last metrics could not be exported in time");
+            }
+        }
         if let Some(tracer) = self.tracer {
             if !tracer.shutdown(std::time::Duration::from_secs(10)).await {
                 tracing::warn!("the last spans could not be exported in time");
@@ -436,8 +473,14 @@ pub fn apply_logging(name: &str, data: &BTreeMap<String, String>, fallback_level
 
 /// One request being observed: settled when its response is over (see
 /// [`knative_common::metrics::MeteredFuture`]).
+///
+/// Boxed: every request waiting in the throttler carries its response future, and with it this
+/// value; one pointer keeps the requests that observe nothing as small as before.
 #[derive(Debug)]
-pub struct Observed {
+pub struct Observed(Box<ObservedInner>);
+
+#[derive(Debug)]
+struct ObservedInner {
     measure: Option<ServerMeasure>,
     line: Option<LogLine>,
     /// The server span; ends when this is settled (dropped).
@@ -447,21 +490,23 @@ pub struct Observed {
 
 impl Completion for Observed {
     fn respond(&mut self, status: StatusCode) {
-        self.status = status.as_u16();
-        if let Some(m) = self.measure.as_mut() {
-            m.set_status(self.status);
+        let this = &mut *self.0;
+        this.status = status.as_u16();
+        if let Some(m) = this.measure.as_mut() {
+            m.set_status(this.status);
         }
-        if let Some(span) = self.span.as_mut() {
-            spans::record_server_status(span, self.status);
+        if let Some(span) = this.span.as_mut() {
+            spans::record_server_status(span, this.status);
         }
     }
 
     fn complete(self, response_bytes: u64) {
-        if let Some(m) = self.measure {
+        let this = *self.0;
+        if let Some(m) = this.measure {
             m.finish(response_bytes);
         }
-        if let Some(line) = self.line {
-            line.write(self.status, response_bytes);
+        if let Some(line) = this.line {
+            line.write(this.status, response_bytes);
         }
     }
 
@@ -469,8 +514,9 @@ impl Completion for Observed {
         // Upstream logs every request once the handler returns; a response cut short is logged
         // with its status if one was written (else Go's default 200 never written: 500 here, as
         // the client saw a failure). No metric: otelhttp is skipped when the handler aborts.
-        if let Some(line) = self.line {
-            line.write(if responded { self.status } else { 500 }, 0);
+        let this = *self.0;
+        if let Some(line) = this.line {
+            line.write(if responded { this.status } else { 500 }, 0);
         }
     }
 }
@@ -550,7 +596,12 @@ mod tests {
         let spec = Arc::new(RevisionSpec::new(RevisionId::new("ns", "r")));
         let mut request = Request::new(http_body_util::Empty::<bytes::Bytes>::new());
         assert!(obs
-            .observe(&mut request, Some(&spec), None, "127.0.0.1:1".parse().unwrap())
+            .observe(
+                &mut request,
+                Some(&spec),
+                None,
+                "127.0.0.1:1".parse().unwrap()
+            )
             .is_none());
     }
 }

@@ -88,7 +88,12 @@ pub fn record_server_status(span: &mut Span, status: u16) {
 pub fn throttler_try<B>(tracer: &'static Tracer, request: &Request<B>) -> Span {
     let parent = request.extensions().get::<CurrentSpan>().map(|c| &c.0);
     tracer
-        .start(&ACTIVATOR_SCOPE, "throttler_try", SpanKind::Internal, parent)
+        .start(
+            &ACTIVATOR_SCOPE,
+            "throttler_try",
+            SpanKind::Internal,
+            parent,
+        )
         .0
 }
 
@@ -112,12 +117,8 @@ pub fn proxy_spans<B>(
         "activator_proxy",
         SpanKind::Internal,
     );
-    let client = trace::layer::start_client_span(
-        tracer,
-        request,
-        target,
-        trace::layer::method_path_name,
-    );
+    let client =
+        trace::layer::start_client_span(tracer, request, target, trace::layer::method_path_name);
     (client, proxy)
 }
 

@@ -2,10 +2,10 @@
 //! this activator's assigned subset, the capacity computation and the request-path `try`.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -165,7 +165,11 @@ impl RevisionThrottler {
     }
 
     /// [`RevisionThrottler::new`] counting its waiting requests against a shared `gate`.
-    pub(super) fn with_gate(id: RevisionId, settings: RevisionSettings, gate: Arc<QueueGate>) -> Self {
+    pub(super) fn with_gate(
+        id: RevisionId,
+        settings: RevisionSettings,
+        gate: Arc<QueueGate>,
+    ) -> Self {
         let cc = settings.container_concurrency;
         let breaker = if cc == 0 {
             RevisionBreaker::Infinite(InfiniteBreaker::new(settings.max_queued))

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod histogram;
+pub mod otlp;
 
 use std::fmt;
 
