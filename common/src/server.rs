@@ -584,3 +584,103 @@ pub fn canonical_peer(addr: SocketAddr) -> SocketAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const VARS: LimitVars = crate::limit_vars!("T_");
+
+    #[test]
+    fn limits_from_env() {
+        let empty: HashMap<&str, &str> = HashMap::new();
+        assert_eq!(
+            ServerLimits::from_env(&empty, &VARS).unwrap(),
+            ServerLimits::default()
+        );
+        let env: HashMap<&str, &str> = [
+            ("T_HEADER_READ_TIMEOUT_SECONDS", "5"),
+            ("T_MAX_HEADER_BYTES", "65536"),
+            ("T_MAX_HEADERS", "50"),
+            ("T_H2_MAX_CONCURRENT_STREAMS", "10"),
+            ("T_MAX_CONNECTIONS", "0"),
+        ]
+        .into();
+        let limits = ServerLimits::from_env(&env, &VARS).unwrap();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(limits.max_header_bytes, 65536);
+        assert_eq!(limits.max_headers, 50);
+        assert_eq!(limits.h2_max_concurrent_streams, 10);
+        assert_eq!(limits.max_connections, 0);
+        for (name, value) in [
+            ("T_HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("T_HEADER_READ_TIMEOUT_SECONDS", "86401"),
+            ("T_MAX_HEADER_BYTES", "8191"),
+            ("T_MAX_HEADERS", "x"),
+            ("T_H2_MAX_CONCURRENT_STREAMS", "0"),
+            ("T_MAX_CONNECTIONS", "-1"),
+        ] {
+            let env: HashMap<&str, &str> = [(name, value)].into();
+            match ServerLimits::from_env(&env, &VARS) {
+                Err(EnvError::Invalid { name: n, .. }) => assert_eq!(n, name),
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads everything `read_preface` hands on.
+    async fn replay(input: &'static [u8], limit: Duration) -> Option<Vec<u8>> {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(input).await.unwrap();
+        drop(client);
+        let mut stream = read_preface(server, limit).await?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        Some(out)
+    }
+
+    #[tokio::test]
+    async fn preface_bytes_are_replayed() {
+        let limit = Duration::from_secs(5);
+        let h1: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(replay(h1, limit).await.as_deref(), Some(h1));
+        let h2: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        assert_eq!(replay(h2, limit).await.as_deref(), Some(h2));
+        // A short request that mismatches the preface early is handed on as is.
+        assert_eq!(replay(b"P", limit).await, None, "EOF inside the preface");
+        assert_eq!(replay(b"PO", limit).await.as_deref(), Some(&b"PO"[..]));
+        assert_eq!(replay(b"", limit).await, None);
+    }
+
+    #[tokio::test]
+    async fn silent_and_slow_prefaces_time_out() {
+        let (_client, server) = tokio::io::duplex(64);
+        let started = tokio::time::Instant::now();
+        assert!(read_preface(server, Duration::from_millis(50))
+            .await
+            .is_none());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b"PRI * HTTP").await.unwrap();
+        assert!(read_preface(server, Duration::from_millis(50))
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn connection_slots_bound_and_free() {
+        let slots = ConnectionSlots::new(1);
+        let first = slots.acquire().await;
+        assert!(first.is_some());
+        let second = tokio::time::timeout(Duration::from_millis(20), slots.acquire()).await;
+        assert!(second.is_err(), "a second slot was granted");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), slots.acquire()).await;
+        assert!(third.unwrap().is_some());
+        assert!(ConnectionSlots::new(0).acquire().await.is_none());
+    }
+}

@@ -7,7 +7,12 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let mut headers = HeaderMap::new();
-    let names = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"];
+    let names = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ];
     for (name, part) in names.iter().zip(data.split(|b| *b == 0xff)) {
         if let Ok(value) = HeaderValue::from_bytes(part) {
             headers.append(*name, value);

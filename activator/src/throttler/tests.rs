@@ -669,3 +669,50 @@ async fn stress_per_pod_in_flight_never_exceeds_cc() {
         assert_eq!(rt.dest_in_flight(dest), Some(0));
     }
 }
+
+/// `ACTIVATOR_MAX_QUEUED_TOTAL`: waiting requests of all revisions share one cap; requests that
+/// get a slot at once do not count; a dropped waiter frees its place.
+#[tokio::test(start_paused = true)]
+async fn total_queue_cap_across_revisions() {
+    let throttler = Throttler::with_max_queued_total(Some(2));
+    let (a, b, c) = (
+        RevisionId::new(NS, "a"),
+        RevisionId::new(NS, "b"),
+        RevisionId::new(NS, "c"),
+    );
+    for (rev, cc) in [(&a, 1), (&b, 0), (&c, 1)] {
+        throttler.ensure_revision(
+            rev,
+            RevisionSettings {
+                container_concurrency: cc,
+                ..RevisionSettings::default()
+            },
+        );
+    }
+    // `c` has a pod: its request is served at once and never counts as queued.
+    throttler.update_dests(&c, &pods(&["10.0.0.3:80"])).unwrap();
+    let lease = throttler.try_acquire(&c).await.unwrap();
+    assert_eq!(throttler.queued(), 0);
+
+    let wait_a = throttler.try_acquire(&a);
+    let mut wait_a = std::pin::pin!(wait_a);
+    assert!(timeout(Duration::from_millis(1), wait_a.as_mut())
+        .await
+        .is_err());
+    let wait_b = tokio::spawn(throttler.try_acquire(&b));
+    tokio::task::yield_now().await;
+    assert_eq!(throttler.queued(), 2);
+    assert_eq!(
+        throttler.try_acquire(&c).await.unwrap_err(),
+        ThrottlerError::QueueFull,
+        "a third waiter, for a revision with a busy pod"
+    );
+    wait_b.abort();
+    let _ = wait_b.await;
+    assert_eq!(throttler.queued(), 1);
+    drop(lease);
+    assert!(throttler.try_acquire(&c).await.is_ok());
+    throttler.update_dests(&a, &pods(&["10.0.0.1:80"])).unwrap();
+    assert_eq!(wait_a.await.unwrap().dest(), "10.0.0.1:80");
+    assert_eq!(throttler.queued(), 0);
+}

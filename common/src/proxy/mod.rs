@@ -29,19 +29,56 @@ use crate::body::{text_error_bytes, ProxyBody};
 /// Headers must already be prepared ([`rewrite::prepare_request`]); `upgrade` is what it returned.
 pub async fn forward(
     upstream: &UpstreamHandle,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    forward_or_return(upstream, request, upgrade)
+        .await
+        .map_err(|failure| failure.error)
+}
+
+/// Why [`forward_or_return`] has no response.
+#[derive(Debug)]
+pub struct ForwardFailure {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The request, handed back when no connection to the upstream could be opened: nothing of
+    /// it was sent, so it may go to another upstream (any method). `None` once anything may
+    /// have reached the upstream, and for protocol upgrades.
+    pub unsent: Option<Request<Incoming>>,
+}
+
+impl ForwardFailure {
+    fn sent(error: ProxyError) -> Self {
+        ForwardFailure {
+            error,
+            unsent: None,
+        }
+    }
+}
+
+/// [`forward`], handing the request back when the upstream could not be reached at all (dial
+/// refused or timed out): the activator then tries another pod instead of failing a request that
+/// never left it.
+pub async fn forward_or_return(
+    upstream: &UpstreamHandle,
+    mut request: Request<Incoming>,
+    upgrade: Option<UpgradeRequest>,
+) -> Result<Response<ProxyBody>, ForwardFailure> {
     if request.version() == Version::HTTP_2 {
-        rewrite::to_h2c_form(&mut request).map_err(ProxyError::InvalidRequest)?;
+        rewrite::to_h2c_form(&mut request)
+            .map_err(|e| ForwardFailure::sent(ProxyError::InvalidRequest(e)))?;
         if upstream.is_tls() {
             set_https(&mut request);
         }
-        let mut sender = upstream.h2().await?;
+        let mut sender = match upstream.h2().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+        };
         let mut response = sender
             .send_request(request)
             .await
-            .map_err(ProxyError::Exchange)?;
+            .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e)))?;
         rewrite::prepare_response(&mut response);
         return Ok(response.map(|body| ProxyBody::Upstream {
             body: PooledBody::unpooled(body),
@@ -50,9 +87,11 @@ pub async fn forward(
 
     rewrite::to_origin_form(&mut request);
     *request.version_mut() = Version::HTTP_11;
+    let checkout = match Upstream::checkout_http1(upstream).await {
+        Ok(checkout) => checkout,
+        Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+    };
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-
-    let checkout = Upstream::checkout_http1(upstream).await?;
     let response = match checkout.send(upstream, request, upgrade.is_some()).await {
         Ok(response) => response,
         // The keep-alive race: the idle connection was closed before a byte of the request was
@@ -62,32 +101,34 @@ pub async fn forward(
             fresh: false,
             ..
         }) => {
-            let fresh = Upstream::checkout_http1(upstream).await?;
+            let fresh = Upstream::checkout_http1(upstream)
+                .await
+                .map_err(ForwardFailure::sent)?;
             fresh
                 .send(upstream, request, upgrade.is_some())
                 .await
-                .map_err(|e| ProxyError::Exchange(e.error))?
+                .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e.error)))?
         }
-        Err(e) => return Err(ProxyError::Exchange(e.error)),
+        Err(e) => return Err(ForwardFailure::sent(ProxyError::Exchange(e.error))),
     };
 
     let mut response = response;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (Some(requested), Some(downstream)) = (upgrade, downstream_upgrade) else {
-            return Err(ProxyError::UpgradeMismatch {
+            return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
                 requested: String::new(),
                 got: header_text(&response, UPGRADE),
-            });
+            }));
         };
         let got = response.headers().get(UPGRADE);
         if !got.is_some_and(|g| {
             g.as_bytes()
                 .eq_ignore_ascii_case(requested.protocol.as_bytes())
         }) {
-            return Err(ProxyError::UpgradeMismatch {
+            return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
                 requested: requested.protocol.to_str().unwrap_or("").to_owned(),
                 got: header_text(&response, UPGRADE),
-            });
+            }));
         }
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let scope = TunnelScope::start(downstream, upstream_upgrade);
@@ -95,6 +136,16 @@ pub async fn forward(
     }
     rewrite::prepare_response(&mut response);
     Ok(response.map(|body| ProxyBody::Upstream { body }))
+}
+
+/// The failure for an upstream that could not be reached: the request is handed back when no
+/// connection was opened (dial refused or timed out) and it is not a protocol upgrade.
+fn not_reached(error: ProxyError, request: Request<Incoming>, upgrade: bool) -> ForwardFailure {
+    let unsent = matches!(error, ProxyError::Dial(..) | ProxyError::DialTimeout(..)) && !upgrade;
+    ForwardFailure {
+        error,
+        unsent: unsent.then_some(request),
+    }
 }
 
 /// `:scheme https` for HTTP/2 over TLS (rare path: system-internal TLS only).

@@ -1,0 +1,144 @@
+//! Faults around the activator: an autoscaler that keeps dropping the stats websocket, a
+//! discovery file that disappears or becomes unreadable, and pods that close keep-alive
+//! connections just as they are reused. Each time requests keep being served, none twice.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::StatusCode;
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+/// An autoscaler that accepts the stats websocket and drops it after `hold`, over and over.
+async fn flapping_autoscaler(hold: Duration) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let count = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let _ =
+                    tokio::time::timeout(hold, async { while ws.next().await.is_some() {} }).await;
+                // Dropped without a close frame: a crashed autoscaler.
+            });
+        }
+    });
+    (url, connections)
+}
+
+/// The autoscaler connection drops every 300 ms: the activator reconnects each time and keeps
+/// proxying every request meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaler_flaps_do_not_stop_serving() {
+    let (url, connections) = flapping_autoscaler(Duration::from_millis(300)).await;
+    let app = App::ok().await;
+    let activator = ActivatorConfig::new(&url)
+        .revisions(&[Rev::new("flap-00001", 0).ready([app.addr])])
+        .start();
+    let mut served = 0;
+    while connections.load(Ordering::SeqCst) < 4 {
+        let resp = send(activator.addr(), rev_get("/", NS, "flap-00001")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        served += 1;
+        assert!(served < 20_000, "the activator did not reconnect");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(app.seen_count(), served);
+}
+
+/// The discovery file disappears, then is replaced by a directory (unreadable as a file): the
+/// activator keeps serving from its last snapshot, and picks up a valid file again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_stalls_keep_the_last_snapshot() {
+    let stats = StatsReceiver::start().await;
+    let first = App::ok().await;
+    let second = App::ok().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new("stall-00001", 0).ready([first.addr])])
+        .start();
+    let addr = activator.addr();
+    assert_eq!(
+        send(addr, rev_get("/", NS, "stall-00001")).await.status,
+        StatusCode::OK
+    );
+
+    std::fs::remove_file(&activator.discovery_file).unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = send(addr, rev_get("/", NS, "stall-00001")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    std::fs::create_dir(&activator.discovery_file).unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let resp = send(addr, rev_get("/", NS, "stall-00001")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    }
+    assert_eq!(first.seen_count(), 11);
+    std::fs::remove_dir(&activator.discovery_file).unwrap();
+    activator.set_revisions(&[Rev::new("stall-00001", 0).ready([second.addr])]);
+    eventually(DEADLINE, "the restored file to be applied", || async {
+        let resp = send(addr, rev_get("/", NS, "stall-00001")).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        (second.seen_count() > 0).then_some(())
+    })
+    .await;
+}
+
+/// A pod that closes every keep-alive connection right after its response: a series of POSTs
+/// through the activator all succeed and each reaches the pod exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_close_race_loses_and_duplicates_nothing() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let pod = raw_app(move |mut stream| {
+        let record = record.clone();
+        async move {
+            let mut buf = Vec::new();
+            let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            if head.contains("k-network-probe: queue") {
+                // The activator's readiness probe of the pod's queue-proxy.
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
+                    .await;
+                return;
+            }
+            if let Some(id) = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")) {
+                record.lock().unwrap().push(id.trim().to_owned());
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let stats = StatsReceiver::start().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new("race-00001", 0).ready([pod])])
+        .start();
+    for id in 0..40 {
+        let request = rev_req("POST", "/write", NS, "race-00001")
+            .header("x-request-id", id.to_string())
+            .body(full(format!("payload-{id}")))
+            .unwrap();
+        let resp = try_send(activator.addr(), request).await;
+        let seen_now = seen.lock().unwrap().clone();
+        let resp = resp.unwrap_or_else(|e| panic!("request {id}: {e}; pod saw {seen_now:?}"));
+        assert_eq!(resp.status, StatusCode::OK, "request {id}: {}", resp.text());
+    }
+    let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    assert_eq!(*seen.lock().unwrap(), expected);
+}
