@@ -142,3 +142,42 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
     let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
     assert_eq!(*seen.lock().unwrap(), expected);
 }
+
+/// A pod dies while still listed (beyond upstream, which answers 502): a request leased to it
+/// cannot even connect, so nothing was sent; it waits for discovery to drop the pod and is
+/// served by the other pod — the client sees 200, and the app behind the dead pod never saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_a_dead_listed_pod_moves_to_another_pod() {
+    let stats = StatsReceiver::start().await;
+    let name = "dead-00001";
+    let (p1, p2) = tokio::join!(
+        async { Pod::start(App::ok().await, name, 1).await },
+        async { Pod::start(App::ok().await, name, 1).await },
+    );
+    // cc 1 → first available: an idle revision's requests go to the lowest-sorted pod (A).
+    let (mut a, b) = if p1.addr().to_string() < p2.addr().to_string() {
+        (p1, p2)
+    } else {
+        (p2, p1)
+    };
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(name, 1).ready([a.addr(), b.addr()])])
+        .start();
+    let addr = activator.addr();
+    eventually(DEADLINE, "a request to reach A", || async {
+        let r = send(addr, rev_get("/", NS, name)).await;
+        (r.status == StatusCode::OK && a.app.seen_count() > 0).then_some(())
+    })
+    .await;
+
+    a.qp.kill();
+    let (a_seen, b_seen) = (a.app.seen_count(), b.app.seen_count());
+    let request = tokio::spawn(send(addr, rev_get("/", NS, name)));
+    // Discovery catches up a moment later (Kubernetes marks the pod not ready).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    activator.set_revisions(&[Rev::new(name, 1).ready([b.addr()])]);
+    let response = request.await.expect("request task");
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
+    assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
+}

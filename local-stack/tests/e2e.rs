@@ -267,23 +267,17 @@ async fn instance_killed_under_load() {
     }
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-    let refused = format!(
-        "dial tcp {}: connect: connection refused",
-        victim.queue_addr
-    );
-    let (mut in_flight, mut dialled_dead) = (0, 0);
+    // A request leased to the dead instance after the kill cannot connect: nothing was sent,
+    // so the activator waits for discovery to drop the instance and sends it elsewhere. Only the
+    // requests in flight on the instance when it died fail.
+    let mut in_flight = 0;
     for o in outcomes.iter().filter(|o| o.status != Some(StatusCode::OK)) {
         assert_eq!(o.status, Some(StatusCode::BAD_GATEWAY), "only 502s: {o:?}");
         assert!(
-            o.started < died_at + Duration::from_millis(500),
-            "failed after the stand-in removed it: {o:?}"
+            o.started <= killed_at,
+            "only requests in flight at the kill fail: {o:?}"
         );
-        if o.body.contains(&refused) {
-            dialled_dead += 1; // sent to the dead pod before the activator re-read discovery
-        } else {
-            assert!(o.started <= killed_at, "in flight at the kill: {o:?}");
-            in_flight += 1;
-        }
+        in_flight += 1;
     }
     assert!(
         in_flight >= 1,
@@ -304,7 +298,7 @@ async fn instance_killed_under_load() {
         );
     }
     eprintln!(
-        "killed {}; stand-in noticed after {:?}: {in_flight} in-flight 502s, {dialled_dead} refused 502s, {} requests",
+        "killed {}; stand-in noticed after {:?}: {in_flight} in-flight 502s, {} requests",
         victim.name,
         died_at.saturating_duration_since(killed_at),
         outcomes.len()

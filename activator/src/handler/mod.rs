@@ -26,7 +26,7 @@ use knative_common::headers::{
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
 };
 use knative_common::metrics::{MeteredBody, MeteredFuture};
-use knative_common::proxy::{bad_gateway, forward, rewrite, PeerIp};
+use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
 use knative_common::trace::Span;
 use tower_layer::Layer;
@@ -266,11 +266,78 @@ impl Service<Request<Incoming>> for Activation {
     }
 }
 
+/// How long a request whose pod refused the connection waits for discovery to drop that pod
+/// before it is tried once more (see [`Activation::activate`]).
+const UNREACHABLE_POD_WAIT: Duration = Duration::from_secs(1);
+
+/// How often that wait checks the revision's destinations.
+const UNREACHABLE_POD_POLL: Duration = Duration::from_millis(5);
+
+/// The outcome of one lease-and-proxy attempt.
+enum Attempt {
+    /// A response for the client (the pod's, or the activator's own error).
+    Done(Response<Guarded<ProxyBody, ProxyGuards>>),
+    /// No connection to the leased pod could be opened; nothing of the request was sent.
+    Unreached {
+        request: Request<Incoming>,
+        dest: String,
+        error: knative_common::proxy::ProxyError,
+    },
+}
+
 impl Activation {
+    /// Leases a pod and proxies to it. Beyond upstream: when the connection to the leased pod
+    /// cannot even be opened (refused or timed out: typically a pod that died a moment ago and
+    /// is still listed), nothing was sent, so the request waits for discovery to drop that pod
+    /// (at most [`UNREACHABLE_POD_WAIT`]) and is leased and sent once more, instead of failing
+    /// with the 502 upstream gives. A second failure gives that 502 (same text as upstream).
     async fn activate(
         self,
         mut request: Request<Incoming>,
     ) -> Response<Guarded<ProxyBody, ProxyGuards>> {
+        let mut upgrade = rewrite::prepare_request(&mut request, &self.peer);
+        let mut retried = false;
+        loop {
+            match self.attempt(request, upgrade.take()).await {
+                Attempt::Done(response) => return response,
+                Attempt::Unreached {
+                    request: unsent,
+                    dest,
+                    error,
+                } => {
+                    if retried {
+                        return bad_gateway(&error).map(Guarded::unguarded);
+                    }
+                    tracing::debug!(%error, dest, "pod unreachable; retrying once elsewhere");
+                    retried = true;
+                    request = unsent;
+                    self.wait_until_unlisted(&dest).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until `dest` is no longer one of the revision's destinations, or
+    /// [`UNREACHABLE_POD_WAIT`] has passed.
+    async fn wait_until_unlisted(&self, dest: &str) {
+        let id = &self.revision.id;
+        let deadline = tokio::time::Instant::now() + UNREACHABLE_POD_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let Some(revision) = self.state.throttler.get(&id.namespace, &id.name) else {
+                return;
+            };
+            if revision.dest_in_flight(dest).is_none() {
+                return;
+            }
+            tokio::time::sleep(UNREACHABLE_POD_POLL).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        mut request: Request<Incoming>,
+        upgrade: Option<rewrite::UpgradeRequest>,
+    ) -> Attempt {
         let id = &self.revision.id;
         // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
         // has been sent.
@@ -289,10 +356,10 @@ impl Activation {
                 if let Some(span) = try_span.as_mut() {
                     spans::failed(span, &ThrottlerError::QueueFull);
                 }
-                return text_error(
+                return Attempt::Done(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "pending request queue full\n",
-                );
+                ));
             }
             Err(error) => {
                 drop(queued);
@@ -300,16 +367,15 @@ impl Activation {
                     spans::failed(span, &error);
                 }
                 tracing::warn!(%error, "knative.dev/key" = %id, "throttler failed");
-                return empty(StatusCode::INTERNAL_SERVER_ERROR);
+                return Attempt::Done(empty(StatusCode::INTERNAL_SERVER_ERROR));
             }
         };
         drop(try_span);
         let active = queued.map(|q| q.activate());
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
-            return Guarded::full_response(StatusCode::BAD_GATEWAY);
+            return Attempt::Done(Guarded::full_response(StatusCode::BAD_GATEWAY));
         };
-        let upgrade = rewrite::prepare_request(&mut request, &self.peer);
         // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
         // verified for the revision's namespace.
         let upstream = match self
@@ -339,7 +405,7 @@ impl Activation {
             }
             None => (None, None),
         };
-        match Box::pin(forward(&upstream, request, upgrade)).await {
+        match Box::pin(forward_or_return(&upstream, request, upgrade)).await {
             Ok(response) => {
                 if let Some(span) = client_span.as_mut() {
                     spans::record_client_status(span, response.status().as_u16());
@@ -350,14 +416,21 @@ impl Activation {
                     _client_span: client_span,
                     _proxy_span: proxy_span,
                 };
-                attach_guard(response, Some(hold))
+                Attempt::Done(attach_guard(response, Some(hold)))
             }
-            Err(error) => {
+            Err(failure) => {
                 if let Some(span) = client_span.as_mut() {
-                    spans::failed(span, &error);
+                    spans::failed(span, &failure.error);
                 }
-                tracing::debug!(%error, dest = lease.dest(), "proxying to the pod failed");
-                bad_gateway(&error).map(Guarded::unguarded)
+                tracing::debug!(error = %failure.error, dest = lease.dest(), "proxying to the pod failed");
+                match failure.unsent {
+                    Some(request) => Attempt::Unreached {
+                        request,
+                        dest: lease.dest().to_owned(),
+                        error: failure.error,
+                    },
+                    None => Attempt::Done(bad_gateway(&failure.error).map(Guarded::unguarded)),
+                }
             }
         }
     }
