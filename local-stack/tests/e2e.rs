@@ -275,7 +275,8 @@ async fn instance_killed_under_load() {
         assert_eq!(o.status, Some(StatusCode::BAD_GATEWAY), "only 502s: {o:?}");
         assert!(
             o.started <= killed_at,
-            "only requests in flight at the kill fail: {o:?}"
+            "only requests in flight at the kill fail, not one answered {:?}: {o:?}",
+            o.body
         );
         in_flight += 1;
     }
