@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method, Request, Uri, Version};
-use knative_common::request_log::{LogEntry, RevisionInfo};
+use knative_common::request_log::{LogEntry, RequestLine, RevisionInfo};
 use tokio::time::Instant;
 
 use super::config::DynamicObservability;
@@ -81,24 +81,13 @@ impl LogLine {
 
     /// Renders the line into `out`.
     pub fn render(&self, status: u16, size: u64, out: &mut Vec<u8>) {
-        let (proto, major, minor) = match self.version {
-            Version::HTTP_09 => ("HTTP/0.9", 0, 9),
-            Version::HTTP_10 => ("HTTP/1.0", 1, 0),
-            Version::HTTP_2 => ("HTTP/2.0", 2, 0),
-            Version::HTTP_3 => ("HTTP/3.0", 3, 0),
-            _ => ("HTTP/1.1", 1, 1),
-        };
-        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let host = self
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| {
-                self.headers
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-            })
-            .unwrap_or("");
+        let RequestLine {
+            proto,
+            proto_major: major,
+            proto_minor: minor,
+            target,
+            host,
+        } = RequestLine::of(self.version, &self.uri, &self.headers);
         let remote = self.remote_addr.to_string();
         let entry = LogEntry {
             method: self.method.as_str(),

@@ -119,26 +119,61 @@ impl PendingLine {
     }
 }
 
-impl Drop for PendingLine {
-    fn drop(&mut self) {
-        let (proto, major, minor) = match self.version {
+/// The request-line fields of a log entry, as Go's `http.Request` exposes them: protocol name
+/// and version numbers, the request target (`RequestURI`, `/` when empty) and the host (the
+/// absolute URI's authority, else the `Host` header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLine<'a> {
+    /// `HTTP/1.1`, `HTTP/2.0`, ….
+    pub proto: &'static str,
+    /// Major version.
+    pub proto_major: u8,
+    /// Minor version.
+    pub proto_minor: u8,
+    /// Path and query.
+    pub target: &'a str,
+    /// Host.
+    pub host: &'a str,
+}
+
+impl<'a> RequestLine<'a> {
+    /// The fields for a request with this version, URI and headers.
+    pub fn of(version: Version, uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        let (proto, proto_major, proto_minor) = match version {
             Version::HTTP_09 => ("HTTP/0.9", 0, 9),
             Version::HTTP_10 => ("HTTP/1.0", 1, 0),
             Version::HTTP_2 => ("HTTP/2.0", 2, 0),
             Version::HTTP_3 => ("HTTP/3.0", 3, 0),
             _ => ("HTTP/1.1", 1, 1),
         };
-        let target = self.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let host = self
-            .uri
+        let host = uri
             .authority()
             .map(|a| a.as_str())
             .or_else(|| {
-                self.headers
+                headers
                     .get(http::header::HOST)
                     .and_then(|h| h.to_str().ok())
             })
             .unwrap_or("");
+        RequestLine {
+            proto,
+            proto_major,
+            proto_minor,
+            target: uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            host,
+        }
+    }
+}
+
+impl Drop for PendingLine {
+    fn drop(&mut self) {
+        let RequestLine {
+            proto,
+            proto_major: major,
+            proto_minor: minor,
+            target,
+            host,
+        } = RequestLine::of(self.version, &self.uri, &self.headers);
         let entry = LogEntry {
             method: self.method.as_str(),
             url: target,

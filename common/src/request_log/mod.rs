@@ -59,7 +59,9 @@ mod lexer;
 mod parse;
 mod trace_id;
 mod unicode_tables;
-pub use layer::{LoggedBody, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings};
+pub use layer::{
+    LoggedBody, RequestLine, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings,
+};
 
 #[cfg(test)]
 mod tests;
