@@ -290,9 +290,57 @@ pub async fn serve<M, S, B>(
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
+    let first_bytes_timeout = limits.header_read_timeout;
+    accept_until_stopped(
+        listener,
+        &limits,
+        &shutdown,
+        |stream, remote, slot, watcher| {
+            let service = HyperService(make_service(canonical_peer(remote)));
+            let builder = Arc::clone(&builder);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let stream = if protocols == Protocols::Http1AndH2c {
+                    tokio::select! {
+                        read = read_preface(stream, first_bytes_timeout) => match read {
+                            Some(stream) => stream,
+                            None => return,
+                        },
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    }
+                } else {
+                    // hyper's own header-read timer starts at once on HTTP/1-only listeners.
+                    Prefixed::new(stream)
+                };
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let _ = watcher.watch(connection).await;
+            });
+        },
+    )
+    .await;
+}
+
+/// The accept loop [`serve`] and [`serve_tls`] share: waits for a connection slot
+/// ([`ServerLimits::max_connections`]), accepts, and hands the connection to `on_accept` with its
+/// slot and a graceful-shutdown watcher, until `shutdown` turns true; then closes the listener
+/// and waits for every watched connection to finish its graceful shutdown.
+async fn accept_until_stopped<F>(
+    listener: TcpListener,
+    limits: &ServerLimits,
+    shutdown: &watch::Receiver<bool>,
+    mut on_accept: F,
+) where
+    F: FnMut(
+        tokio::net::TcpStream,
+        SocketAddr,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        hyper_util::server::graceful::Watcher,
+    ),
+{
     let graceful = GracefulShutdown::new();
     let slots = ConnectionSlots::new(limits.max_connections);
-
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     loop {
@@ -312,29 +360,9 @@ pub async fn serve<M, S, B>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = HyperService(make_service(canonical_peer(remote)));
-                let watcher = graceful.watcher();
-                let builder = Arc::clone(&builder);
-                let mut shutdown = shutdown.clone();
-                let first_bytes_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let stream = if protocols == Protocols::Http1AndH2c {
-                        tokio::select! {
-                            read = read_preface(stream, first_bytes_timeout) => match read {
-                                Some(stream) => stream,
-                                None => return,
-                            },
-                            _ = shutdown.wait_for(|stop| *stop) => return,
-                        }
-                    } else {
-                        // hyper's own header-read timer starts at once on HTTP/1-only listeners.
-                        Prefixed::new(stream)
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection).await;
-                });
+                // The watcher is taken before any handshake so that the graceful shutdown also
+                // waits for connections still negotiating.
+                on_accept(stream, remote, slot, graceful.watcher());
             }
             _ = &mut stop => break,
         }
@@ -504,68 +532,47 @@ pub async fn serve_tls<M, S, B>(
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
     let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
-    let graceful = GracefulShutdown::new();
-    let slots = ConnectionSlots::new(limits.max_connections);
-
-    let stop = stopped(shutdown.clone());
-    tokio::pin!(stop);
-    loop {
-        let slot = tokio::select! {
-            slot = slots.acquire() => slot,
-            _ = &mut stop => break,
-        };
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
+    let handshake_timeout = limits.header_read_timeout;
+    accept_until_stopped(
+        listener,
+        &limits,
+        &shutdown,
+        |stream, remote, slot, watcher| {
+            let service = HyperService(make_service(remote));
+            let acceptor = acceptor.clone();
+            let builder = Arc::clone(&builder);
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                let stream = tokio::select! {
+                    done = handshake => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%remote, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => return,
                 };
-                let _ = stream.set_nodelay(true);
-                let service = HyperService(make_service(remote));
-                // Taken before the handshake so that `graceful.shutdown()` also waits for it.
-                let watcher = graceful.watcher();
-                let acceptor = acceptor.clone();
-                let builder = Arc::clone(&builder);
-                let mut shutdown = shutdown.clone();
-                let handshake_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    let _slot = slot;
-                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                    let stream = tokio::select! {
-                        done = handshake => match done {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%remote, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        },
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                    };
-                    let stream = tokio::select! {
-                        read = read_preface(stream, handshake_timeout) => match read {
-                            Some(stream) => stream,
-                            None => return,
-                        },
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection).await;
-                });
-            }
-            _ = &mut stop => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
+                let stream = tokio::select! {
+                    read = read_preface(stream, handshake_timeout) => match read {
+                        Some(stream) => stream,
+                        None => return,
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let _ = watcher.watch(connection).await;
+            });
+        },
+    )
+    .await;
 }
 
 /// A future that resolves when `shutdown` turns true (for `select!`s outside [`serve`]).
