@@ -104,3 +104,37 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs `cargo build <args>` in this workspace and returns its debug output directory
+/// (`<workspace>/target/debug`), panicking with cargo's output if the build fails.
+///
+/// Cargo does not build the binaries of other packages for a package's integration tests (not
+/// even of a path dev-dependency), so harnesses call this once per test process. The `CARGO_*`
+/// variables cargo sets for tests are removed first: some are tracked by build scripts and would
+/// make the build recompile dependencies every time (and `CARGO_TARGET_DIR` would move it).
+pub fn cargo_build(args: &[&str]) -> std::path::PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support lives in the workspace");
+    let mut command = std::process::Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if (text.starts_with("CARGO_") && text != "CARGO_HOME") || text == "LD_LIBRARY_PATH" {
+            command.env_remove(&name);
+        }
+    }
+    let output = command
+        .arg("build")
+        .args(args)
+        .current_dir(workspace)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        output.status.success(),
+        "cargo build {} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    workspace.join("target").join("debug")
+}

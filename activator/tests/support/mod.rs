@@ -43,33 +43,11 @@ pub const NS: &str = "default";
 /// `POD_NAME` given to the activator.
 pub const POD_NAME: &str = "activator-test-0";
 
-/// The queue-proxy binary, built once per test process.
-///
-/// Cargo does not build the binaries of other packages for a package's integration tests (not
-/// even of a path dev-dependency), so the harness runs `cargo build -p queue-proxy --bin
-/// queue-proxy` once. The `CARGO_*` variables cargo sets for tests are removed first: some are
-/// tracked by build scripts and would make that build recompile dependencies every time.
+/// The queue-proxy binary, built once per test process ([`test_support::cargo_build`]).
 pub fn queue_proxy_bin() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let mut command = Command::new(env!("CARGO"));
-        for (name, _) in std::env::vars_os() {
-            let text = name.to_string_lossy();
-            if (text.starts_with("CARGO_") && text != "CARGO_HOME") || text == "LD_LIBRARY_PATH" {
-                command.env_remove(&name);
-            }
-        }
-        let output = command
-            .args(["build", "-p", "queue-proxy", "--bin", "queue-proxy"])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build -p queue-proxy");
-        assert!(
-            output.status.success(),
-            "cargo build -p queue-proxy failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        test_support::cargo_build(&["-p", "queue-proxy", "--bin", "queue-proxy"]);
         let path = PathBuf::from(QUEUE_PROXY_BIN);
         assert!(path.exists(), "{} missing after the build", path.display());
         path

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -20,33 +19,7 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub fn bin_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let mut command = Command::new(env!("CARGO"));
-        for (name, _) in std::env::vars_os() {
-            let text = name.to_string_lossy();
-            if (text.starts_with("CARGO_") && text != "CARGO_HOME") || text == "LD_LIBRARY_PATH" {
-                command.env_remove(&name);
-            }
-        }
-        let output = command
-            .args([
-                "build",
-                "-p",
-                "activator",
-                "-p",
-                "queue-proxy",
-                "-p",
-                "sample-app",
-            ])
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build");
-        assert!(
-            output.status.success(),
-            "cargo build of the data plane failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug"))
+        test_support::cargo_build(&["-p", "activator", "-p", "queue-proxy", "-p", "sample-app"])
     })
 }
 
