@@ -66,7 +66,8 @@ impl Resource {
 }
 
 /// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, values percent-encoded.
-fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
+/// Malformed entries are skipped.
+pub fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
     text.split(',')
         .filter_map(|pair| {
             let (key, value) = pair.split_once('=')?;

@@ -27,6 +27,7 @@ pub mod route_tag;
 pub mod server_metrics;
 mod status_table;
 
+use knative_common::trace::resource::parse_resource_attributes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -167,38 +168,6 @@ impl EncodeLabelSet for Resource {
         }
         Ok(())
     }
-}
-
-/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, values percent-encoded.
-/// Malformed entries are skipped.
-fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
-    text.split(',')
-        .filter_map(|pair| {
-            let (key, value) = pair.split_once('=')?;
-            let key = key.trim();
-            if key.is_empty() {
-                return None;
-            }
-            Some((key.to_owned(), percent_decode(value.trim())?))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A Prometheus label name for an attribute key: invalid characters become `_`, a leading digit
@@ -439,6 +408,5 @@ pub(crate) mod tests {
             "deployment_environment"
         );
         assert_eq!(sanitize_label_name("1x"), "key_1x");
-        assert_eq!(percent_decode("%zz"), None);
     }
 }
