@@ -2,7 +2,12 @@
 """Load benchmark driver (see load.sh). Every figure is measured in this one run, so ratios hold
 even on a noisy shared machine: throughput of each hop relative to the app served directly, CPU
 microseconds per request of the hop process (from /proc), latency percentiles from wrk, and RSS
-(idle, and the highest sample under load)."""
+(fresh, after a warm-up, and the highest sample under load).
+
+The scenarios run in interleaved rounds (`--rounds`, default 3): each round measures every
+scenario once, in the same order, with fresh processes. Each figure printed is the median over
+the rounds (RSS: the highest), so a burst of load from another tenant of the machine skews one
+sample of every scenario rather than one scenario."""
 
 import argparse
 import os
@@ -142,13 +147,64 @@ def startup_ms(app_port, samples=5):
     return times[len(times) // 2]
 
 
+def start_queue_proxy(app_port, cc, observability=""):
+    port = free_port()
+    qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port, observability),
+                          stdout=subprocess.DEVNULL)
+    wait_listening(port)
+    time.sleep(0.2)
+    return port, qp
+
+
+def start_activator_chain(app_port):
+    """The activator in front of a queue-proxy (CC=10) in front of the app."""
+    qp_port, qp = start_queue_proxy(app_port, 10)
+    act_port = free_port()
+    discovery = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"load-revisions-{os.getpid()}.json")
+    with open(discovery, "w") as f:
+        f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":10,'
+                '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
+                '"activators":["127.0.0.1"]}]}' % qp_port)
+    act = subprocess.Popen([os.path.join(BIN, "activator")], env={
+        **os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
+        "ACTIVATOR_HTTP1_PORT": str(act_port), "ACTIVATOR_H2C_PORT": str(free_port()),
+        "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
+        "ACTIVATOR_LOG_LEVEL": "error"}, stdout=subprocess.DEVNULL)
+    wait_listening(act_port)
+    time.sleep(0.5)  # first probe round marks the pod healthy
+    return act_port, act, qp, discovery
+
+
+def median(values):
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+
+
+def combine(samples):
+    """One row from a scenario's per-round samples: medians, RSS maxima, errors summed."""
+    row = {"name": samples[0]["name"], "rounds": len(samples)}
+    for key in ("rps", "p50", "p99", "hop_cpu_us", "app_cpu_us", "also_cpu_us"):
+        row[key] = median([s[key] for s in samples])
+    for key in ("fresh_rss_mb", "idle_rss_mb", "load_rss_mb"):
+        row[key] = max(s[key] for s in samples)
+    row["non2xx"] = sum(s["non2xx"] for s in samples)
+    row["socket_errors"] = "; ".join(s["socket_errors"] for s in samples if s["socket_errors"])
+    # The ratio to the direct run of the same round, then the median of those.
+    row["x_direct"] = median([s["rps"] / s["direct_rps"] for s in samples])
+    row["x_bare"] = median([s["hop_cpu_us"] / s["bare_cpu_us"] for s in samples]) if samples[0]["bare_cpu_us"] else float("nan")
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     procs = []
+    samples = {}
     try:
         app_port = free_port()
         app = subprocess.Popen([os.path.join(BIN, "sample-app")], env={**os.environ, "PORT": str(app_port)},
@@ -156,69 +212,58 @@ def main():
         procs.append(app)
         wait_listening(app_port)
 
-        results = [measure("direct (app alone)", app_port, None, app.pid, args)]
+        for _ in range(args.rounds):
+            direct = measure("direct (app alone)", app_port, None, app.pid, args)
+            round_results = [direct]
 
-        hop_port = free_port()
-        hop = subprocess.Popen([os.path.join(BIN, "bare-hop"), str(hop_port), str(app_port)])
-        procs.append(hop)
-        wait_listening(hop_port)
-        results.append(measure("bare hyper hop", hop_port, hop.pid, app.pid, args))
-        hop.kill()
+            hop_port = free_port()
+            hop = subprocess.Popen([os.path.join(BIN, "bare-hop"), str(hop_port), str(app_port)])
+            procs.append(hop)
+            wait_listening(hop_port)
+            bare = measure("bare hyper hop", hop_port, hop.pid, app.pid, args)
+            round_results.append(bare)
+            hop.kill()
+            hop.wait()
 
-        scenarios = [
-            ("queue-proxy CC=0", 0, ""),
-            ("queue-proxy CC=10", 10, ""),
-            ("qp CC=10 + observability", 10, OBSERVABILITY_ON),
-        ]
-        for name, cc, observability in scenarios:
-            port = free_port()
-            qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port, observability),
-                                  stdout=subprocess.DEVNULL)
-            procs.append(qp)
-            wait_listening(port)
-            time.sleep(0.2)
-            results.append(measure(name, port, qp.pid, app.pid, args))
-            qp.terminate()
+            for name, cc, observability in [
+                ("queue-proxy CC=0", 0, ""),
+                ("queue-proxy CC=10", 10, ""),
+                ("qp CC=10 + observability", 10, OBSERVABILITY_ON),
+            ]:
+                port, qp = start_queue_proxy(app_port, cc, observability)
+                procs.append(qp)
+                round_results.append(measure(name, port, qp.pid, app.pid, args))
+                qp.kill()
+                qp.wait()
+
+            act_port, act, qp, discovery = start_activator_chain(app_port)
+            procs += [act, qp]
+            round_results.append(measure("activator -> qp -> app", act_port, act.pid, app.pid, args,
+                                         headers=REVISION_HEADERS, also=qp.pid))
+            act.kill()
             qp.kill()
+            act.wait()
+            qp.wait()
+            os.unlink(discovery)
 
-        # The activator in front of a queue-proxy (CC=10) in front of the app.
-        qp_port = free_port()
-        qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 10, qp_port),
-                              stdout=subprocess.DEVNULL)
-        procs.append(qp)
-        wait_listening(qp_port)
-        act_port = free_port()
-        discovery = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"load-revisions-{os.getpid()}.json")
-        with open(discovery, "w") as f:
-            f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":10,'
-                    '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
-                    '"activators":["127.0.0.1"]}]}' % qp_port)
-        act = subprocess.Popen([os.path.join(BIN, "activator")], env={
-            **os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
-            "ACTIVATOR_HTTP1_PORT": str(act_port), "ACTIVATOR_H2C_PORT": str(free_port()),
-            "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
-            "ACTIVATOR_LOG_LEVEL": "error"}, stdout=subprocess.DEVNULL)
-        procs.append(act)
-        wait_listening(act_port)
-        time.sleep(0.5)  # first probe round marks the pod healthy
-        chain = measure("activator -> qp -> app", act_port, act.pid, app.pid, args, headers=REVISION_HEADERS, also=qp.pid)
-        results.append(chain)
-        act.kill()
-        qp.kill()
-        os.unlink(discovery)
+            for r in round_results:
+                r["direct_rps"] = direct["rps"]
+                r["bare_cpu_us"] = bare["hop_cpu_us"] if r is not direct else 0.0
+                samples.setdefault(r["name"], []).append(r)
 
         start = startup_ms(app_port)
     finally:
         for p in procs:
             p.kill()
 
-    direct, bare = results[0], results[1]
-    print(f"\nload: wrk -t2 -c{args.connections} -d{args.duration}s, GET / (tiny response), all on loopback, {os.cpu_count()} CPUs\n")
-    print(f"{'scenario':22} {'req/s':>9} {'x direct':>8} {'hop CPU us/req':>14} {'x bare hop':>10} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB: fresh':>13} {'warm':>6} {'load':>6} {'errors':>6}")
+    results = [combine(s) for s in samples.values()]
+    direct = results[0]
+    chain = results[-1]
+    print(f"\nload: wrk -t2 -c{args.connections} -d{args.duration}s, GET / (tiny response), all on loopback, "
+          f"{os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds\n")
+    print(f"{'scenario':24} {'req/s':>9} {'x direct':>8} {'hop CPU us/req':>14} {'x bare hop':>10} {'p50 ms':>7} {'p99 ms':>7} {'RSS MB: fresh':>13} {'warm':>6} {'load':>6} {'errors':>6}")
     for r in results:
-        ratio = r["rps"] / direct["rps"]
-        vs_bare = (r["hop_cpu_us"] / bare["hop_cpu_us"]) if r is not direct and bare["hop_cpu_us"] else float("nan")
-        print(f"{r['name']:22} {r['rps']:9.0f} {ratio:8.2f} {r['hop_cpu_us']:14.1f} {vs_bare:10.2f} {r['p50']:7.2f} {r['p99']:7.2f} "
+        print(f"{r['name']:24} {r['rps']:9.0f} {r['x_direct']:8.2f} {r['hop_cpu_us']:14.1f} {r['x_bare']:10.2f} {r['p50']:7.2f} {r['p99']:7.2f} "
               f"{r['fresh_rss_mb']:13.1f} {r['idle_rss_mb']:6.1f} {r['load_rss_mb']:6.1f} {r['non2xx']:6d}")
     print(f"\napp CPU per request (direct): {direct['app_cpu_us']:.1f} us")
     print(f"activator chain: activator {chain['hop_cpu_us']:.1f} us/req + queue-proxy {chain['also_cpu_us']:.1f} us/req "

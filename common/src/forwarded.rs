@@ -7,11 +7,18 @@ use http::{HeaderMap, HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::header_scan::Present;
 use crate::headers::{first_str, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The `Forwarded` value to set, or `None` to leave the request unchanged.
 pub fn synthesize(headers: &HeaderMap) -> Option<String> {
-    if !first_str(headers, &FORWARDED).is_empty() {
+    let present = Present::scan(headers);
+    if !present
+        .any(Present::X_FORWARDED_FOR | Present::X_FORWARDED_PROTO | Present::X_FORWARDED_HOST)
+    {
+        return None;
+    }
+    if present.any(Present::FORWARDED) && !first_str(headers, &FORWARDED).is_empty() {
         return None;
     }
     // Go's header parsing drops surrounding spaces and tabs; h2 clients can still send them.

@@ -17,6 +17,7 @@ pub mod classify;
 pub mod drain;
 pub mod env;
 pub mod forwarded;
+pub mod header_scan;
 pub mod headers;
 pub mod logging;
 pub mod metrics;

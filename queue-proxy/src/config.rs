@@ -69,6 +69,9 @@ pub struct Config {
     /// Listener limits (ours): `QUEUE_HEADER_READ_TIMEOUT_SECONDS`, `QUEUE_MAX_HEADER_BYTES`,
     /// `QUEUE_MAX_HEADERS`, `QUEUE_H2_MAX_CONCURRENT_STREAMS`, `QUEUE_MAX_CONNECTIONS`.
     pub limits: knative_common::server::ServerLimits,
+    /// Runtime worker threads (`QUEUE_WORKER_THREADS`; ours). `None` (unset or 0): the
+    /// container's CPU limit, else one. With one, everything runs on a single thread.
+    pub worker_threads: Option<usize>,
 }
 
 fn port(env: &dyn Env, name: &'static str) -> Result<u16, EnvError> {
@@ -155,6 +158,15 @@ impl Config {
                 env,
                 &knative_common::limit_vars!("QUEUE_"),
             )?,
+            worker_threads: match optional_int(
+                env,
+                "QUEUE_WORKER_THREADS",
+                0usize,
+                "a non-negative integer (0: automatic)",
+            )? {
+                0 => None,
+                n => Some(n),
+            },
         })
     }
 }
@@ -235,5 +247,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("USER_PORT"));
+
+        let mut env = base();
+        env.insert("QUEUE_WORKER_THREADS", "two");
+        let e = Config::from_env(&env).unwrap_err().to_string();
+        assert!(e.contains("QUEUE_WORKER_THREADS") && e.contains("\"two\""), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_automatic() {
+        let mut env = base();
+        assert_eq!(Config::from_env(&env).unwrap().worker_threads, None);
+        env.insert("QUEUE_WORKER_THREADS", "0");
+        assert_eq!(Config::from_env(&env).unwrap().worker_threads, None);
+        env.insert("QUEUE_WORKER_THREADS", "3");
+        assert_eq!(Config::from_env(&env).unwrap().worker_threads, Some(3));
     }
 }

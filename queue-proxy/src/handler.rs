@@ -10,6 +10,7 @@ use http::{Request, Response};
 use knative_common::body::{attach_guard, Guarded, LocalBody};
 use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Execution};
 use knative_common::classify::{is_kubelet_probe, is_proxied};
+use knative_common::header_scan::Present;
 use knative_common::proxy::rewrite::restore_original_host;
 use knative_common::stats::{InFlight, RequestStats};
 use knative_common::trace::layer::{CarriedSpan, EndCarriedSpan};
@@ -102,7 +103,10 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        if is_kubelet_probe(request.headers()) {
+        let present = Present::scan(request.headers());
+        if present.any(Present::USER_AGENT | Present::K_KUBELET_PROBE)
+            && is_kubelet_probe(request.headers())
+        {
             return QueueHandlerFuture {
                 future: self.breaker.call_unlimited(request),
                 guard: None,
@@ -119,8 +123,12 @@ where
             }
             span
         });
-        let in_flight = self.stats.request_in(is_proxied(request.headers()));
-        restore_original_host(&mut request);
+        let in_flight = self
+            .stats
+            .request_in(present.any(Present::K_PROXY_REQUEST) && is_proxied(request.headers()));
+        if present.any(Present::K_ORIGINAL_HOST) {
+            restore_original_host(&mut request);
+        }
         QueueHandlerFuture {
             future: self.breaker.call(request),
             guard: Some(HandlerGuard {

@@ -10,6 +10,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use knative_common::body::{empty, text_error, text_error_bytes, text_plain, LocalBody};
 use knative_common::classify::{is_health_check, is_network_probe};
 use knative_common::drain::Drainer;
+use knative_common::header_scan::Present;
 use knative_common::headers::{first_str, K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_QUEUE};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -72,7 +73,8 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let headers = request.headers();
-        if is_health_check(headers) {
+        let present = Present::scan(headers);
+        if present.any(Present::USER_AGENT) && is_health_check(headers) {
             if self.drainer.is_draining() {
                 return HealthFuture::answer(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -91,7 +93,7 @@ where
                 check: Box::pin(self.readiness.check()),
             };
         }
-        if is_network_probe(headers) {
+        if present.any(Present::K_NETWORK_PROBE) && is_network_probe(headers) {
             if self.drainer.is_draining() {
                 return HealthFuture::answer(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 
+use crate::header_scan::Present;
 use crate::headers::{
     HTTP2_SETTINGS, KEEP_ALIVE, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
     K_ORIGINAL_HOST, PROXY_CONNECTION, X_FORWARDED_FOR,
@@ -15,15 +16,15 @@ use crate::headers::{
 
 /// Hop-by-hop headers removed in both directions (Go's list, minus `Trailer`, which we keep so
 /// that HTTP/1.1 trailers — announced by it — keep flowing).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    CONNECTION,
-    PROXY_CONNECTION,
-    KEEP_ALIVE,
-    PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION,
-    TE,
-    TRANSFER_ENCODING,
-    UPGRADE,
+const HOP_BY_HOP: [(Present, HeaderName); 8] = [
+    (Present::CONNECTION, CONNECTION),
+    (Present::PROXY_CONNECTION, PROXY_CONNECTION),
+    (Present::KEEP_ALIVE, KEEP_ALIVE),
+    (Present::PROXY_AUTHENTICATE, PROXY_AUTHENTICATE),
+    (Present::PROXY_AUTHORIZATION, PROXY_AUTHORIZATION),
+    (Present::TE, TE),
+    (Present::TRANSFER_ENCODING, TRANSFER_ENCODING),
+    (Present::UPGRADE, UPGRADE),
 ];
 
 /// An HTTP/1.1 protocol switch the client asked for (`Connection: upgrade` + `Upgrade: X`).
@@ -63,22 +64,30 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(CONNECTION) {
-        if let Ok(named) = connection.to_str() {
-            // Collect first: we cannot remove while borrowing.
-            let named: Vec<HeaderName> = named
-                .split(',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                .collect();
-            for name in named {
-                headers.remove(name);
+/// Removes hop-by-hop headers and every header named in `Connection`; `present` is the map's
+/// scan, so only headers that are there are looked up.
+fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
+    if !present.any(Present::HOP_BY_HOP) {
+        return;
+    }
+    if present.any(Present::CONNECTION) {
+        if let Some(connection) = headers.get(CONNECTION) {
+            if let Ok(named) = connection.to_str() {
+                // Collect first: we cannot remove while borrowing.
+                let named: Vec<HeaderName> = named
+                    .split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                    .collect();
+                for name in named {
+                    headers.remove(name);
+                }
             }
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (bit, name) in HOP_BY_HOP {
+        if present.any(bit) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -88,19 +97,32 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// as plain HTTP/1.1 (the upgrade is dropped, never forwarded).
 pub fn prepare_request<B>(request: &mut Request<B>, peer: &PeerIp) -> Option<UpgradeRequest> {
     let headers = request.headers_mut();
-    let wants_trailers = headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
-    let upgrade = match (headers.get(CONNECTION), headers.get(UPGRADE)) {
-        (Some(c), Some(u))
-            if has_token(c, "upgrade") && !u.as_bytes().eq_ignore_ascii_case(b"h2c") =>
-        {
-            Some(UpgradeRequest {
-                protocol: u.clone(),
-            })
+    let present = Present::scan(headers);
+    if present.is_empty() {
+        // The common case: nothing to remove, and no X-Forwarded-For to extend.
+        headers.insert(X_FORWARDED_FOR, peer.0.clone());
+        return None;
+    }
+    let wants_trailers =
+        present.any(Present::TE) && headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
+    let upgrade = if present.any(Present::CONNECTION) && present.any(Present::UPGRADE) {
+        match (headers.get(CONNECTION), headers.get(UPGRADE)) {
+            (Some(c), Some(u))
+                if has_token(c, "upgrade") && !u.as_bytes().eq_ignore_ascii_case(b"h2c") =>
+            {
+                Some(UpgradeRequest {
+                    protocol: u.clone(),
+                })
+            }
+            _ => None,
         }
-        _ => None,
+    } else {
+        None
     };
-    strip_hop_by_hop(headers);
-    headers.remove(HTTP2_SETTINGS);
+    strip_hop_by_hop(headers, present);
+    if present.any(Present::HTTP2_SETTINGS) {
+        headers.remove(HTTP2_SETTINGS);
+    }
     if wants_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -108,9 +130,17 @@ pub fn prepare_request<B>(request: &mut Request<B>, peer: &PeerIp) -> Option<Upg
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, u.protocol.clone());
     }
-    headers.remove(KNATIVE_SERVING_REVISION);
-    headers.remove(KNATIVE_SERVING_NAMESPACE);
-    append_forwarded_for(headers, peer);
+    if present.any(Present::KNATIVE_SERVING_REVISION) {
+        headers.remove(KNATIVE_SERVING_REVISION);
+    }
+    if present.any(Present::KNATIVE_SERVING_NAMESPACE) {
+        headers.remove(KNATIVE_SERVING_NAMESPACE);
+    }
+    if present.any(Present::X_FORWARDED_FOR) {
+        append_forwarded_for(headers, peer);
+    } else {
+        headers.insert(X_FORWARDED_FOR, peer.0.clone());
+    }
     upgrade
 }
 
@@ -208,15 +238,16 @@ pub fn prepare_response<B>(response: &mut Response<B>) {
     *response.version_mut() = Version::HTTP_11;
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
+    let present = Present::scan(headers);
     if switching {
         let upgrade = headers.get(UPGRADE).cloned();
-        strip_hop_by_hop(headers);
+        strip_hop_by_hop(headers, present);
         if let Some(u) = upgrade {
             headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
             headers.insert(UPGRADE, u);
         }
-    } else if HOP_BY_HOP.iter().any(|name| headers.contains_key(name)) {
-        strip_hop_by_hop(headers);
+    } else {
+        strip_hop_by_hop(headers, present);
     }
 }
 
