@@ -17,3 +17,9 @@ pub mod observability;
 pub mod reporter;
 pub mod throttler;
 pub mod tls;
+
+/// Hasher of the maps looked up on every request (revisions by name, per-revision stats and
+/// metrics, connection pools by pod address): foldhash, seeded per process. Their keys come
+/// from discovery, not from requests, so SipHash's flooding resistance buys nothing there, and
+/// it cost six SipHash runs per request.
+pub type FastHash = foldhash::fast::RandomState;

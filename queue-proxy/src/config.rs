@@ -251,7 +251,10 @@ mod tests {
         let mut env = base();
         env.insert("QUEUE_WORKER_THREADS", "two");
         let e = Config::from_env(&env).unwrap_err().to_string();
-        assert!(e.contains("QUEUE_WORKER_THREADS") && e.contains("\"two\""), "{e}");
+        assert!(
+            e.contains("QUEUE_WORKER_THREADS") && e.contains("\"two\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::throttler::{Protocol, RevisionId, RevisionSettings};
+use crate::FastHash;
 
 pub use document::{parse_document, DocumentError};
 pub use file::{FileSource, FileStatus, DEFAULT_POLL_INTERVAL};
@@ -149,7 +150,7 @@ impl RevisionEntry {
 pub struct Snapshot {
     revisions: HashMap<RevisionId, RevisionEntry>,
     /// namespace → name → spec, for lookups with borrowed strings.
-    index: HashMap<String, HashMap<String, Arc<RevisionSpec>>>,
+    index: HashMap<String, HashMap<String, Arc<RevisionSpec>, FastHash>, FastHash>,
     /// ConfigMaps and Secrets of the system namespace.
     system: Arc<SystemObjects>,
 }
@@ -171,7 +172,8 @@ impl Snapshot {
         for entry in entries {
             revisions.insert(entry.spec.id.clone(), entry);
         }
-        let mut index: HashMap<String, HashMap<String, Arc<RevisionSpec>>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, Arc<RevisionSpec>, FastHash>, FastHash> =
+            HashMap::default();
         for (id, entry) in &revisions {
             index
                 .entry(id.namespace.clone())

@@ -38,12 +38,12 @@ struct TlsTargets {
     trust: Arc<UpstreamTrust>,
     /// Replaces the port of pod dests (8112; tests override it).
     pod_port: u16,
-    pools: DashMap<SocketAddr, TlsDestPool>,
+    pools: DashMap<SocketAddr, TlsDestPool, crate::FastHash>,
 }
 
 /// The pools, keyed by pod (or cluster IP) address.
 pub struct DestPools {
-    pools: DashMap<SocketAddr, DestPool>,
+    pools: DashMap<SocketAddr, DestPool, crate::FastHash>,
     max_idle_per_host: usize,
     tls: Option<TlsTargets>,
 }
@@ -63,7 +63,7 @@ impl DestPools {
     /// (`MAX_IDLE_PROXY_CONNS_PER_HOST`).
     pub fn new(max_idle_per_host: usize) -> Self {
         DestPools {
-            pools: DashMap::new(),
+            pools: DashMap::default(),
             max_idle_per_host,
             tls: None,
         }
@@ -76,7 +76,7 @@ impl DestPools {
             tls: Some(TlsTargets {
                 trust,
                 pod_port,
-                pools: DashMap::new(),
+                pools: DashMap::default(),
             }),
             ..DestPools::new(max_idle_per_host)
         }

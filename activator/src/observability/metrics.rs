@@ -315,7 +315,7 @@ impl Completion for ServerMeasure {
 
 /// Everything the activator measures, and its Prometheus registry.
 pub struct ActivatorMetrics {
-    revisions: DashMap<RevisionId, Arc<RevisionMetrics>>,
+    revisions: DashMap<RevisionId, Arc<RevisionMetrics>, crate::FastHash>,
     anonymous: Arc<RevisionMetrics>,
     autoscaler: RwLock<Option<Arc<AutoscalerConnection>>>,
     /// `target_info` labels, sorted.
@@ -347,7 +347,7 @@ impl ActivatorMetrics {
         resource.insert("telemetry_sdk_name", "prometheus-client".to_owned());
         resource.insert("telemetry_sdk_version", "0.25".to_owned());
         ActivatorMetrics {
-            revisions: DashMap::new(),
+            revisions: DashMap::default(),
             anonymous: Arc::new(RevisionMetrics::new(None)),
             autoscaler: RwLock::new(None),
             resource,

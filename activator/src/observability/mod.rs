@@ -131,7 +131,7 @@ pub struct Observability {
     /// The OTLP metric push, awaited at shutdown.
     exporter_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dynamic: ArcSwap<DynamicObservability>,
-    revision_info: DashMap<RevisionId, Arc<RevisionInfo>>,
+    revision_info: DashMap<RevisionId, Arc<RevisionInfo>, crate::FastHash>,
 }
 
 impl std::fmt::Debug for Observability {
@@ -157,7 +157,7 @@ impl Observability {
             tracer: None,
             exporter_task: std::sync::Mutex::new(None),
             dynamic: ArcSwap::from_pointee(dynamic),
-            revision_info: DashMap::new(),
+            revision_info: DashMap::default(),
         }
     }
 

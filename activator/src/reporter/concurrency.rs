@@ -115,7 +115,7 @@ pub struct ConcurrencyReporter {
     pod_name: String,
     sink: Sink,
     observer: Option<Observer>,
-    entries: DashMap<RevisionId, Arc<RevisionStats>>,
+    entries: DashMap<RevisionId, Arc<RevisionStats>, crate::FastHash>,
 }
 
 impl std::fmt::Debug for ConcurrencyReporter {
@@ -137,7 +137,7 @@ impl ConcurrencyReporter {
             pod_name: pod_name.into(),
             sink: Box::new(sink),
             observer: None,
-            entries: DashMap::new(),
+            entries: DashMap::default(),
         }
     }
 

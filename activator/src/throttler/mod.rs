@@ -38,6 +38,8 @@ mod tracker;
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
+
+use crate::FastHash;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -126,7 +128,7 @@ pub enum ThrottlerError {
     QueueFull,
 }
 
-type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>>>;
+type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>, FastHash>, FastHash>;
 
 /// The registry of revision throttlers, keyed by namespace then name so that lookups borrow the
 /// caller's strings (one read lock, two hash lookups, no allocation).
