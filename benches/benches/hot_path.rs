@@ -10,6 +10,7 @@ use http::{Request, Version};
 use knative_common::breaker::Breaker;
 use knative_common::classify;
 use knative_common::forwarded;
+use knative_common::header_scan::Present;
 use knative_common::proxy::rewrite::{
     prepare_request, restore_original_host, to_origin_form, PeerIp,
 };
@@ -101,6 +102,10 @@ fn headers(c: &mut Criterion) {
                 classify::is_proxied(h),
             ))
         })
+    });
+    c.bench_function("headers/presence scan", |bench| {
+        let req = typical_request();
+        bench.iter(|| black_box(Present::scan(black_box(req.headers()))))
     });
     c.bench_function(
         "headers/full rewrite (shim+host+hop-by-hop+xff+uri)",
