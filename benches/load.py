@@ -147,10 +147,12 @@ def startup_ms(app_port, samples=5):
     return times[len(times) // 2]
 
 
-def start_queue_proxy(app_port, cc, observability=""):
+def start_queue_proxy(app_port, cc, observability="", threads=None):
     port = free_port()
-    qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, cc, port, observability),
-                          stdout=subprocess.DEVNULL)
+    env = qp_env(app_port, cc, port, observability)
+    if threads is not None:
+        env["QUEUE_WORKER_THREADS"] = str(threads)
+    qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=env, stdout=subprocess.DEVNULL)
     wait_listening(port)
     time.sleep(0.2)
     return port, qp
@@ -201,6 +203,8 @@ def main():
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--two-threads", action="store_true",
+                        help="also measure the queue-proxy with two runtime threads (QUEUE_WORKER_THREADS=2)")
     args = parser.parse_args()
 
     procs = []
@@ -225,12 +229,15 @@ def main():
             hop.kill()
             hop.wait()
 
-            for name, cc, observability in [
-                ("queue-proxy CC=0", 0, ""),
-                ("queue-proxy CC=10", 10, ""),
-                ("qp CC=10 + observability", 10, OBSERVABILITY_ON),
-            ]:
-                port, qp = start_queue_proxy(app_port, cc, observability)
+            scenarios = [
+                ("queue-proxy CC=0", 0, "", None),
+                ("queue-proxy CC=10", 10, "", None),
+                ("qp CC=10 + observability", 10, OBSERVABILITY_ON, None),
+            ]
+            if args.two_threads:
+                scenarios += [("qp CC=0, 2 threads", 0, "", 2), ("qp CC=10, 2 threads", 10, "", 2)]
+            for name, cc, observability, threads in scenarios:
+                port, qp = start_queue_proxy(app_port, cc, observability, threads)
                 procs.append(qp)
                 round_results.append(measure(name, port, qp.pid, app.pid, args))
                 qp.kill()
