@@ -122,10 +122,11 @@ pub fn main() -> ExitCode {
 /// one, else one.
 ///
 /// One thread is the sidecar's natural size (linkerd2-proxy makes the same choice): the Knative
-/// controller requests 25m CPU for it, one thread proxies ~45k small requests per second here,
-/// and it costs fewer CPU microseconds per request than two (no cross-thread wake-ups: half the
-/// context switches per request at CC=10, measured with `perf stat`). An operator who gives the
-/// queue-proxy a CPU limit (`queueSidecarCPULimit`) gets that many threads.
+/// controller requests 25m CPU for it, one thread proxied 42k small requests per second in the
+/// load benchmark on a 2-core machine, and it costs fewer CPU microseconds per request than two
+/// (no cross-thread wake-ups: half the context switches per request at CC=10, measured with
+/// `perf stat`). An operator who gives the queue-proxy a CPU limit (`queueSidecarCPULimit`) gets
+/// that many threads.
 fn worker_threads() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
