@@ -19,10 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QP = os.path.join(ROOT, "target", "release", "queue-proxy")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from load import free_port  # noqa: E402  (shared helper)
 
 
 def serve_http(listener, stop):

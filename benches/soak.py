@@ -14,41 +14,16 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
 HEADERS = ["-H", "Knative-Serving-Namespace: default", "-H", "Knative-Serving-Revision: hello-00001"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+from load import BIN, free_port, rss_kib, wait_listening  # noqa: E402  (shared helpers)
 
 
 class App:
