@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> ExitCode {
             probe_frequency: config.probe_frequency,
             self_ip: config.pod_ip.clone(),
             max_queued: config.max_queued_per_revision,
+            max_concurrent_probes: config.max_concurrent_probes,
             mesh_mode: network.mesh_mode,
             passthrough_lb: network.mesh_pod_addressability,
             ..BackendSettings::default()

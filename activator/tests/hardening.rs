@@ -97,6 +97,7 @@ async fn listener_limits_follow_the_environment() {
         ("ACTIVATOR_MAX_QUEUED_TOTAL", "-3"),
         ("ACTIVATOR_MAX_HEADER_BYTES", "huge"),
         ("ACTIVATOR_MAX_CONNECTIONS", "-1"),
+        ("ACTIVATOR_MAX_CONCURRENT_PROBES", "many"),
     ] {
         let exited = ActivatorConfig::new(&stats.url())
             .env(name, value)

@@ -35,6 +35,7 @@
 
 mod duration;
 pub mod fast;
+mod limit;
 mod probe;
 mod watcher;
 
@@ -53,6 +54,7 @@ use crate::discovery::{PrivateEndpoints, PublicEndpoints, RevisionEntry, Revisio
 use crate::throttler::{DestsUpdate, RevisionId, Throttler};
 
 pub use duration::{parse_go_duration, DurationError};
+pub use limit::LimitedProber;
 pub use probe::{private_service_name, probe_queue, HttpProber, ProbeResult, Prober, PROBE_PATH};
 pub use watcher::{Dests, PodProbe, RevisionWatcher, WatcherConfig};
 
@@ -65,6 +67,9 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 pub const DEFAULT_PROBE_FREQUENCY: Duration = Duration::from_millis(200);
 /// Default re-probe interval while requests wait and nothing is healthy.
 pub const DEFAULT_FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Default bound on pod probes in flight across all revisions
+/// (`ACTIVATOR_MAX_CONCURRENT_PROBES`; see [`LimitedProber`]).
+pub const DEFAULT_MAX_CONCURRENT_PROBES: usize = 256;
 /// Shortest `PROBE_FREQUENCY` honoured (a zero period would spin).
 const MIN_PROBE_FREQUENCY: Duration = Duration::from_millis(1);
 
@@ -114,6 +119,8 @@ pub struct BackendSettings {
     /// Optional cap on requests waiting per revision (see
     /// [`RevisionSettings::max_queued`](crate::throttler::RevisionSettings::max_queued)).
     pub max_queued: Option<usize>,
+    /// Pod probes in flight at most, across all revisions (0 = unbounded).
+    pub max_concurrent_probes: usize,
 }
 
 impl Default for BackendSettings {
@@ -126,6 +133,7 @@ impl Default for BackendSettings {
             passthrough_lb: false,
             self_ip: String::new(),
             max_queued: None,
+            max_concurrent_probes: DEFAULT_MAX_CONCURRENT_PROBES,
         }
     }
 }
@@ -163,6 +171,7 @@ impl BackendsManager {
         prober: Arc<P>,
         observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
     ) -> JoinHandle<()> {
+        let prober = Arc::new(LimitedProber::new(prober, settings.max_concurrent_probes));
         let mut manager = Manager::new(throttler, settings, prober, observer);
         let snapshot = source.borrow_and_update().clone();
         manager.apply(&snapshot);

@@ -1427,3 +1427,62 @@ async fn file_source_to_throttler_end_to_end() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Answers every probe with success after 20 ms, counting probes in flight.
+#[derive(Debug, Default)]
+struct InFlightProber {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Prober for InFlightProber {
+    async fn probe(&self, _dest: &str, _host: Option<&str>) -> ProbeResult {
+        /// Leaves the count also when the probe is dropped at its deadline.
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _leave = Leave(&self.now);
+        self.max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ProbeResult::success()
+    }
+}
+
+/// Startup with many listed pods (`ACTIVATOR_MAX_CONCURRENT_PROBES`): probes across all
+/// revisions never exceed the bound, and every pod still becomes usable (probes that could not
+/// start within a round's deadline are retried).
+#[tokio::test(start_paused = true)]
+async fn startup_probing_is_bounded_and_completes() {
+    const REVISIONS: usize = 200;
+    let snapshot = Snapshot::new((0..REVISIONS).map(|i| {
+        let pods = [format!("10.1.{i}.1:8012"), format!("10.1.{i}.2:8012")];
+        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+        entry(
+            &format!("rev-{i}"),
+            Protocol::Http1,
+            private(&[], &pods, None),
+        )
+    }));
+    let prober = Arc::new(InFlightProber::default());
+    let mut harness = Harness::start(
+        snapshot,
+        prober.clone(),
+        BackendSettings {
+            max_concurrent_probes: 16,
+            ..settings()
+        },
+    );
+    let mut usable = std::collections::HashSet::new();
+    while usable.len() < REVISIONS {
+        let (id, update) = harness.next().await;
+        if update.dests.len() == 2 {
+            usable.insert(id);
+        }
+    }
+    assert_eq!(prober.max.load(Ordering::SeqCst), 16);
+    harness.shutdown.send_replace(true);
+}
