@@ -118,7 +118,7 @@ pub async fn run(config: Config) -> ExitCode {
     };
     let throttler = Arc::new(Throttler::with_max_queued_total(config.max_queued_total));
     let _backends = BackendsManager::spawn(
-        discovery.subscribe(),
+        discovery.subscribe_changes(),
         throttler.clone(),
         BackendSettings {
             probe_timeout: config.probe_timeout,

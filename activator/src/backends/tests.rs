@@ -213,7 +213,7 @@ fn settings() -> BackendSettings {
 
 struct Harness {
     throttler: Arc<Throttler>,
-    source: watch::Sender<Arc<Snapshot>>,
+    source: crate::discovery::SnapshotCell,
     updates: mpsc::UnboundedReceiver<(RevisionId, DestsUpdate)>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -222,11 +222,12 @@ struct Harness {
 impl Harness {
     fn start<P: Prober>(snapshot: Snapshot, prober: Arc<P>, settings: BackendSettings) -> Harness {
         let throttler = Arc::new(Throttler::new());
-        let (source, source_rx) = watch::channel(Arc::new(snapshot));
+        let source = crate::discovery::SnapshotCell::new();
+        source.publish(snapshot);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (observer, updates) = mpsc::unbounded_channel();
         let task = BackendsManager::spawn_with(
-            source_rx,
+            source.subscribe_changes(),
             throttler.clone(),
             settings,
             shutdown_rx,
@@ -243,7 +244,7 @@ impl Harness {
     }
 
     fn publish(&self, snapshot: Snapshot) {
-        self.source.send_replace(Arc::new(snapshot));
+        self.source.publish(snapshot);
     }
 
     async fn next(&mut self) -> (RevisionId, DestsUpdate) {
@@ -1399,7 +1400,12 @@ async fn file_source_to_throttler_end_to_end() {
     let (stop, stop_rx) = watch::channel(false);
     let source = FileSource::start(&path, Duration::from_millis(20), stop_rx.clone()).unwrap();
     let throttler = Arc::new(Throttler::new());
-    let task = BackendsManager::spawn(source.subscribe(), throttler.clone(), settings(), stop_rx);
+    let task = BackendsManager::spawn(
+        source.subscribe_changes(),
+        throttler.clone(),
+        settings(),
+        stop_rx,
+    );
     let revision = throttler.revision(&id()).unwrap();
     assert_eq!(revision.container_concurrency(), 2);
     assert_eq!(revision.activator_count(), 2);
@@ -1485,4 +1491,101 @@ async fn startup_probing_is_bounded_and_completes() {
     }
     assert_eq!(prober.max.load(Ordering::SeqCst), 16);
     harness.shutdown.send_replace(true);
+}
+
+#[test]
+fn zz_print_sizes() {
+    let (_tx, rx) = watch::channel(Arc::new(Dests::default()));
+    let shared = Arc::new(WatcherShared::new(id(), 1));
+    let ctx = Arc::new(WatcherContext {
+        throttler: Arc::new(Throttler::new()),
+        fast: None,
+        probe_frequency: Duration::from_millis(200),
+        observer: None,
+    });
+    let w = RevisionWatcher::new(id(), Arc::new(HttpProber), config(MeshMode::Auto, true));
+    let fut = run_watcher(w, rx, shared, ctx);
+    eprintln!("SIZE watcher future {}", std::mem::size_of_val(&fut));
+    eprintln!(
+        "SIZE RevisionThrottler {}",
+        std::mem::size_of::<crate::throttler::RevisionThrottler>()
+    );
+    eprintln!(
+        "SIZE RevisionEntry {}",
+        std::mem::size_of::<RevisionEntry>()
+    );
+    eprintln!("SIZE RevisionSpec {}", std::mem::size_of::<RevisionSpec>());
+}
+
+/// Incremental discovery: a publication naming revision `a` reconciles `a` alone. Revision
+/// `b`'s throttler (same object), its pod trackers, its in-flight lease and its watcher (no new
+/// probe of its pod) are untouched by a hundred updates of `a`.
+#[tokio::test(start_paused = true)]
+async fn an_update_of_one_revision_leaves_the_others_alone() {
+    let a = |pods: &[&str]| entry("a", Protocol::Http1, private(pods, &[], None));
+    let b = entry("b", Protocol::Http1, private(&[P2], &[], None));
+    let prober = FakeProber::new(&[(P1, &[Reply::Ok]), (P2, &[Reply::Ok]), (P3, &[Reply::Ok])]);
+    let mut h = Harness::start(
+        Snapshot::new([a(&[P1]), b.clone()]),
+        prober.clone(),
+        settings(),
+    );
+    let b_id = RevisionId::new(NS, "b");
+    let mut seen_b = false;
+    while !seen_b {
+        let (id, update) = h.next().await;
+        seen_b = id == b_id && update == pods(&[P2]);
+    }
+    let b_throttler = h.throttler.revision(&b_id).unwrap();
+    let lease = h.throttler.try_acquire(&b_id).await.unwrap();
+    assert_eq!(lease.dest(), P2);
+    let probes_of_b = || {
+        prober
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| *d == P2)
+            .count()
+    };
+    let b_probes = probes_of_b();
+
+    let mut snapshot = h.source.current().as_ref().clone();
+    for i in 0..100 {
+        let next = if i % 2 == 0 { a(&[P1, P3]) } else { a(&[P1]) };
+        snapshot.set(next);
+        let changed = [RevisionId::new(NS, "a")].into_iter().collect();
+        assert!(h.source.publish_changes(
+            snapshot.clone(),
+            crate::discovery::Changes::Revisions(changed)
+        ));
+        // `a`'s watcher applies each change.
+        let expected = if i % 2 == 0 {
+            pods(&[P1, P3])
+        } else {
+            pods(&[P1])
+        };
+        loop {
+            let (id, update) = h.next().await;
+            assert_ne!(id, b_id, "nothing is emitted for b");
+            if update == expected {
+                break;
+            }
+        }
+    }
+    let b_now = h.throttler.revision(&b_id).unwrap();
+    assert!(
+        Arc::ptr_eq(&b_throttler, &b_now),
+        "b's throttler is the same object"
+    );
+    assert_eq!(
+        b_now.dest_in_flight(P2),
+        Some(1),
+        "b's lease is still counted"
+    );
+    assert_eq!(b_now.in_flight(), 1);
+    assert_eq!(probes_of_b(), b_probes, "b was not probed again");
+    drop(lease);
+    assert_eq!(b_now.in_flight(), 0);
+    h.shutdown.send_replace(true);
 }

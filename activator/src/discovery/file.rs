@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::{
-    parse_document, DiscoveryError, DiscoverySource, RevisionSpec, Snapshot, SnapshotCell,
+    parse_document, ChangeFeed, Changes, DiscoveryError, DiscoverySource, RevisionSpec, Snapshot,
+    SnapshotCell,
 };
 
 /// How often the file is re-read when the caller has no preference.
@@ -97,6 +98,11 @@ impl FileSource {
         self.cell.subscribe()
     }
 
+    /// A feed of snapshots with the revisions each reload changed.
+    pub fn subscribe_changes(&self) -> ChangeFeed {
+        self.cell.subscribe_changes()
+    }
+
     /// The latest snapshot.
     pub fn current(&self) -> Arc<Snapshot> {
         self.cell.current()
@@ -169,13 +175,36 @@ impl FileSource {
         let parsed = parse_document(&bytes);
         *last_seen = bytes;
         match parsed {
-            Ok(snapshot) => {
+            Ok(parsed) => {
+                // The file is re-parsed whole, but only the revisions whose entries differ are
+                // published as changed: consumers apply those alone. The next snapshot is the
+                // current one with those entries replaced, so unchanged shards stay shared.
+                let mut snapshot = (*self.cell.current()).clone();
+                let changed_ids = snapshot.changed_revisions(&parsed);
+                for id in &changed_ids {
+                    match parsed.get(id) {
+                        Some(entry) => snapshot.set(entry.clone()),
+                        None => {
+                            snapshot.remove(id);
+                        }
+                    }
+                }
+                let snapshot = snapshot.with_system(parsed.system().clone());
                 let revisions = snapshot.len();
-                let changed = self.cell.publish(snapshot);
+                let changed_revisions = changed_ids.len();
+                let changed = self
+                    .cell
+                    .publish_changes(snapshot, Changes::Revisions(changed_ids));
                 let mut status = self.lock_status();
                 status.loads = status.loads.saturating_add(1);
                 status.last_error = None;
-                tracing::info!(path = %path, revisions, changed, "discovery file reloaded");
+                tracing::info!(
+                    path = %path,
+                    revisions,
+                    changed,
+                    changed_revisions,
+                    "discovery file reloaded"
+                );
             }
             Err(error) => {
                 tracing::error!(
@@ -192,6 +221,10 @@ impl FileSource {
 impl DiscoverySource for FileSource {
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.cell.subscribe()
+    }
+
+    fn subscribe_changes(&self) -> ChangeFeed {
+        self.cell.subscribe_changes()
     }
 
     fn synced(&self) -> bool {

@@ -698,3 +698,102 @@ mod system_sections {
         assert_ne!(a, b);
     }
 }
+
+fn ids(names: &[&str]) -> Changes {
+    Changes::Revisions(
+        names
+            .iter()
+            .map(|n| RevisionId::new("default", *n))
+            .collect(),
+    )
+}
+
+fn spec_entry(name: &str, cc: u32) -> RevisionEntry {
+    let mut spec = RevisionSpec::new(RevisionId::new("default", name));
+    spec.container_concurrency = cc;
+    RevisionEntry::new(spec)
+}
+
+/// A feed's first take is everything; later takes name the revisions published since, merged
+/// over publications the consumer did not wake up for.
+#[tokio::test]
+async fn a_change_feed_accumulates_changed_revisions() {
+    let cell = SnapshotCell::new();
+    cell.publish(Snapshot::new([spec_entry("a", 1), spec_entry("b", 1)]));
+    let mut feed = cell.subscribe_changes();
+    let (first, changes) = feed.take();
+    assert_eq!((first.len(), changes), (2, Changes::All));
+
+    let mut next = (*cell.current()).clone();
+    next.set(spec_entry("a", 2));
+    assert!(cell.publish_changes(next.clone(), ids(&["a"])));
+    next.remove(&RevisionId::new("default", "b"));
+    assert!(cell.publish_changes(next.clone(), ids(&["b"])));
+    let (snapshot, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["a", "b"]));
+    assert_eq!(snapshot.len(), 1);
+    // Nothing changed: nobody is woken.
+    assert!(!cell.publish_changes(next.clone(), ids(&[])));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), feed.changed())
+            .await
+            .is_err()
+    );
+    // A whole publication that differs means everything.
+    cell.publish(Snapshot::new([spec_entry("c", 1)]));
+    assert_eq!(feed.changed().await.unwrap().1, Changes::All);
+}
+
+/// The file source re-parses the file but names only the revisions whose entries changed, and
+/// the unchanged entries keep their identity.
+#[tokio::test]
+async fn a_file_reload_names_only_the_changed_revisions() {
+    let doc = |a_pods: &str| {
+        format!(
+            r#"{{"revisions":[
+                {{"namespace":"default","name":"a","pods":{{"ready":[{a_pods}]}}}},
+                {{"namespace":"default","name":"b","pods":{{"ready":["127.0.0.2:8012"]}}}},
+                {{"namespace":"default","name":"c"}}]}}"#
+        )
+    };
+    let file = TempFile::new(&doc(r#""127.0.0.1:8012""#));
+    let (source, _stop) = start(&file);
+    let mut feed = source.subscribe_changes();
+    let (before, changes) = feed.take();
+    assert_eq!(changes, Changes::All);
+    file.write(&doc(r#""127.0.0.1:8012","127.0.0.3:8012""#));
+    let (after, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["a"]));
+    let b = RevisionId::new("default", "b");
+    assert!(Arc::ptr_eq(
+        &before.get(&b).unwrap().spec,
+        &after.get(&b).unwrap().spec
+    ));
+    assert_eq!(
+        after
+            .get(&RevisionId::new("default", "a"))
+            .unwrap()
+            .private
+            .ready
+            .len(),
+        2
+    );
+    // Removing `c` names `c` alone.
+    file.write(
+        r#"{"revisions":[
+            {"namespace":"default","name":"a","pods":{"ready":["127.0.0.1:8012","127.0.0.3:8012"]}},
+            {"namespace":"default","name":"b","pods":{"ready":["127.0.0.2:8012"]}}]}"#,
+    );
+    let (after, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["c"]));
+    assert_eq!(after.len(), 2);
+}
