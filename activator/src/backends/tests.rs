@@ -1493,29 +1493,6 @@ async fn startup_probing_is_bounded_and_completes() {
     harness.shutdown.send_replace(true);
 }
 
-#[test]
-fn zz_print_sizes() {
-    let (_tx, rx) = watch::channel(Arc::new(Dests::default()));
-    let shared = Arc::new(WatcherShared::new(id(), 1));
-    let ctx = Arc::new(WatcherContext {
-        throttler: Arc::new(Throttler::new()),
-        fast: None,
-        probe_frequency: Duration::from_millis(200),
-        observer: None,
-    });
-    let w = RevisionWatcher::new(id(), Arc::new(HttpProber), config(MeshMode::Auto, true));
-    let fut = run_watcher(w, rx, shared, ctx);
-    eprintln!("SIZE watcher future {}", std::mem::size_of_val(&fut));
-    eprintln!(
-        "SIZE RevisionThrottler {}",
-        std::mem::size_of::<crate::throttler::RevisionThrottler>()
-    );
-    eprintln!(
-        "SIZE RevisionEntry {}",
-        std::mem::size_of::<RevisionEntry>()
-    );
-    eprintln!("SIZE RevisionSpec {}", std::mem::size_of::<RevisionSpec>());
-}
 
 /// Incremental discovery: a publication naming revision `a` reconciles `a` alone. Revision
 /// `b`'s throttler (same object), its pod trackers, its in-flight lease and its watcher (no new
