@@ -1493,7 +1493,6 @@ async fn startup_probing_is_bounded_and_completes() {
     harness.shutdown.send_replace(true);
 }
 
-
 /// Incremental discovery: a publication naming revision `a` reconciles `a` alone. Revision
 /// `b`'s throttler (same object), its pod trackers, its in-flight lease and its watcher (no new
 /// probe of its pod) are untouched by a hundred updates of `a`.

@@ -101,9 +101,13 @@ pub async fn forward_or_return(
             fresh: false,
             ..
         }) => {
-            let fresh = Upstream::checkout_http1(upstream)
-                .await
-                .map_err(ForwardFailure::sent)?;
+            // A pod that died leaves its pooled connections closed: the new connection may not
+            // open either, and then the request still never left (the activator retries it
+            // on another pod).
+            let fresh = match Upstream::checkout_http1(upstream).await {
+                Ok(fresh) => fresh,
+                Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+            };
             fresh
                 .send(upstream, request, upgrade.is_some())
                 .await
