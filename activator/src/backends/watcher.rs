@@ -338,6 +338,16 @@ impl WatcherShared {
     }
 }
 
+/// The next tick of an armed timer; never without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `stop` is true or its sender is gone.
 pub(super) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
@@ -354,8 +364,9 @@ pub async fn run<P: Prober>(
 ) {
     let mut stop = shared.stop.subscribe();
     let frequency = ctx.probe_frequency;
-    let mut ticker = tokio::time::interval_at(Instant::now() + frequency, frequency);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The timer exists only while armed: a revision whose pods are all healthy (or that has
+    // none) waits on its channels alone, and its task stays small (see below).
+    let mut ticker: Option<tokio::time::Interval> = None;
     let mut cur = input.borrow_and_update().clone();
     let mut prev = Arc::new(Dests::default());
     let mut registered = false;
@@ -366,7 +377,11 @@ pub async fn run<P: Prober>(
             let armed = watcher.timer_armed(&cur);
             if armed && !was_armed {
                 // Probe one full period after arming, not at a stale tick.
-                ticker.reset();
+                let mut interval = tokio::time::interval_at(Instant::now() + frequency, frequency);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ticker = Some(interval);
+            } else if !armed {
+                ticker = None;
             }
             was_armed = armed;
             let fast = armed && watcher.nothing_healthy() && ctx.fast.is_some();
@@ -385,15 +400,17 @@ pub async fn run<P: Prober>(
                     }
                     prev = std::mem::replace(&mut cur, input.borrow_and_update().clone());
                 }
-                _ = ticker.tick(), if armed => {}
+                () = tick(&mut ticker), if armed => {}
                 () = shared.wake.notified(), if fast => {}
             }
         }
         event = false;
+        // Boxed: the probing round's state lives on the heap only while it runs, so the task
+        // of an idle revision is a few hundred bytes instead of carrying it permanently.
         let update = tokio::select! {
             biased;
             () = stop_requested(&mut stop) => break,
-            update = watcher.check_dests(&cur, &prev) => update,
+            update = Box::pin(watcher.check_dests(&cur, &prev)) => update,
         };
         if let Some(update) = update {
             shared.emit(&ctx, update);
