@@ -15,7 +15,8 @@
 //! Fast probing (our addition, see [`fast`]): while a revision has requests waiting and nothing
 //! healthy, its not-yet-healthy pods are re-probed every [`BackendSettings::fast_probe_interval`]
 //! (default 10 ms) instead of every `PROBE_FREQUENCY` (200 ms), so a held request reaches a pod
-//! within a few milliseconds of its queue-proxy answering `queue`.
+//! within a few milliseconds of its queue-proxy answering `queue`. It is driven by the
+//! revision's throttler signalling a waiting request, not by a scan of all revisions.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -36,7 +37,7 @@
 //! ```
 
 mod duration;
-pub mod fast;
+mod fast;
 mod limit;
 mod probe;
 mod watcher;
@@ -62,7 +63,6 @@ pub use limit::LimitedProber;
 pub use probe::{private_service_name, probe_queue, HttpProber, ProbeResult, Prober, PROBE_PATH};
 pub use watcher::{Dests, PodProbe, RevisionWatcher, WatcherConfig};
 
-use fast::FastProbing;
 use watcher::{WatcherContext, WatcherShared};
 
 /// `PROBE_TIMEOUT` default.
@@ -197,10 +197,7 @@ struct Manager<P> {
     settings: BackendSettings,
     prober: Arc<P>,
     ctx: Arc<WatcherContext>,
-    poller_stop: watch::Sender<bool>,
-    poller: Option<JoinHandle<()>>,
     watchers: HashMap<RevisionId, WatcherHandle>,
-    next_serial: u64,
 }
 
 impl<P: Prober> Manager<P> {
@@ -215,19 +212,10 @@ impl<P: Prober> Manager<P> {
         if let Ok(ip) = settings.self_ip.trim().parse::<IpAddr>() {
             settings.self_ip = ip.to_string();
         }
-        let (poller_stop, poller_rx) = watch::channel(false);
-        let fast = (!settings.fast_probe_interval.is_zero()).then(|| {
-            Arc::new(FastProbing::new(
-                settings.fast_probe_interval,
-                throttler.clone(),
-            ))
-        });
-        let poller = fast
-            .as_ref()
-            .map(|fast| tokio::spawn(fast.clone().run(poller_rx)));
         let ctx = Arc::new(WatcherContext {
             throttler: throttler.clone(),
-            fast,
+            fast_probe_interval: (!settings.fast_probe_interval.is_zero())
+                .then_some(settings.fast_probe_interval),
             probe_frequency: settings.probe_frequency,
             observer,
         });
@@ -236,10 +224,7 @@ impl<P: Prober> Manager<P> {
             settings,
             prober,
             ctx,
-            poller_stop,
-            poller,
             watchers: HashMap::new(),
-            next_serial: 0,
         }
     }
 
@@ -346,8 +331,7 @@ impl<P: Prober> Manager<P> {
     }
 
     fn start_watcher(&mut self, id: &RevisionId, entry: &RevisionEntry) -> WatcherHandle {
-        self.next_serial = self.next_serial.wrapping_add(1);
-        let shared = Arc::new(WatcherShared::new(id.clone(), self.next_serial));
+        let shared = Arc::new(WatcherShared::new(id.clone()));
         let watcher = RevisionWatcher::new(
             id.clone(),
             self.prober.clone(),
@@ -375,7 +359,7 @@ impl<P: Prober> Manager<P> {
         }
     }
 
-    /// Stops every watcher and the poller, and waits for them.
+    /// Stops every watcher and waits for them.
     async fn stop(mut self) {
         let handles: Vec<WatcherHandle> = self.watchers.drain().map(|(_, h)| h).collect();
         for handle in &handles {
@@ -383,10 +367,6 @@ impl<P: Prober> Manager<P> {
         }
         for handle in handles {
             let _ = handle.task.await;
-        }
-        self.poller_stop.send_replace(true);
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.await;
         }
     }
 }

@@ -634,11 +634,11 @@ async fn item60_a_stopped_watcher_emits_nothing() {
     let (observer, mut updates) = mpsc::unbounded_channel();
     let ctx = Arc::new(WatcherContext {
         throttler: throttler.clone(),
-        fast: None,
+        fast_probe_interval: None,
         probe_frequency: DEFAULT_PROBE_FREQUENCY,
         observer: Some(observer),
     });
-    let shared = Arc::new(WatcherShared::new(id(), 1));
+    let shared = Arc::new(WatcherShared::new(id()));
     let (input, input_rx) = watch::channel(Arc::new(dests(&[P1], &[], None)));
     let task = tokio::spawn(run_watcher(
         watcher(&prober, MeshMode::Auto),
@@ -1564,4 +1564,47 @@ async fn an_update_of_one_revision_leaves_the_others_alone() {
     drop(lease);
     assert_eq!(b_now.in_flight(), 0);
     h.shutdown.send_replace(true);
+}
+
+/// Fast probing is per revision and event-driven: with 50 revisions whose pods keep failing,
+/// a request waiting for one of them speeds up that revision's probes alone; the others keep
+/// Knative's cadence.
+#[tokio::test(start_paused = true)]
+async fn fast_probing_speeds_up_only_the_revision_with_waiting_requests() {
+    let dests: Vec<String> = (0..50).map(|i| format!("10.2.0.{i}:8012")).collect();
+    let script: Vec<(&str, &[Reply])> = dests
+        .iter()
+        .map(|d| (d.as_str(), &[Reply::Status(503)][..]))
+        .collect();
+    let prober = FakeProber::new(&script);
+    let snapshot = Snapshot::new(dests.iter().enumerate().map(|(i, d)| {
+        entry(
+            &format!("rev-{i}"),
+            Protocol::Http1,
+            private(&[], &[d], None),
+        )
+    }));
+    let h = Harness::start(
+        snapshot,
+        prober.clone(),
+        BackendSettings {
+            fast_probe_interval: Duration::from_millis(10),
+            ..settings()
+        },
+    );
+    let waiting = RevisionId::new(NS, "rev-7");
+    let throttler = h.throttler.clone();
+    let waiter = tokio::spawn(async move { throttler.try_acquire(&waiting).await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(1010)).await;
+    let fast = prober.calls_to(&dests[7]);
+    assert!(
+        fast >= 50,
+        "{fast} probes of the waited-for revision in 1 s"
+    );
+    for (i, dest) in dests.iter().enumerate().filter(|(i, _)| *i != 7) {
+        let calls = prober.calls_to(dest);
+        assert!((5..=7).contains(&calls), "rev-{i}: {calls} probes in 1 s");
+    }
+    waiter.abort();
+    h.stop().await;
 }

@@ -101,6 +101,8 @@ pub struct RevisionThrottler {
     gate: Arc<FairQueue>,
     /// When a refused request was last logged ([`monotonic_millis`]; 0 = never).
     refusal_logged_at: AtomicU64,
+    /// Notified (`notify_one`) whenever a request starts to wait for a revision slot.
+    waiter_arrived: tokio::sync::Notify,
 }
 
 /// Target capacity of the revision breaker (spec §3.3 step 3, Go `calculateCapacity`).
@@ -163,6 +165,7 @@ impl RevisionThrottler {
             }),
             gate,
             refusal_logged_at: AtomicU64::new(0),
+            waiter_arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -208,6 +211,7 @@ impl RevisionThrottler {
                     .gate
                     .enter(&self.id.namespace, key)
                     .map_err(|refused| self.refuse(Some(refused)))?;
+                self.waiter_arrived.notify_one();
                 ticket
                     .wait(acquire)
                     .await
@@ -401,6 +405,12 @@ impl RevisionThrottler {
             RevisionBreaker::Finite(b) => u64::from(b.in_flight()),
             RevisionBreaker::Infinite(_) => 0,
         }
+    }
+
+    /// Notified whenever a request starts to wait for a revision slot (fast probing of a
+    /// revision with nothing healthy starts then; a stale permit only causes one early probe).
+    pub fn waiter_arrived(&self) -> &tokio::sync::Notify {
+        &self.waiter_arrived
     }
 
     /// Requests waiting for a revision slot.
