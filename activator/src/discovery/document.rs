@@ -27,10 +27,11 @@
 //! `ip:port` (IPv6 bracketed) or plain IPs, duplicate pods/activators and duplicate revisions are
 //! errors naming the revision and the field. Addresses are stored in canonical form.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::system::{ConfigMapObject, SecretObject, SystemObjects};
@@ -39,6 +40,7 @@ use super::{
     DEFAULT_TIMEOUT_SECONDS, MAX_CONTAINER_CONCURRENCY,
 };
 use crate::throttler::{Protocol, RevisionId};
+use crate::FastHash;
 
 /// Longest value quoted in an error message.
 const MAX_QUOTED: usize = 80;
@@ -127,6 +129,99 @@ pub fn parse_document(bytes: &[u8]) -> Result<Snapshot, DocumentError> {
         entries.push(entry);
     }
     Ok(Snapshot::new(entries).with_system(system))
+}
+
+/// The revision entries of the last document parsed by [`parse_document_cached`], keyed by
+/// each revision object's JSON text.
+#[derive(Debug, Default)]
+pub struct DocumentCache {
+    entries: HashMap<Box<str>, RevisionEntry, FastHash>,
+}
+
+impl DocumentCache {
+    /// Revisions remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// [`parse_document`] for a file that is re-read as a whole on every change: a revision object
+/// whose JSON text is the same as in the previous document is not parsed and validated again
+/// (its entry is taken from `cache`), so a change to one revision of 10,000 costs a syntax scan
+/// of the document plus the work for that revision. The result, and every error, is exactly
+/// [`parse_document`]'s: shapes this path does not handle (invalid JSON, a wrong top-level
+/// type...) go through [`parse_document`] itself. `cache` is replaced on success.
+pub fn parse_document_cached(
+    bytes: &[u8],
+    cache: &mut DocumentCache,
+) -> Result<Snapshot, DocumentError> {
+    match parse_with_cache(bytes, cache) {
+        Some(Ok((snapshot, entries))) => {
+            cache.entries = entries;
+            Ok(snapshot)
+        }
+        Some(Err(error)) => Err(error),
+        None => {
+            let snapshot = parse_document(bytes)?;
+            // Valid, but not through the fast path (should not happen): start afresh.
+            cache.entries.clear();
+            Ok(snapshot)
+        }
+    }
+}
+
+type CachedParse = (Snapshot, HashMap<Box<str>, RevisionEntry, FastHash>);
+
+/// The fast path of [`parse_document_cached`]; `None` hands over to [`parse_document`].
+fn parse_with_cache(
+    bytes: &[u8],
+    cache: &DocumentCache,
+) -> Option<Result<CachedParse, DocumentError>> {
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes).ok()?;
+    if top.keys().any(|k| !TOP_FIELDS.contains(&k.as_str())) {
+        return None;
+    }
+    let mut sections = Map::new();
+    for key in ["configMaps", "secrets"] {
+        if let Some(raw) = top.get(key) {
+            sections.insert(key.to_owned(), serde_json::from_str(raw.get()).ok()?);
+        }
+    }
+    let system = match parse_system(&sections) {
+        Ok(system) => system,
+        Err(error) => return Some(Err(error)),
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(top.get("revisions")?.get()).ok()?;
+    let mut seen: HashMap<RevisionId, usize> = HashMap::with_capacity(items.len());
+    let mut entries = Vec::with_capacity(items.len());
+    let mut next = HashMap::with_capacity_and_hasher(items.len(), FastHash::default());
+    for (index, item) in items.iter().enumerate() {
+        let text = item.get();
+        let entry = match cache.entries.get(text) {
+            Some(entry) => entry.clone(),
+            None => {
+                let value: Value = serde_json::from_str(text).ok()?;
+                match parse_revision(index, &value) {
+                    Ok(entry) => entry,
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+        };
+        if let Some(first) = seen.insert(entry.spec.id.clone(), index) {
+            return Some(Err(DocumentError::new(
+                format!("revision {} (revisions[{index}])", entry.spec.id),
+                format!("duplicate revision (also revisions[{first}])"),
+            )));
+        }
+        next.insert(Box::from(text), entry.clone());
+        entries.push(entry);
+    }
+    Some(Ok((Snapshot::new(entries).with_system(system), next)))
 }
 
 /// Top-level fields of the document.

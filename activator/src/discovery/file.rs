@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use super::{
-    parse_document, ChangeFeed, Changes, DiscoveryError, DiscoverySource, RevisionSpec, Snapshot,
-    SnapshotCell,
+    parse_document_cached, ChangeFeed, Changes, DiscoveryError, DiscoverySource, DocumentCache,
+    RevisionSpec, Snapshot, SnapshotCell,
 };
 
 /// How often the file is re-read when the caller has no preference.
@@ -43,6 +43,8 @@ pub struct FileSource {
     path: PathBuf,
     cell: SnapshotCell,
     status: Mutex<FileStatus>,
+    /// The last document's revisions by JSON text: unchanged ones are not parsed again.
+    cache: Mutex<DocumentCache>,
 }
 
 impl FileSource {
@@ -61,9 +63,12 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        let snapshot = parse_document(&bytes).map_err(|source| DiscoveryError::Invalid {
-            path: path.clone(),
-            source,
+        let mut cache = DocumentCache::default();
+        let snapshot = parse_document_cached(&bytes, &mut cache).map_err(|source| {
+            DiscoveryError::Invalid {
+                path: path.clone(),
+                source,
+            }
         })?;
         tracing::info!(
             path = %path.display(),
@@ -77,6 +82,7 @@ impl FileSource {
                 loads: 1,
                 ..FileStatus::default()
             }),
+            cache: Mutex::new(cache),
         });
         source.cell.publish(snapshot);
         runtime.spawn(poll(
@@ -121,6 +127,10 @@ impl FileSource {
     /// Loads, last error, presence.
     pub fn status(&self) -> FileStatus {
         self.lock_status().clone()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, DocumentCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, FileStatus> {
@@ -172,7 +182,7 @@ impl FileSource {
         if bytes == *last_seen {
             return;
         }
-        let parsed = parse_document(&bytes);
+        let parsed = parse_document_cached(&bytes, &mut self.lock_cache());
         *last_seen = bytes;
         match parsed {
             Ok(parsed) => {

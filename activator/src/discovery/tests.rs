@@ -797,3 +797,48 @@ async fn a_file_reload_names_only_the_changed_revisions() {
     assert_eq!(changes, ids(&["c"]));
     assert_eq!(after.len(), 2);
 }
+
+/// The cached parse the file source uses is the plain parse, result and errors alike, whatever
+/// the previous document was; unchanged revision objects are taken from the cache.
+#[test]
+fn cached_parse_equals_the_plain_parse() {
+    let rev = |name: &str, cc: u32| {
+        format!(r#"{{"namespace":"default","name":"{name}","containerConcurrency":{cc}}}"#)
+    };
+    let doc = |revs: &[String]| format!(r#"{{"revisions":[{}]}}"#, revs.join(","));
+    let docs = [
+        doc(&[rev("a", 1), rev("b", 2)]),
+        doc(&[rev("a", 1), rev("b", 3)]),
+        doc(&[rev("a", 1), rev("a", 1)]),
+        doc(&[rev("a", 1), rev("b", 5000)]),
+        doc(&[rev("b", 3), rev("a", 1)]),
+        r#"{"revisions":[{"namespace":"default","name":"a"}],"configMaps":{"config-network":{"data":{"k":"v"}}}}"#.to_owned(),
+        r#"{"revisions":[{"namespace":"default","name":"a"}],"configMaps":{"BAD NAME":{}}}"#.to_owned(),
+        r#"{"revisions":{}}"#.to_owned(),
+        r#"{"revisions":[],"extra":1}"#.to_owned(),
+        r#"[1,2]"#.to_owned(),
+        r#"{"revisions":[{"namespace":"default","name":"a""#.to_owned(),
+        doc(&[]),
+    ];
+    let mut cache = DocumentCache::default();
+    for text in &docs {
+        let expected = parse_document(text.as_bytes());
+        assert_eq!(
+            parse_document_cached(text.as_bytes(), &mut cache),
+            expected,
+            "{text}"
+        );
+        if let Ok(snapshot) = &expected {
+            assert_eq!(cache.len(), snapshot.len(), "{text}");
+        }
+    }
+    // A warm cache: `a` is reused (the same spec object), `b` is parsed again.
+    let mut cache = DocumentCache::default();
+    let first = parse_document_cached(docs[0].as_bytes(), &mut cache).unwrap();
+    let second = parse_document_cached(docs[1].as_bytes(), &mut cache).unwrap();
+    let a = RevisionId::new("default", "a");
+    assert!(Arc::ptr_eq(
+        &first.get(&a).unwrap().spec,
+        &second.get(&a).unwrap().spec
+    ));
+}
