@@ -14,9 +14,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::throttler::RevisionId;
+
 use super::{
-    parse_document_cached, ChangeFeed, Changes, DiscoveryError, DiscoverySource, DocumentCache,
-    RevisionSpec, Snapshot, SnapshotCell,
+    parse_document_cached, parse_document_delta, ChangeFeed, Changes, DiscoveryError,
+    DiscoverySource, DocumentCache, RevisionSpec, Snapshot, SnapshotCell,
 };
 
 /// How often the file is re-read when the caller has no preference.
@@ -182,24 +184,38 @@ impl FileSource {
         if bytes == *last_seen {
             return;
         }
-        let parsed = parse_document_cached(&bytes, &mut self.lock_cache());
+        let parsed = parse_document_delta(&bytes, &mut self.lock_cache());
         *last_seen = bytes;
         match parsed {
-            Ok(parsed) => {
-                // The file is re-parsed whole, but only the revisions whose entries differ are
-                // published as changed: consumers apply those alone. The next snapshot is the
-                // current one with those entries replaced, so unchanged shards stay shared.
+            Ok(delta) => {
+                // Only the revisions whose JSON changed were parsed; of those, only the ones
+                // whose entries differ are published as changed, and the next snapshot is the
+                // current one with them replaced (unchanged shards stay shared).
                 let mut snapshot = (*self.cell.current()).clone();
-                let changed_ids = snapshot.changed_revisions(&parsed);
-                for id in &changed_ids {
-                    match parsed.get(id) {
-                        Some(entry) => snapshot.set(entry.clone()),
-                        None => {
-                            snapshot.remove(id);
-                        }
+                let mut changed_ids = std::collections::HashSet::new();
+                let mut removed = delta.removed;
+                if delta.whole {
+                    let named: std::collections::HashSet<&RevisionId> =
+                        delta.parsed.iter().map(|entry| &entry.spec.id).collect();
+                    removed = snapshot
+                        .revisions()
+                        .map(|entry| &entry.spec.id)
+                        .filter(|id| !named.contains(id))
+                        .cloned()
+                        .collect();
+                }
+                for entry in delta.parsed {
+                    if snapshot.get(&entry.spec.id) != Some(&entry) {
+                        changed_ids.insert(entry.spec.id.clone());
+                        snapshot.set(entry);
                     }
                 }
-                let snapshot = snapshot.with_system(parsed.system().clone());
+                for id in removed {
+                    if snapshot.remove(&id).is_some() {
+                        changed_ids.insert(id);
+                    }
+                }
+                let snapshot = snapshot.with_system(delta.system);
                 let revisions = snapshot.len();
                 let changed_revisions = changed_ids.len();
                 let changed = self

@@ -34,7 +34,10 @@ use tokio::sync::watch;
 
 use crate::throttler::{Protocol, RevisionId, RevisionSettings};
 
-pub use document::{parse_document, parse_document_cached, DocumentCache, DocumentError};
+pub use document::{
+    parse_document, parse_document_cached, parse_document_delta, DocumentCache, DocumentDelta,
+    DocumentError,
+};
 pub use file::{FileSource, FileStatus, DEFAULT_POLL_INTERVAL};
 pub use system::{ConfigMapObject, SecretObject, SystemObjects};
 pub use table::RevisionTable;

@@ -842,3 +842,33 @@ fn cached_parse_equals_the_plain_parse() {
         &second.get(&a).unwrap().spec
     ));
 }
+
+/// After an invalid document the cache is empty; the next valid document still removes what
+/// it no longer lists, and names exactly the revisions that differ from the last good state.
+#[tokio::test]
+async fn a_reload_after_an_invalid_document_removes_what_is_gone() {
+    let rev = |name: &str| format!(r#"{{"namespace":"default","name":"{name}"}}"#);
+    let file = TempFile::new(&format!(
+        r#"{{"revisions":[{},{},{}]}}"#,
+        rev("a"),
+        rev("b"),
+        rev("c")
+    ));
+    let (source, _stop) = start(&file);
+    let mut feed = source.subscribe_changes();
+    feed.take();
+    file.write(r#"{"revisions":[{"namespace":"default"}]}"#);
+    eventually("the invalid document to be seen", || {
+        source.status().last_error.is_some()
+    })
+    .await;
+    assert_eq!(source.current().len(), 3, "the last good state stays");
+    file.write(&format!(r#"{{"revisions":[{}]}}"#, rev("a")));
+    let (snapshot, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["b", "c"]));
+    assert_eq!(snapshot.len(), 1);
+    assert!(snapshot.get(&RevisionId::new("default", "a")).is_some());
+}
