@@ -147,7 +147,10 @@ async fn kubernetes_source_at_scale() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!held.is_finished(), "{name}: the request was not held");
         let updated = Instant::now();
-        api.put(in_namespace(private_endpoints(&name, &pods[..1], &[]), "ns-cold"));
+        api.put(in_namespace(
+            private_endpoints(&name, &pods[..1], &[]),
+            "ns-cold",
+        ));
         let resp = tokio::time::timeout(DEADLINE, held).await.unwrap().unwrap();
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
         release_ms.push(updated.elapsed().as_secs_f64() * 1000.0);
@@ -181,7 +184,10 @@ async fn kubernetes_source_at_scale() {
     println!(
         "activator, Kubernetes discovery: {revisions} revisions x 2 ready pods in {NAMESPACES} namespaces"
     );
-    println!("  exec -> listening (initial lists)        {:8.0} ms", listening.as_secs_f64() * 1000.0);
+    println!(
+        "  exec -> listening (initial lists)        {:8.0} ms",
+        listening.as_secs_f64() * 1000.0
+    );
     println!(
         "  idle RSS after startup probing           {:8.1} MB ({:.2} KiB per revision)",
         idle_rss as f64 / 1024.0,

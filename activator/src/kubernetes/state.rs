@@ -210,14 +210,21 @@ impl Stores {
                     self.dirty.revisions.insert(revision_key);
                 }
             }
-            WatchKind::PrivateServices => {
-                if let Some(owner) = self.service_owner.get(key) {
-                    self.dirty
-                        .revisions
-                        .insert((namespace.clone(), owner.clone()));
-                }
+            WatchKind::PrivateServices | WatchKind::ConfigMaps | WatchKind::Secrets => {
+                self.mark_service_or_system(kind, key);
             }
-            WatchKind::ConfigMaps | WatchKind::Secrets => self.dirty.system = true,
+        }
+    }
+
+    /// Marks what a private Service (its revision) or a system object concerns; the same before
+    /// and after a change.
+    fn mark_service_or_system(&mut self, kind: WatchKind, key: &ObjectKey) {
+        if kind == WatchKind::PrivateServices {
+            if let Some(owner) = self.service_owner.get(key) {
+                self.dirty.revisions.insert((key.0.clone(), owner.clone()));
+            }
+        } else {
+            self.dirty.system = true;
         }
     }
 
@@ -242,14 +249,9 @@ impl Stores {
                     self.dirty.revisions.insert(revision_key);
                 }
             }
-            WatchKind::PrivateServices => {
-                if let Some(owner) = self.service_owner.get(key) {
-                    self.dirty
-                        .revisions
-                        .insert((namespace.clone(), owner.clone()));
-                }
+            WatchKind::PrivateServices | WatchKind::ConfigMaps | WatchKind::Secrets => {
+                self.mark_service_or_system(kind, key);
             }
-            WatchKind::ConfigMaps | WatchKind::Secrets => self.dirty.system = true,
         }
     }
 
