@@ -130,7 +130,11 @@ async fn kubernetes_source_at_scale() {
     for k in 0..1000usize {
         let i = (k * 7919) % revisions;
         let (ns, name) = (namespace_of(i), format!("rev-{i}"));
-        let ready: &[SocketAddr] = if k.is_multiple_of(2) { &pods[..1] } else { &pods };
+        let ready: &[SocketAddr] = if k.is_multiple_of(2) {
+            &pods[..1]
+        } else {
+            &pods
+        };
         api.put(in_namespace(private_endpoints(&name, ready, &[]), &ns));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -167,7 +171,11 @@ async fn kubernetes_source_at_scale() {
         while Instant::now() < end {
             tick.tick().await;
             let i = 2 + (k * 7919) % (revisions - 2);
-            let ready: &[SocketAddr] = if k.is_multiple_of(2) { &pods[..1] } else { &pods };
+            let ready: &[SocketAddr] = if k.is_multiple_of(2) {
+                &pods[..1]
+            } else {
+                &pods
+            };
             api.put(in_namespace(
                 private_endpoints(&format!("rev-{i}"), ready, &[]),
                 &namespace_of(i),

@@ -26,8 +26,10 @@ use super::convert::{
 use super::state::{Stores, WatchKind};
 use crate::discovery::SnapshotCell;
 
-/// How long the publisher lets changes accumulate before it publishes.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long the publisher lets changes accumulate before it publishes. Publishing is
+/// incremental (its cost follows the revisions a burst touched), so a short window keeps an
+/// Endpoints change's way to the throttler short while a burst still becomes one snapshot.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// State shared by the watch tasks, the publisher and the source.
 #[derive(Debug)]
