@@ -58,10 +58,9 @@ def main():
     rustc_release = next(l.split(": ", 1)[1] for l in rustc_vv.splitlines() if l.startswith("release: "))
     rustc_hash = next(l.split(": ", 1)[1] for l in rustc_vv.splitlines() if l.startswith("commit-hash: "))
     cargo_v = run("cargo", "--version", cwd=root)
-    try:
-        auditable_v = run("cargo", "auditable", "--version", cwd=root)
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        auditable_v = None
+    # cargo-auditable has no --version of its own; cargo records what it installed.
+    installed = run("cargo", "install", "--list", cwd=root).splitlines()
+    auditable_v = next((l.rstrip(":") for l in installed if l.startswith("cargo-auditable v")), None)
 
     env = {
         k: os.environ[k]

@@ -44,6 +44,7 @@ release_add_remap() {
   local from=$1 to=$2 real
   real=$(cd "$from" 2>/dev/null && pwd -P) || real=$from
   for p in "$from" "$real"; do
+    case " ${release_remap[*]} " in *" --remap-path-prefix=$p=$to "*) continue ;; esac
     release_remap+=("--remap-path-prefix=$p=$to")
     release_cmap+=("-ffile-prefix-map=$p=$to")
   done
