@@ -44,10 +44,11 @@ def main():
     ap.add_argument("--byproduct", action="append", default=[])
     ap.add_argument("--started", required=True)
     ap.add_argument("--finished", required=True)
+    ap.add_argument("--commit", help="the commit built (default HEAD)")
     args = ap.parse_args()
 
     root = args.repo_root
-    commit = run("git", "rev-parse", "HEAD", cwd=root)
+    commit = args.commit or run("git", "rev-parse", "HEAD", cwd=root)
     dirty = run("git", "status", "--porcelain", "--untracked-files=no", cwd=root) != ""
     try:
         repo_uri = run("git", "remote", "get-url", "origin", cwd=root)
