@@ -18,6 +18,8 @@ use tower_service::Service;
 
 use crate::body::BodyError;
 use crate::env::{optional_int, Env, EnvError};
+use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
+use crate::h2c_upgrade::{self, H2cRequest, Injected};
 
 /// Protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,21 +231,177 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<std::net::
 }
 
 /// Adapts a cloneable tower service (always ready) to hyper's `&self` service interface: each
-/// request gets its own copy, which for our stages is a few pointers.
+/// request gets its own copy, which for our stages is a few pointers. On HTTP/1 it first applies
+/// Go's server rules ([`go_answers::check_http1`]) and, where enabled, the h2c upgrade
+/// ([`h2c_upgrade`]); those answers come from here, with an empty body.
 #[derive(Clone, Debug)]
-pub struct HyperService<S>(pub S);
+pub struct HyperService<S> {
+    inner: S,
+    conn: Arc<ConnShared>,
+    h2c: Option<Arc<H2cServer>>,
+}
+
+/// The HTTP/2 server an h2c upgrade continues on (one per listener).
+#[derive(Debug)]
+struct H2cServer(hyper::server::conn::http2::Builder<TokioExecutor>);
+
+impl H2cServer {
+    fn new(limits: &ServerLimits) -> Self {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+            .max_header_list_size(limits.h2_max_header_list_size);
+        H2cServer(builder)
+    }
+}
+
+/// The body of every response a listener writes: the service's, or an empty one of ours.
+pub type ServedBody<B> = http_body_util::Either<B, http_body_util::Empty<bytes::Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// [`HyperService`]'s response future.
+    #[project = ServedProj]
+    #[allow(missing_docs)]
+    pub enum Served<F> {
+        /// The service's answer.
+        Inner { #[pin] future: F },
+        /// An answer of the listener's own.
+        Local { response: Option<Response<http_body_util::Empty<bytes::Bytes>>> },
+    }
+}
+
+impl<F, B> std::future::Future for Served<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<ServedBody<B>>, Infallible>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            ServedProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|response| response.map(http_body_util::Either::Left))),
+            ServedProj::Local { response } => std::task::Poll::Ready(Ok(response
+                .take()
+                .expect("polled after completion")
+                .map(http_body_util::Either::Right))),
+        }
+    }
+}
+
+fn local_answer(
+    status: http::StatusCode,
+    headers: &[(http::header::HeaderName, &'static str)],
+) -> Response<http_body_util::Empty<bytes::Bytes>> {
+    let mut response = Response::new(http_body_util::Empty::new());
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        response
+            .headers_mut()
+            .insert(name, http::HeaderValue::from_static(value));
+    }
+    response
+}
+
+impl<S> HyperService<S> {
+    fn new(inner: S, conn: Arc<ConnShared>, h2c: Option<Arc<H2cServer>>) -> Self {
+        HyperService { inner, conn, h2c }
+    }
+}
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for HyperService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
-    type Response = Response<B>;
+    type Response = Response<ServedBody<B>>;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Served<S::Future>;
 
     #[inline]
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.0.clone().call(request)
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if request.version() <= http::Version::HTTP_11 {
+            self.conn.request_started();
+            if go_answers::check_http1(&mut request) == Http1Check::MissingHost {
+                // The head is replaced by Go's bytes on its way out (`GoAnswers`).
+                self.conn.answer_missing_host();
+                return Served::Local {
+                    response: Some(local_answer(
+                        http::StatusCode::BAD_REQUEST,
+                        &[(http::header::CONNECTION, "close")],
+                    )),
+                };
+            }
+            if let Some(h2c) = &self.h2c {
+                if request.version() == http::Version::HTTP_11 {
+                    if let Some(response) = self.h2c_upgrade(h2c, &mut request) {
+                        return Served::Local {
+                            response: Some(response),
+                        };
+                    }
+                }
+            }
+        }
+        Served::Inner {
+            future: self.inner.clone().call(request),
+        }
+    }
+}
+
+impl<S, B> HyperService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+{
+    /// Go's h2c handler: `101` and HTTP/2 from here on, the request being stream 1.
+    fn h2c_upgrade(
+        &self,
+        h2c: &Arc<H2cServer>,
+        request: &mut Request<Incoming>,
+    ) -> Option<Response<http_body_util::Empty<bytes::Bytes>>> {
+        match h2c_upgrade::classify(request) {
+            H2cRequest::No => None,
+            H2cRequest::BadSettings => {
+                Some(local_answer(http::StatusCode::INTERNAL_SERVER_ERROR, &[]))
+            }
+            H2cRequest::Upgrade => {
+                let stream_one = h2c_upgrade::stream_one_frames(request);
+                let on_upgrade = hyper::upgrade::on(request);
+                let service = self.clone();
+                let h2c = Arc::clone(h2c);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let io = TokioIo::new(Injected::new(TokioIo::new(upgraded), stream_one));
+                    if let Err(error) = h2c.0.serve_connection(io, service).await {
+                        tracing::debug!(%error, "h2c upgraded connection failed");
+                    }
+                });
+                Some(local_answer(
+                    http::StatusCode::SWITCHING_PROTOCOLS,
+                    &[
+                        (http::header::CONNECTION, "Upgrade"),
+                        (http::header::UPGRADE, "h2c"),
+                    ],
+                ))
+            }
+        }
     }
 }
 
@@ -258,6 +416,8 @@ fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Buil
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // Canonical header case on responses and trailers, as Go writes them.
+        .title_case_headers(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -290,13 +450,19 @@ pub async fn serve<M, S, B>(
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
+    let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
         &limits,
         &shutdown,
         |stream, remote, slot, watcher| {
-            let service = HyperService(make_service(canonical_peer(remote)));
+            let conn = Arc::new(ConnShared::default());
+            let service = HyperService::new(
+                make_service(canonical_peer(remote)),
+                Arc::clone(&conn),
+                h2c.clone(),
+            );
             let builder = Arc::clone(&builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -313,8 +479,9 @@ pub async fn serve<M, S, B>(
                     // hyper's own header-read timer starts at once on HTTP/1-only listeners.
                     Prefixed::new(stream)
                 };
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let http1 = !stream.is_h2();
+                let io = GoAnswers::new(stream, conn, http1);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _ = watcher.watch(connection).await;
             });
         },
@@ -440,6 +607,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> Prefixed<S> {
+    /// Whether the connection started with the HTTP/2 preface.
+    fn is_h2(&self) -> bool {
+        usize::from(self.end) == H2_PREFACE.len() && self.prefix == *H2_PREFACE
+    }
+
     fn new(inner: S) -> Self {
         Prefixed {
             prefix: [0; 24],
@@ -538,7 +710,8 @@ pub async fn serve_tls<M, S, B>(
         &limits,
         &shutdown,
         |stream, remote, slot, watcher| {
-            let service = HyperService(make_service(remote));
+            let conn = Arc::new(ConnShared::default());
+            let service = HyperService::new(make_service(remote), Arc::clone(&conn), None);
             let acceptor = acceptor.clone();
             let builder = Arc::clone(&builder);
             let mut shutdown = shutdown.clone();
@@ -566,8 +739,9 @@ pub async fn serve_tls<M, S, B>(
                     },
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 };
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let http1 = !stream.is_h2();
+                let io = GoAnswers::new(stream, conn, http1);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _ = watcher.watch(connection).await;
             });
         },
