@@ -26,22 +26,41 @@ pub fn mask_date(raw: &[u8]) -> String {
     text
 }
 
+/// Request heads as an app received them, as text.
+pub type Heads = Arc<Mutex<Vec<String>>>;
+
 /// A raw HTTP/1 app that records each request head it receives (as text), reads a
 /// `Content-Length` body if any, and answers every request with `answer`.
-pub async fn recording_app(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
-    let recorded = heads.clone();
+pub async fn recording_app(answer: &'static [u8]) -> (SocketAddr, Heads) {
+    let (addr, heads, _) = recording_pod(answer).await;
+    (addr, heads)
+}
+
+/// [`recording_app`] that also answers the activator's pod probes (`K-Network-Probe: queue`)
+/// with `200 queue`, like a queue-proxy; their heads are recorded apart (the third value).
+pub async fn recording_pod(answer: &'static [u8]) -> (SocketAddr, Heads, Heads) {
+    let heads: Heads = Arc::default();
+    let probes: Heads = Arc::default();
+    let (recorded, probed) = (heads.clone(), probes.clone());
     let addr = raw_app(move |mut stream| {
-        let recorded = recorded.clone();
+        let (recorded, probed) = (recorded.clone(), probed.clone());
         async move {
             let mut buf = Vec::new();
             while let Some(head) = read_head_buffered(&mut stream, &mut buf).await {
                 let text = String::from_utf8_lossy(&head).into_owned();
-                let length = text
+                let lower = text.to_ascii_lowercase();
+                if lower.contains("\r\nk-network-probe: queue\r\n") {
+                    probed.lock().unwrap().push(text);
+                    let probe_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue";
+                    if stream.write_all(probe_answer).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let length = lower
                     .lines()
                     .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
+                        l.strip_prefix("content-length: ")
                             .and_then(|n| n.trim().parse::<usize>().ok())
                     })
                     .unwrap_or(0);
@@ -61,7 +80,7 @@ pub async fn recording_app(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<
         }
     })
     .await;
-    (addr, heads)
+    (addr, heads, probes)
 }
 
 #[cfg(test)]
