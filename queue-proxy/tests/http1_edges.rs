@@ -309,6 +309,39 @@ async fn h2c_upgrade_answers_the_request_as_stream_one() {
     qp.assert_healthy();
 }
 
+/// An HTTP/2 request without `:authority` (or `Host`) goes upstream with the app's address as
+/// its authority.
+#[tokio::test]
+async fn h2_request_without_authority_gets_the_upstream_address() {
+    let app = App::ok().await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    let mut bytes = attack::client_start();
+    // :method GET, :scheme http, :path / (static table), nothing else.
+    bytes.extend(attack::frame(
+        attack::HEADERS,
+        attack::END_HEADERS | attack::END_STREAM,
+        1,
+        &[0x82, 0x86, 0x84],
+    ));
+    stream.write_all(&bytes).await.unwrap();
+    let (frames, _) = read_frames(&mut stream, DEADLINE, |f| {
+        f.kind == attack::DATA && f.stream == 1 && f.flags & attack::END_STREAM != 0
+    })
+    .await;
+    let headers = frames
+        .iter()
+        .find(|f| f.kind == attack::HEADERS && f.stream == 1)
+        .expect("a response");
+    assert_eq!(headers.payload[0], 0x88, "200: {frames:?}");
+    let seen = app.only_seen();
+    assert_eq!(
+        seen.uri.authority().map(|a| a.to_string()),
+        Some(format!("127.0.0.1:{}", app.port()))
+    );
+    qp.assert_healthy();
+}
+
 /// An upgrade request with a body is served as plain HTTP/1.1 (not upgraded); one with a bad
 /// `HTTP2-Settings` gets Go's empty `500`.
 #[tokio::test]

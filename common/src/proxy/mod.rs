@@ -69,7 +69,7 @@ pub async fn forward_or_return(
         return Err(ForwardFailure::sent(ProxyError::UnsupportedConnect));
     }
     if request.version() == Version::HTTP_2 {
-        rewrite::to_h2c_form(&mut request)
+        rewrite::to_h2c_form(&mut request, upstream.host_header())
             .map_err(|e| ForwardFailure::sent(ProxyError::InvalidRequest(e)))?;
         if upstream.is_tls() {
             set_https(&mut request);
