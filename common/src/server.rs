@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::body::BodyError;
+use crate::body::LocalBody;
 use crate::env::{optional_int, Env, EnvError};
 use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
 use crate::h2c_upgrade::{self, H2cRequest, Injected};
@@ -258,26 +258,23 @@ impl H2cServer {
     }
 }
 
-/// The body of every response a listener writes: the service's, or an empty one of ours.
-pub type ServedBody<B> = http_body_util::Either<B, http_body_util::Empty<bytes::Bytes>>;
-
 pin_project_lite::pin_project! {
     /// [`HyperService`]'s response future.
     #[project = ServedProj]
     #[allow(missing_docs)]
-    pub enum Served<F> {
+    pub enum Served<F, B> {
         /// The service's answer.
         Inner { #[pin] future: F },
         /// An answer of the listener's own.
-        Local { response: Option<Response<http_body_util::Empty<bytes::Bytes>>> },
+        Local { response: Option<Response<B>> },
     }
 }
 
-impl<F, B> std::future::Future for Served<F>
+impl<F, B> std::future::Future for Served<F, B>
 where
     F: std::future::Future<Output = Result<Response<B>, Infallible>>,
 {
-    type Output = Result<Response<ServedBody<B>>, Infallible>;
+    type Output = Result<Response<B>, Infallible>;
 
     #[inline]
     fn poll(
@@ -285,22 +282,20 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         match self.project() {
-            ServedProj::Inner { future } => future
-                .poll(cx)
-                .map(|r| r.map(|response| response.map(http_body_util::Either::Left))),
-            ServedProj::Local { response } => std::task::Poll::Ready(Ok(response
-                .take()
-                .expect("polled after completion")
-                .map(http_body_util::Either::Right))),
+            ServedProj::Inner { future } => future.poll(cx),
+            ServedProj::Local { response } => {
+                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
         }
     }
 }
 
-fn local_answer(
+/// An empty answer of the listener's own.
+fn local_answer<B: LocalBody>(
     status: http::StatusCode,
     headers: &[(http::header::HeaderName, &'static str)],
-) -> Response<http_body_util::Empty<bytes::Bytes>> {
-    let mut response = Response::new(http_body_util::Empty::new());
+) -> Response<B> {
+    let mut response = Response::new(B::empty());
     *response.status_mut() = status;
     for (name, value) in headers {
         response
@@ -323,11 +318,11 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
-    type Response = Response<ServedBody<B>>;
+    type Response = Response<B>;
     type Error = Infallible;
-    type Future = Served<S::Future>;
+    type Future = Served<S::Future, B>;
 
     #[inline]
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
@@ -366,14 +361,14 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
     /// Go's h2c handler: `101` and HTTP/2 from here on, the request being stream 1.
     fn h2c_upgrade(
         &self,
         h2c: &Arc<H2cServer>,
         request: &mut Request<Incoming>,
-    ) -> Option<Response<http_body_util::Empty<bytes::Bytes>>> {
+    ) -> Option<Response<B>> {
         match h2c_upgrade::classify(request) {
             H2cRequest::No => None,
             H2cRequest::BadSettings => {
@@ -447,7 +442,7 @@ pub async fn serve<M, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
     let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
@@ -701,7 +696,7 @@ pub async fn serve_tls<M, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
     let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
     let handshake_timeout = limits.header_read_timeout;
