@@ -35,15 +35,40 @@ pub const GO_MISSING_HOST: &[u8] = b"HTTP/1.1 400 Bad Request: missing required 
 /// State one connection's service and its [`GoAnswers`] share. Both run in the connection's task
 /// (hyper polls the HTTP/1 service and writes in the same task), so relaxed loads and stores are
 /// enough; no read-modify-write is needed.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConnShared {
     /// HTTP/1 requests handed to the service whose response head has not been seen yet.
     in_service: AtomicU32,
     /// The service answered "missing Host": its `400` head is to be replaced.
     missing_host: AtomicBool,
+    /// What an h2c upgrade takes over (h2c listeners only).
+    h2c: std::sync::Mutex<Option<crate::h2c_upgrade::H2cHandover>>,
+}
+
+impl std::fmt::Debug for ConnShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnShared")
+            .field("in_service", &self.in_service)
+            .field("missing_host", &self.missing_host)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnShared {
+    /// The state of a connection on an h2c listener: `handover` goes to the HTTP/2 connection
+    /// if the client upgrades.
+    pub fn with_h2c_handover(handover: crate::h2c_upgrade::H2cHandover) -> Self {
+        ConnShared {
+            h2c: std::sync::Mutex::new(Some(handover)),
+            ..ConnShared::default()
+        }
+    }
+
+    /// The handover, once (the connection upgrades).
+    pub fn take_h2c_handover(&self) -> Option<crate::h2c_upgrade::H2cHandover> {
+        self.h2c.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// An HTTP/1 request enters the service.
     #[inline]
     pub fn request_started(&self) {

@@ -11,9 +11,10 @@
 //! client's encoder and the server's decoder stay in step.
 //!
 //! Differences from Go, by design: only requests without a body are upgraded (Go reads the whole
-//! body into memory first; a request with a body is served as plain HTTP/1.1 here), and the
+//! body into memory first; a request with a body is served as plain HTTP/1.1 here), the
 //! `HTTP2-Settings` values are checked but not applied (the client's first `SETTINGS` frame,
-//! which carries the same values, is read before stream 1 starts).
+//! which carries the same values, is read before stream 1 starts), and the upgraded connection
+//! stays in the listener's graceful drain ([`H2cHandover`]; Go's handler hijacks it).
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -23,6 +24,16 @@ use http::{HeaderMap, Request};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::headers::HTTP2_SETTINGS;
+
+/// What the HTTP/2 connection of an upgrade takes over from the HTTP/1 one, so that it stays in
+/// the listener's graceful drain (GOAWAY at shutdown, waited for) and holds the connection slot.
+#[derive(Debug)]
+pub struct H2cHandover {
+    /// The listener's graceful-shutdown watcher for the upgraded connection.
+    pub watcher: hyper_util::server::graceful::Watcher,
+    /// The connection's slot ([`crate::server::ServerLimits::max_connections`]).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 /// What an HTTP/1.1 request asks for.
 #[derive(Debug, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use tower_service::Service;
 use crate::body::LocalBody;
 use crate::env::{optional_int, Env, EnvError};
 use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
-use crate::h2c_upgrade::{self, H2cRequest, Injected};
+use crate::h2c_upgrade::{self, H2cHandover, H2cRequest, Injected};
 
 /// Protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -379,12 +379,21 @@ where
                 let on_upgrade = hyper::upgrade::on(request);
                 let service = self.clone();
                 let h2c = Arc::clone(h2c);
+                let handover = self.conn.take_h2c_handover();
                 tokio::spawn(async move {
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
                     };
                     let io = TokioIo::new(Injected::new(TokioIo::new(upgraded), stream_one));
-                    if let Err(error) = h2c.0.serve_connection(io, service).await {
+                    let connection = h2c.0.serve_connection(io, service);
+                    let served = match handover {
+                        Some(handover) => {
+                            let _slot = handover.slot;
+                            handover.watcher.watch(connection).await
+                        }
+                        None => connection.await,
+                    };
+                    if let Err(error) = served {
                         tracing::debug!(%error, "h2c upgraded connection failed");
                     }
                 });
@@ -451,8 +460,20 @@ pub async fn serve<M, S, B>(
         listener,
         &limits,
         &shutdown,
-        |stream, remote, slot, watcher| {
-            let conn = Arc::new(ConnShared::default());
+        |stream, remote, slot, graceful| {
+            let watcher = graceful.watcher();
+            // On h2c listeners the slot (and a second watcher) wait in the connection's state
+            // for an upgrade to take them over; otherwise the task holds the slot.
+            let (conn, slot) = match h2c {
+                Some(_) => {
+                    let handover = H2cHandover {
+                        watcher: graceful.watcher(),
+                        slot,
+                    };
+                    (Arc::new(ConnShared::with_h2c_handover(handover)), None)
+                }
+                None => (Arc::new(ConnShared::default()), slot),
+            };
             let service = HyperService::new(
                 make_service(canonical_peer(remote)),
                 Arc::clone(&conn),
@@ -486,8 +507,8 @@ pub async fn serve<M, S, B>(
 
 /// The accept loop [`serve`] and [`serve_tls`] share: waits for a connection slot
 /// ([`ServerLimits::max_connections`]), accepts, and hands the connection to `on_accept` with its
-/// slot and a graceful-shutdown watcher, until `shutdown` turns true; then closes the listener
-/// and waits for every watched connection to finish its graceful shutdown.
+/// slot and the graceful shutdown to take watchers from, until `shutdown` turns true; then closes
+/// the listener and waits for every watched connection to finish its graceful shutdown.
 async fn accept_until_stopped<F>(
     listener: TcpListener,
     limits: &ServerLimits,
@@ -498,7 +519,7 @@ async fn accept_until_stopped<F>(
         tokio::net::TcpStream,
         SocketAddr,
         Option<tokio::sync::OwnedSemaphorePermit>,
-        hyper_util::server::graceful::Watcher,
+        &GracefulShutdown,
     ),
 {
     let graceful = GracefulShutdown::new();
@@ -524,7 +545,7 @@ async fn accept_until_stopped<F>(
                 let _ = stream.set_nodelay(true);
                 // The watcher is taken before any handshake so that the graceful shutdown also
                 // waits for connections still negotiating.
-                on_accept(stream, remote, slot, graceful.watcher());
+                on_accept(stream, remote, slot, &graceful);
             }
             _ = &mut stop => break,
         }
@@ -704,7 +725,8 @@ pub async fn serve_tls<M, S, B>(
         listener,
         &limits,
         &shutdown,
-        |stream, remote, slot, watcher| {
+        |stream, remote, slot, graceful| {
+            let watcher = graceful.watcher();
             let conn = Arc::new(ConnShared::default());
             let service = HyperService::new(make_service(remote), Arc::clone(&conn), None);
             let acceptor = acceptor.clone();

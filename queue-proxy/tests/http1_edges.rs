@@ -379,3 +379,55 @@ async fn h2c_upgrade_edge_cases() {
     assert_eq!(heads.lock().unwrap().len(), 1);
     qp.assert_healthy();
 }
+
+/// At shutdown an upgraded h2c connection is drained like a prior-knowledge one: it gets GOAWAY,
+/// its stream in progress completes, and the process exits 0 once it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_h2c_connection_is_drained() {
+    let slow = App::start(handler(|_req| async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        respond(http::StatusCode::OK, "slow but complete")
+    }))
+    .await;
+    let mut qp = QpConfig::new(slow.port())
+        .env("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", 1)
+        .start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"GET /slow HTTP/1.1\r\nHost: example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+              Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_head_buffered(&mut stream, &mut buf).await.unwrap();
+    assert!(status_line(&head).starts_with("HTTP/1.1 101"), "{head:?}");
+    stream.write_all(&attack::client_start()).await.unwrap();
+    eventually(DEADLINE, "the request at the app", || {
+        std::future::ready((slow.seen_count() == 1).then_some(()))
+    })
+    .await;
+    qp.sigterm();
+    let mut reader = (&buf[..]).chain(&mut stream);
+    let (frames, _) = read_frames(&mut reader, DEADLINE, |f| {
+        f.kind == attack::DATA && f.stream == 1 && f.flags & attack::END_STREAM != 0
+    })
+    .await;
+    assert!(
+        frames.iter().any(|f| f.kind == attack::GOAWAY),
+        "GOAWAY at shutdown: {frames:?}"
+    );
+    let body: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.kind == attack::DATA && f.stream == 1)
+        .flat_map(|f| f.payload.clone())
+        .collect();
+    assert_eq!(body, b"slow but complete");
+    // h2's graceful close waits for the client's PING acknowledgement, which this raw client
+    // never sends: closing the connection ends it.
+    drop(reader);
+    drop(stream);
+    let exit = qp.wait_exit(DEADLINE).expect("exits after the drain");
+    assert_eq!(exit.code(), Some(0));
+}
