@@ -265,14 +265,25 @@ pin_project_lite::pin_project! {
     pub enum Served<F, B> {
         /// The service's answer.
         Inner { #[pin] future: F },
-        /// An answer of the listener's own.
-        Local { response: Option<Response<B>> },
+        /// An answer of the listener's own (small: the response is built when polled, so the
+        /// future stays the size of the service's).
+        Local { answer: Option<LocalAnswer>, body: std::marker::PhantomData<fn() -> B> },
+    }
+}
+
+impl<F, B> Served<F, B> {
+    fn local(answer: LocalAnswer) -> Self {
+        Served::Local {
+            answer: Some(answer),
+            body: std::marker::PhantomData,
+        }
     }
 }
 
 impl<F, B> std::future::Future for Served<F, B>
 where
     F: std::future::Future<Output = Result<Response<B>, Infallible>>,
+    B: LocalBody,
 {
     type Output = Result<Response<B>, Infallible>;
 
@@ -283,26 +294,46 @@ where
     ) -> std::task::Poll<Self::Output> {
         match self.project() {
             ServedProj::Inner { future } => future.poll(cx),
-            ServedProj::Local { response } => {
-                std::task::Poll::Ready(Ok(response.take().expect("polled after completion")))
-            }
+            ServedProj::Local { answer, .. } => std::task::Poll::Ready(Ok(answer
+                .take()
+                .expect("polled after completion")
+                .response())),
         }
     }
 }
 
-/// An empty answer of the listener's own.
-fn local_answer<B: LocalBody>(
-    status: http::StatusCode,
-    headers: &[(http::header::HeaderName, &'static str)],
-) -> Response<B> {
-    let mut response = Response::new(B::empty());
-    *response.status_mut() = status;
-    for (name, value) in headers {
+/// The answers a listener gives by itself, with an empty body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAnswer {
+    /// HTTP/1.1 without `Host`: `400` and close (its head is replaced by Go's bytes on its way
+    /// out, `GoAnswers`).
+    MissingHost,
+    /// An h2c upgrade: `101`.
+    SwitchingToH2c,
+    /// An h2c upgrade with a bad `HTTP2-Settings`: Go's empty `500`.
+    BadH2cSettings,
+}
+
+impl LocalAnswer {
+    fn response<B: LocalBody>(self) -> Response<B> {
+        use http::header::{CONNECTION, UPGRADE};
+        use http::HeaderValue;
+        let mut response = Response::new(B::empty());
+        let headers = response.headers_mut();
+        *response.status_mut() = match self {
+            LocalAnswer::MissingHost => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                http::StatusCode::BAD_REQUEST
+            }
+            LocalAnswer::SwitchingToH2c => {
+                headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+                headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+                http::StatusCode::SWITCHING_PROTOCOLS
+            }
+            LocalAnswer::BadH2cSettings => http::StatusCode::INTERNAL_SERVER_ERROR,
+        };
         response
-            .headers_mut()
-            .insert(name, http::HeaderValue::from_static(value));
     }
-    response
 }
 
 impl<S> HyperService<S> {
@@ -329,21 +360,15 @@ where
         if request.version() <= http::Version::HTTP_11 {
             self.conn.request_started();
             if go_answers::check_http1(&mut request) == Http1Check::MissingHost {
-                // The head is replaced by Go's bytes on its way out (`GoAnswers`).
                 self.conn.answer_missing_host();
-                return Served::Local {
-                    response: Some(local_answer(
-                        http::StatusCode::BAD_REQUEST,
-                        &[(http::header::CONNECTION, "close")],
-                    )),
-                };
+                return Served::local(LocalAnswer::MissingHost);
             }
             if let Some(h2c) = &self.h2c {
-                if request.version() == http::Version::HTTP_11 {
-                    if let Some(response) = self.h2c_upgrade(h2c, &mut request) {
-                        return Served::Local {
-                            response: Some(response),
-                        };
+                if request.version() == http::Version::HTTP_11
+                    && request.headers().contains_key(http::header::UPGRADE)
+                {
+                    if let Some(answer) = self.h2c_upgrade(h2c, &mut request) {
+                        return Served::local(answer);
                     }
                 }
             }
@@ -364,16 +389,15 @@ where
     B: LocalBody,
 {
     /// Go's h2c handler: `101` and HTTP/2 from here on, the request being stream 1.
+    #[inline(never)]
     fn h2c_upgrade(
         &self,
         h2c: &Arc<H2cServer>,
         request: &mut Request<Incoming>,
-    ) -> Option<Response<B>> {
+    ) -> Option<LocalAnswer> {
         match h2c_upgrade::classify(request) {
             H2cRequest::No => None,
-            H2cRequest::BadSettings => {
-                Some(local_answer(http::StatusCode::INTERNAL_SERVER_ERROR, &[]))
-            }
+            H2cRequest::BadSettings => Some(LocalAnswer::BadH2cSettings),
             H2cRequest::Upgrade => {
                 let stream_one = h2c_upgrade::stream_one_frames(request);
                 let on_upgrade = hyper::upgrade::on(request);
@@ -397,13 +421,7 @@ where
                         tracing::debug!(%error, "h2c upgraded connection failed");
                     }
                 });
-                Some(local_answer(
-                    http::StatusCode::SWITCHING_PROTOCOLS,
-                    &[
-                        (http::header::CONNECTION, "Upgrade"),
-                        (http::header::UPGRADE, "h2c"),
-                    ],
-                ))
+                Some(LocalAnswer::SwitchingToH2c)
             }
         }
     }
