@@ -247,6 +247,27 @@ where
     }
 }
 
+/// The HTTP/1 settings with `limits` applied, for hyper's HTTP/1 builder and hyper-util's auto
+/// builder alike (plain-text HTTP/1 connections are served by the former, parked while idle:
+/// [`crate::park`]; TLS connections by the latter).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+            .max_buf_size($limits.max_header_bytes.max(8192))
+            .max_headers($limits.max_headers)
+            .keep_alive(true)
+    };
+}
+
+/// The builder of plain-text HTTP/1 connections ([`crate::park::serve_http1`]).
+fn http1_builder(limits: &ServerLimits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    http1_settings!(builder, limits);
+    builder
+}
+
 /// The per-connection HTTP builder for `protocols` with `limits` applied (shared by [`serve`] and
 /// [`serve_tls`]).
 fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
@@ -254,13 +275,7 @@ fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Buil
     if protocols == Protocols::Http1 {
         builder = builder.http1_only();
     }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
+    http1_settings!(builder.http1(), limits);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -290,6 +305,7 @@ pub async fn serve<M, S, B>(
     B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
+    let http1 = Arc::new(http1_builder(&limits));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
@@ -298,6 +314,7 @@ pub async fn serve<M, S, B>(
         |stream, remote, slot, watcher| {
             let service = HyperService(make_service(canonical_peer(remote)));
             let builder = Arc::clone(&builder);
+            let http1 = Arc::clone(&http1);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -313,9 +330,17 @@ pub async fn serve<M, S, B>(
                     // hyper's own header-read timer starts at once on HTTP/1-only listeners.
                     Prefixed::new(stream)
                 };
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let _ = watcher.watch(connection).await;
+                if stream.is_h2_preface() {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    // Boxed: inline, hyper's connection state would size every connection's
+                    // task, parked HTTP/1 ones included.
+                    let _ = Box::pin(watcher.watch(connection)).await;
+                } else {
+                    // Held until the connection ends: the graceful shutdown waits for it.
+                    let _watcher = watcher;
+                    crate::park::serve_http1(stream, &http1, service, shutdown).await;
+                }
             });
         },
     )
@@ -447,6 +472,20 @@ impl<S> Prefixed<S> {
             end: 0,
             inner,
         }
+    }
+
+    /// The replayed bytes are the whole HTTP/2 client preface.
+    fn is_h2_preface(&self) -> bool {
+        self.start == 0 && self.prefix[..usize::from(self.end)] == H2_PREFACE[..]
+    }
+}
+
+impl<S: crate::park::PollReadReady> crate::park::PollReadReady for Prefixed<S> {
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        if self.start < self.end {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
     }
 }
 
