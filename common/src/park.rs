@@ -355,7 +355,11 @@ async fn serve_parked<S, Svc>(
     let mut service = service;
     loop {
         // Boxed so that a parked connection's task does not keep room for hyper's state.
-        let mut conn = Box::pin(builder.serve_connection(TokioIo::new(io), service).with_upgrades());
+        let mut conn = Box::pin(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
         tokio::select! {
             biased;
             _ = conn.as_mut() => {}
@@ -470,12 +474,18 @@ mod tests {
     async fn parked_connection_serves_the_next_request() {
         let (addr, _stop, _) = server(Duration::from_secs(60)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         assert!(read_response(&mut client).await.ends_with("/a 1"));
         assert_eq!(parks(), 0);
         tokio::time::sleep(PARK_DELAY * 5).await;
         assert_eq!(parks(), 1, "parked once while idle");
-        client.write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let text = read_response(&mut client).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.ends_with("/b 2"), "{text}");
@@ -502,7 +512,10 @@ mod tests {
         let timeout = Duration::from_secs(10);
         let (addr, _stop, _) = server(timeout).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         read_response(&mut client).await;
         let idle_from = tokio::time::Instant::now();
         // Parked after PARK_DELAY, woken by part of a head at 6 s, closed at the original 10 s.
@@ -524,7 +537,10 @@ mod tests {
     async fn shutdown_closes_a_parked_connection() {
         let (addr, stop, _) = server(Duration::from_secs(60)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
-        client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         read_response(&mut client).await;
         tokio::time::sleep(PARK_DELAY * 3).await;
         assert_eq!(parks(), 1);

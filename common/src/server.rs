@@ -481,7 +481,10 @@ impl<S> Prefixed<S> {
 }
 
 impl<S: crate::park::PollReadReady> crate::park::PollReadReady for Prefixed<S> {
-    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         if self.start < self.end {
             return std::task::Poll::Ready(Ok(()));
         }
