@@ -178,7 +178,8 @@ def measure_idle(target, protocol, n):
     t0 = time.monotonic()
     conns = open_idle(port, protocol, n, target.headers)
     opened = time.monotonic() - t0
-    after = settled_rss(target.pid)
+    # Our HTTP/1 connections are parked after 1 s idle (common/src/park.rs).
+    after = settled_rss(target.pid, wait=2.5)
     close_all(conns)
     return {"before": before, "after": after, "per_conn": (after - before) / n, "open_s": opened}
 
