@@ -87,3 +87,49 @@ async fn idle_connections_are_small_and_bursts_give_memory_back() {
         "{rss} KiB {SETTLE:?} after a burst of {BURST} connections (idle {idle_rss} KiB, limit {limit} KiB)"
     );
 }
+
+/// `ACTIVATOR_MAX_CONNECTIONS=2`: parked keep-alive connections keep their slots (a third
+/// connection waits), serve their next request, and free their slot when they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_keep_their_connection_slots() {
+    let stats = StatsReceiver::start().await;
+    let app = App::ok().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(REV, 0).ready([app.addr])])
+        .env("ACTIVATOR_MAX_CONNECTIONS", 2)
+        .start();
+    activator.wait_healthy().await;
+    let request = || rev_req("GET", "/", NS, REV).body(empty()).unwrap();
+    let mut first = h1_connect(activator.addr()).await.unwrap();
+    let mut second = h1_connect(activator.addr()).await.unwrap();
+    for c in [&mut first, &mut second] {
+        let resp = collect(c.send_request(request()).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, http::StatusCode::OK);
+    }
+    // Idle well past the park delay (1 s): both connections are parked by now.
+    tokio::time::sleep(knative_common::park::PARK_DELAY * 3).await;
+    let addr = activator.addr();
+    let third = tokio::spawn(async move {
+        let mut c = h1_connect(addr).await.unwrap();
+        let req = rev_req("GET", "/third", NS, REV).body(empty()).unwrap();
+        collect(c.send_request(req).await.unwrap()).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    let resp = collect(second.send_request(request()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status,
+        http::StatusCode::OK,
+        "a parked connection serves again"
+    );
+    drop(first);
+    let resp = tokio::time::timeout(DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, http::StatusCode::OK);
+}
