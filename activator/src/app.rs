@@ -118,13 +118,14 @@ pub async fn run(config: Config) -> ExitCode {
     };
     let throttler = Arc::new(Throttler::with_max_queued_total(config.max_queued_total));
     let _backends = BackendsManager::spawn(
-        discovery.subscribe(),
+        discovery.subscribe_changes(),
         throttler.clone(),
         BackendSettings {
             probe_timeout: config.probe_timeout,
             probe_frequency: config.probe_frequency,
             self_ip: config.pod_ip.clone(),
             max_queued: config.max_queued_per_revision,
+            max_concurrent_probes: config.max_concurrent_probes,
             mesh_mode: network.mesh_mode,
             passthrough_lb: network.mesh_pod_addressability,
             ..BackendSettings::default()

@@ -54,6 +54,10 @@ pub struct Config {
     pub drain_sleep: Duration,
     /// `ACTIVATOR_MAX_QUEUED_PER_REVISION` (ours; unset = unbounded, as upstream).
     pub max_queued_per_revision: Option<usize>,
+    /// `ACTIVATOR_MAX_CONCURRENT_PROBES` (ours; default
+    /// [`crate::backends::DEFAULT_MAX_CONCURRENT_PROBES`], 0 = unbounded): pod probes in flight
+    /// across all revisions.
+    pub max_concurrent_probes: usize,
     /// `ACTIVATOR_HTTPS_PORT` (ours; default 8112): the TLS listener, in system-internal TLS
     /// mode only.
     pub https_port: u16,
@@ -135,6 +139,12 @@ impl Config {
                 "a non-negative integer number of seconds",
             )?),
             max_queued_per_revision: (max_queued > 0).then_some(max_queued),
+            max_concurrent_probes: optional_int(
+                env,
+                "ACTIVATOR_MAX_CONCURRENT_PROBES",
+                crate::backends::DEFAULT_MAX_CONCURRENT_PROBES,
+                "a non-negative integer",
+            )?,
             https_port: optional_port(env, "ACTIVATOR_HTTPS_PORT", DEFAULT_HTTPS_PORT)?,
             queue_tls_port: optional_port(env, "ACTIVATOR_QUEUE_TLS_PORT", DEFAULT_HTTPS_PORT)?,
             max_queued_total: Some(optional_int(

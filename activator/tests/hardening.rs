@@ -97,6 +97,7 @@ async fn listener_limits_follow_the_environment() {
         ("ACTIVATOR_MAX_QUEUED_TOTAL", "-3"),
         ("ACTIVATOR_MAX_HEADER_BYTES", "huge"),
         ("ACTIVATOR_MAX_CONNECTIONS", "-1"),
+        ("ACTIVATOR_MAX_CONCURRENT_PROBES", "many"),
     ] {
         let exited = ActivatorConfig::new(&stats.url())
             .env(name, value)
@@ -161,4 +162,119 @@ async fn h2_floods_are_cut_off() {
     assert_eq!(app.seen_count(), 0);
     let ok = send(activator.addr(), rev_get("/", NS, "r")).await;
     assert_eq!(ok.status, StatusCode::OK);
+}
+
+/// The noisy-neighbour scenario (README "Limits", `ACTIVATOR_MAX_QUEUED_TOTAL`): revision
+/// `noisy` has no pods and fills the activator-wide cap of 100 (150 requests: 50 refused at
+/// once); then `victim` (cc 1, one healthy pod, 200 ms responses) receives 5 concurrent
+/// requests. `victim` is under its fair share, so its waiting requests displace `noisy`'s
+/// newest and all five are served. Every refusal is counted on `/metrics` for `noisy`.
+async fn noisy_neighbour(noisy_namespace: &str) {
+    let stats = StatsReceiver::start().await;
+    let app = App::start(test_support::app::handler(|_| async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        test_support::app::respond(StatusCode::OK, "ok")
+    }))
+    .await;
+    let mut noisy = Rev::new("noisy", 0);
+    noisy.namespace = noisy_namespace.to_owned();
+    let victim = Rev::new("victim", 1).ready([app.addr]);
+    let mut doc: serde_json::Value = serde_json::from_str(&document(&[noisy, victim])).unwrap();
+    doc["configMaps"] = serde_json::json!({
+        "config-observability": { "data": { "metrics-protocol": "prometheus" } }
+    });
+    let metrics_port = free_port();
+    let activator = ActivatorConfig::new(&stats.url())
+        .env("ACTIVATOR_MAX_QUEUED_TOTAL", 100)
+        .env("METRICS_PROMETHEUS_PORT", metrics_port)
+        .env("METRICS_PROMETHEUS_HOST", "127.0.0.1")
+        .discovery_text(&serde_json::to_string(&doc).unwrap())
+        .start();
+    activator.wait_healthy().await;
+    let addr = activator.addr();
+    // The victim's pod is probed and usable before the flood starts.
+    assert_eq!(
+        send(addr, rev_get("/", NS, "victim")).await.status,
+        StatusCode::OK
+    );
+
+    let mut flood: Vec<_> = (0..150)
+        .map(|_| {
+            let request = rev_get("/", noisy_namespace, "noisy");
+            tokio::spawn(async move { send(addr, request).await })
+        })
+        .collect();
+    let mut noisy_refused = 0;
+    while noisy_refused < 50 {
+        let done = eventually(DEADLINE, "the flood's queue-full answers", || {
+            std::future::ready(flood.iter().position(|h| h.is_finished()))
+        })
+        .await;
+        let resp = flood.remove(done).await.unwrap();
+        assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "{resp:?}");
+        assert_eq!(resp.text(), "pending request queue full\n");
+        noisy_refused += 1;
+    }
+
+    let victims: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(send(addr, rev_get("/", NS, "victim"))))
+        .collect();
+    for handle in victims {
+        let resp = tokio::time::timeout(DEADLINE, handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status, StatusCode::OK, "victim: {resp:?}");
+    }
+    // The victim's waiting requests each displaced one of noisy's newest.
+    let mut displaced = 0;
+    for handle in std::mem::take(&mut flood) {
+        if handle.is_finished() {
+            let resp = handle.await.unwrap();
+            assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "{resp:?}");
+            displaced += 1;
+        } else {
+            flood.push(handle);
+        }
+    }
+    assert!((1..=5).contains(&displaced), "displaced {displaced}");
+    assert_eq!(
+        flood.len(),
+        100 - displaced,
+        "noisy keeps the rest of its places"
+    );
+
+    let metrics_addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    let expected = format!(
+        "kn_revision_request_refused_total{{k8s_namespace_name=\"{noisy_namespace}\",kn_revision_name=\"noisy\","
+    );
+    let resp = get(metrics_addr, "/metrics").await;
+    let text = String::from_utf8_lossy(&resp.body).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&expected))
+        .unwrap_or_else(|| panic!("no refused counter for noisy: {text}"));
+    assert!(
+        line.ends_with(&format!(" {}", 50 + displaced)),
+        "{line}\n{text}"
+    );
+    assert!(!text.contains("kn_revision_request_refused_total{k8s_namespace_name=\"default\",kn_revision_name=\"victim\""));
+    // The refusals were logged, at most once per second for the revision.
+    let logged = activator
+        .stdout_text()
+        .lines()
+        .chain(activator.stderr_text().lines())
+        .filter(|l| l.contains("pending request queue full: ") && l.contains("/noisy"))
+        .count();
+    assert!((1..=3).contains(&logged), "logged {logged} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noisy_neighbour_in_the_same_namespace_does_not_starve_others() {
+    noisy_neighbour(NS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noisy_neighbour_in_another_namespace_does_not_starve_others() {
+    noisy_neighbour("tenant-noisy").await;
 }

@@ -30,6 +30,11 @@ pub trait LocalBody: Body<Data = Bytes, Error = BodyError> + Sized + Send + 'sta
     fn empty() -> Self {
         Self::full(Bytes::new())
     }
+    /// Whether the body is fixed bytes built locally (an error or probe answer), whose length is
+    /// known: outer stages then keep it exact, so that it goes out with `Content-Length`.
+    fn is_fixed(&self) -> bool {
+        false
+    }
 }
 
 pin_project! {
@@ -49,6 +54,10 @@ impl LocalBody for ProxyBody {
         ProxyBody::Full {
             bytes: if bytes.is_empty() { None } else { Some(bytes) },
         }
+    }
+    #[inline]
+    fn is_fixed(&self) -> bool {
+        matches!(self, ProxyBody::Full { .. })
     }
 }
 
@@ -113,6 +122,10 @@ impl<B, G> Guarded<B, G> {
 impl<B: LocalBody, G: Send + 'static> LocalBody for Guarded<B, G> {
     fn full(bytes: Bytes) -> Self {
         Guarded::unguarded(B::full(bytes))
+    }
+    #[inline]
+    fn is_fixed(&self) -> bool {
+        self.body.is_fixed()
     }
 }
 

@@ -17,6 +17,8 @@ pub mod classify;
 pub mod drain;
 pub mod env;
 pub mod forwarded;
+pub mod go_answers;
+pub mod h2c_upgrade;
 pub mod header_scan;
 pub mod headers;
 pub mod logging;

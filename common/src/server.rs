@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use crate::body::BodyError;
+use crate::body::LocalBody;
 use crate::env::{optional_int, Env, EnvError};
+use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
+use crate::h2c_upgrade::{self, H2cHandover, H2cRequest, Injected};
 
 /// Protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,21 +231,199 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<std::net::
 }
 
 /// Adapts a cloneable tower service (always ready) to hyper's `&self` service interface: each
-/// request gets its own copy, which for our stages is a few pointers.
+/// request gets its own copy, which for our stages is a few pointers. On HTTP/1 it first applies
+/// Go's server rules ([`go_answers::check_http1`]) and, where enabled, the h2c upgrade
+/// ([`h2c_upgrade`]); those answers come from here, with an empty body.
 #[derive(Clone, Debug)]
-pub struct HyperService<S>(pub S);
+pub struct HyperService<S> {
+    inner: S,
+    conn: Arc<ConnShared>,
+    h2c: Option<Arc<H2cServer>>,
+}
+
+/// The HTTP/2 server an h2c upgrade continues on (one per listener).
+#[derive(Debug)]
+struct H2cServer(hyper::server::conn::http2::Builder<TokioExecutor>);
+
+impl H2cServer {
+    fn new(limits: &ServerLimits) -> Self {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+            .max_header_list_size(limits.h2_max_header_list_size);
+        H2cServer(builder)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`HyperService`]'s response future.
+    #[project = ServedProj]
+    #[allow(missing_docs)]
+    pub enum Served<F, B> {
+        /// The service's answer.
+        Inner { #[pin] future: F },
+        /// An answer of the listener's own (small: the response is built when polled, so the
+        /// future stays the size of the service's).
+        Local { answer: Option<LocalAnswer>, body: std::marker::PhantomData<fn() -> B> },
+    }
+}
+
+impl<F, B> Served<F, B> {
+    fn local(answer: LocalAnswer) -> Self {
+        Served::Local {
+            answer: Some(answer),
+            body: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F, B> std::future::Future for Served<F, B>
+where
+    F: std::future::Future<Output = Result<Response<B>, Infallible>>,
+    B: LocalBody,
+{
+    type Output = Result<Response<B>, Infallible>;
+
+    #[inline]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            ServedProj::Inner { future } => future.poll(cx),
+            ServedProj::Local { answer, .. } => std::task::Poll::Ready(Ok(answer
+                .take()
+                .expect("polled after completion")
+                .response())),
+        }
+    }
+}
+
+/// The answers a listener gives by itself, with an empty body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalAnswer {
+    /// HTTP/1.1 without `Host`: `400` and close (its head is replaced by Go's bytes on its way
+    /// out, `GoAnswers`).
+    MissingHost,
+    /// An h2c upgrade: `101`.
+    SwitchingToH2c,
+    /// An h2c upgrade with a bad `HTTP2-Settings`: Go's empty `500`.
+    BadH2cSettings,
+}
+
+impl LocalAnswer {
+    fn response<B: LocalBody>(self) -> Response<B> {
+        use http::header::{CONNECTION, UPGRADE};
+        use http::HeaderValue;
+        let mut response = Response::new(B::empty());
+        let headers = response.headers_mut();
+        *response.status_mut() = match self {
+            LocalAnswer::MissingHost => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+                http::StatusCode::BAD_REQUEST
+            }
+            LocalAnswer::SwitchingToH2c => {
+                headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+                headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+                http::StatusCode::SWITCHING_PROTOCOLS
+            }
+            LocalAnswer::BadH2cSettings => http::StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        response
+    }
+}
+
+impl<S> HyperService<S> {
+    fn new(inner: S, conn: Arc<ConnShared>, h2c: Option<Arc<H2cServer>>) -> Self {
+        HyperService { inner, conn, h2c }
+    }
+}
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for HyperService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: LocalBody,
 {
     type Response = Response<B>;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Served<S::Future, B>;
 
     #[inline]
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.0.clone().call(request)
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if request.version() <= http::Version::HTTP_11 {
+            self.conn.request_started();
+            if go_answers::check_http1(&mut request) == Http1Check::MissingHost {
+                self.conn.answer_missing_host();
+                return Served::local(LocalAnswer::MissingHost);
+            }
+            if let Some(h2c) = &self.h2c {
+                if request.version() == http::Version::HTTP_11
+                    && request.headers().contains_key(http::header::UPGRADE)
+                {
+                    if let Some(answer) = self.h2c_upgrade(h2c, &mut request) {
+                        return Served::local(answer);
+                    }
+                }
+            }
+        }
+        Served::Inner {
+            future: self.inner.clone().call(request),
+        }
+    }
+}
+
+impl<S, B> HyperService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: LocalBody,
+{
+    /// Go's h2c handler: `101` and HTTP/2 from here on, the request being stream 1.
+    #[inline(never)]
+    fn h2c_upgrade(
+        &self,
+        h2c: &Arc<H2cServer>,
+        request: &mut Request<Incoming>,
+    ) -> Option<LocalAnswer> {
+        match h2c_upgrade::classify(request) {
+            H2cRequest::No => None,
+            H2cRequest::BadSettings => Some(LocalAnswer::BadH2cSettings),
+            H2cRequest::Upgrade => {
+                let stream_one = h2c_upgrade::stream_one_frames(request);
+                let on_upgrade = hyper::upgrade::on(request);
+                let service = self.clone();
+                let h2c = Arc::clone(h2c);
+                let handover = self.conn.take_h2c_handover();
+                tokio::spawn(async move {
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return;
+                    };
+                    let io = TokioIo::new(Injected::new(TokioIo::new(upgraded), stream_one));
+                    let connection = h2c.0.serve_connection(io, service);
+                    let served = match handover {
+                        Some(handover) => {
+                            let _slot = handover.slot;
+                            handover.watcher.watch(connection).await
+                        }
+                        None => connection.await,
+                    };
+                    if let Err(error) = served {
+                        tracing::debug!(%error, "h2c upgraded connection failed");
+                    }
+                });
+                Some(LocalAnswer::SwitchingToH2c)
+            }
+        }
     }
 }
 
@@ -255,6 +435,8 @@ macro_rules! http1_settings {
         $builder
             .timer(TokioTimer::new())
             .header_read_timeout($limits.header_read_timeout)
+            // Canonical header case on responses and trailers, as Go writes them.
+            .title_case_headers(true)
             .max_buf_size($limits.max_header_bytes.max(8192))
             .max_headers($limits.max_headers)
             .keep_alive(true)
@@ -302,19 +484,37 @@ pub async fn serve<M, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
-    let http1 = Arc::new(http1_builder(&limits));
+    let h1_builder = Arc::new(http1_builder(&limits));
+    let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
         &limits,
         &shutdown,
-        |stream, remote, slot, watcher| {
-            let service = HyperService(make_service(canonical_peer(remote)));
+        |stream, remote, slot, graceful| {
+            let watcher = graceful.watcher();
+            // On h2c listeners the slot (and a second watcher) wait in the connection's state
+            // for an upgrade to take them over; otherwise the task holds the slot.
+            let (conn, slot) = match h2c {
+                Some(_) => {
+                    let handover = H2cHandover {
+                        watcher: graceful.watcher(),
+                        slot,
+                    };
+                    (Arc::new(ConnShared::with_h2c_handover(handover)), None)
+                }
+                None => (Arc::new(ConnShared::default()), slot),
+            };
+            let service = HyperService::new(
+                make_service(canonical_peer(remote)),
+                Arc::clone(&conn),
+                h2c.clone(),
+            );
             let builder = Arc::clone(&builder);
-            let http1 = Arc::clone(&http1);
+            let h1_builder = Arc::clone(&h1_builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -330,16 +530,18 @@ pub async fn serve<M, S, B>(
                     // hyper's own header-read timer starts at once on HTTP/1-only listeners.
                     Prefixed::new(stream)
                 };
-                if stream.is_h2_preface() {
+                let http1 = !stream.is_h2();
+                let io = GoAnswers::new(stream, conn, http1);
+                if http1 {
+                    // Held until the connection ends: the graceful shutdown waits for it.
+                    let _watcher = watcher;
+                    crate::park::serve_http1(io, &h1_builder, service, shutdown).await;
+                } else {
                     let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     // Boxed: inline, hyper's connection state would size every connection's
                     // task, parked HTTP/1 ones included.
                     let _ = Box::pin(watcher.watch(connection)).await;
-                } else {
-                    // Held until the connection ends: the graceful shutdown waits for it.
-                    let _watcher = watcher;
-                    crate::park::serve_http1(stream, &http1, service, shutdown).await;
                 }
             });
         },
@@ -349,8 +551,8 @@ pub async fn serve<M, S, B>(
 
 /// The accept loop [`serve`] and [`serve_tls`] share: waits for a connection slot
 /// ([`ServerLimits::max_connections`]), accepts, and hands the connection to `on_accept` with its
-/// slot and a graceful-shutdown watcher, until `shutdown` turns true; then closes the listener
-/// and waits for every watched connection to finish its graceful shutdown.
+/// slot and the graceful shutdown to take watchers from, until `shutdown` turns true; then closes
+/// the listener and waits for every watched connection to finish its graceful shutdown.
 async fn accept_until_stopped<F>(
     listener: TcpListener,
     limits: &ServerLimits,
@@ -361,7 +563,7 @@ async fn accept_until_stopped<F>(
         tokio::net::TcpStream,
         SocketAddr,
         Option<tokio::sync::OwnedSemaphorePermit>,
-        hyper_util::server::graceful::Watcher,
+        &GracefulShutdown,
     ),
 {
     let graceful = GracefulShutdown::new();
@@ -387,7 +589,7 @@ async fn accept_until_stopped<F>(
                 let _ = stream.set_nodelay(true);
                 // The watcher is taken before any handshake so that the graceful shutdown also
                 // waits for connections still negotiating.
-                on_accept(stream, remote, slot, graceful.watcher());
+                on_accept(stream, remote, slot, &graceful);
             }
             _ = &mut stop => break,
         }
@@ -465,6 +667,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<S> Prefixed<S> {
+    /// Whether the connection started with the HTTP/2 preface.
+    fn is_h2(&self) -> bool {
+        usize::from(self.end) == H2_PREFACE.len() && self.prefix == *H2_PREFACE
+    }
+
     fn new(inner: S) -> Self {
         Prefixed {
             prefix: [0; 24],
@@ -472,11 +679,6 @@ impl<S> Prefixed<S> {
             end: 0,
             inner,
         }
-    }
-
-    /// The replayed bytes are the whole HTTP/2 client preface.
-    fn is_h2_preface(&self) -> bool {
-        self.start == 0 && self.prefix[..usize::from(self.end)] == H2_PREFACE[..]
     }
 }
 
@@ -571,7 +773,7 @@ pub async fn serve_tls<M, S, B>(
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes, Error = BodyError> + Send + 'static,
+    B: LocalBody,
 {
     let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
     let handshake_timeout = limits.header_read_timeout;
@@ -579,8 +781,10 @@ pub async fn serve_tls<M, S, B>(
         listener,
         &limits,
         &shutdown,
-        |stream, remote, slot, watcher| {
-            let service = HyperService(make_service(remote));
+        |stream, remote, slot, graceful| {
+            let watcher = graceful.watcher();
+            let conn = Arc::new(ConnShared::default());
+            let service = HyperService::new(make_service(remote), Arc::clone(&conn), None);
             let acceptor = acceptor.clone();
             let builder = Arc::clone(&builder);
             let mut shutdown = shutdown.clone();
@@ -608,8 +812,9 @@ pub async fn serve_tls<M, S, B>(
                     },
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 };
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let http1 = !stream.is_h2();
+                let io = GoAnswers::new(stream, conn, http1);
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _ = watcher.watch(connection).await;
             });
         },

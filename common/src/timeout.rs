@@ -186,6 +186,11 @@ where
             if let Some(scope) = response.extensions().get::<TunnelScope>() {
                 scope.set_deadline(clock.total_deadline.into_std());
             }
+            // A locally built answer (a 502's text, ...) is written at once and keeps its exact
+            // length, so it goes out with `Content-Length` as upstream's do.
+            if response.body().is_fixed() {
+                return Poll::Ready(Ok(response.map(TimeoutBody::local)));
+            }
             // The response head is the first write.
             let written = Instant::now();
             return Poll::Ready(Ok(
@@ -257,6 +262,10 @@ impl<B> TimeoutBody<B> {
 impl<B: LocalBody> LocalBody for TimeoutBody<B> {
     fn full(bytes: Bytes) -> Self {
         TimeoutBody::local(B::full(bytes))
+    }
+    #[inline]
+    fn is_fixed(&self) -> bool {
+        matches!(self.state, BodyState::Unlimited) && self.body.is_fixed()
     }
 }
 

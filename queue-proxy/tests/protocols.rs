@@ -272,19 +272,20 @@ async fn websocket_echo_is_cut_at_the_revision_timeout() {
     qp.assert_healthy();
 }
 
-/// §2 note: `Upgrade: h2c` is not supported as a protocol switch; the request is served as
-/// plain HTTP/1.1 and the upgrade is not forwarded.
+/// README "HTTP/1 edge cases": an `Upgrade: h2c` request with a body is not switched (Go would
+/// buffer the body); it is served as plain HTTP/1.1 and the upgrade is not forwarded. (Bodiless
+/// ones are upgraded: `http1_edges.rs`.)
 #[tokio::test]
-async fn upgrade_h2c_is_served_as_http1() {
+async fn upgrade_h2c_with_a_body_is_served_as_http1() {
     let app = App::ok().await;
     let mut qp = QpConfig::new(app.port()).start();
     let resp = send(
         qp.addr(),
-        req("GET", "/h2c")
+        req("POST", "/h2c")
             .header("connection", "Upgrade, HTTP2-Settings")
             .header("upgrade", "h2c")
             .header("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA")
-            .body(empty())
+            .body(full("body"))
             .unwrap(),
     )
     .await;

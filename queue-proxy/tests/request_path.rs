@@ -435,7 +435,7 @@ async fn timeouts_over_h2c() {
 /// §3.9 [Go default]: 1xx informational responses from the app (e.g. `103 Early Hints`) are
 /// relayed to the client before the final response.
 #[tokio::test]
-#[ignore = "hyper 1.x has no server API to emit 1xx informational responses other than 100-continue, so the queue-proxy cannot relay 103; needs an upstream hyper feature"]
+#[ignore = "hyper 1.12 cannot write a 1xx other than 100/101 on its HTTP/1 or HTTP/2 server, and its clients hand 1xx over only through a per-request callback (HTTP/1) or not at all (HTTP/2); README \"HTTP/1 edge cases\" has the details and the hyper PR this waits for"]
 async fn informational_responses_are_relayed() {
     let app = raw_app(|mut stream| async move {
         if read_head(&mut stream).await.is_some() {

@@ -8,6 +8,7 @@ pub mod app;
 pub mod attack;
 pub mod client;
 pub mod conn_memory;
+pub mod edges;
 pub mod process;
 
 pub use app::*;

@@ -1,91 +1,56 @@
 //! Fast probing while requests wait (our addition; Knative re-probes only every
 //! `PROBE_FREQUENCY`).
 //!
-//! A watcher whose revision has nothing healthy (no healthy pod, cluster IP not healthy) but pods
-//! left to probe registers here as *eligible*. One poller task for the whole activator checks,
-//! every `fast_probe_interval`, the throttler's [`waiting`](crate::throttler::RevisionThrottler::waiting)
-//! count of every eligible revision and wakes the watchers whose revision has requests waiting;
-//! they run a probe round at once. So while a request is held for a cold revision, its
-//! not-yet-healthy pods are probed every `fast_probe_interval` (plus the round's own duration)
-//! instead of every `PROBE_FREQUENCY`; a revision without waiting requests, or with a healthy pod
-//! already, keeps Knative's cadence. The poller sleeps on a `Notify` when nothing is eligible, so
-//! an idle activator has no periodic wake-ups; with eligible revisions the cost is one timer
-//! wake-up per interval plus one atomic read per eligible revision.
+//! A watcher whose revision has nothing healthy (no healthy pod, cluster IP not healthy) but
+//! pods left to probe is *eligible*. While its revision has requests waiting in the throttler,
+//! it re-probes every `fast_probe_interval` (default 10 ms) instead of every `PROBE_FREQUENCY`,
+//! so a held request reaches a pod within a few milliseconds of its queue-proxy answering
+//! `queue`. With nothing waiting it sleeps until the throttler signals that a request started
+//! to wait ([`RevisionThrottler::waiter_arrived`]), and probes at once.
+//!
+//! Everything is driven by the revision's own events: nothing scans the revisions
+//! periodically, so the cost does not grow with the number of revisions whose pods are
+//! unhealthy (crash-looping pods in thousands of revisions cost nothing until a request waits
+//! for one of them).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use crate::throttler::RevisionThrottler;
 
-use super::watcher::{stop_requested, WatcherShared};
-use crate::throttler::Throttler;
-
-/// The poller's shared state.
+/// One wait of an eligible-or-not watcher for its next fast probe.
 #[derive(Debug)]
-pub struct FastProbing {
-    interval: Duration,
-    throttler: Arc<Throttler>,
-    eligible: Mutex<HashMap<u64, Arc<WatcherShared>>>,
-    /// Wakes the idle poller when a watcher becomes eligible.
-    wake: Notify,
+pub(super) struct FastProbe<'a> {
+    /// `Some` only when fast probing is enabled, the revision is known and the watcher is
+    /// eligible.
+    active: Option<(Duration, &'a RevisionThrottler)>,
 }
 
-impl FastProbing {
-    /// Fast probing every `interval` (must be > 0).
-    pub fn new(interval: Duration, throttler: Arc<Throttler>) -> Self {
-        FastProbing {
-            interval,
-            throttler,
-            eligible: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
+impl<'a> FastProbe<'a> {
+    /// `interval`: `None` when fast probing is disabled.
+    pub(super) fn new(
+        interval: Option<Duration>,
+        revision: Option<&'a RevisionThrottler>,
+        eligible: bool,
+    ) -> Self {
+        FastProbe {
+            active: match (interval, revision) {
+                (Some(interval), Some(revision)) if eligible => Some((interval, revision)),
+                _ => None,
+            },
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<WatcherShared>>> {
-        self.eligible.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers or unregisters a watcher.
-    pub fn set_eligible(&self, watcher: &Arc<WatcherShared>, eligible: bool) {
-        if eligible {
-            self.lock().insert(watcher.serial, watcher.clone());
-            self.wake.notify_one();
+    /// Resolves when the next fast probe round is due; never when inactive.
+    pub(super) async fn due(self) {
+        let Some((interval, revision)) = self.active else {
+            return std::future::pending().await;
+        };
+        if revision.waiting() > 0 {
+            tokio::time::sleep(interval).await;
         } else {
-            self.lock().remove(&watcher.serial);
-        }
-    }
-
-    /// Number of eligible watchers.
-    pub fn eligible_count(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Wakes every eligible watcher whose revision has waiting requests; returns whether any
-    /// watcher is eligible.
-    fn poll_once(&self) -> bool {
-        let eligible = self.lock();
-        for watcher in eligible.values() {
-            let waiting = self
-                .throttler
-                .get(&watcher.id.namespace, &watcher.id.name)
-                .is_some_and(|revision| revision.waiting() > 0);
-            if waiting {
-                watcher.wake.notify_one();
-            }
-        }
-        !eligible.is_empty()
-    }
-
-    /// The poller loop, until `stop` turns true (or its sender is dropped).
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        loop {
-            let active = self.poll_once();
-            tokio::select! {
-                () = stop_requested(&mut stop) => return,
-                () = tokio::time::sleep(self.interval), if active => {}
-                () = self.wake.notified(), if !active => {}
-            }
+            // A request arriving between the check and this wait leaves a permit behind
+            // (`notify_one`), so it is not missed.
+            revision.waiter_arrived().notified().await;
         }
     }
 }

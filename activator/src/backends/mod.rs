@@ -1,6 +1,8 @@
 //! The revision backends manager (spec §5): turns discovery snapshots into throttler state.
 //!
-//! For every revision of each [`Snapshot`]:
+//! Discovery publishes which revisions each change touched ([`ChangeFeed`]); the manager
+//! reconciles those alone, and every revision only on the first snapshot or a relist. For
+//! every revision it reconciles:
 //! - the throttler is ensured with the revision's settings (spec §3.7; a revision that leaves the
 //!   snapshot is removed from the throttler — requests holding leases keep their reference);
 //! - the activator set of its public endpoints is applied with this activator's `POD_IP`
@@ -13,7 +15,8 @@
 //! Fast probing (our addition, see [`fast`]): while a revision has requests waiting and nothing
 //! healthy, its not-yet-healthy pods are re-probed every [`BackendSettings::fast_probe_interval`]
 //! (default 10 ms) instead of every `PROBE_FREQUENCY` (200 ms), so a held request reaches a pod
-//! within a few milliseconds of its queue-proxy answering `queue`.
+//! within a few milliseconds of its queue-proxy answering `queue`. It is driven by the
+//! revision's throttler signalling a waiting request, not by a scan of all revisions.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -28,13 +31,14 @@
 //!     self_ip: "10.0.0.7".into(),
 //!     ..BackendSettings::default()
 //! };
-//! let task = BackendsManager::spawn(source.subscribe(), throttler, settings, shutdown);
+//! let task = BackendsManager::spawn(source.subscribe_changes(), throttler, settings, shutdown);
 //! task.await?; // after shutdown turned true
 //! # Ok(()) }
 //! ```
 
 mod duration;
-pub mod fast;
+mod fast;
+mod limit;
 mod probe;
 mod watcher;
 
@@ -49,14 +53,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::discovery::{PrivateEndpoints, PublicEndpoints, RevisionEntry, RevisionSpec, Snapshot};
+use crate::discovery::{
+    ChangeFeed, Changes, PrivateEndpoints, PublicEndpoints, RevisionEntry, RevisionSpec, Snapshot,
+};
 use crate::throttler::{DestsUpdate, RevisionId, Throttler};
 
 pub use duration::{parse_go_duration, DurationError};
+pub use limit::LimitedProber;
 pub use probe::{private_service_name, probe_queue, HttpProber, ProbeResult, Prober, PROBE_PATH};
 pub use watcher::{Dests, PodProbe, RevisionWatcher, WatcherConfig};
 
-use fast::FastProbing;
 use watcher::{WatcherContext, WatcherShared};
 
 /// `PROBE_TIMEOUT` default.
@@ -65,6 +71,9 @@ pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 pub const DEFAULT_PROBE_FREQUENCY: Duration = Duration::from_millis(200);
 /// Default re-probe interval while requests wait and nothing is healthy.
 pub const DEFAULT_FAST_PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Default bound on pod probes in flight across all revisions
+/// (`ACTIVATOR_MAX_CONCURRENT_PROBES`; see [`LimitedProber`]).
+pub const DEFAULT_MAX_CONCURRENT_PROBES: usize = 256;
 /// Shortest `PROBE_FREQUENCY` honoured (a zero period would spin).
 const MIN_PROBE_FREQUENCY: Duration = Duration::from_millis(1);
 
@@ -114,6 +123,8 @@ pub struct BackendSettings {
     /// Optional cap on requests waiting per revision (see
     /// [`RevisionSettings::max_queued`](crate::throttler::RevisionSettings::max_queued)).
     pub max_queued: Option<usize>,
+    /// Pod probes in flight at most, across all revisions (0 = unbounded).
+    pub max_concurrent_probes: usize,
 }
 
 impl Default for BackendSettings {
@@ -126,6 +137,7 @@ impl Default for BackendSettings {
             passthrough_lb: false,
             self_ip: String::new(),
             max_queued: None,
+            max_concurrent_probes: DEFAULT_MAX_CONCURRENT_PROBES,
         }
     }
 }
@@ -139,7 +151,7 @@ impl BackendsManager {
     /// returns), then follows `source` until `shutdown` turns true; the returned task ends after
     /// every watcher has stopped. Must be called inside a Tokio runtime.
     pub fn spawn(
-        source: watch::Receiver<Arc<Snapshot>>,
+        source: ChangeFeed,
         throttler: Arc<Throttler>,
         settings: BackendSettings,
         shutdown: watch::Receiver<bool>,
@@ -156,16 +168,17 @@ impl BackendsManager {
 
     /// [`BackendsManager::spawn`] with another prober and an observer of every emitted update.
     pub(crate) fn spawn_with<P: Prober>(
-        mut source: watch::Receiver<Arc<Snapshot>>,
+        mut source: ChangeFeed,
         throttler: Arc<Throttler>,
         settings: BackendSettings,
         shutdown: watch::Receiver<bool>,
         prober: Arc<P>,
         observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
     ) -> JoinHandle<()> {
+        let prober = Arc::new(LimitedProber::new(prober, settings.max_concurrent_probes));
         let mut manager = Manager::new(throttler, settings, prober, observer);
-        let snapshot = source.borrow_and_update().clone();
-        manager.apply(&snapshot);
+        let (snapshot, changes) = source.take();
+        manager.apply_changes(&snapshot, changes);
         tokio::spawn(manager.run(source, shutdown))
     }
 }
@@ -184,10 +197,7 @@ struct Manager<P> {
     settings: BackendSettings,
     prober: Arc<P>,
     ctx: Arc<WatcherContext>,
-    poller_stop: watch::Sender<bool>,
-    poller: Option<JoinHandle<()>>,
     watchers: HashMap<RevisionId, WatcherHandle>,
-    next_serial: u64,
 }
 
 impl<P: Prober> Manager<P> {
@@ -202,19 +212,10 @@ impl<P: Prober> Manager<P> {
         if let Ok(ip) = settings.self_ip.trim().parse::<IpAddr>() {
             settings.self_ip = ip.to_string();
         }
-        let (poller_stop, poller_rx) = watch::channel(false);
-        let fast = (!settings.fast_probe_interval.is_zero()).then(|| {
-            Arc::new(FastProbing::new(
-                settings.fast_probe_interval,
-                throttler.clone(),
-            ))
-        });
-        let poller = fast
-            .as_ref()
-            .map(|fast| tokio::spawn(fast.clone().run(poller_rx)));
         let ctx = Arc::new(WatcherContext {
             throttler: throttler.clone(),
-            fast,
+            fast_probe_interval: (!settings.fast_probe_interval.is_zero())
+                .then_some(settings.fast_probe_interval),
             probe_frequency: settings.probe_frequency,
             observer,
         });
@@ -223,92 +224,114 @@ impl<P: Prober> Manager<P> {
             settings,
             prober,
             ctx,
-            poller_stop,
-            poller,
             watchers: HashMap::new(),
-            next_serial: 0,
         }
     }
 
-    async fn run(
-        mut self,
-        mut source: watch::Receiver<Arc<Snapshot>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut source: ChangeFeed, mut shutdown: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 () = shutdown_requested(&mut shutdown) => break,
                 changed = source.changed() => {
-                    if changed.is_err() {
+                    let Some((snapshot, changes)) = changed else {
                         // The source is gone: keep the last state until shutdown.
                         shutdown_requested(&mut shutdown).await;
                         break;
-                    }
-                    let snapshot = source.borrow_and_update().clone();
-                    self.apply(&snapshot);
+                    };
+                    self.apply_changes(&snapshot, changes);
                 }
             }
         }
         self.stop().await;
     }
 
-    /// Reconciles watchers and throttlers with `snapshot`.
-    fn apply(&mut self, snapshot: &Snapshot) {
-        for (id, entry) in snapshot.revisions() {
-            let desired = entry.spec.throttler_settings(self.settings.max_queued);
-            let revision = self.throttler.ensure_revision(id, desired);
-            let (spec_changed, public_changed) = match self.watchers.get_mut(id) {
-                Some(handle) => {
-                    if handle.private != entry.private {
-                        handle.private = entry.private.clone();
-                        handle
-                            .input
-                            .send_replace(Arc::new(Dests::from_endpoints(&entry.private)));
+    /// Applies a publication: every revision when `changes` is [`Changes::All`], else only the
+    /// revisions it names (a change to one revision touches nothing of the others).
+    fn apply_changes(&mut self, snapshot: &Snapshot, changes: Changes) {
+        match changes {
+            Changes::All => self.apply(snapshot),
+            Changes::Revisions(ids) => {
+                for id in ids {
+                    match snapshot.get(&id) {
+                        Some(entry) => self.apply_entry(entry),
+                        None => self.remove(&id),
                     }
-                    let spec_changed = handle.spec != entry.spec;
-                    handle.spec = entry.spec.clone();
-                    let public_changed = handle.public != entry.public;
-                    handle.public = entry.public.clone();
-                    (spec_changed, public_changed)
                 }
-                None => {
-                    tracing::info!(revision = %id, pods = %entry.private, "watching revision");
-                    let handle = self.start_watcher(id, entry);
-                    self.watchers.insert(id.clone(), handle);
-                    (true, true)
-                }
-            };
-            if spec_changed && revision.settings() != desired {
-                tracing::warn!(
-                    revision = %id,
-                    "revision settings changed; the throttler keeps the settings it was created \
-                     with (revisions are immutable: remove the revision and add it again)"
-                );
-            }
-            if public_changed {
-                let _ = self.throttler.update_activators(
-                    id,
-                    &entry.public.activator_ips,
-                    &self.settings.self_ip,
-                );
             }
         }
-        let throttler = &self.throttler;
-        self.watchers.retain(|id, handle| {
-            if snapshot.get(id).is_some() {
-                return true;
+    }
+
+    /// Reconciles watchers and throttlers with every revision of `snapshot`.
+    fn apply(&mut self, snapshot: &Snapshot) {
+        for entry in snapshot.revisions() {
+            self.apply_entry(entry);
+        }
+        let gone: Vec<RevisionId> = self
+            .watchers
+            .keys()
+            .filter(|id| snapshot.get(id).is_none())
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+    }
+
+    /// Reconciles one revision's watcher and throttler with its entry.
+    fn apply_entry(&mut self, entry: &RevisionEntry) {
+        let id = &entry.spec.id;
+        let desired = entry.spec.throttler_settings(self.settings.max_queued);
+        let revision = self.throttler.ensure_revision(id, desired);
+        let (spec_changed, public_changed) = match self.watchers.get_mut(id) {
+            Some(handle) => {
+                if handle.private != entry.private {
+                    handle.private = entry.private.clone();
+                    handle
+                        .input
+                        .send_replace(Arc::new(Dests::from_endpoints(&entry.private)));
+                }
+                let spec_changed = handle.spec != entry.spec;
+                handle.spec = entry.spec.clone();
+                let public_changed = handle.public != entry.public;
+                handle.public = entry.public.clone();
+                (spec_changed, public_changed)
             }
-            tracing::info!(revision = %id, "revision removed");
-            // Stopped first: no update for the revision after this (spec §5.9).
-            handle.shared.stop();
-            throttler.remove_revision(id);
-            false
-        });
+            None => {
+                tracing::info!(revision = %id, pods = %entry.private, "watching revision");
+                let handle = self.start_watcher(id, entry);
+                self.watchers.insert(id.clone(), handle);
+                (true, true)
+            }
+        };
+        if spec_changed && revision.settings() != desired {
+            tracing::warn!(
+                revision = %id,
+                "revision settings changed; the throttler keeps the settings it was created \
+                 with (revisions are immutable: remove the revision and add it again)"
+            );
+        }
+        if public_changed {
+            let _ = self.throttler.update_activators(
+                id,
+                &entry.public.activator_ips,
+                &self.settings.self_ip,
+            );
+        }
+    }
+
+    /// The revision left discovery: its watcher stops, then its throttler goes.
+    fn remove(&mut self, id: &RevisionId) {
+        let Some(handle) = self.watchers.remove(id) else {
+            return;
+        };
+        tracing::info!(revision = %id, "revision removed");
+        // Stopped first: no update for the revision after this (spec §5.9).
+        handle.shared.stop();
+        self.throttler.remove_revision(id);
     }
 
     fn start_watcher(&mut self, id: &RevisionId, entry: &RevisionEntry) -> WatcherHandle {
-        self.next_serial = self.next_serial.wrapping_add(1);
-        let shared = Arc::new(WatcherShared::new(id.clone(), self.next_serial));
+        let shared = Arc::new(WatcherShared::new(id.clone()));
         let watcher = RevisionWatcher::new(
             id.clone(),
             self.prober.clone(),
@@ -336,7 +359,7 @@ impl<P: Prober> Manager<P> {
         }
     }
 
-    /// Stops every watcher and the poller, and waits for them.
+    /// Stops every watcher and waits for them.
     async fn stop(mut self) {
         let handles: Vec<WatcherHandle> = self.watchers.drain().map(|(_, h)| h).collect();
         for handle in &handles {
@@ -344,10 +367,6 @@ impl<P: Prober> Manager<P> {
         }
         for handle in handles {
             let _ = handle.task.await;
-        }
-        self.poller_stop.send_replace(true);
-        if let Some(poller) = self.poller.take() {
-            let _ = poller.await;
         }
     }
 }

@@ -147,7 +147,10 @@ async fn exchange(dest: &str, passthrough_host: Option<&str>) -> Result<Answer, 
         .await
         .map_err(|e| format!("dial tcp {dest}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    // Canonical header case (`K-Network-Probe`, `User-Agent`), as Go's prober writes it.
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
     let answer = async move {

@@ -213,7 +213,7 @@ fn settings() -> BackendSettings {
 
 struct Harness {
     throttler: Arc<Throttler>,
-    source: watch::Sender<Arc<Snapshot>>,
+    source: crate::discovery::SnapshotCell,
     updates: mpsc::UnboundedReceiver<(RevisionId, DestsUpdate)>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -222,11 +222,12 @@ struct Harness {
 impl Harness {
     fn start<P: Prober>(snapshot: Snapshot, prober: Arc<P>, settings: BackendSettings) -> Harness {
         let throttler = Arc::new(Throttler::new());
-        let (source, source_rx) = watch::channel(Arc::new(snapshot));
+        let source = crate::discovery::SnapshotCell::new();
+        source.publish(snapshot);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (observer, updates) = mpsc::unbounded_channel();
         let task = BackendsManager::spawn_with(
-            source_rx,
+            source.subscribe_changes(),
             throttler.clone(),
             settings,
             shutdown_rx,
@@ -243,7 +244,7 @@ impl Harness {
     }
 
     fn publish(&self, snapshot: Snapshot) {
-        self.source.send_replace(Arc::new(snapshot));
+        self.source.publish(snapshot);
     }
 
     async fn next(&mut self) -> (RevisionId, DestsUpdate) {
@@ -633,11 +634,11 @@ async fn item60_a_stopped_watcher_emits_nothing() {
     let (observer, mut updates) = mpsc::unbounded_channel();
     let ctx = Arc::new(WatcherContext {
         throttler: throttler.clone(),
-        fast: None,
+        fast_probe_interval: None,
         probe_frequency: DEFAULT_PROBE_FREQUENCY,
         observer: Some(observer),
     });
-    let shared = Arc::new(WatcherShared::new(id(), 1));
+    let shared = Arc::new(WatcherShared::new(id()));
     let (input, input_rx) = watch::channel(Arc::new(dests(&[P1], &[], None)));
     let task = tokio::spawn(run_watcher(
         watcher(&prober, MeshMode::Auto),
@@ -1399,7 +1400,12 @@ async fn file_source_to_throttler_end_to_end() {
     let (stop, stop_rx) = watch::channel(false);
     let source = FileSource::start(&path, Duration::from_millis(20), stop_rx.clone()).unwrap();
     let throttler = Arc::new(Throttler::new());
-    let task = BackendsManager::spawn(source.subscribe(), throttler.clone(), settings(), stop_rx);
+    let task = BackendsManager::spawn(
+        source.subscribe_changes(),
+        throttler.clone(),
+        settings(),
+        stop_rx,
+    );
     let revision = throttler.revision(&id()).unwrap();
     assert_eq!(revision.container_concurrency(), 2);
     assert_eq!(revision.activator_count(), 2);
@@ -1426,4 +1432,179 @@ async fn file_source_to_throttler_end_to_end() {
         .unwrap()
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Answers every probe with success after 20 ms, counting probes in flight.
+#[derive(Debug, Default)]
+struct InFlightProber {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Prober for InFlightProber {
+    async fn probe(&self, _dest: &str, _host: Option<&str>) -> ProbeResult {
+        /// Leaves the count also when the probe is dropped at its deadline.
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _leave = Leave(&self.now);
+        self.max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ProbeResult::success()
+    }
+}
+
+/// Startup with many listed pods (`ACTIVATOR_MAX_CONCURRENT_PROBES`): probes across all
+/// revisions never exceed the bound, and every pod still becomes usable (probes that could not
+/// start within a round's deadline are retried).
+#[tokio::test(start_paused = true)]
+async fn startup_probing_is_bounded_and_completes() {
+    const REVISIONS: usize = 200;
+    let snapshot = Snapshot::new((0..REVISIONS).map(|i| {
+        let pods = [format!("10.1.{i}.1:8012"), format!("10.1.{i}.2:8012")];
+        let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+        entry(
+            &format!("rev-{i}"),
+            Protocol::Http1,
+            private(&[], &pods, None),
+        )
+    }));
+    let prober = Arc::new(InFlightProber::default());
+    let mut harness = Harness::start(
+        snapshot,
+        prober.clone(),
+        BackendSettings {
+            max_concurrent_probes: 16,
+            ..settings()
+        },
+    );
+    let mut usable = std::collections::HashSet::new();
+    while usable.len() < REVISIONS {
+        let (id, update) = harness.next().await;
+        if update.dests.len() == 2 {
+            usable.insert(id);
+        }
+    }
+    assert_eq!(prober.max.load(Ordering::SeqCst), 16);
+    harness.shutdown.send_replace(true);
+}
+
+/// Incremental discovery: a publication naming revision `a` reconciles `a` alone. Revision
+/// `b`'s throttler (same object), its pod trackers, its in-flight lease and its watcher (no new
+/// probe of its pod) are untouched by a hundred updates of `a`.
+#[tokio::test(start_paused = true)]
+async fn an_update_of_one_revision_leaves_the_others_alone() {
+    let a = |pods: &[&str]| entry("a", Protocol::Http1, private(pods, &[], None));
+    let b = entry("b", Protocol::Http1, private(&[P2], &[], None));
+    let prober = FakeProber::new(&[(P1, &[Reply::Ok]), (P2, &[Reply::Ok]), (P3, &[Reply::Ok])]);
+    let mut h = Harness::start(
+        Snapshot::new([a(&[P1]), b.clone()]),
+        prober.clone(),
+        settings(),
+    );
+    let b_id = RevisionId::new(NS, "b");
+    let mut seen_b = false;
+    while !seen_b {
+        let (id, update) = h.next().await;
+        seen_b = id == b_id && update == pods(&[P2]);
+    }
+    let b_throttler = h.throttler.revision(&b_id).unwrap();
+    let lease = h.throttler.try_acquire(&b_id).await.unwrap();
+    assert_eq!(lease.dest(), P2);
+    let probes_of_b = || {
+        prober
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| *d == P2)
+            .count()
+    };
+    let b_probes = probes_of_b();
+
+    let mut snapshot = h.source.current().as_ref().clone();
+    for i in 0..100 {
+        let next = if i % 2 == 0 { a(&[P1, P3]) } else { a(&[P1]) };
+        snapshot.set(next);
+        let changed = [RevisionId::new(NS, "a")].into_iter().collect();
+        assert!(h.source.publish_changes(
+            snapshot.clone(),
+            crate::discovery::Changes::Revisions(changed)
+        ));
+        // `a`'s watcher applies each change.
+        let expected = if i % 2 == 0 {
+            pods(&[P1, P3])
+        } else {
+            pods(&[P1])
+        };
+        loop {
+            let (id, update) = h.next().await;
+            assert_ne!(id, b_id, "nothing is emitted for b");
+            if update == expected {
+                break;
+            }
+        }
+    }
+    let b_now = h.throttler.revision(&b_id).unwrap();
+    assert!(
+        Arc::ptr_eq(&b_throttler, &b_now),
+        "b's throttler is the same object"
+    );
+    assert_eq!(
+        b_now.dest_in_flight(P2),
+        Some(1),
+        "b's lease is still counted"
+    );
+    assert_eq!(b_now.in_flight(), 1);
+    assert_eq!(probes_of_b(), b_probes, "b was not probed again");
+    drop(lease);
+    assert_eq!(b_now.in_flight(), 0);
+    h.shutdown.send_replace(true);
+}
+
+/// Fast probing is per revision and event-driven: with 50 revisions whose pods keep failing,
+/// a request waiting for one of them speeds up that revision's probes alone; the others keep
+/// Knative's cadence.
+#[tokio::test(start_paused = true)]
+async fn fast_probing_speeds_up_only_the_revision_with_waiting_requests() {
+    let dests: Vec<String> = (0..50).map(|i| format!("10.2.0.{i}:8012")).collect();
+    let script: Vec<(&str, &[Reply])> = dests
+        .iter()
+        .map(|d| (d.as_str(), &[Reply::Status(503)][..]))
+        .collect();
+    let prober = FakeProber::new(&script);
+    let snapshot = Snapshot::new(dests.iter().enumerate().map(|(i, d)| {
+        entry(
+            &format!("rev-{i}"),
+            Protocol::Http1,
+            private(&[], &[d], None),
+        )
+    }));
+    let h = Harness::start(
+        snapshot,
+        prober.clone(),
+        BackendSettings {
+            fast_probe_interval: Duration::from_millis(10),
+            ..settings()
+        },
+    );
+    let waiting = RevisionId::new(NS, "rev-7");
+    let throttler = h.throttler.clone();
+    let waiter = tokio::spawn(async move { throttler.try_acquire(&waiting).await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(1010)).await;
+    let fast = prober.calls_to(&dests[7]);
+    assert!(
+        fast >= 50,
+        "{fast} probes of the waited-for revision in 1 s"
+    );
+    for (i, dest) in dests.iter().enumerate().filter(|(i, _)| *i != 7) {
+        let calls = prober.calls_to(dest);
+        assert!((5..=7).contains(&calls), "rev-{i}: {calls} probes in 1 s");
+    }
+    waiter.abort();
+    h.stop().await;
 }

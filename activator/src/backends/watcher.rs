@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::fast::FastProbing;
 use super::probe::{private_service_name, ProbeResult, Prober};
 use super::MeshMode;
 use crate::discovery::PrivateEndpoints;
@@ -271,38 +270,33 @@ impl<P: Prober> RevisionWatcher<P> {
 pub struct WatcherContext {
     /// The throttler receiving the updates.
     pub throttler: Arc<Throttler>,
-    /// The fast-probe poller (`None`: fast probing disabled).
-    pub fast: Option<Arc<FastProbing>>,
+    /// Re-probe period while requests wait and nothing is healthy (`None`: fast probing
+    /// disabled; see [`super::fast`]).
+    pub fast_probe_interval: Option<Duration>,
     /// `PROBE_FREQUENCY`.
     pub probe_frequency: Duration,
     /// Test hook: every emitted update.
     pub observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
 }
 
-/// What the manager and the fast-probe poller share with one watcher task.
+/// What the manager shares with one watcher task.
 #[derive(Debug)]
 pub struct WatcherShared {
     /// The revision.
     pub id: RevisionId,
-    /// Unique per watcher (a revision removed then re-added gets a new one).
-    pub serial: u64,
     stop: watch::Sender<bool>,
     /// Held while emitting and while stopping: once [`WatcherShared::stop`] returns, the watcher
     /// emits nothing more.
     emit_lock: Mutex<()>,
-    /// Woken by the fast-probe poller while requests wait for this revision.
-    pub wake: Notify,
 }
 
 impl WatcherShared {
     /// A running watcher's handle.
-    pub fn new(id: RevisionId, serial: u64) -> Self {
+    pub fn new(id: RevisionId) -> Self {
         WatcherShared {
             id,
-            serial,
             stop: watch::Sender::new(false),
             emit_lock: Mutex::new(()),
-            wake: Notify::new(),
         }
     }
 
@@ -338,14 +332,24 @@ impl WatcherShared {
     }
 }
 
+/// The next tick of an armed timer; never without one.
+async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves once `stop` is true or its sender is gone.
 pub(super) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 /// The watcher loop (spec §5.5): waits for new dests, the `PROBE_FREQUENCY` tick (armed only
-/// while something is left to probe) or — while nothing is healthy and requests wait — the
-/// fast-probe poller's wake-up, then runs `checkDests`. The initial dests count as an event.
+/// while something is left to probe) or — while nothing is healthy — fast probing's signal (see
+/// [`super::fast`]), then runs `checkDests`. The initial dests count as an event.
 pub async fn run<P: Prober>(
     mut watcher: RevisionWatcher<P>,
     mut input: watch::Receiver<Arc<Dests>>,
@@ -354,11 +358,13 @@ pub async fn run<P: Prober>(
 ) {
     let mut stop = shared.stop.subscribe();
     let frequency = ctx.probe_frequency;
-    let mut ticker = tokio::time::interval_at(Instant::now() + frequency, frequency);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The timer exists only while armed: a revision whose pods are all healthy (or that has
+    // none) waits on its channels alone, and its task stays small (see below).
+    let mut ticker: Option<tokio::time::Interval> = None;
+    // The manager ensures the throttler before starting the watcher.
+    let revision = ctx.throttler.revision(&shared.id);
     let mut cur = input.borrow_and_update().clone();
     let mut prev = Arc::new(Dests::default());
-    let mut registered = false;
     let mut was_armed = false;
     let mut event = true;
     loop {
@@ -366,16 +372,18 @@ pub async fn run<P: Prober>(
             let armed = watcher.timer_armed(&cur);
             if armed && !was_armed {
                 // Probe one full period after arming, not at a stale tick.
-                ticker.reset();
+                let mut interval = tokio::time::interval_at(Instant::now() + frequency, frequency);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ticker = Some(interval);
+            } else if !armed {
+                ticker = None;
             }
             was_armed = armed;
-            let fast = armed && watcher.nothing_healthy() && ctx.fast.is_some();
-            if fast != registered {
-                if let Some(poller) = &ctx.fast {
-                    poller.set_eligible(&shared, fast);
-                }
-                registered = fast;
-            }
+            let fast = super::fast::FastProbe::new(
+                ctx.fast_probe_interval,
+                revision.as_deref(),
+                armed && watcher.nothing_healthy(),
+            );
             tokio::select! {
                 biased;
                 () = stop_requested(&mut stop) => break,
@@ -385,23 +393,20 @@ pub async fn run<P: Prober>(
                     }
                     prev = std::mem::replace(&mut cur, input.borrow_and_update().clone());
                 }
-                _ = ticker.tick(), if armed => {}
-                () = shared.wake.notified(), if fast => {}
+                () = tick(&mut ticker), if armed => {}
+                () = fast.due() => {}
             }
         }
         event = false;
+        // Boxed: the probing round's state lives on the heap only while it runs, so the task
+        // of an idle revision is a few hundred bytes instead of carrying it permanently.
         let update = tokio::select! {
             biased;
             () = stop_requested(&mut stop) => break,
-            update = watcher.check_dests(&cur, &prev) => update,
+            update = Box::pin(watcher.check_dests(&cur, &prev)) => update,
         };
         if let Some(update) = update {
             shared.emit(&ctx, update);
-        }
-    }
-    if registered {
-        if let Some(poller) = &ctx.fast {
-            poller.set_eligible(&shared, false);
         }
     }
 }

@@ -27,10 +27,11 @@
 //! `ip:port` (IPv6 bracketed) or plain IPs, duplicate pods/activators and duplicate revisions are
 //! errors naming the revision and the field. Addresses are stored in canonical form.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::system::{ConfigMapObject, SecretObject, SystemObjects};
@@ -39,6 +40,7 @@ use super::{
     DEFAULT_TIMEOUT_SECONDS, MAX_CONTAINER_CONCURRENCY,
 };
 use crate::throttler::{Protocol, RevisionId};
+use crate::FastHash;
 
 /// Longest value quoted in an error message.
 const MAX_QUOTED: usize = 80;
@@ -127,6 +129,151 @@ pub fn parse_document(bytes: &[u8]) -> Result<Snapshot, DocumentError> {
         entries.push(entry);
     }
     Ok(Snapshot::new(entries).with_system(system))
+}
+
+/// The revision entries of the last document parsed by [`parse_document_cached`], keyed by
+/// each revision object's JSON text.
+#[derive(Debug, Default)]
+pub struct DocumentCache {
+    entries: HashMap<Box<str>, RevisionEntry, FastHash>,
+    system: SystemObjects,
+}
+
+impl DocumentCache {
+    /// Revisions remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What changed between the document last parsed into a [`DocumentCache`] and a new one.
+#[derive(Debug, Default)]
+pub struct DocumentDelta {
+    /// Revisions whose JSON text is new (added, or changed, or merely re-formatted).
+    pub parsed: Vec<RevisionEntry>,
+    /// Revisions of the previous document that the new one no longer has.
+    pub removed: Vec<RevisionId>,
+    /// The new document's system objects.
+    pub system: SystemObjects,
+    /// `parsed` is the whole document (the cache held nothing: first load, or after an
+    /// invalid document): `removed` is empty, and whatever is not in `parsed` is gone.
+    pub whole: bool,
+}
+
+/// [`parse_document`] for a file that is re-read as a whole on every change: a revision object
+/// whose JSON text is the same as in the previous document is not parsed and validated again
+/// (its entry is taken from `cache`), so a change to one revision of 10,000 costs a syntax scan
+/// of the document plus the work for that revision. The result, and every error, is exactly
+/// [`parse_document`]'s: shapes this path does not handle (invalid JSON, a wrong top-level
+/// type...) go through [`parse_document`] itself. `cache` then holds the new document.
+pub fn parse_document_cached(
+    bytes: &[u8],
+    cache: &mut DocumentCache,
+) -> Result<Snapshot, DocumentError> {
+    parse_document_delta(bytes, cache)?;
+    Ok(cache.snapshot())
+}
+
+/// [`parse_document_cached`], returning only what changed since the document `cache` held:
+/// the file source applies that to its current snapshot. On an error the cache is emptied (the
+/// next delta is [`DocumentDelta::whole`]).
+pub fn parse_document_delta(
+    bytes: &[u8],
+    cache: &mut DocumentCache,
+) -> Result<DocumentDelta, DocumentError> {
+    match parse_with_cache(bytes, cache) {
+        Some(Ok(delta)) => Ok(delta),
+        Some(Err(error)) => {
+            cache.entries.clear();
+            Err(error)
+        }
+        None => {
+            cache.entries.clear();
+            let snapshot = parse_document(bytes)?;
+            // Valid, but not through the fast path (not expected): everything is new.
+            Ok(DocumentDelta {
+                parsed: snapshot.revisions().cloned().collect(),
+                removed: Vec::new(),
+                system: (**snapshot.system()).clone(),
+                whole: true,
+            })
+        }
+    }
+}
+
+impl DocumentCache {
+    /// The snapshot of the document the cache holds.
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.entries.values().cloned()).with_system(self.system.clone())
+    }
+}
+
+/// The fast path of [`parse_document_delta`]; `None` hands over to [`parse_document`]. On
+/// `Some(Ok)` the cache holds the new document.
+fn parse_with_cache(
+    bytes: &[u8],
+    cache: &mut DocumentCache,
+) -> Option<Result<DocumentDelta, DocumentError>> {
+    let top: BTreeMap<String, &RawValue> = serde_json::from_slice(bytes).ok()?;
+    if top.keys().any(|k| !TOP_FIELDS.contains(&k.as_str())) {
+        return None;
+    }
+    let mut sections = Map::new();
+    for key in ["configMaps", "secrets"] {
+        if let Some(raw) = top.get(key) {
+            sections.insert(key.to_owned(), serde_json::from_str(raw.get()).ok()?);
+        }
+    }
+    let system = match parse_system(&sections) {
+        Ok(system) => system,
+        Err(error) => return Some(Err(error)),
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(top.get("revisions")?.get()).ok()?;
+    let mut previous = std::mem::take(&mut cache.entries);
+    let whole = previous.is_empty();
+    let mut seen: HashMap<RevisionId, usize> = HashMap::with_capacity(items.len());
+    let mut parsed = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let text = item.get();
+        let (key, entry) = match previous.remove_entry(text) {
+            Some(hit) => hit,
+            None => {
+                let value: Value = serde_json::from_str(text).ok()?;
+                match parse_revision(index, &value) {
+                    Ok(entry) => {
+                        parsed.push(entry.clone());
+                        (Box::from(text), entry)
+                    }
+                    Err(error) => return Some(Err(error)),
+                }
+            }
+        };
+        if let Some(first) = seen.insert(entry.spec.id.clone(), index) {
+            return Some(Err(DocumentError::new(
+                format!("revision {} (revisions[{index}])", entry.spec.id),
+                format!("duplicate revision (also revisions[{first}])"),
+            )));
+        }
+        cache.entries.insert(key, entry);
+    }
+    // What the previous document had and the new one does not name at all.
+    let removed = previous
+        .into_values()
+        .map(|entry| entry.spec.id.clone())
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    cache.system = system.clone();
+    Some(Ok(DocumentDelta {
+        parsed,
+        removed,
+        system,
+        whole,
+    }))
 }
 
 /// Top-level fields of the document.

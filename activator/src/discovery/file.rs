@@ -14,8 +14,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::throttler::RevisionId;
+
 use super::{
-    parse_document, DiscoveryError, DiscoverySource, RevisionSpec, Snapshot, SnapshotCell,
+    parse_document_cached, parse_document_delta, ChangeFeed, Changes, DiscoveryError,
+    DiscoverySource, DocumentCache, RevisionSpec, Snapshot, SnapshotCell,
 };
 
 /// How often the file is re-read when the caller has no preference.
@@ -42,6 +45,8 @@ pub struct FileSource {
     path: PathBuf,
     cell: SnapshotCell,
     status: Mutex<FileStatus>,
+    /// The last document's revisions by JSON text: unchanged ones are not parsed again.
+    cache: Mutex<DocumentCache>,
 }
 
 impl FileSource {
@@ -60,9 +65,12 @@ impl FileSource {
             path: path.clone(),
             source,
         })?;
-        let snapshot = parse_document(&bytes).map_err(|source| DiscoveryError::Invalid {
-            path: path.clone(),
-            source,
+        let mut cache = DocumentCache::default();
+        let snapshot = parse_document_cached(&bytes, &mut cache).map_err(|source| {
+            DiscoveryError::Invalid {
+                path: path.clone(),
+                source,
+            }
         })?;
         tracing::info!(
             path = %path.display(),
@@ -76,6 +84,7 @@ impl FileSource {
                 loads: 1,
                 ..FileStatus::default()
             }),
+            cache: Mutex::new(cache),
         });
         source.cell.publish(snapshot);
         runtime.spawn(poll(
@@ -97,6 +106,11 @@ impl FileSource {
         self.cell.subscribe()
     }
 
+    /// A feed of snapshots with the revisions each reload changed.
+    pub fn subscribe_changes(&self) -> ChangeFeed {
+        self.cell.subscribe_changes()
+    }
+
     /// The latest snapshot.
     pub fn current(&self) -> Arc<Snapshot> {
         self.cell.current()
@@ -115,6 +129,10 @@ impl FileSource {
     /// Loads, last error, presence.
     pub fn status(&self) -> FileStatus {
         self.lock_status().clone()
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, DocumentCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_status(&self) -> std::sync::MutexGuard<'_, FileStatus> {
@@ -166,16 +184,53 @@ impl FileSource {
         if bytes == *last_seen {
             return;
         }
-        let parsed = parse_document(&bytes);
+        let parsed = parse_document_delta(&bytes, &mut self.lock_cache());
         *last_seen = bytes;
         match parsed {
-            Ok(snapshot) => {
+            Ok(delta) => {
+                // Only the revisions whose JSON changed were parsed; of those, only the ones
+                // whose entries differ are published as changed, and the next snapshot is the
+                // current one with them replaced (unchanged shards stay shared).
+                let mut snapshot = (*self.cell.current()).clone();
+                let mut changed_ids = std::collections::HashSet::new();
+                let mut removed = delta.removed;
+                if delta.whole {
+                    let named: std::collections::HashSet<&RevisionId> =
+                        delta.parsed.iter().map(|entry| &entry.spec.id).collect();
+                    removed = snapshot
+                        .revisions()
+                        .map(|entry| &entry.spec.id)
+                        .filter(|id| !named.contains(id))
+                        .cloned()
+                        .collect();
+                }
+                for entry in delta.parsed {
+                    if snapshot.get(&entry.spec.id) != Some(&entry) {
+                        changed_ids.insert(entry.spec.id.clone());
+                        snapshot.set(entry);
+                    }
+                }
+                for id in removed {
+                    if snapshot.remove(&id).is_some() {
+                        changed_ids.insert(id);
+                    }
+                }
+                let snapshot = snapshot.with_system(delta.system);
                 let revisions = snapshot.len();
-                let changed = self.cell.publish(snapshot);
+                let changed_revisions = changed_ids.len();
+                let changed = self
+                    .cell
+                    .publish_changes(snapshot, Changes::Revisions(changed_ids));
                 let mut status = self.lock_status();
                 status.loads = status.loads.saturating_add(1);
                 status.last_error = None;
-                tracing::info!(path = %path, revisions, changed, "discovery file reloaded");
+                tracing::info!(
+                    path = %path,
+                    revisions,
+                    changed,
+                    changed_revisions,
+                    "discovery file reloaded"
+                );
             }
             Err(error) => {
                 tracing::error!(
@@ -192,6 +247,10 @@ impl FileSource {
 impl DiscoverySource for FileSource {
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.cell.subscribe()
+    }
+
+    fn subscribe_changes(&self) -> ChangeFeed {
+        self.cell.subscribe_changes()
     }
 
     fn synced(&self) -> bool {

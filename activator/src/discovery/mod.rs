@@ -20,23 +20,27 @@
 mod document;
 mod file;
 pub mod system;
+mod table;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::watch;
 
 use crate::throttler::{Protocol, RevisionId, RevisionSettings};
-use crate::FastHash;
 
-pub use document::{parse_document, DocumentError};
+pub use document::{
+    parse_document, parse_document_cached, parse_document_delta, DocumentCache, DocumentDelta,
+    DocumentError,
+};
 pub use file::{FileSource, FileStatus, DEFAULT_POLL_INTERVAL};
 pub use system::{ConfigMapObject, SecretObject, SystemObjects};
+pub use table::RevisionTable;
 
 /// `timeoutSeconds` when the revision does not set it (Knative's `revision-timeout-seconds`).
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
@@ -146,43 +150,21 @@ impl RevisionEntry {
 }
 
 /// An immutable view of all revisions, plus the system namespace's ConfigMaps and Secrets.
-#[derive(Clone, Debug, Default)]
+/// Cloning it is cheap (see [`RevisionTable`]), so sources derive the next snapshot from the
+/// last one by changing only what changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    revisions: HashMap<RevisionId, RevisionEntry>,
-    /// namespace → name → spec, for lookups with borrowed strings.
-    index: HashMap<String, HashMap<String, Arc<RevisionSpec>, FastHash>, FastHash>,
+    revisions: RevisionTable,
     /// ConfigMaps and Secrets of the system namespace.
     system: Arc<SystemObjects>,
 }
-
-impl PartialEq for Snapshot {
-    fn eq(&self, other: &Self) -> bool {
-        // The index is derived from `revisions`.
-        self.revisions == other.revisions && self.system == other.system
-    }
-}
-
-impl Eq for Snapshot {}
 
 impl Snapshot {
     /// A snapshot of `entries`, keyed by `spec.id` (a later duplicate replaces an earlier one;
     /// sources reject duplicates before).
     pub fn new(entries: impl IntoIterator<Item = RevisionEntry>) -> Self {
-        let mut revisions = HashMap::new();
-        for entry in entries {
-            revisions.insert(entry.spec.id.clone(), entry);
-        }
-        let mut index: HashMap<String, HashMap<String, Arc<RevisionSpec>, FastHash>, FastHash> =
-            HashMap::default();
-        for (id, entry) in &revisions {
-            index
-                .entry(id.namespace.clone())
-                .or_default()
-                .insert(id.name.clone(), entry.spec.clone());
-        }
         Snapshot {
-            revisions,
-            index,
+            revisions: entries.into_iter().collect(),
             system: Arc::default(),
         }
     }
@@ -198,19 +180,31 @@ impl Snapshot {
         &self.system
     }
 
-    /// All revisions.
-    pub fn revisions(&self) -> &HashMap<RevisionId, RevisionEntry> {
-        &self.revisions
+    /// All revisions, in no particular order.
+    pub fn revisions(&self) -> impl Iterator<Item = &RevisionEntry> {
+        self.revisions.iter()
     }
 
     /// One revision.
     pub fn get(&self, id: &RevisionId) -> Option<&RevisionEntry> {
-        self.revisions.get(id)
+        self.revisions.get_id(id)
     }
 
     /// The revision's settings, looked up with borrowed strings (no allocation).
     pub fn revision(&self, namespace: &str, name: &str) -> Option<Arc<RevisionSpec>> {
-        self.index.get(namespace)?.get(name).cloned()
+        self.revisions
+            .get(namespace, name)
+            .map(|entry| entry.spec.clone())
+    }
+
+    /// Sets (inserts or replaces) one revision's entry.
+    pub fn set(&mut self, entry: RevisionEntry) {
+        self.revisions.insert(entry);
+    }
+
+    /// Removes one revision.
+    pub fn remove(&mut self, id: &RevisionId) -> Option<RevisionEntry> {
+        self.revisions.remove(&id.namespace, &id.name)
     }
 
     /// Number of revisions.
@@ -222,14 +216,75 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.revisions.is_empty()
     }
+
+    /// The revisions whose entries differ between `self` and `next` (added, changed or
+    /// removed): O(revisions), for sources that rebuild the whole state anyway (the file
+    /// source re-parses its file).
+    pub fn changed_revisions(&self, next: &Snapshot) -> HashSet<RevisionId> {
+        let mut changed: HashSet<RevisionId> = next
+            .revisions()
+            .filter(|entry| self.get(&entry.spec.id) != Some(*entry))
+            .map(|entry| entry.spec.id.clone())
+            .collect();
+        changed.extend(
+            self.revisions()
+                .filter(|entry| next.get(&entry.spec.id).is_none())
+                .map(|entry| entry.spec.id.clone()),
+        );
+        changed
+    }
+}
+
+/// What changed between the snapshots a [`ChangeFeed`] consumer has seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Changes {
+    /// Anything may have changed: reconcile every revision (the first snapshot, a relist).
+    All,
+    /// Only these revisions changed (added, changed or removed); possibly none, when only the
+    /// system objects did.
+    Revisions(HashSet<RevisionId>),
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes::Revisions(HashSet::new())
+    }
+}
+
+impl Changes {
+    fn merge(&mut self, more: &Changes) {
+        match (&mut *self, more) {
+            (Changes::All, _) => {}
+            (_, Changes::All) => *self = Changes::All,
+            (Changes::Revisions(ids), Changes::Revisions(more)) => {
+                ids.extend(more.iter().cloned());
+            }
+        }
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Changes::Revisions(ids) if ids.is_empty())
+    }
+}
+
+/// The changes accumulated for each feed, and the lock that orders publications with takes.
+#[derive(Debug, Default)]
+struct Feeds {
+    pending: Vec<Weak<Mutex<Changes>>>,
 }
 
 /// Where a source publishes its snapshots: a `watch` channel (every consumer sees the latest
 /// snapshot; intermediate ones may be skipped) plus the "synced" flag. Sources embed one.
+///
+/// Consumers that follow revisions one by one (the backends manager) take a [`ChangeFeed`]:
+/// it accumulates the changed revisions of every publication, including skipped ones, so a
+/// change to one revision is applied to that revision alone.
 #[derive(Debug)]
 pub struct SnapshotCell {
     tx: watch::Sender<Arc<Snapshot>>,
     synced: AtomicBool,
+    feeds: Arc<Mutex<Feeds>>,
 }
 
 impl Default for SnapshotCell {
@@ -238,26 +293,50 @@ impl Default for SnapshotCell {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl SnapshotCell {
     /// An empty, not yet synced cell.
     pub fn new() -> Self {
         SnapshotCell {
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
             synced: AtomicBool::new(false),
+            feeds: Arc::default(),
         }
     }
 
-    /// Publishes `snapshot` (subscribers are woken only if it differs from the current one) and
-    /// marks the cell synced. Returns whether it differed.
+    /// Publishes `snapshot` as a whole (subscribers are woken only if it differs from the
+    /// current one; feeds get [`Changes::All`]) and marks the cell synced. Returns whether it
+    /// differed. O(revisions): for tests and first loads; sources publish with
+    /// [`SnapshotCell::publish_changes`].
     pub fn publish(&self, snapshot: Snapshot) -> bool {
-        let changed = self.tx.send_if_modified(|current| {
-            if **current == snapshot {
-                false
-            } else {
-                *current = Arc::new(snapshot);
-                true
-            }
-        });
+        let changed = *self.tx.borrow().as_ref() != snapshot;
+        if changed {
+            self.publish_changes(snapshot, Changes::All);
+        }
+        self.synced.store(true, Ordering::Release);
+        changed
+    }
+
+    /// Publishes `snapshot`, in which `changes` are what differs from the current one (plus,
+    /// possibly, the system objects), and marks the cell synced. Subscribers are woken unless
+    /// nothing changed at all. Returns whether anything changed.
+    pub fn publish_changes(&self, snapshot: Snapshot, changes: Changes) -> bool {
+        let system_changed = self.tx.borrow().system != snapshot.system;
+        let changed = system_changed || !changes.is_empty();
+        if changed {
+            let mut feeds = lock(&self.feeds);
+            feeds.pending.retain(|feed| match feed.upgrade() {
+                Some(pending) => {
+                    lock(&pending).merge(&changes);
+                    true
+                }
+                None => false,
+            });
+            self.tx.send_replace(Arc::new(snapshot));
+        }
         self.synced.store(true, Ordering::Release);
         changed
     }
@@ -265,6 +344,21 @@ impl SnapshotCell {
     /// A receiver whose current value is the latest snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.tx.subscribe()
+    }
+
+    /// A feed of snapshots with the revisions changed since the last one taken; its first
+    /// [`ChangeFeed::take`] returns the current snapshot with [`Changes::All`].
+    pub fn subscribe_changes(&self) -> ChangeFeed {
+        let pending = Arc::new(Mutex::new(Changes::All));
+        let mut feeds = lock(&self.feeds);
+        feeds.pending.push(Arc::downgrade(&pending));
+        let rx = self.tx.subscribe();
+        drop(feeds);
+        ChangeFeed {
+            rx,
+            pending,
+            feeds: Arc::clone(&self.feeds),
+        }
     }
 
     /// The latest snapshot.
@@ -283,10 +377,49 @@ impl SnapshotCell {
     }
 }
 
+/// Snapshots plus the revisions that changed since the last take (see [`SnapshotCell`]).
+#[derive(Debug)]
+pub struct ChangeFeed {
+    rx: watch::Receiver<Arc<Snapshot>>,
+    pending: Arc<Mutex<Changes>>,
+    feeds: Arc<Mutex<Feeds>>,
+}
+
+impl ChangeFeed {
+    /// The latest snapshot and everything changed since the previous take, without waiting.
+    /// Taken under the publication lock, so the changes always match the snapshot.
+    pub fn take(&mut self) -> (Arc<Snapshot>, Changes) {
+        let _publications = lock(&self.feeds);
+        let changes = std::mem::take(&mut *lock(&self.pending));
+        let snapshot = self.rx.borrow_and_update().clone();
+        (snapshot, changes)
+    }
+
+    /// Waits for the next publication, then [`ChangeFeed::take`]s. `None` once the source is
+    /// gone.
+    pub async fn changed(&mut self) -> Option<(Arc<Snapshot>, Changes)> {
+        self.rx.changed().await.ok()?;
+        Some(self.take())
+    }
+
+    /// A feed whose source is the snapshot `snapshot` alone (tests and fixed setups): one take
+    /// of everything, then nothing more.
+    pub fn fixed(snapshot: Snapshot) -> ChangeFeed {
+        let cell = SnapshotCell::new();
+        cell.publish(snapshot);
+        let feed = cell.subscribe_changes();
+        drop(cell);
+        feed
+    }
+}
+
 /// A discovery source. The file source implements it; the Kubernetes source will too.
 pub trait DiscoverySource: Send + Sync {
     /// A receiver of the snapshots (its current value is the latest).
     fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>>;
+
+    /// A feed of snapshots with the revisions each change touched.
+    fn subscribe_changes(&self) -> ChangeFeed;
 
     /// Whether the first complete snapshot has been published (readiness).
     fn synced(&self) -> bool;

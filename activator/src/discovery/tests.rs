@@ -698,3 +698,177 @@ mod system_sections {
         assert_ne!(a, b);
     }
 }
+
+fn ids(names: &[&str]) -> Changes {
+    Changes::Revisions(
+        names
+            .iter()
+            .map(|n| RevisionId::new("default", *n))
+            .collect(),
+    )
+}
+
+fn spec_entry(name: &str, cc: u32) -> RevisionEntry {
+    let mut spec = RevisionSpec::new(RevisionId::new("default", name));
+    spec.container_concurrency = cc;
+    RevisionEntry::new(spec)
+}
+
+/// A feed's first take is everything; later takes name the revisions published since, merged
+/// over publications the consumer did not wake up for.
+#[tokio::test]
+async fn a_change_feed_accumulates_changed_revisions() {
+    let cell = SnapshotCell::new();
+    cell.publish(Snapshot::new([spec_entry("a", 1), spec_entry("b", 1)]));
+    let mut feed = cell.subscribe_changes();
+    let (first, changes) = feed.take();
+    assert_eq!((first.len(), changes), (2, Changes::All));
+
+    let mut next = (*cell.current()).clone();
+    next.set(spec_entry("a", 2));
+    assert!(cell.publish_changes(next.clone(), ids(&["a"])));
+    next.remove(&RevisionId::new("default", "b"));
+    assert!(cell.publish_changes(next.clone(), ids(&["b"])));
+    let (snapshot, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["a", "b"]));
+    assert_eq!(snapshot.len(), 1);
+    // Nothing changed: nobody is woken.
+    assert!(!cell.publish_changes(next.clone(), ids(&[])));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), feed.changed())
+            .await
+            .is_err()
+    );
+    // A whole publication that differs means everything.
+    cell.publish(Snapshot::new([spec_entry("c", 1)]));
+    assert_eq!(feed.changed().await.unwrap().1, Changes::All);
+}
+
+/// The file source re-parses the file but names only the revisions whose entries changed, and
+/// the unchanged entries keep their identity.
+#[tokio::test]
+async fn a_file_reload_names_only_the_changed_revisions() {
+    let doc = |a_pods: &str| {
+        format!(
+            r#"{{"revisions":[
+                {{"namespace":"default","name":"a","pods":{{"ready":[{a_pods}]}}}},
+                {{"namespace":"default","name":"b","pods":{{"ready":["127.0.0.2:8012"]}}}},
+                {{"namespace":"default","name":"c"}}]}}"#
+        )
+    };
+    let file = TempFile::new(&doc(r#""127.0.0.1:8012""#));
+    let (source, _stop) = start(&file);
+    let mut feed = source.subscribe_changes();
+    let (before, changes) = feed.take();
+    assert_eq!(changes, Changes::All);
+    file.write(&doc(r#""127.0.0.1:8012","127.0.0.3:8012""#));
+    let (after, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["a"]));
+    let b = RevisionId::new("default", "b");
+    assert!(Arc::ptr_eq(
+        &before.get(&b).unwrap().spec,
+        &after.get(&b).unwrap().spec
+    ));
+    assert_eq!(
+        after
+            .get(&RevisionId::new("default", "a"))
+            .unwrap()
+            .private
+            .ready
+            .len(),
+        2
+    );
+    // Removing `c` names `c` alone.
+    file.write(
+        r#"{"revisions":[
+            {"namespace":"default","name":"a","pods":{"ready":["127.0.0.1:8012","127.0.0.3:8012"]}},
+            {"namespace":"default","name":"b","pods":{"ready":["127.0.0.2:8012"]}}]}"#,
+    );
+    let (after, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["c"]));
+    assert_eq!(after.len(), 2);
+}
+
+/// The cached parse the file source uses is the plain parse, result and errors alike, whatever
+/// the previous document was; unchanged revision objects are taken from the cache.
+#[test]
+fn cached_parse_equals_the_plain_parse() {
+    let rev = |name: &str, cc: u32| {
+        format!(r#"{{"namespace":"default","name":"{name}","containerConcurrency":{cc}}}"#)
+    };
+    let doc = |revs: &[String]| format!(r#"{{"revisions":[{}]}}"#, revs.join(","));
+    let docs = [
+        doc(&[rev("a", 1), rev("b", 2)]),
+        doc(&[rev("a", 1), rev("b", 3)]),
+        doc(&[rev("a", 1), rev("a", 1)]),
+        doc(&[rev("a", 1), rev("b", 5000)]),
+        doc(&[rev("b", 3), rev("a", 1)]),
+        r#"{"revisions":[{"namespace":"default","name":"a"}],"configMaps":{"config-network":{"data":{"k":"v"}}}}"#.to_owned(),
+        r#"{"revisions":[{"namespace":"default","name":"a"}],"configMaps":{"BAD NAME":{}}}"#.to_owned(),
+        r#"{"revisions":{}}"#.to_owned(),
+        r#"{"revisions":[],"extra":1}"#.to_owned(),
+        r#"[1,2]"#.to_owned(),
+        r#"{"revisions":[{"namespace":"default","name":"a""#.to_owned(),
+        doc(&[]),
+    ];
+    let mut cache = DocumentCache::default();
+    for text in &docs {
+        let expected = parse_document(text.as_bytes());
+        assert_eq!(
+            parse_document_cached(text.as_bytes(), &mut cache),
+            expected,
+            "{text}"
+        );
+        if let Ok(snapshot) = &expected {
+            assert_eq!(cache.len(), snapshot.len(), "{text}");
+        }
+    }
+    // A warm cache: `a` is reused (the same spec object), `b` is parsed again.
+    let mut cache = DocumentCache::default();
+    let first = parse_document_cached(docs[0].as_bytes(), &mut cache).unwrap();
+    let second = parse_document_cached(docs[1].as_bytes(), &mut cache).unwrap();
+    let a = RevisionId::new("default", "a");
+    assert!(Arc::ptr_eq(
+        &first.get(&a).unwrap().spec,
+        &second.get(&a).unwrap().spec
+    ));
+}
+
+/// After an invalid document the cache is empty; the next valid document still removes what
+/// it no longer lists, and names exactly the revisions that differ from the last good state.
+#[tokio::test]
+async fn a_reload_after_an_invalid_document_removes_what_is_gone() {
+    let rev = |name: &str| format!(r#"{{"namespace":"default","name":"{name}"}}"#);
+    let file = TempFile::new(&format!(
+        r#"{{"revisions":[{},{},{}]}}"#,
+        rev("a"),
+        rev("b"),
+        rev("c")
+    ));
+    let (source, _stop) = start(&file);
+    let mut feed = source.subscribe_changes();
+    feed.take();
+    file.write(r#"{"revisions":[{"namespace":"default"}]}"#);
+    eventually("the invalid document to be seen", || {
+        source.status().last_error.is_some()
+    })
+    .await;
+    assert_eq!(source.current().len(), 3, "the last good state stays");
+    file.write(&format!(r#"{{"revisions":[{}]}}"#, rev("a")));
+    let (snapshot, changes) = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changes, ids(&["b", "c"]));
+    assert_eq!(snapshot.len(), 1);
+    assert!(snapshot.get(&RevisionId::new("default", "a")).is_some());
+}

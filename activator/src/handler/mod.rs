@@ -353,6 +353,9 @@ impl Activation {
             Ok(lease) => lease,
             Err(ThrottlerError::QueueFull) => {
                 drop(queued);
+                if let Some(metrics) = &self.metrics {
+                    metrics.refused();
+                }
                 if let Some(span) = try_span.as_mut() {
                     spans::failed(span, &ThrottlerError::QueueFull);
                 }

@@ -5,7 +5,8 @@
 //! `410 Gone` relists; errors back off with kube's default exponential backoff) and applies its
 //! events to the shared [`Stores`]. Each change bumps a generation counter; the publisher waits
 //! for a bump, lets [`DEBOUNCE`] pass so that a burst (a relist of thousands of objects, a rolling
-//! update) becomes one snapshot, then assembles and publishes it. Nothing is published before
+//! update) becomes one snapshot, then derives it from the last one, recomputing only the
+//! revisions the burst touched, and publishes it with their names. Nothing is published before
 //! every watch has delivered its initial list, so the source is not `synced` before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +26,10 @@ use super::convert::{
 use super::state::{Stores, WatchKind};
 use crate::discovery::SnapshotCell;
 
-/// How long the publisher lets changes accumulate before it publishes.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long the publisher lets changes accumulate before it publishes. Publishing is
+/// incremental (its cost follows the revisions a burst touched), so a short window keeps an
+/// Endpoints change's way to the throttler short while a burst still becomes one snapshot.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// State shared by the watch tasks, the publisher and the source.
 #[derive(Debug)]
@@ -213,15 +216,15 @@ pub(crate) async fn run_publisher(shared: Arc<Shared>, mut shutdown: watch::Rece
         }
         tokio::time::sleep(DEBOUNCE).await;
         changes.mark_unchanged();
-        let snapshot = {
-            let stores = shared.stores();
+        let (snapshot, changes) = {
+            let mut stores = shared.stores();
             if !stores.all_synced() {
                 continue;
             }
-            stores.snapshot()
+            stores.take_update()
         };
         let revisions = snapshot.len();
-        let changed = shared.cell.publish(snapshot);
+        let changed = shared.cell.publish_changes(snapshot, changes);
         if changed {
             shared.publications.fetch_add(1, Ordering::Relaxed);
         }

@@ -86,6 +86,10 @@ impl DiscoverySource for KubeSource {
         self.shared.cell.subscribe()
     }
 
+    fn subscribe_changes(&self) -> crate::discovery::ChangeFeed {
+        self.shared.cell.subscribe_changes()
+    }
+
     fn synced(&self) -> bool {
         self.shared.cell.synced()
     }

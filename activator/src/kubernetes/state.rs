@@ -5,7 +5,7 @@
 //! when the list is complete, so objects deleted while the watch was down disappear and the
 //! published state never shows a half-listed world.
 //!
-//! A snapshot is assembled from the maps: one entry per Revision, with its private Endpoints
+//! Snapshots are derived incrementally (see [`Stores`]). An entry is assembled from the maps: one entry per Revision, with its private Endpoints
 //! (`ip:port` with the revision's port name), its private Service (`<rev>-private`, the ChildName
 //! rule for long names) and its public Endpoints (activator IPs); plus the ConfigMaps and Secrets
 //! of the system namespace. Endpoints or Services of revisions that do not exist are kept (the
@@ -18,7 +18,7 @@
 //! Endpoints deletions change nothing, as upstream (this activator's index is only updated from
 //! sets that contain its `POD_IP`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use kube::api::DynamicObject;
@@ -29,8 +29,9 @@ use super::convert::{
 };
 use crate::backends::private_service_name;
 use crate::discovery::{
-    ConfigMapObject, RevisionEntry, RevisionSpec, SecretObject, Snapshot, SystemObjects,
+    Changes, ConfigMapObject, RevisionEntry, RevisionSpec, SecretObject, Snapshot, SystemObjects,
 };
+use crate::throttler::RevisionId;
 
 /// The six watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,32 +111,179 @@ pub enum Item {
 
 type Map = HashMap<ObjectKey, Item>;
 
-/// The converted objects of every watch.
+/// (namespace, revision name).
+type RevisionKey = (String, String);
+
+/// The endpoints watches, for [`Stores::endpoints_index`].
+const PRIVATE: usize = 0;
+const PUBLIC: usize = 1;
+
+/// What changed since the last [`Stores::take_update`].
+#[derive(Debug, Default)]
+struct Dirty {
+    /// A relist replaced a watch's objects: reconcile every revision.
+    all: bool,
+    revisions: HashSet<RevisionKey>,
+    system: bool,
+}
+
+/// The converted objects of every watch, indexes to find a revision's objects, and what changed
+/// since the last published snapshot.
+///
+/// Every event marks the revisions it concerns (a Revision: itself; Endpoints: the revision of
+/// their label, before and after; a private Service: the revision it belongs to); the next
+/// [`Stores::take_update`] recomputes those entries alone and derives the next snapshot from the
+/// last one. Only a relist (initial list, or after `410 Gone`) recomputes everything.
 #[derive(Debug, Default)]
 pub struct Stores {
     maps: [Map; 6],
     /// The map being filled by a relist in progress.
     relisting: [Option<Map>; 6],
     synced: [bool; 6],
+    /// Endpoints object names by (namespace, revision label): private, public.
+    endpoints_index: [HashMap<RevisionKey, BTreeSet<String>>; 2],
+    /// The revision each (namespace, private Service name) belongs to.
+    service_owner: HashMap<ObjectKey, String>,
+    dirty: Dirty,
+    /// The last snapshot taken by [`Stores::take_update`].
+    published: Snapshot,
+}
+
+fn endpoints_slot(kind: WatchKind) -> Option<usize> {
+    match kind {
+        WatchKind::PrivateEndpoints => Some(PRIVATE),
+        WatchKind::PublicEndpoints => Some(PUBLIC),
+        _ => None,
+    }
+}
+
+fn endpoints_revision(item: Option<&Item>) -> Option<&str> {
+    match item {
+        Some(Item::Endpoints(endpoints)) => Some(endpoints.revision.as_str()),
+        _ => None,
+    }
 }
 
 impl Stores {
     /// An object was added or changed (`None`: it is now ignored, e.g. lost its label).
     pub fn apply(&mut self, kind: WatchKind, key: ObjectKey, item: Option<Item>) {
+        self.unindex(kind, &key);
         let map = &mut self.maps[kind.index()];
         match item {
             Some(item) => {
-                map.insert(key, item);
+                map.insert(key.clone(), item);
             }
             None => {
                 map.remove(&key);
             }
         }
+        self.index(kind, &key);
     }
 
     /// An object was deleted.
     pub fn delete(&mut self, kind: WatchKind, key: &ObjectKey) {
+        self.unindex(kind, key);
         self.maps[kind.index()].remove(key);
+    }
+
+    /// Marks what the object under `key` concerns and removes it from the indexes (before it
+    /// changes or goes).
+    fn unindex(&mut self, kind: WatchKind, key: &ObjectKey) {
+        let (namespace, name) = key;
+        match kind {
+            WatchKind::Revisions => {
+                self.dirty.revisions.insert(key.clone());
+                let service = (namespace.clone(), private_service_name(name));
+                self.service_owner.remove(&service);
+            }
+            WatchKind::PrivateEndpoints | WatchKind::PublicEndpoints => {
+                let slot = endpoints_slot(kind).unwrap_or(PRIVATE);
+                let label = endpoints_revision(self.maps[kind.index()].get(key)).map(str::to_owned);
+                if let Some(revision) = label {
+                    let revision_key = (namespace.clone(), revision);
+                    if let Some(names) = self.endpoints_index[slot].get_mut(&revision_key) {
+                        names.remove(name);
+                        if names.is_empty() {
+                            self.endpoints_index[slot].remove(&revision_key);
+                        }
+                    }
+                    self.dirty.revisions.insert(revision_key);
+                }
+            }
+            WatchKind::PrivateServices | WatchKind::ConfigMaps | WatchKind::Secrets => {
+                self.mark_service_or_system(kind, key);
+            }
+        }
+    }
+
+    /// Marks what a private Service (its revision) or a system object concerns; the same before
+    /// and after a change.
+    fn mark_service_or_system(&mut self, kind: WatchKind, key: &ObjectKey) {
+        if kind == WatchKind::PrivateServices {
+            if let Some(owner) = self.service_owner.get(key) {
+                self.dirty.revisions.insert((key.0.clone(), owner.clone()));
+            }
+        } else {
+            self.dirty.system = true;
+        }
+    }
+
+    /// Adds the object under `key` (as it is now) to the indexes and marks what it concerns.
+    fn index(&mut self, kind: WatchKind, key: &ObjectKey) {
+        let (namespace, name) = key;
+        match kind {
+            WatchKind::Revisions => {
+                if self.maps[kind.index()].contains_key(key) {
+                    let service = (namespace.clone(), private_service_name(name));
+                    self.service_owner.insert(service, name.clone());
+                }
+            }
+            WatchKind::PrivateEndpoints | WatchKind::PublicEndpoints => {
+                let slot = endpoints_slot(kind).unwrap_or(PRIVATE);
+                if let Some(revision) = endpoints_revision(self.maps[kind.index()].get(key)) {
+                    let revision_key = (namespace.clone(), revision.to_owned());
+                    self.endpoints_index[slot]
+                        .entry(revision_key.clone())
+                        .or_default()
+                        .insert(name.clone());
+                    self.dirty.revisions.insert(revision_key);
+                }
+            }
+            WatchKind::PrivateServices | WatchKind::ConfigMaps | WatchKind::Secrets => {
+                self.mark_service_or_system(kind, key);
+            }
+        }
+    }
+
+    /// Rebuilds the indexes of one watch from its map.
+    fn reindex(&mut self, kind: WatchKind) {
+        match kind {
+            WatchKind::Revisions => {
+                self.service_owner = self.maps[kind.index()]
+                    .keys()
+                    .map(|(namespace, name)| {
+                        (
+                            (namespace.clone(), private_service_name(name)),
+                            name.clone(),
+                        )
+                    })
+                    .collect();
+            }
+            WatchKind::PrivateEndpoints | WatchKind::PublicEndpoints => {
+                let slot = endpoints_slot(kind).unwrap_or(PRIVATE);
+                let mut index: HashMap<RevisionKey, BTreeSet<String>> = HashMap::new();
+                for ((namespace, name), item) in &self.maps[kind.index()] {
+                    if let Some(revision) = endpoints_revision(Some(item)) {
+                        index
+                            .entry((namespace.clone(), revision.to_owned()))
+                            .or_default()
+                            .insert(name.clone());
+                    }
+                }
+                self.endpoints_index[slot] = index;
+            }
+            WatchKind::PrivateServices | WatchKind::ConfigMaps | WatchKind::Secrets => {}
+        }
     }
 
     /// A (re)list starts.
@@ -155,6 +303,11 @@ impl Stores {
         let i = kind.index();
         self.maps[i] = self.relisting[i].take().unwrap_or_default();
         self.synced[i] = true;
+        self.reindex(kind);
+        match kind {
+            WatchKind::ConfigMaps | WatchKind::Secrets => self.dirty.system = true,
+            _ => self.dirty.all = true,
+        }
     }
 
     /// Whether every watch has delivered its initial list.
@@ -180,43 +333,101 @@ impl Stores {
         self.maps.iter().all(Map::is_empty)
     }
 
-    /// The snapshot of the current state.
+    /// The snapshot of the current state, computed whole.
     pub fn snapshot(&self) -> Snapshot {
-        let private = by_revision(&self.maps[WatchKind::PrivateEndpoints.index()], |rev| {
-            private_service_name(rev)
-        });
-        let public = by_revision(
-            &self.maps[WatchKind::PublicEndpoints.index()],
-            str::to_owned,
-        );
-        let services = &self.maps[WatchKind::PrivateServices.index()];
         let entries = self.maps[WatchKind::Revisions.index()]
-            .values()
-            .filter_map(|item| match item {
-                Item::Revision(spec) => Some(spec),
-                _ => None,
-            })
-            .map(|spec| {
-                let id = &spec.id;
-                let port = spec.protocol.port_name();
-                let key = (id.namespace.as_str(), id.name.as_str());
-                let mut private = private
-                    .get(&key)
-                    .map(|endpoints| endpoints.private_dests(port))
-                    .unwrap_or_default();
-                let service_key = (id.namespace.clone(), private_service_name(&id.name));
-                if let Some(Item::Service(service)) = services.get(&service_key) {
-                    private.cluster_ip = service.cluster_ip_dest(port);
+            .keys()
+            .filter_map(|(namespace, name)| self.entry(namespace, name));
+        Snapshot::new(entries).with_system(self.system())
+    }
+
+    /// The next snapshot and the revisions that changed since the previous call: only the
+    /// revisions marked by events since then are recomputed, unless a relist asks for all.
+    pub fn take_update(&mut self) -> (Snapshot, Changes) {
+        let dirty = std::mem::take(&mut self.dirty);
+        if dirty.all {
+            self.published = self.snapshot();
+            return (self.published.clone(), Changes::All);
+        }
+        let mut changed = HashSet::new();
+        for (namespace, name) in dirty.revisions {
+            let id = RevisionId::new(namespace, name);
+            match self.entry(&id.namespace, &id.name) {
+                Some(entry) => {
+                    if self.published.get(&id) != Some(&entry) {
+                        self.published.set(entry);
+                        changed.insert(id);
+                    }
                 }
-                RevisionEntry {
-                    spec: spec.clone(),
-                    private,
-                    public: public
-                        .get(&key)
-                        .map(|endpoints| endpoints.activator_ips(port))
-                        .unwrap_or_default(),
+                None => {
+                    if self.published.remove(&id).is_some() {
+                        changed.insert(id);
+                    }
                 }
-            });
+            }
+        }
+        if dirty.system {
+            self.published = std::mem::take(&mut self.published).with_system(self.system());
+        }
+        (self.published.clone(), Changes::Revisions(changed))
+    }
+
+    /// One revision's entry: its Revision with its private Endpoints (`ip:port` with the
+    /// revision's port name), private Service and public Endpoints (activator IPs).
+    fn entry(&self, namespace: &str, name: &str) -> Option<RevisionEntry> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let Some(Item::Revision(spec)) = self.maps[WatchKind::Revisions.index()].get(&key) else {
+            return None;
+        };
+        let port = spec.protocol.port_name();
+        let mut private = self
+            .endpoints_of(PRIVATE, &key, &private_service_name(name))
+            .map(|endpoints| endpoints.private_dests(port))
+            .unwrap_or_default();
+        let service_key = (key.0.clone(), private_service_name(name));
+        if let Some(Item::Service(service)) =
+            self.maps[WatchKind::PrivateServices.index()].get(&service_key)
+        {
+            private.cluster_ip = service.cluster_ip_dest(port);
+        }
+        let public = self
+            .endpoints_of(PUBLIC, &key, name)
+            .map(|endpoints| endpoints.activator_ips(port))
+            .unwrap_or_default();
+        Some(RevisionEntry {
+            spec: spec.clone(),
+            private,
+            public,
+        })
+    }
+
+    /// The Endpoints of one watch for a revision. When several objects name the same revision,
+    /// the one named `preferred` wins, else the lowest name (deterministic).
+    fn endpoints_of(
+        &self,
+        slot: usize,
+        revision: &RevisionKey,
+        preferred: &str,
+    ) -> Option<&EndpointsInfo> {
+        let names = self.endpoints_index[slot].get(revision)?;
+        let chosen = if names.contains(preferred) {
+            preferred
+        } else {
+            names.first()?.as_str()
+        };
+        let kind = if slot == PRIVATE {
+            WatchKind::PrivateEndpoints
+        } else {
+            WatchKind::PublicEndpoints
+        };
+        match self.maps[kind.index()].get(&(revision.0.clone(), chosen.to_owned())) {
+            Some(Item::Endpoints(endpoints)) => Some(endpoints),
+            _ => None,
+        }
+    }
+
+    /// The system namespace's ConfigMaps and Secrets.
+    fn system(&self) -> SystemObjects {
         let mut system = SystemObjects::default();
         for ((_, name), item) in &self.maps[WatchKind::ConfigMaps.index()] {
             if let Item::ConfigMap(config_map) = item {
@@ -228,34 +439,6 @@ impl Stores {
                 system.secrets.insert(name.clone(), secret.clone());
             }
         }
-        Snapshot::new(entries).with_system(system)
+        system
     }
-}
-
-/// Endpoints by (namespace, revision label). When several objects name the same revision, the
-/// one named `preferred(revision)` wins, else the lowest name (deterministic).
-fn by_revision(
-    map: &Map,
-    preferred: impl Fn(&str) -> String,
-) -> HashMap<(&str, &str), &EndpointsInfo> {
-    let mut chosen: HashMap<(&str, &str), (&str, &EndpointsInfo)> = HashMap::new();
-    for ((namespace, name), item) in map {
-        let Item::Endpoints(endpoints) = item else {
-            continue;
-        };
-        let key = (namespace.as_str(), endpoints.revision.as_str());
-        match chosen.get(&key) {
-            Some((current, _)) => {
-                let wanted = preferred(&endpoints.revision);
-                let rank = |n: &str| (n != wanted, n.to_owned());
-                if rank(name) < rank(current) {
-                    chosen.insert(key, (name, endpoints));
-                }
-            }
-            None => {
-                chosen.insert(key, (name, endpoints));
-            }
-        }
-    }
-    chosen.into_iter().map(|(k, (_, e))| (k, e)).collect()
 }

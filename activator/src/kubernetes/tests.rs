@@ -726,3 +726,98 @@ async fn publishes_once_synced_and_coalesces_bursts() {
     stop.send_replace(true);
     publisher.await.unwrap();
 }
+
+fn service_obj(name: &str, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": "1"},
+        "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "port": 80, "targetPort": 8012}]},
+    })
+}
+
+/// Incremental snapshots (`Stores::take_update`): over a long pseudo-random run of Revision,
+/// Endpoints (including objects that change their revision label, and several objects naming
+/// one revision) and Service events, the incrementally derived snapshot always equals the one
+/// computed whole, and the changes name exactly the revisions whose entries differ.
+#[test]
+fn incremental_snapshots_match_full_recomputation() {
+    let mut stores = Stores::default();
+    for kind in WatchKind::ALL {
+        stores.relist_start(kind);
+        stores.relist_done(kind);
+    }
+    let (mut previous, changes) = stores.take_update();
+    assert_eq!(changes, crate::discovery::Changes::All);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..400 {
+        for _ in 0..=next(4) {
+            let rev = format!("rev-{}", next(6));
+            let ips: Vec<String> = (0..next(3))
+                .map(|i| format!("10.1.{}.{i}", next(4)))
+                .collect();
+            let (kind, value) = match next(7) {
+                0 => (
+                    WatchKind::Revisions,
+                    Some(revision_obj(&rev, next(3) as u32)),
+                ),
+                1 => (WatchKind::Revisions, None),
+                2 => (
+                    WatchKind::PrivateEndpoints,
+                    Some(endpoints_obj(&format!("{rev}-private"), &rev, false, &ips)),
+                ),
+                // An extra object that may name another revision than before.
+                3 => (
+                    WatchKind::PrivateEndpoints,
+                    Some(endpoints_obj(
+                        &format!("extra-{}", next(2)),
+                        &rev,
+                        false,
+                        &ips,
+                    )),
+                ),
+                4 => (
+                    WatchKind::PublicEndpoints,
+                    Some(endpoints_obj(&rev, &rev, true, &ips)),
+                ),
+                5 => (
+                    WatchKind::PrivateServices,
+                    Some(service_obj(
+                        &format!("{rev}-private"),
+                        &format!("10.96.0.{}", next(3)),
+                    )),
+                ),
+                _ => (WatchKind::PrivateServices, None),
+            };
+            match value {
+                Some(value) => {
+                    let obj: DynamicObject = serde_json::from_value(value).unwrap();
+                    let key = object_key("x", &obj).unwrap();
+                    stores.apply(kind, key, kind.convert(&obj).unwrap());
+                }
+                None => {
+                    let name = match kind {
+                        WatchKind::Revisions => rev.clone(),
+                        _ => format!("{rev}-private"),
+                    };
+                    stores.delete(kind, &("default".to_owned(), name));
+                }
+            }
+        }
+        let (snapshot, changes) = stores.take_update();
+        let full = stores.snapshot();
+        assert_eq!(snapshot, full, "round {round}");
+        let crate::discovery::Changes::Revisions(changed) = changes else {
+            panic!("round {round}: a relist-free round names revisions");
+        };
+        let expected = previous.changed_revisions(&snapshot);
+        assert_eq!(changed, expected, "round {round}");
+        previous = snapshot;
+    }
+    assert!(!previous.is_empty());
+}

@@ -70,6 +70,8 @@ pub struct RevisionMetrics {
     /// `f64` bits of the last reported concurrency.
     concurrency: AtomicU64,
     concurrency_seen: AtomicBool,
+    /// Requests answered `503 pending request queue full` (ours: `kn_revision_request_refused`).
+    refused: AtomicU64,
     server: RwLock<Vec<Arc<ServerSeries>>>,
 }
 
@@ -95,6 +97,7 @@ impl RevisionMetrics {
             requests_seen: AtomicBool::new(false),
             concurrency: AtomicU64::new(0),
             concurrency_seen: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
             server: RwLock::new(Vec::new()),
         }
     }
@@ -105,6 +108,12 @@ impl RevisionMetrics {
         self.requests_seen.store(true, Ordering::Relaxed);
         self.queued.fetch_add(1, Ordering::Relaxed);
         QueuedGuard(self.clone())
+    }
+
+    /// A request was refused because the queues were full (per-revision cap, or the
+    /// activator-wide cap's fair share).
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records the concurrency gauge of one reporter tick.
@@ -579,6 +588,24 @@ impl ActivatorMetrics {
                 own.push(sum(name, description, "{request}", false, points, times));
             }
         }
+        let refused: Vec<_> = named
+            .iter()
+            .filter(|r| r.refused.load(Ordering::Relaxed) > 0)
+            .map(|r| {
+                let value = i64::try_from(r.refused.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+                (revision_kvs(r, true), Value::AsInt(value))
+            })
+            .collect();
+        if !refused.is_empty() {
+            own.push(sum(
+                "kn.revision.request.refused",
+                "Requests refused by the activator because its queues were full",
+                "{request}",
+                true,
+                refused,
+                times,
+            ));
+        }
         let connection = self
             .autoscaler
             .read()
@@ -852,6 +879,22 @@ impl Collector for Exposition {
                     .encode(family.encode_family(&short(r))?)?;
             }
         }
+        let refused: Vec<&&Arc<RevisionMetrics>> = named
+            .iter()
+            .filter(|r| r.refused.load(Ordering::Relaxed) > 0)
+            .collect();
+        if !refused.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "kn_revision_request_refused",
+                "Requests refused by the activator because its queues were full",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in refused {
+                ConstCounter::new(r.refused.load(Ordering::Relaxed))
+                    .encode(family.encode_family(&short(r))?)?;
+            }
+        }
         let mut target =
             encoder.encode_descriptor("target_info", "Target metadata", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(target.encode_family(&Resource(&m.resource))?)
@@ -891,6 +934,30 @@ mod tests {
         assert!(text.contains("k8s_pod_name=\"act-0\""), "{text}");
         assert!(text.contains("service_name=\"activator\""), "{text}");
         assert!(!text.contains("kn_revision"), "{text}");
+    }
+
+    #[test]
+    fn refused_requests_are_counted_per_revision() {
+        let m = metrics();
+        let noisy = m.revision(&spec("ns", "noisy"));
+        let _quiet = m.revision(&spec("ns", "quiet"));
+        assert!(!encode(m).contains("kn_revision_request_refused"));
+        noisy.refused();
+        noisy.refused();
+        let text = encode(m);
+        assert!(
+            text.contains("# TYPE kn_revision_request_refused counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kn_revision_request_refused_total{k8s_namespace_name=\"ns\",kn_revision_name=\"noisy\","
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("kn_revision_name=\"quiet\""), "{text}");
+        let otlp = format!("{:?}", m.otlp_request(std::time::SystemTime::now()));
+        assert!(otlp.contains("kn.revision.request.refused"), "{otlp}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! ```
 
 mod breaker;
+mod fair;
 mod infinite;
 mod policy;
 mod revision;
@@ -135,7 +136,7 @@ type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>, FastHas
 #[derive(Debug)]
 pub struct Throttler {
     revisions: RwLock<Revisions>,
-    gate: Arc<revision::QueueGate>,
+    gate: Arc<fair::FairQueue>,
 }
 
 impl Default for Throttler {
@@ -151,11 +152,14 @@ impl Throttler {
     }
 
     /// An empty registry whose revisions together park at most `max` waiting requests (`None` =
-    /// unbounded); beyond it [`Throttler::try_acquire`] fails with [`ThrottlerError::QueueFull`].
+    /// unbounded), shared fairly between namespaces and revisions (see `fair.rs`): beyond it
+    /// [`Throttler::try_acquire`] fails with [`ThrottlerError::QueueFull`] for a tenant holding
+    /// its share, and a smaller tenant's request displaces the newest waiting request of the
+    /// largest one (which then fails the same way).
     pub fn with_max_queued_total(max: Option<usize>) -> Self {
         Throttler {
             revisions: RwLock::default(),
-            gate: Arc::new(revision::QueueGate::new(max)),
+            gate: Arc::new(fair::FairQueue::new(max)),
         }
     }
 

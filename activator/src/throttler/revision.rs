@@ -4,12 +4,13 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
+use super::fair::{FairQueue, Refused};
 use super::infinite::InfiniteBreaker;
 use super::policy::Policy;
 use super::subset::{assign_slice, infer_index};
@@ -19,47 +20,16 @@ use super::{DestsUpdate, Protocol, RevisionId, RevisionSettings, ThrottlerError}
 /// Pause between attempts when the revision slot was obtained but no pod slot (spec §3.5 step 3).
 const RETRY_BACKOFF: Duration = Duration::from_millis(1);
 
-/// The cap on requests waiting for a revision slot across all revisions
-/// (`ACTIVATOR_MAX_QUEUED_TOTAL`): the per-revision caps alone let many revisions together park
-/// an unbounded number of requests.
-#[derive(Debug)]
-pub(crate) struct QueueGate {
-    max: Option<usize>,
-    waiting: AtomicUsize,
-}
+/// At most one log line per revision per this interval about refused requests.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
-impl QueueGate {
-    /// A gate admitting `max` waiting requests (`None` = unbounded, only counted).
-    pub(crate) fn new(max: Option<usize>) -> Self {
-        QueueGate {
-            max,
-            waiting: AtomicUsize::new(0),
-        }
-    }
-
-    /// Requests waiting now.
-    pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
-    }
-
-    /// Admits one more waiting request, or `None` when the gate is full.
-    fn enter(&self) -> Option<Waiting<'_>> {
-        let before = self.waiting.fetch_add(1, Ordering::AcqRel);
-        if self.max.is_some_and(|max| before >= max) {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Waiting(self))
-    }
-}
-
-/// One admitted waiting request; leaves the gate when dropped.
-struct Waiting<'a>(&'a QueueGate);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
+/// Milliseconds since the first call, plus one (0 means "never" in the refusal log clock).
+fn monotonic_millis() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// The revision breaker: finite (cc > 0) or infinite (cc = 0).
@@ -127,8 +97,12 @@ pub struct RevisionThrottler {
     policy: Policy,
     routing: RwLock<Routing>,
     control: Mutex<Control>,
-    /// The activator-wide cap on waiting requests, shared by all revisions.
-    gate: Arc<QueueGate>,
+    /// The activator-wide cap on waiting requests, shared fairly by all revisions.
+    gate: Arc<FairQueue>,
+    /// When a refused request was last logged ([`monotonic_millis`]; 0 = never).
+    refusal_logged_at: AtomicU64,
+    /// Notified (`notify_one`) whenever a request starts to wait for a revision slot.
+    waiter_arrived: tokio::sync::Notify,
 }
 
 /// Target capacity of the revision breaker (spec §3.3 step 3, Go `calculateCapacity`).
@@ -161,14 +135,14 @@ pub(crate) fn calculate_capacity(
 impl RevisionThrottler {
     /// A throttler for `id` with no backends yet (capacity 0: requests queue).
     pub fn new(id: RevisionId, settings: RevisionSettings) -> Self {
-        RevisionThrottler::with_gate(id, settings, Arc::new(QueueGate::new(None)))
+        RevisionThrottler::with_gate(id, settings, Arc::new(FairQueue::new(None)))
     }
 
     /// [`RevisionThrottler::new`] counting its waiting requests against a shared `gate`.
     pub(super) fn with_gate(
         id: RevisionId,
         settings: RevisionSettings,
-        gate: Arc<QueueGate>,
+        gate: Arc<FairQueue>,
     ) -> Self {
         let cc = settings.container_concurrency;
         let breaker = if cc == 0 {
@@ -190,6 +164,8 @@ impl RevisionThrottler {
                 backend_count: 0,
             }),
             gate,
+            refusal_logged_at: AtomicU64::new(0),
+            waiter_arrived: tokio::sync::Notify::new(),
         }
     }
 
@@ -222,18 +198,57 @@ impl RevisionThrottler {
     }
 
     /// Takes a revision slot. A request that has to wait counts against the activator-wide
-    /// [`QueueGate`] while it waits (only then: the fast path touches no shared counter).
+    /// [`FairQueue`] while it waits (only then: the fast path touches no shared state), and may
+    /// be refused or displaced there when the cap is reached.
     async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
         let mut acquire = std::pin::pin!(self.breaker.acquire());
         let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
         let acquired = match first {
             Poll::Ready(acquired) => acquired,
             Poll::Pending => {
-                let _waiting = self.gate.enter().ok_or(ThrottlerError::QueueFull)?;
-                acquire.await
+                let key = std::ptr::from_ref(self) as usize;
+                let ticket = self
+                    .gate
+                    .enter(&self.id.namespace, key)
+                    .map_err(|refused| self.refuse(Some(refused)))?;
+                self.waiter_arrived.notify_one();
+                ticket
+                    .wait(acquire)
+                    .await
+                    .map_err(|refused| self.refuse(Some(refused)))?
             }
         };
-        acquired.map_err(|QueueFull| ThrottlerError::QueueFull)
+        acquired.map_err(|QueueFull| self.refuse(None))
+    }
+
+    /// The error for a refused request, logged at most once per [`REFUSAL_LOG_INTERVAL`] per
+    /// revision. `fair` is the activator-wide cap's reason; `None` is the revision's own cap.
+    fn refuse(&self, fair: Option<Refused>) -> ThrottlerError {
+        let now = monotonic_millis();
+        let last = self.refusal_logged_at.load(Ordering::Relaxed);
+        let interval = u64::try_from(REFUSAL_LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if (last == 0 || now.saturating_sub(last) >= interval)
+            && self
+                .refusal_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let reason = match fair {
+                None => "the revision's waiting requests are at ACTIVATOR_MAX_QUEUED_PER_REVISION",
+                Some(Refused::OverShare) => {
+                    "ACTIVATOR_MAX_QUEUED_TOTAL reached and the revision holds its fair share"
+                }
+                Some(Refused::Displaced) => {
+                    "ACTIVATOR_MAX_QUEUED_TOTAL reached; a waiting request gave its place to a smaller tenant"
+                }
+            };
+            tracing::warn!(
+                "knative.dev/key" = %self.id,
+                waiting_total = self.gate.waiting(),
+                "pending request queue full: {reason}"
+            );
+        }
+        ThrottlerError::QueueFull
     }
 
     /// Picks a dest under the read lock (spec §3.5 step 2).
@@ -390,6 +405,12 @@ impl RevisionThrottler {
             RevisionBreaker::Finite(b) => u64::from(b.in_flight()),
             RevisionBreaker::Infinite(_) => 0,
         }
+    }
+
+    /// Notified whenever a request starts to wait for a revision slot (fast probing of a
+    /// revision with nothing healthy starts then; a stale permit only causes one early probe).
+    pub fn waiter_arrived(&self) -> &tokio::sync::Notify {
+        &self.waiter_arrived
     }
 
     /// Requests waiting for a revision slot.

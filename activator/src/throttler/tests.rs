@@ -716,3 +716,100 @@ async fn total_queue_cap_across_revisions() {
     assert_eq!(wait_a.await.unwrap().dest(), "10.0.0.1:80");
     assert_eq!(throttler.queued(), 0);
 }
+
+/// Spawns `n` waiters for `id` and waits until they are all queued or answered.
+async fn spawn_waiters(
+    throttler: &Arc<Throttler>,
+    id: &RevisionId,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Lease, ThrottlerError>>> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| tokio::spawn(throttler.try_acquire(id)))
+        .collect();
+    for _ in 0..n + 10 {
+        tokio::task::yield_now().await;
+    }
+    handles
+}
+
+fn finished<T>(handles: &[tokio::task::JoinHandle<T>]) -> Vec<bool> {
+    handles.iter().map(|h| h.is_finished()).collect()
+}
+
+/// `ACTIVATOR_MAX_QUEUED_TOTAL` is shared fairly (`fair.rs`): a revision that filled the cap
+/// loses its newest waiting requests to another namespace's newcomers, and its share grows back
+/// once the other tenant has drained.
+#[tokio::test(start_paused = true)]
+async fn fair_share_displaces_the_newest_and_grows_back() {
+    let throttler = Arc::new(Throttler::with_max_queued_total(Some(10)));
+    let (a, b) = (RevisionId::new("ns-a", "a"), RevisionId::new("ns-b", "b"));
+    for rev in [&a, &b] {
+        throttler.ensure_revision(rev, RevisionSettings::default());
+    }
+    let mut a_waiters = spawn_waiters(&throttler, &a, 10).await;
+    assert_eq!(throttler.queued(), 10);
+    let b_waiters = spawn_waiters(&throttler, &b, 5).await;
+    assert_eq!(throttler.queued(), 10);
+    assert_eq!(
+        finished(&a_waiters),
+        [[false; 5], [true; 5]].concat(),
+        "the newest five of `a` gave their places to `b`"
+    );
+    for displaced in a_waiters.split_off(5) {
+        assert_eq!(
+            displaced.await.unwrap().unwrap_err(),
+            ThrottlerError::QueueFull
+        );
+    }
+    // At its share (5 of 10) `b` is refused; so is `a`.
+    assert_eq!(
+        throttler.try_acquire(&b).await.unwrap_err(),
+        ThrottlerError::QueueFull
+    );
+    assert_eq!(
+        throttler.try_acquire(&a).await.unwrap_err(),
+        ThrottlerError::QueueFull
+    );
+
+    // `b` drains: its share returns to `a`.
+    throttler.update_dests(&b, &pods(&["10.0.0.2:80"])).unwrap();
+    for waiter in b_waiters {
+        assert_eq!(waiter.await.unwrap().unwrap().dest(), "10.0.0.2:80");
+    }
+    assert_eq!(throttler.queued(), 5);
+    let more = spawn_waiters(&throttler, &a, 5).await;
+    assert_eq!(throttler.queued(), 10);
+    assert!(finished(&more).iter().all(|f| !f));
+    throttler.update_dests(&a, &pods(&["10.0.0.1:80"])).unwrap();
+    for waiter in a_waiters.into_iter().chain(more) {
+        assert_eq!(waiter.await.unwrap().unwrap().dest(), "10.0.0.1:80");
+    }
+    assert_eq!(throttler.queued(), 0);
+}
+
+/// A namespace with many revisions gets no more of the shared cap than a namespace with one.
+#[tokio::test(start_paused = true)]
+async fn fair_share_is_by_namespace_first() {
+    let throttler = Arc::new(Throttler::with_max_queued_total(Some(12)));
+    let big: Vec<RevisionId> = (0..6)
+        .map(|i| RevisionId::new("big", format!("r{i}")))
+        .collect();
+    let small = RevisionId::new("small", "only");
+    for rev in big.iter().chain([&small]) {
+        throttler.ensure_revision(rev, RevisionSettings::default());
+    }
+    let mut big_waiters = Vec::new();
+    for rev in &big {
+        big_waiters.extend(spawn_waiters(&throttler, rev, 2).await);
+    }
+    assert_eq!(throttler.queued(), 12);
+    let small_waiters = spawn_waiters(&throttler, &small, 8).await;
+    assert_eq!(throttler.queued(), 12);
+    let small_refused = finished(&small_waiters).iter().filter(|f| **f).count();
+    let big_refused = finished(&big_waiters).iter().filter(|f| **f).count();
+    assert_eq!((small_refused, big_refused), (2, 6), "6 places each");
+    // Every revision of `big` keeps its oldest request: the largest revision gave up first.
+    for pair in big_waiters.chunks(2) {
+        assert!(!pair[0].is_finished());
+    }
+}

@@ -105,6 +105,10 @@ impl<B: LocalBody, C: Completion> LocalBody for MeteredBody<B, C> {
     fn full(bytes: Bytes) -> Self {
         MeteredBody::unmetered(B::full(bytes))
     }
+    #[inline]
+    fn is_fixed(&self) -> bool {
+        self.body.is_fixed()
+    }
 }
 
 impl<B: Body, C: Completion> Body for MeteredBody<B, C> {

@@ -34,6 +34,10 @@ pub enum ProxyError {
     /// The request could not be turned into an upstream request.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
+    /// A `CONNECT` request: never forwarded (upstream's answer, a `502` that closes the
+    /// connection).
+    #[error("client sent unsupported CONNECT request")]
+    UnsupportedConnect,
 }
 
 impl ProxyError {

@@ -13,8 +13,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::UPGRADE;
-use http::{Request, Response, StatusCode, Version};
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tower_service::Service;
 
@@ -65,8 +65,11 @@ pub async fn forward_or_return(
     mut request: Request<Incoming>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ForwardFailure> {
+    if request.method() == Method::CONNECT {
+        return Err(ForwardFailure::sent(ProxyError::UnsupportedConnect));
+    }
     if request.version() == Version::HTTP_2 {
-        rewrite::to_h2c_form(&mut request)
+        rewrite::to_h2c_form(&mut request, upstream.host_header())
             .map_err(|e| ForwardFailure::sent(ProxyError::InvalidRequest(e)))?;
         if upstream.is_tls() {
             set_https(&mut request);
@@ -86,6 +89,13 @@ pub async fn forward_or_return(
     }
 
     rewrite::to_origin_form(&mut request);
+    // Every upstream request carries a Host: an HTTP/1.0 client may have sent none (HTTP/1.1
+    // requests without one were refused by the server), and Go's proxy then names the upstream.
+    if request.version() != Version::HTTP_11 && !request.headers().contains_key(HOST) {
+        request
+            .headers_mut()
+            .insert(HOST, upstream.host_header().clone());
+    }
     *request.version_mut() = Version::HTTP_11;
     let checkout = match Upstream::checkout_http1(upstream).await {
         Ok(checkout) => checkout,
@@ -101,9 +111,13 @@ pub async fn forward_or_return(
             fresh: false,
             ..
         }) => {
-            let fresh = Upstream::checkout_http1(upstream)
-                .await
-                .map_err(ForwardFailure::sent)?;
+            // A pod that died leaves its pooled connections closed: the new connection may not
+            // open either, and then the request still never left (the activator retries it
+            // on another pod).
+            let fresh = match Upstream::checkout_http1(upstream).await {
+                Ok(fresh) => fresh,
+                Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+            };
             fresh
                 .send(upstream, request, upgrade.is_some())
                 .await
@@ -166,11 +180,18 @@ fn header_text<B>(response: &Response<B>, name: http::header::HeaderName) -> Str
         .to_owned()
 }
 
-/// The `502` answer for a proxy failure: the error text and a newline, as Go's `http.Error`.
+/// The `502` answer for a proxy failure: the error text and a newline, as Go's `http.Error`
+/// (a refused `CONNECT` also closes the connection).
 pub fn bad_gateway(error: &ProxyError) -> Response<ProxyBody> {
     let mut text = error.to_string();
     text.push('\n');
-    text_error_bytes(StatusCode::BAD_GATEWAY, Bytes::from(text))
+    let mut response = text_error_bytes(StatusCode::BAD_GATEWAY, Bytes::from(text));
+    if matches!(error, ProxyError::UnsupportedConnect) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Tower service proxying every request to one fixed upstream (the queue-proxy's user container).

@@ -94,6 +94,8 @@ struct IdleConn {
 /// Connections to one upstream address.
 pub struct Upstream {
     addr: SocketAddr,
+    /// `addr` as a `Host` value, for requests that arrive without one (HTTP/1.0).
+    host: http::HeaderValue,
     idle: ArrayQueue<IdleConn>,
     h2: Mutex<Option<http2::SendRequest<UpstreamRequestBody>>>,
     /// `Some`: every connection is TLS (no ALPN; the protocol follows the request, as Go's
@@ -122,6 +124,8 @@ impl Upstream {
     pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
         Upstream {
             addr,
+            host: http::HeaderValue::try_from(addr.to_string())
+                .expect("an address is a valid header value"),
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: Mutex::new(None),
             tls: None,
@@ -140,6 +144,11 @@ impl Upstream {
     /// The upstream address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The upstream address as a `Host` header value.
+    pub fn host_header(&self) -> &http::HeaderValue {
+        &self.host
     }
 
     /// Whether connections are TLS.

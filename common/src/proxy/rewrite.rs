@@ -212,14 +212,15 @@ pub fn to_origin_form<B>(request: &mut Request<B>) {
 }
 
 /// Shapes the URI for an h2c upstream: `http://<authority><path?query>`, the authority taken from
-/// the URI or else the `Host` header.
-pub fn to_h2c_form<B>(request: &mut Request<B>) -> Result<(), &'static str> {
+/// the URI, else the `Host` header, else `fallback` (the upstream address, as Go's proxy does for a
+/// request that names no host).
+pub fn to_h2c_form<B>(
+    request: &mut Request<B>,
+    fallback: &HeaderValue,
+) -> Result<(), &'static str> {
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
     if parts.authority.is_none() {
-        let host = request
-            .headers()
-            .get(HOST)
-            .ok_or("no authority or Host header")?;
+        let host = request.headers().get(HOST).unwrap_or(fallback);
         parts.authority =
             Some(Authority::try_from(host.as_bytes()).map_err(|_| "invalid Host header")?);
     }

@@ -276,6 +276,10 @@ impl<B: LocalBody> LocalBody for LoggedBody<B> {
             line: None,
         }
     }
+    #[inline]
+    fn is_fixed(&self) -> bool {
+        self.body.is_fixed()
+    }
 }
 
 impl<B> Body for LoggedBody<B>

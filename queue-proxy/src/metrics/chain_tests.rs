@@ -159,7 +159,7 @@ async fn metered_main_chain_and_listener() {
     .await;
     assert!(scrape.starts_with("HTTP/1.1 200 OK\r\n"), "{scrape}");
     assert!(
-        scrape.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        scrape.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"),
         "{scrape}"
     );
     let base = "http_response_status_code=\"200\",kn_route_tag=\"kn:disabled\",\
@@ -218,7 +218,7 @@ otel_scope_schema_url=\"\",otel_scope_version=\"\"} 1"
         "{not_allowed}"
     );
     assert!(
-        not_allowed.contains("allow: GET, HEAD\r\n"),
+        not_allowed.contains("Allow: GET, HEAD\r\n"),
         "{not_allowed}"
     );
 }
