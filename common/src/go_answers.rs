@@ -230,6 +230,12 @@ impl<S: AsyncWrite> GoAnswers<S> {
     }
 }
 
+impl<S: crate::park::PollReadReady> crate::park::PollReadReady for GoAnswers<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<S: AsyncRead> AsyncRead for GoAnswers<S> {
     #[inline]
     fn poll_read(

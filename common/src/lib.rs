@@ -23,6 +23,7 @@ pub mod header_scan;
 pub mod headers;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod proxy;
 pub mod request_log;
 pub mod server;

@@ -427,6 +427,29 @@ where
     }
 }
 
+/// The HTTP/1 settings with `limits` applied, for hyper's HTTP/1 builder and hyper-util's auto
+/// builder alike (plain-text HTTP/1 connections are served by the former, parked while idle:
+/// [`crate::park`]; TLS connections by the latter).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+            // Canonical header case on responses and trailers, as Go writes them.
+            .title_case_headers(true)
+            .max_buf_size($limits.max_header_bytes.max(8192))
+            .max_headers($limits.max_headers)
+            .keep_alive(true)
+    };
+}
+
+/// The builder of plain-text HTTP/1 connections ([`crate::park::serve_http1`]).
+fn http1_builder(limits: &ServerLimits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    http1_settings!(builder, limits);
+    builder
+}
+
 /// The per-connection HTTP builder for `protocols` with `limits` applied (shared by [`serve`] and
 /// [`serve_tls`]).
 fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
@@ -434,15 +457,7 @@ fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Buil
     if protocols == Protocols::Http1 {
         builder = builder.http1_only();
     }
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // Canonical header case on responses and trailers, as Go writes them.
-        .title_case_headers(true)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
+    http1_settings!(builder.http1(), limits);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -472,6 +487,7 @@ pub async fn serve<M, S, B>(
     B: LocalBody,
 {
     let builder = Arc::new(connection_builder(protocols, &limits));
+    let h1_builder = Arc::new(http1_builder(&limits));
     let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
@@ -498,6 +514,7 @@ pub async fn serve<M, S, B>(
                 h2c.clone(),
             );
             let builder = Arc::clone(&builder);
+            let h1_builder = Arc::clone(&h1_builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -515,8 +532,17 @@ pub async fn serve<M, S, B>(
                 };
                 let http1 = !stream.is_h2();
                 let io = GoAnswers::new(stream, conn, http1);
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let _ = watcher.watch(connection).await;
+                if http1 {
+                    // Held until the connection ends: the graceful shutdown waits for it.
+                    let _watcher = watcher;
+                    crate::park::serve_http1(io, &h1_builder, service, shutdown).await;
+                } else {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    // Boxed: inline, hyper's connection state would size every connection's
+                    // task, parked HTTP/1 ones included.
+                    let _ = Box::pin(watcher.watch(connection)).await;
+                }
             });
         },
     )
@@ -653,6 +679,18 @@ impl<S> Prefixed<S> {
             end: 0,
             inner,
         }
+    }
+}
+
+impl<S: crate::park::PollReadReady> crate::park::PollReadReady for Prefixed<S> {
+    fn poll_read_ready(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.start < self.end {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.inner.poll_read_ready(cx)
     }
 }
 

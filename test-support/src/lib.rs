@@ -7,6 +7,7 @@
 pub mod app;
 pub mod attack;
 pub mod client;
+pub mod conn_memory;
 pub mod edges;
 pub mod process;
 

@@ -1,0 +1,135 @@
+//! Memory per idle keep-alive connection and after a burst (issue 17; README "Memory"): idle
+//! HTTP/1 connections are parked without hyper's buffers, and jemalloc gives freed pages back.
+//! Alone in its test binary so that no other test's connections skew the figures. Connection
+//! counts stay below a 1024-descriptor limit (test process and activator alike).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use test_support::conn_memory::{burst, open_idle, roundtrip, vm_rss_kib, wait_rss};
+
+const REV: &str = "mem-00001";
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: activator\r\n\
+    Knative-Serving-Namespace: default\r\nKnative-Serving-Revision: mem-00001\r\n\r\n";
+const IDLE: usize = 500;
+/// Release build at 5,000 connections: ~2.7 KiB each (benches/conn_memory.sh); debug builds
+/// are larger. A regression to hyper's buffers held while idle (~19 KiB each in a release
+/// build, more in a debug one) fails.
+const PER_CONNECTION_LIMIT_KIB: u64 = 14;
+const BURST: usize = 400;
+/// RSS allowed above the idle figure once a burst has ended.
+const AFTER_BURST_LIMIT_KIB: u64 = 8 * 1024;
+/// Parking takes 1 s of idleness and jemalloc's purge about 1 s more; generous for CI.
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn start(stats: &StatsReceiver, app: &App) -> Activator {
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(REV, 0).ready([app.addr])])
+        .start();
+    activator.wait_healthy().await;
+    // The pod is probed before it gets traffic: wait for the first answered request.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let addr = activator.addr();
+        // A panic (a non-200 answer) ends only this spawned attempt.
+        let answered = tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(2), roundtrip(&mut stream, REQUEST)).await
+        });
+        if answered.await.map(|r| r.is_ok()).unwrap_or(false) {
+            return activator;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pod never got traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_small_and_bursts_give_memory_back() {
+    let stats = StatsReceiver::start().await;
+    let app = App::ok().await;
+
+    let activator = start(&stats, &app).await;
+    drop(open_idle(activator.addr(), 10, REQUEST).await); // warm-up: pool, caches
+    let before = vm_rss_kib(activator.pid());
+    let mut idle = open_idle(activator.addr(), IDLE, REQUEST).await;
+    let limit = before + PER_CONNECTION_LIMIT_KIB * IDLE as u64;
+    let (rss, settled) = wait_rss(activator.pid(), SETTLE, |rss| rss <= limit).await;
+    let per_connection = rss.saturating_sub(before) as f64 / IDLE as f64;
+    println!("{IDLE} idle connections: VmRSS {before} -> {rss} KiB, {per_connection:.1} KiB each");
+    assert!(
+        settled,
+        "{IDLE} idle keep-alive connections: {per_connection:.1} KiB each after {SETTLE:?} \
+         (limit {PER_CONNECTION_LIMIT_KIB} KiB)"
+    );
+    // Parked connections serve their next request as before.
+    for stream in idle.iter_mut().step_by(25) {
+        roundtrip(stream, REQUEST).await;
+    }
+    drop(idle);
+    drop(activator);
+
+    let activator = start(&stats, &app).await;
+    drop(open_idle(activator.addr(), 10, REQUEST).await);
+    let idle_rss = vm_rss_kib(activator.pid());
+    burst(activator.addr(), BURST, REQUEST).await;
+    let peak = vm_rss_kib(activator.pid());
+    let limit = idle_rss + AFTER_BURST_LIMIT_KIB;
+    let (rss, settled) = wait_rss(activator.pid(), SETTLE, |rss| rss <= limit).await;
+    println!("burst of {BURST}: VmRSS idle {idle_rss} KiB, peak {peak} KiB, then {rss} KiB");
+    assert!(
+        settled,
+        "{rss} KiB {SETTLE:?} after a burst of {BURST} connections (idle {idle_rss} KiB, limit {limit} KiB)"
+    );
+}
+
+/// `ACTIVATOR_MAX_CONNECTIONS=2`: parked keep-alive connections keep their slots (a third
+/// connection waits), serve their next request, and free their slot when they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_keep_their_connection_slots() {
+    let stats = StatsReceiver::start().await;
+    let app = App::ok().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(REV, 0).ready([app.addr])])
+        .env("ACTIVATOR_MAX_CONNECTIONS", 2)
+        .start();
+    activator.wait_healthy().await;
+    let request = || rev_req("GET", "/", NS, REV).body(empty()).unwrap();
+    let mut first = h1_connect(activator.addr()).await.unwrap();
+    let mut second = h1_connect(activator.addr()).await.unwrap();
+    for c in [&mut first, &mut second] {
+        let resp = collect(c.send_request(request()).await.unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status, http::StatusCode::OK);
+    }
+    // Idle well past the park delay (1 s): both connections are parked by now.
+    tokio::time::sleep(knative_common::park::PARK_DELAY * 3).await;
+    let addr = activator.addr();
+    let third = tokio::spawn(async move {
+        let mut c = h1_connect(addr).await.unwrap();
+        let req = rev_req("GET", "/third", NS, REV).body(empty()).unwrap();
+        collect(c.send_request(req).await.unwrap()).await.unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!third.is_finished(), "a third connection was served");
+    let resp = collect(second.send_request(request()).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status,
+        http::StatusCode::OK,
+        "a parked connection serves again"
+    );
+    drop(first);
+    let resp = tokio::time::timeout(DEADLINE, third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, http::StatusCode::OK);
+}

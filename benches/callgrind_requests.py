@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Instructions per request of the queue-proxy and the activator under callgrind (valgrind), a
+CPU figure that other tenants of a shared machine cannot move. Each binary runs under callgrind;
+after a warm-up its counters are zeroed (callgrind_control -z), N requests are sent, and the
+counters are dumped; the figure is the dump's total Ir / N (all threads: runtime, jemalloc's
+background thread included).
+
+Scenarios: `h1` (N sequential keep-alive HTTP/1.1 requests on one connection), `h2c` (N
+sequential streams on one h2c connection), `h1-idle` (requests 1.3 s apart on one connection:
+with idle parking each one resumes a parked connection).
+
+Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000]
+"""
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conn_memory import REVISION_HEADERS, Conn, frame, h2_request, hpack_literal  # noqa: E402
+from load import free_port, qp_env, wait_listening  # noqa: E402
+
+
+def h2_stream(conn, stream_id, headers):
+    block = b"\x82\x86\x84" + b"\x01" + bytes([len(b"127.0.0.1")]) + b"127.0.0.1"
+    for k, v in headers:
+        block += hpack_literal(k, v)
+    conn.sock.sendall(frame(1, 0x5, stream_id, block))
+    while True:
+        done = False
+        while len(conn.buf) >= 9:
+            length = int.from_bytes(conn.buf[:3], "big")
+            if len(conn.buf) < 9 + length:
+                break
+            kind, flags = conn.buf[3], conn.buf[4]
+            sid = int.from_bytes(conn.buf[5:9], "big") & 0x7FFFFFFF
+            payload = conn.buf[9:9 + length]
+            conn.buf = conn.buf[9 + length:]
+            if kind == 4 and not flags & 1:
+                conn.sock.sendall(frame(4, 1, 0))
+            elif kind == 0 and length:
+                # Give the flow-control window back so that long runs never stall.
+                inc = length.to_bytes(4, "big")
+                conn.sock.sendall(frame(8, 0, 0, inc) + frame(8, 0, sid, inc))
+            if kind in (0, 1) and sid == stream_id and flags & 1:
+                done = True
+            if kind in (3, 7):
+                raise RuntimeError(f"h2 frame type {kind} on stream {sid}: {payload!r}")
+        if done:
+            return
+        data = conn.sock.recv(65536)
+        if not data:
+            raise RuntimeError("closed")
+        conn.buf += data
+
+
+def run_requests(port, scenario, n, headers):
+    if scenario.startswith("h1"):
+        c = Conn(port, "h1", headers)
+        for i in range(n):
+            c.buf = b""
+            c.roundtrip()
+            if scenario == "h1-idle" and i + 1 < n:
+                time.sleep(1.3)
+        c.sock.close()
+    else:
+        c = Conn(port, "h2c", headers)
+        c.roundtrip()  # preface, settings, stream 1
+        c.buf = b""
+        for i in range(n):
+            h2_stream(c, 3 + 2 * i, headers)
+        c.sock.close()
+
+
+def callgrind_total(path):
+    total = 0
+    for f in glob.glob(path + "*"):
+        with open(f) as fh:
+            for line in fh:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = max(total, int(line.split()[1]))
+    return total
+
+
+def measure(cmd, env, port, scenario, n, headers, workdir, name):
+    out = os.path.join(workdir, f"cg-{name}-{scenario}")
+    for f in glob.glob(out + "*"):
+        os.unlink(f)
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *cmd],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, timeout=120)
+        warm = 3 if scenario == "h1-idle" else 50
+        run_requests(port, scenario, warm, headers)
+        for f in glob.glob(out + "*"):
+            os.unlink(f)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        run_requests(port, scenario, n, headers)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(0.5)
+        return callgrind_total(out) / n
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "release"))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--idle-requests", type=int, default=8)
+    parser.add_argument("--scenarios", default="h1,h2c,h1-idle")
+    args = parser.parse_args()
+    bins = os.path.abspath(args.bin_dir)
+    workdir = tempfile.mkdtemp(prefix="callgrind-")
+    procs = []
+    try:
+        app_port = free_port()
+        app = subprocess.Popen([os.path.join(bins, "sample-app")], env={**os.environ, "PORT": str(app_port)},
+                               stderr=subprocess.DEVNULL)
+        procs.append(app)
+        wait_listening(app_port)
+        for scenario in args.scenarios.split(","):
+            n = args.idle_requests if scenario == "h1-idle" else args.requests
+            port = free_port()
+            qp_ir = measure([os.path.join(bins, "queue-proxy")], qp_env(app_port, 0, port), port, scenario, n, [],
+                            workdir, "qp")
+            # The activator in front of a queue-proxy (not under callgrind) in front of the app.
+            qp_port = free_port()
+            qp = subprocess.Popen([os.path.join(bins, "queue-proxy")], env=qp_env(app_port, 0, qp_port),
+                                  stdout=subprocess.DEVNULL)
+            procs.append(qp)
+            wait_listening(qp_port)
+            discovery = os.path.join(workdir, "revisions.json")
+            with open(discovery, "w") as f:
+                f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":0,'
+                        '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
+                        '"activators":["127.0.0.1"]}]}' % qp_port)
+            h1, h2 = free_port(), free_port()
+            env = {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1",
+                   "SYSTEM_NAMESPACE": "knative-serving", "ACTIVATOR_HTTP1_PORT": str(h1),
+                   "ACTIVATOR_H2C_PORT": str(h2), "ACTIVATOR_DISCOVERY_FILE": discovery,
+                   "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/", "ACTIVATOR_LOG_LEVEL": "error"}
+            act_ir = measure([os.path.join(bins, "activator")], env, h1 if scenario.startswith("h1") else h2,
+                             scenario, n, REVISION_HEADERS, workdir, "act")
+            qp.kill()
+            qp.wait()
+            print(f"{scenario:8} instructions per request: queue-proxy {qp_ir:10.0f}   activator {act_ir:10.0f}",
+                  flush=True)
+    finally:
+        for p in procs:
+            p.kill()
+
+
+if __name__ == "__main__":
+    main()
