@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use test_support::conn_memory::{burst, open_idle, roundtrip, vm_rss_kib, wait_rss};
+use test_support::conn_memory::{
+    assert_idle_connections_small, assert_memory_goes_back, roundtrip,
+};
 
 const REV: &str = "mem-00001";
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: activator\r\n\
@@ -55,37 +57,28 @@ async fn idle_connections_are_small_and_bursts_give_memory_back() {
     let app = App::ok().await;
 
     let activator = start(&stats, &app).await;
-    drop(open_idle(activator.addr(), 10, REQUEST).await); // warm-up: pool, caches
-    let before = vm_rss_kib(activator.pid());
-    let mut idle = open_idle(activator.addr(), IDLE, REQUEST).await;
-    let limit = before + PER_CONNECTION_LIMIT_KIB * IDLE as u64;
-    let (rss, settled) = wait_rss(activator.pid(), SETTLE, |rss| rss <= limit).await;
-    let per_connection = rss.saturating_sub(before) as f64 / IDLE as f64;
-    println!("{IDLE} idle connections: VmRSS {before} -> {rss} KiB, {per_connection:.1} KiB each");
-    assert!(
-        settled,
-        "{IDLE} idle keep-alive connections: {per_connection:.1} KiB each after {SETTLE:?} \
-         (limit {PER_CONNECTION_LIMIT_KIB} KiB)"
-    );
-    // Parked connections serve their next request as before.
-    for stream in idle.iter_mut().step_by(25) {
-        roundtrip(stream, REQUEST).await;
-    }
+    let idle = assert_idle_connections_small(
+        activator.addr(),
+        activator.pid(),
+        REQUEST,
+        IDLE,
+        PER_CONNECTION_LIMIT_KIB,
+        SETTLE,
+    )
+    .await;
     drop(idle);
     drop(activator);
 
     let activator = start(&stats, &app).await;
-    drop(open_idle(activator.addr(), 10, REQUEST).await);
-    let idle_rss = vm_rss_kib(activator.pid());
-    burst(activator.addr(), BURST, REQUEST).await;
-    let peak = vm_rss_kib(activator.pid());
-    let limit = idle_rss + AFTER_BURST_LIMIT_KIB;
-    let (rss, settled) = wait_rss(activator.pid(), SETTLE, |rss| rss <= limit).await;
-    println!("burst of {BURST}: VmRSS idle {idle_rss} KiB, peak {peak} KiB, then {rss} KiB");
-    assert!(
-        settled,
-        "{rss} KiB {SETTLE:?} after a burst of {BURST} connections (idle {idle_rss} KiB, limit {limit} KiB)"
-    );
+    assert_memory_goes_back(
+        activator.addr(),
+        activator.pid(),
+        REQUEST,
+        BURST,
+        AFTER_BURST_LIMIT_KIB,
+        SETTLE,
+    )
+    .await;
 }
 
 /// `ACTIVATOR_MAX_CONNECTIONS=2`: parked keep-alive connections keep their slots (a third

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use test_support::conn_memory::{burst, open_idle, roundtrip, vm_rss_kib, wait_rss};
+use test_support::conn_memory::{assert_idle_connections_small, assert_memory_goes_back};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: qp\r\n\r\n";
 const IDLE: usize = 500;
@@ -27,37 +27,28 @@ async fn idle_connections_are_small_and_bursts_give_memory_back() {
     let app = App::ok().await;
 
     let qp = QpConfig::new(app.port()).start();
-    drop(open_idle(qp.addr(), 10, REQUEST).await); // warm-up: pool, caches
-    let before = vm_rss_kib(qp.pid());
-    let mut idle = open_idle(qp.addr(), IDLE, REQUEST).await;
-    let limit = before + PER_CONNECTION_LIMIT_KIB * IDLE as u64;
-    let (rss, settled) = wait_rss(qp.pid(), SETTLE, |rss| rss <= limit).await;
-    let per_connection = rss.saturating_sub(before) as f64 / IDLE as f64;
-    println!("{IDLE} idle connections: VmRSS {before} -> {rss} KiB, {per_connection:.1} KiB each");
-    assert!(
-        settled,
-        "{IDLE} idle keep-alive connections: {per_connection:.1} KiB each after {SETTLE:?} \
-         (limit {PER_CONNECTION_LIMIT_KIB} KiB)"
-    );
-    // Parked connections serve their next request as before.
-    for stream in idle.iter_mut().step_by(25) {
-        roundtrip(stream, REQUEST).await;
-    }
+    let idle = assert_idle_connections_small(
+        qp.addr(),
+        qp.pid(),
+        REQUEST,
+        IDLE,
+        PER_CONNECTION_LIMIT_KIB,
+        SETTLE,
+    )
+    .await;
     drop(idle);
     drop(qp);
 
     // CC=100: the pool keeps at most 100 idle connections to the app after the burst (at CC=0
     // it would keep up to 1000, which is configured behaviour, not memory failing to go back).
     let qp = QpConfig::new(app.port()).cc(100).start();
-    drop(open_idle(qp.addr(), 10, REQUEST).await);
-    let idle_rss = vm_rss_kib(qp.pid());
-    burst(qp.addr(), BURST, REQUEST).await;
-    let peak = vm_rss_kib(qp.pid());
-    let limit = idle_rss + AFTER_BURST_LIMIT_KIB;
-    let (rss, settled) = wait_rss(qp.pid(), SETTLE, |rss| rss <= limit).await;
-    println!("burst of {BURST}: VmRSS idle {idle_rss} KiB, peak {peak} KiB, then {rss} KiB");
-    assert!(
-        settled,
-        "{rss} KiB {SETTLE:?} after a burst of {BURST} connections (idle {idle_rss} KiB, limit {limit} KiB)"
-    );
+    assert_memory_goes_back(
+        qp.addr(),
+        qp.pid(),
+        REQUEST,
+        BURST,
+        AFTER_BURST_LIMIT_KIB,
+        SETTLE,
+    )
+    .await;
 }

@@ -95,3 +95,56 @@ pub async fn wait_rss(pid: u32, deadline: Duration, ok: impl Fn(u64) -> bool) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Opens `idle` keep-alive connections to `addr` (one `request` each), waits up to `settle` for
+/// `pid`'s resident set to grow by at most `limit_kib` per connection, asserts it did, checks
+/// that every 25th connection still serves a request, and returns the connections.
+pub async fn assert_idle_connections_small(
+    addr: SocketAddr,
+    pid: u32,
+    request: &[u8],
+    idle: usize,
+    limit_kib: u64,
+    settle: Duration,
+) -> Vec<TcpStream> {
+    drop(open_idle(addr, 10, request).await); // warm-up: pool, caches
+    let before = vm_rss_kib(pid);
+    let mut streams = open_idle(addr, idle, request).await;
+    let limit = before + limit_kib * idle as u64;
+    let (rss, settled) = wait_rss(pid, settle, |rss| rss <= limit).await;
+    let per_connection = rss.saturating_sub(before) as f64 / idle as f64;
+    println!("{idle} idle connections: VmRSS {before} -> {rss} KiB, {per_connection:.1} KiB each");
+    assert!(
+        settled,
+        "{idle} idle keep-alive connections: {per_connection:.1} KiB each after {settle:?} \
+         (limit {limit_kib} KiB)"
+    );
+    // Parked connections serve their next request as before.
+    for stream in streams.iter_mut().step_by(25) {
+        roundtrip(stream, request).await;
+    }
+    streams
+}
+
+/// Sends a burst of `n` concurrent connections to `addr` and asserts that `pid`'s resident set
+/// returns within `limit_kib` of its idle figure within `settle`.
+pub async fn assert_memory_goes_back(
+    addr: SocketAddr,
+    pid: u32,
+    request: &[u8],
+    n: usize,
+    limit_kib: u64,
+    settle: Duration,
+) {
+    drop(open_idle(addr, 10, request).await);
+    let idle_rss = vm_rss_kib(pid);
+    burst(addr, n, request).await;
+    let peak = vm_rss_kib(pid);
+    let limit = idle_rss + limit_kib;
+    let (rss, settled) = wait_rss(pid, settle, |rss| rss <= limit).await;
+    println!("burst of {n}: VmRSS idle {idle_rss} KiB, peak {peak} KiB, then {rss} KiB");
+    assert!(
+        settled,
+        "{rss} KiB {settle:?} after a burst of {n} connections (idle {idle_rss} KiB, limit {limit} KiB)"
+    );
+}
