@@ -185,7 +185,6 @@ impl BackendsManager {
 
 struct WatcherHandle {
     shared: Arc<WatcherShared>,
-    input: watch::Sender<Arc<Dests>>,
     spec: Arc<RevisionSpec>,
     private: PrivateEndpoints,
     public: PublicEndpoints,
@@ -287,8 +286,8 @@ impl<P: Prober> Manager<P> {
                 if handle.private != entry.private {
                     handle.private = entry.private.clone();
                     handle
-                        .input
-                        .send_replace(Arc::new(Dests::from_endpoints(&entry.private)));
+                        .shared
+                        .set_dests(Arc::new(Dests::from_endpoints(&entry.private)));
                 }
                 let spec_changed = handle.spec != entry.spec;
                 handle.spec = entry.spec.clone();
@@ -331,7 +330,10 @@ impl<P: Prober> Manager<P> {
     }
 
     fn start_watcher(&mut self, id: &RevisionId, entry: &RevisionEntry) -> WatcherHandle {
-        let shared = Arc::new(WatcherShared::new(id.clone()));
+        let shared = Arc::new(WatcherShared::new(
+            id.clone(),
+            Arc::new(Dests::from_endpoints(&entry.private)),
+        ));
         let watcher = RevisionWatcher::new(
             id.clone(),
             self.prober.clone(),
@@ -342,16 +344,9 @@ impl<P: Prober> Manager<P> {
                 probe_optimisation: entry.spec.probe_optimisation,
             },
         );
-        let (input, input_rx) = watch::channel(Arc::new(Dests::from_endpoints(&entry.private)));
-        let task = tokio::spawn(watcher::run(
-            watcher,
-            input_rx,
-            shared.clone(),
-            self.ctx.clone(),
-        ));
+        let task = tokio::spawn(watcher::run(watcher, shared.clone(), self.ctx.clone()));
         WatcherHandle {
             shared,
-            input,
             spec: entry.spec.clone(),
             private: entry.private.clone(),
             public: entry.public.clone(),

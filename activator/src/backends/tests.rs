@@ -638,11 +638,9 @@ async fn item60_a_stopped_watcher_emits_nothing() {
         probe_frequency: DEFAULT_PROBE_FREQUENCY,
         observer: Some(observer),
     });
-    let shared = Arc::new(WatcherShared::new(id()));
-    let (input, input_rx) = watch::channel(Arc::new(dests(&[P1], &[], None)));
+    let shared = Arc::new(WatcherShared::new(id(), Arc::new(dests(&[P1], &[], None))));
     let task = tokio::spawn(run_watcher(
         watcher(&prober, MeshMode::Auto),
-        input_rx,
         shared.clone(),
         ctx,
     ));
@@ -653,7 +651,7 @@ async fn item60_a_stopped_watcher_emits_nothing() {
     assert_eq!(update, pods(&[P1]));
 
     shared.stop();
-    input.send_replace(Arc::new(Dests::default()));
+    shared.set_dests(Arc::new(Dests::default()));
     timeout(Duration::from_secs(1), task)
         .await
         .unwrap()

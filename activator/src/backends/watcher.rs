@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::probe::{private_service_name, ProbeResult, Prober};
@@ -279,42 +279,86 @@ pub struct WatcherContext {
     pub observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
 }
 
-/// What the manager shares with one watcher task.
+/// What the manager shares with one watcher task: the latest dests from discovery and the stop
+/// flag behind one small lock, and one [`Notify`] for both (a revision that nobody changes costs
+/// this struct, not two channels).
 #[derive(Debug)]
 pub struct WatcherShared {
     /// The revision.
     pub id: RevisionId,
-    stop: watch::Sender<bool>,
-    /// Held while emitting and while stopping: once [`WatcherShared::stop`] returns, the watcher
-    /// emits nothing more.
-    emit_lock: Mutex<()>,
+    /// Also held while emitting: once [`WatcherShared::stop`] returns, the watcher emits
+    /// nothing more.
+    inbox: Mutex<Inbox>,
+    /// Woken (one permit) when new dests arrive or the watcher is stopped.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct Inbox {
+    dests: Arc<Dests>,
+    /// Bumped with every new `dests`.
+    version: u64,
+    stopped: bool,
 }
 
 impl WatcherShared {
-    /// A running watcher's handle.
-    pub fn new(id: RevisionId) -> Self {
+    /// A watcher's handle, starting from `dests`.
+    pub fn new(id: RevisionId, dests: Arc<Dests>) -> Self {
         WatcherShared {
             id,
-            stop: watch::Sender::new(false),
-            emit_lock: Mutex::new(()),
+            inbox: Mutex::new(Inbox {
+                dests,
+                version: 1,
+                stopped: false,
+            }),
+            changed: Notify::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// New dests from discovery.
+    pub fn set_dests(&self, dests: Arc<Dests>) {
+        {
+            let mut inbox = self.lock();
+            inbox.dests = dests;
+            inbox.version += 1;
+        }
+        self.changed.notify_one();
     }
 
     /// Stops the watcher; no update is emitted after this returns (spec §5.9).
     pub fn stop(&self) {
-        let _guard = self
-            .emit_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        self.stop.send_replace(true);
+        self.lock().stopped = true;
+        self.changed.notify_one();
+    }
+
+    fn stopped(&self) -> bool {
+        self.lock().stopped
+    }
+
+    /// The dests if newer than version `seen` (which is then updated).
+    fn newer_dests(&self, seen: &mut u64) -> Option<Arc<Dests>> {
+        let inbox = self.lock();
+        (inbox.version != *seen).then(|| {
+            *seen = inbox.version;
+            inbox.dests.clone()
+        })
+    }
+
+    /// Resolves once the watcher is stopped. Wake-ups for new dests are consumed here; the
+    /// loop compares versions, so none is lost.
+    async fn stop_requested(&self) {
+        while !self.stopped() {
+            self.changed.notified().await;
+        }
     }
 
     fn emit(&self, ctx: &WatcherContext, update: DestsUpdate) {
-        let _guard = self
-            .emit_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if *self.stop.borrow() {
+        let inbox = self.lock();
+        if inbox.stopped {
             return;
         }
         match ctx.throttler.update_dests(&self.id, &update) {
@@ -326,6 +370,7 @@ impl WatcherShared {
             ),
             Err(error) => tracing::debug!(revision = %self.id, %error, "dests update dropped"),
         }
+        drop(inbox);
         if let Some(observer) = &ctx.observer {
             let _ = observer.send((self.id.clone(), update));
         }
@@ -342,32 +387,29 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     }
 }
 
-/// Resolves once `stop` is true or its sender is gone.
-pub(super) async fn stop_requested(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
 /// The watcher loop (spec §5.5): waits for new dests, the `PROBE_FREQUENCY` tick (armed only
 /// while something is left to probe) or — while nothing is healthy — fast probing's signal (see
 /// [`super::fast`]), then runs `checkDests`. The initial dests count as an event.
 pub async fn run<P: Prober>(
     mut watcher: RevisionWatcher<P>,
-    mut input: watch::Receiver<Arc<Dests>>,
     shared: Arc<WatcherShared>,
     ctx: Arc<WatcherContext>,
 ) {
-    let mut stop = shared.stop.subscribe();
     let frequency = ctx.probe_frequency;
     // The timer exists only while armed: a revision whose pods are all healthy (or that has
-    // none) waits on its channels alone, and its task stays small (see below).
+    // none) waits on its inbox alone, and its task stays small (see below).
     let mut ticker: Option<tokio::time::Interval> = None;
     // The manager ensures the throttler before starting the watcher.
     let revision = ctx.throttler.revision(&shared.id);
-    let mut cur = input.borrow_and_update().clone();
+    let mut version = 0;
+    let mut cur = shared.newer_dests(&mut version).unwrap_or_default();
     let mut prev = Arc::new(Dests::default());
     let mut was_armed = false;
     let mut event = true;
     loop {
+        if shared.stopped() {
+            break;
+        }
         if !event {
             let armed = watcher.timer_armed(&cur);
             if armed && !was_armed {
@@ -384,17 +426,25 @@ pub async fn run<P: Prober>(
                 revision.as_deref(),
                 armed && watcher.nothing_healthy(),
             );
-            tokio::select! {
-                biased;
-                () = stop_requested(&mut stop) => break,
-                changed = input.changed() => {
-                    if changed.is_err() {
-                        break;
+            // Dests that arrived while the last round ran are taken at once.
+            match shared.newer_dests(&mut version) {
+                Some(next) => prev = std::mem::replace(&mut cur, next),
+                None => {
+                    tokio::select! {
+                        biased;
+                        () = shared.changed.notified() => {
+                            // New dests or stop: both are looked at at the top of the loop.
+                            match shared.newer_dests(&mut version) {
+                                Some(next) if !shared.stopped() => {
+                                    prev = std::mem::replace(&mut cur, next);
+                                }
+                                _ => continue,
+                            }
+                        }
+                        () = tick(&mut ticker), if armed => {}
+                        () = fast.due() => {}
                     }
-                    prev = std::mem::replace(&mut cur, input.borrow_and_update().clone());
                 }
-                () = tick(&mut ticker), if armed => {}
-                () = fast.due() => {}
             }
         }
         event = false;
@@ -402,7 +452,7 @@ pub async fn run<P: Prober>(
         // of an idle revision is a few hundred bytes instead of carrying it permanently.
         let update = tokio::select! {
             biased;
-            () = stop_requested(&mut stop) => break,
+            () = shared.stop_requested() => break,
             update = Box::pin(watcher.check_dests(&cur, &prev)) => update,
         };
         if let Some(update) = update {
