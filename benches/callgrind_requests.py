@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conn_memory import REVISION_HEADERS, Conn, frame, h2_request, hpack_literal  # noqa: E402
-from load import free_port, qp_env, wait_listening  # noqa: E402
+from load import free_port, qp_env, start_sample_app, wait_listening  # noqa: E402
 
 
 def h2_stream(conn, stream_id, headers):
@@ -119,11 +119,8 @@ def main():
     workdir = tempfile.mkdtemp(prefix="callgrind-")
     procs = []
     try:
-        app_port = free_port()
-        app = subprocess.Popen([os.path.join(bins, "sample-app")], env={**os.environ, "PORT": str(app_port)},
-                               stderr=subprocess.DEVNULL)
+        app, app_port = start_sample_app(bins)
         procs.append(app)
-        wait_listening(app_port)
         for scenario in args.scenarios.split(","):
             n = args.idle_requests if scenario == "h1-idle" else args.requests
             port = free_port()

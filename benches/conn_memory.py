@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from load import BIN, free_port, qp_env, rss_kib, wait_listening
+from load import BIN, free_port, qp_env, rss_kib, start_sample_app, wait_listening
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REVISION_HEADERS = [("knative-serving-namespace", "default"), ("knative-serving-revision", "hello-00001")]
@@ -354,11 +354,8 @@ def main():
     workdir = tempfile.mkdtemp(prefix="conn-memory-")
     results = []
     try:
-        app_port = free_port()
-        app = subprocess.Popen([os.path.join(BIN, "sample-app")], env={**os.environ, "PORT": str(app_port)},
-                               stderr=subprocess.DEVNULL)
+        app, app_port = start_sample_app()
         procs.append(app)
-        wait_listening(app_port)
         # One process at a time, and a fresh one for every measurement, so that memory one
         # measurement freed cannot serve the next from the allocator's free lists.
         for name in ("queue-proxy", "activator", "nginx"):

@@ -57,6 +57,15 @@ def rss_kib(pid):
     return 0
 
 
+def start_sample_app(bin_dir=None):
+    """Starts the sample app on a free port and waits until it listens; returns (process, port)."""
+    port = free_port()
+    app = subprocess.Popen([os.path.join(bin_dir or BIN, "sample-app")], env={**os.environ, "PORT": str(port)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port)
+    return app, port
+
+
 def qp_env(app_port, cc, port, observability=""):
     env = dict(os.environ)
     env.update({
@@ -210,11 +219,8 @@ def main():
     procs = []
     samples = {}
     try:
-        app_port = free_port()
-        app = subprocess.Popen([os.path.join(BIN, "sample-app")], env={**os.environ, "PORT": str(app_port)},
-                               stderr=subprocess.DEVNULL)
+        app, app_port = start_sample_app()
         procs.append(app)
-        wait_listening(app_port)
 
         for _ in range(args.rounds):
             direct = measure("direct (app alone)", app_port, None, app.pid, args)

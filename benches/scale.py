@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 
-from load import BIN, free_port, qp_env, rss_kib, wait_listening  # noqa: E402
+from load import BIN, free_port, qp_env, rss_kib, start_sample_app, wait_listening  # noqa: E402
 
 
 def cpu_seconds(pid):
@@ -88,12 +88,10 @@ def main():
     parser.add_argument("--changes", type=int, default=7)
     args = parser.parse_args()
 
-    app_port, qp_port, act_port = free_port(), free_port(), free_port()
-    app = subprocess.Popen([os.path.join(BIN, "sample-app")], env=dict(os.environ, PORT=str(app_port)),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    qp_port, act_port = free_port(), free_port()
+    app, app_port = start_sample_app()
     qp = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 0, qp_port),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(app_port)
     wait_listening(qp_port)
     pod = f"127.0.0.1:{qp_port}"
     workdir = tempfile.mkdtemp(prefix="scale-bench-")
