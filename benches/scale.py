@@ -8,10 +8,15 @@ once per revision), the rest are scaled to zero. It prints:
 - the activator CPU spent applying a replaced file that changes one revision's pods (CPU over a
   window after the rename, minus the idle rate), median over --changes replacements;
 - for a revision scaled to zero with a request held, the time from the file's rename (giving it
-  the pod) to the held request's response, median over the same replacements.
+  the pod) to the held request's response, median over the same replacements;
+- the memory of an idle revision: idle RSS minus that of an activator listing one revision,
+  per revision;
+- lazy per-revision state: RSS after one request to each of --touch revisions with a pod, and
+  again once they were idle for longer than the idle timeout (--idle-seconds, passed as
+  ACTIVATOR_REVISION_IDLE_TIMEOUT; 2 s here so the run stays short) and were evicted.
 
 Needs release builds (benches/load.sh builds them, or `cargo build --release -p activator
--p queue-proxy -p sample-app`). Usage: benches/scale.py [--revisions 10000] [--changes 7]."""
+-p queue-proxy -p sample-app`). Usage: benches/scale.py [--revisions 10000] [--changes 7] [--touch 2000] [--idle-seconds 2]."""
 
 import argparse
 import http.client
@@ -81,12 +86,52 @@ def held_request(port, namespace, name, out):
     out.append((time.monotonic(), resp.status))
 
 
+def start_activator(path, port, idle_timeout):
+    return subprocess.Popen([os.path.join(BIN, "activator")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(
+        os.environ, POD_NAME="activator-bench", POD_IP="127.0.0.1", SYSTEM_NAMESPACE="knative-serving",
+        ACTIVATOR_HTTP1_PORT=str(port), ACTIVATOR_H2C_PORT=str(free_port()),
+        ACTIVATOR_DISCOVERY_FILE=path, ACTIVATOR_AUTOSCALER_URL=f"ws://127.0.0.1:{free_port()}/",
+        ACTIVATOR_REVISION_IDLE_TIMEOUT=idle_timeout,
+        ACTIVATOR_LOG_LEVEL="error", METRICS_PROMETHEUS_PORT=str(free_port())))
+
+
+def baseline_rss(workdir, pod, idle_timeout):
+    """Idle RSS of an activator whose file lists a single revision."""
+    path = os.path.join(workdir, "one.json")
+    write_atomically(path, document(1, 1, pod, {}))
+    port = free_port()
+    act = start_activator(path, port, idle_timeout)
+    try:
+        wait_listening(port, timeout=60)
+        settle(act.pid)
+        return rss_kib(act.pid)
+    finally:
+        act.kill()
+        act.wait()
+
+
+def touch(port, revisions, namespaces):
+    """One request to each revision with a pod (even index) among the first `revisions`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for i in range(0, revisions, 2):
+        conn.request("GET", "/", headers={"Knative-Serving-Namespace": f"ns-{i % namespaces}",
+                                          "Knative-Serving-Revision": f"rev-{i}"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"rev-{i}: {resp.status}")
+    conn.close()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--revisions", type=int, default=10000)
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--changes", type=int, default=7)
+    parser.add_argument("--touch", type=int, default=2000)
+    parser.add_argument("--idle-seconds", type=float, default=2.0)
     args = parser.parse_args()
+    args.idle_timeout = f"{args.idle_seconds}s"
 
     qp_port, act_port = free_port(), free_port()
     app, app_port = start_sample_app()
@@ -98,12 +143,9 @@ def main():
     path = os.path.join(workdir, "revisions.json")
     overrides = {}
     write_atomically(path, document(args.revisions, args.namespaces, pod, overrides))
+    base_rss = baseline_rss(workdir, pod, args.idle_timeout)
     t0 = time.monotonic()
-    act = subprocess.Popen([os.path.join(BIN, "activator")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(
-        os.environ, POD_NAME="activator-bench", POD_IP="127.0.0.1", SYSTEM_NAMESPACE="knative-serving",
-        ACTIVATOR_HTTP1_PORT=str(act_port), ACTIVATOR_H2C_PORT=str(free_port()),
-        ACTIVATOR_DISCOVERY_FILE=path, ACTIVATOR_AUTOSCALER_URL=f"ws://127.0.0.1:{free_port()}/",
-        ACTIVATOR_LOG_LEVEL="error", METRICS_PROMETHEUS_PORT=str(free_port())))
+    act = start_activator(path, act_port, args.idle_timeout)
     try:
         wait_listening(act_port, timeout=60)
         listening_ms = (time.monotonic() - t0) * 1000
@@ -136,6 +178,15 @@ def main():
             cpu_ms.append(max(0.0, (cpu_seconds(act.pid) - c0 - idle_rate * window)) * 1000)
             settle(act.pid)
 
+        # Lazy per-revision state: touched revisions get a throttler and a watcher, then lose
+        # both once idle.
+        touch(act_port, args.touch, args.namespaces)
+        touched_rss = rss_kib(act.pid)
+        time.sleep(args.idle_seconds * 1.5 + 1.0)
+        settle(act.pid)
+        time.sleep(2.0)  # the allocator returns freed pages within about a second
+        evicted_rss = rss_kib(act.pid)
+
         print(f"activator, file discovery: {args.revisions} revisions in {args.namespaces} namespaces, "
               f"half with a ready pod")
         print(f"  exec -> listening                      {listening_ms:8.0f} ms")
@@ -146,6 +197,10 @@ def main():
         print(f"  rename -> held request answered        {statistics.median(release_ms):8.1f} ms "
               f"(median of {len(release_ms)}; min {min(release_ms):.1f}, max {max(release_ms):.1f}; "
               f"includes up to 100 ms of file polling)")
+        print(f"  idle RSS with one revision listed      {base_rss / 1024:8.1f} MB "
+              f"-> {(idle_rss - base_rss) * 1024 / args.revisions:.0f} bytes per idle revision")
+        print(f"  after one request to {args.touch // 2} revisions      {touched_rss / 1024:8.1f} MB")
+        print(f"  once they were evicted ({args.idle_timeout} idle)      {evicted_rss / 1024:8.1f} MB")
         print(f"  RSS at the end                         {rss_kib(act.pid) / 1024:8.1f} MB")
     finally:
         for p in (act, qp, app):

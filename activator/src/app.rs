@@ -126,6 +126,7 @@ pub async fn run(config: Config) -> ExitCode {
             self_ip: config.pod_ip.clone(),
             max_queued: config.max_queued_per_revision,
             max_concurrent_probes: config.max_concurrent_probes,
+            revision_idle_timeout: config.revision_idle_timeout,
             mesh_mode: network.mesh_mode,
             passthrough_lb: network.mesh_pod_addressability,
             ..BackendSettings::default()

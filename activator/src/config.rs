@@ -58,6 +58,11 @@ pub struct Config {
     /// [`crate::backends::DEFAULT_MAX_CONCURRENT_PROBES`], 0 = unbounded): pod probes in flight
     /// across all revisions.
     pub max_concurrent_probes: usize,
+    /// `ACTIVATOR_REVISION_IDLE_TIMEOUT` (ours; Go duration, default
+    /// [`DEFAULT_REVISION_IDLE_TIMEOUT`]; `0` = `None`): a revision's throttler and pod watcher
+    /// are created by its first request and dropped after this long without one. `None` keeps
+    /// them for every known revision from startup (Knative's behaviour).
+    pub revision_idle_timeout: Option<Duration>,
     /// `ACTIVATOR_HTTPS_PORT` (ours; default 8112): the TLS listener, in system-internal TLS
     /// mode only.
     pub https_port: u16,
@@ -75,6 +80,9 @@ pub struct Config {
     /// `ACTIVATOR_MAX_CONNECTIONS`.
     pub limits: knative_common::server::ServerLimits,
 }
+
+/// Default for `ACTIVATOR_REVISION_IDLE_TIMEOUT`.
+pub const DEFAULT_REVISION_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default for `ACTIVATOR_MAX_QUEUED_TOTAL`.
 pub const DEFAULT_MAX_QUEUED_TOTAL: usize = 100_000;
@@ -145,6 +153,12 @@ impl Config {
                 crate::backends::DEFAULT_MAX_CONCURRENT_PROBES,
                 "a non-negative integer",
             )?,
+            revision_idle_timeout: Some(duration(
+                env,
+                "ACTIVATOR_REVISION_IDLE_TIMEOUT",
+                DEFAULT_REVISION_IDLE_TIMEOUT,
+            )?)
+            .filter(|idle| !idle.is_zero()),
             https_port: optional_port(env, "ACTIVATOR_HTTPS_PORT", DEFAULT_HTTPS_PORT)?,
             queue_tls_port: optional_port(env, "ACTIVATOR_QUEUE_TLS_PORT", DEFAULT_HTTPS_PORT)?,
             max_queued_total: Some(optional_int(
@@ -195,12 +209,25 @@ mod tests {
         assert_eq!(c.max_idle_per_host, 100);
         assert_eq!(c.drain_sleep, DEFAULT_DRAIN_SLEEP);
         assert_eq!(c.max_queued_per_revision, None);
+        assert_eq!(c.revision_idle_timeout, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn revision_idle_timeout_zero_keeps_every_revision() {
+        let mut env = base();
+        env.insert("ACTIVATOR_REVISION_IDLE_TIMEOUT", "0");
+        let c = Config::from_env(&env, "cluster.local".into()).unwrap();
+        assert_eq!(c.revision_idle_timeout, None);
+        env.insert("ACTIVATOR_REVISION_IDLE_TIMEOUT", "90s");
+        let c = Config::from_env(&env, "cluster.local".into()).unwrap();
+        assert_eq!(c.revision_idle_timeout, Some(Duration::from_secs(90)));
     }
 
     #[test]
     fn bad_values_name_the_variable() {
         for (name, value) in [
             ("PROBE_TIMEOUT", "soon"),
+            ("ACTIVATOR_REVISION_IDLE_TIMEOUT", "a minute"),
             ("ACTIVATOR_HTTP1_PORT", "0"),
             ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1"),
         ] {

@@ -357,3 +357,55 @@ async fn queue_cap_rejects_the_excess_with_503() {
     }
     assert_eq!(app.seen_count(), 10);
 }
+
+/// Lazy per-revision state end to end (`ACTIVATOR_REVISION_IDLE_TIMEOUT`): with a 20 ms idle
+/// timeout the revision's throttler and watcher are dropped between bursts and re-created by
+/// the next request, sometimes while requests of a burst are still arriving. Every request is
+/// answered by the app, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_eviction_with_requests_arriving_loses_and_duplicates_nothing() {
+    const NAME: &str = "idle-00001";
+    let pod = Pod::start(id_app(Duration::ZERO).await, NAME, 0).await;
+    let stats = StatsReceiver::start().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .env("ACTIVATOR_REVISION_IDLE_TIMEOUT", "20ms")
+        .revisions(&[Rev::new(NAME, 0).ready([pod.addr()])])
+        .start();
+    activator.wait_healthy().await;
+    let mut sent = 0;
+    for round in 0..12 {
+        let burst: Vec<_> = (0..10)
+            .map(|i| {
+                sent += 1;
+                let id = sent;
+                let addr = activator.addr();
+                let task = tokio::spawn(async move {
+                    // Spread over about one sweep period.
+                    tokio::time::sleep(Duration::from_millis(i)).await;
+                    spawn_request(addr, NAME, id).await.unwrap()
+                });
+                (id, task)
+            })
+            .collect();
+        for (id, task) in burst {
+            let resp = task.await.unwrap();
+            assert_eq!(resp.status, StatusCode::OK, "request {id}: {}", resp.text());
+            assert_eq!(resp.text(), format!("id={id}"));
+        }
+        if round % 2 == 0 {
+            // Quiet for more than one and a half idle timeouts: evicted meanwhile.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+    }
+    // The revision was (re)created several times, and no request reached the app twice.
+    activator.wait_log("watching revision", 4).await;
+    let mut seen: Vec<usize> = pod
+        .app
+        .seen()
+        .iter()
+        .filter_map(|s| s.header("x-request-id"))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=sent).collect::<Vec<_>>());
+}

@@ -13,23 +13,48 @@
 //! unhealthy (crash-looping pods in thousands of revisions cost nothing until a request waits
 //! for one of them).
 
+use std::sync::Weak;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::throttler::RevisionThrottler;
+
+/// What a watcher keeps of its revision's throttler for fast probing: a weak reference (an
+/// idle revision can be evicted while its watcher waits) and the throttler's
+/// [`RevisionThrottler::waiter_arrived`] signal.
+#[derive(Debug)]
+pub(super) struct WaiterSignal {
+    revision: Weak<RevisionThrottler>,
+    arrived: std::sync::Arc<Notify>,
+}
+
+impl WaiterSignal {
+    pub(super) fn new(revision: &std::sync::Arc<RevisionThrottler>) -> Self {
+        WaiterSignal {
+            revision: std::sync::Arc::downgrade(revision),
+            arrived: revision.waiter_arrived().clone(),
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.revision.upgrade().map_or(0, |r| r.waiting())
+    }
+}
 
 /// One wait of an eligible-or-not watcher for its next fast probe.
 #[derive(Debug)]
 pub(super) struct FastProbe<'a> {
     /// `Some` only when fast probing is enabled, the revision is known and the watcher is
     /// eligible.
-    active: Option<(Duration, &'a RevisionThrottler)>,
+    active: Option<(Duration, &'a WaiterSignal)>,
 }
 
 impl<'a> FastProbe<'a> {
     /// `interval`: `None` when fast probing is disabled.
     pub(super) fn new(
         interval: Option<Duration>,
-        revision: Option<&'a RevisionThrottler>,
+        revision: Option<&'a WaiterSignal>,
         eligible: bool,
     ) -> Self {
         FastProbe {
@@ -50,7 +75,7 @@ impl<'a> FastProbe<'a> {
         } else {
             // A request arriving between the check and this wait leaves a permit behind
             // (`notify_one`), so it is not missed.
-            revision.waiter_arrived().notified().await;
+            revision.arrived.notified().await;
         }
     }
 }

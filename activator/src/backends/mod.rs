@@ -38,6 +38,7 @@
 
 mod duration;
 mod fast;
+mod lazy;
 mod limit;
 mod probe;
 mod watcher;
@@ -125,6 +126,10 @@ pub struct BackendSettings {
     pub max_queued: Option<usize>,
     /// Pod probes in flight at most, across all revisions (0 = unbounded).
     pub max_concurrent_probes: usize,
+    /// Lazy per-revision state (see [`lazy`]): `Some(idle)` creates a revision's throttler and
+    /// watcher on its first request and drops them once it has had no request for `idle`;
+    /// `None` keeps both for every known revision from the start (Knative's model).
+    pub revision_idle_timeout: Option<Duration>,
 }
 
 impl Default for BackendSettings {
@@ -138,6 +143,7 @@ impl Default for BackendSettings {
             self_ip: String::new(),
             max_queued: None,
             max_concurrent_probes: DEFAULT_MAX_CONCURRENT_PROBES,
+            revision_idle_timeout: None,
         }
     }
 }
@@ -176,10 +182,23 @@ impl BackendsManager {
         observer: Option<mpsc::UnboundedSender<(RevisionId, DestsUpdate)>>,
     ) -> JoinHandle<()> {
         let prober = Arc::new(LimitedProber::new(prober, settings.max_concurrent_probes));
+        let created = settings.revision_idle_timeout.map(|_| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let reader = source.reader();
+            let max_queued = settings.max_queued;
+            throttler.enable_activation(
+                Box::new(move |namespace: &str, name: &str| {
+                    let spec = reader.borrow().revision(namespace, name)?;
+                    Some(spec.throttler_settings(max_queued))
+                }),
+                tx,
+            );
+            rx
+        });
         let mut manager = Manager::new(throttler, settings, prober, observer);
         let (snapshot, changes) = source.take();
         manager.apply_changes(&snapshot, changes);
-        tokio::spawn(manager.run(source, shutdown))
+        tokio::spawn(manager.run(source, created, shutdown))
     }
 }
 
@@ -189,6 +208,8 @@ struct WatcherHandle {
     private: PrivateEndpoints,
     public: PublicEndpoints,
     task: JoinHandle<()>,
+    /// Lazy mode: sweeps in a row that found no request.
+    idle_sweeps: u8,
 }
 
 struct Manager<P> {
@@ -196,7 +217,10 @@ struct Manager<P> {
     settings: BackendSettings,
     prober: Arc<P>,
     ctx: Arc<WatcherContext>,
+    /// Eager mode: every known revision; lazy mode: the revisions in use.
     watchers: HashMap<RevisionId, WatcherHandle>,
+    /// Lazy mode: what evicted revisions' watchers knew (see [`lazy`]).
+    seeds: HashMap<RevisionId, lazy::Seed>,
 }
 
 impl<P: Prober> Manager<P> {
@@ -224,24 +248,113 @@ impl<P: Prober> Manager<P> {
             prober,
             ctx,
             watchers: HashMap::new(),
+            seeds: HashMap::new(),
         }
     }
 
-    async fn run(mut self, mut source: ChangeFeed, mut shutdown: watch::Receiver<bool>) {
+    fn lazy(&self) -> bool {
+        self.settings.revision_idle_timeout.is_some()
+    }
+
+    /// `created`: lazy mode's receiver of revisions whose throttler a request created.
+    async fn run(
+        mut self,
+        mut source: ChangeFeed,
+        mut created: Option<mpsc::UnboundedReceiver<RevisionId>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let reader = source.reader();
+        let mut sweeps = self.settings.revision_idle_timeout.map(|idle| {
+            let period = (idle / u32::from(lazy::IDLE_SWEEPS)).max(MIN_PROBE_FREQUENCY);
+            let mut interval =
+                tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
+        let mut source_open = true;
         loop {
             tokio::select! {
                 () = shutdown_requested(&mut shutdown) => break,
-                changed = source.changed() => {
-                    let Some((snapshot, changes)) = changed else {
-                        // The source is gone: keep the last state until shutdown.
-                        shutdown_requested(&mut shutdown).await;
-                        break;
-                    };
-                    self.apply_changes(&snapshot, changes);
+                changed = source.changed(), if source_open => match changed {
+                    Some((snapshot, changes)) => self.apply_changes(&snapshot, changes),
+                    // The source is gone: keep the last state until shutdown.
+                    None => source_open = false,
+                },
+                Some(id) = recv(&mut created) => {
+                    let snapshot = reader.borrow().clone();
+                    self.activate(&id, &snapshot);
                 }
+                () = tick(&mut sweeps) => self.sweep(),
             }
         }
         self.stop().await;
+    }
+
+    /// Lazy mode: a request created the revision's throttler; start its watcher (seeded with
+    /// what an earlier one knew, when still valid).
+    fn activate(&mut self, id: &RevisionId, snapshot: &Snapshot) {
+        if self.watchers.contains_key(id) {
+            return;
+        }
+        match snapshot.get(id) {
+            Some(entry) => self.apply_entry(entry),
+            None => {
+                // Left discovery since the request looked it up.
+                self.seeds.remove(id);
+                self.throttler.remove_revision(id);
+            }
+        }
+    }
+
+    /// Lazy mode: evicts the revisions that had no request for [`lazy::IDLE_SWEEPS`] sweeps and
+    /// that nothing holds (see [`lazy`]).
+    fn sweep(&mut self) {
+        let mut idle = Vec::new();
+        for (id, handle) in &mut self.watchers {
+            match self.throttler.revision(id) {
+                Some(revision) if revision.take_touched() => handle.idle_sweeps = 0,
+                _ => {
+                    handle.idle_sweeps = handle.idle_sweeps.saturating_add(1);
+                    if handle.idle_sweeps >= lazy::IDLE_SWEEPS {
+                        idle.push(id.clone());
+                    }
+                }
+            }
+        }
+        for id in idle {
+            let Some(handle) = self.watchers.get(&id) else {
+                continue;
+            };
+            // The watcher's inbox lock is taken before the registry's (as when it emits), and
+            // held across the eviction, so that it emits nothing after its throttler is gone.
+            let throttler = &self.throttler;
+            let evicted = handle.shared.stop_if(|| {
+                throttler
+                    .evict_if_unused(&id)
+                    .map(Some)
+                    // Its throttler is already gone: only the watcher is left to stop.
+                    .or_else(|| throttler.revision(&id).is_none().then_some(None))
+            });
+            let Some(revision) = evicted else {
+                continue; // in use after all: the next sweeps look again
+            };
+            let Some(handle) = self.watchers.remove(&id) else {
+                continue;
+            };
+            tracing::debug!(revision = %id, "idle revision evicted");
+            if let Some(seed) = revision.and_then(|r| lazy::Seed::of_evicted(&r, &handle.private)) {
+                self.seeds.insert(id, seed);
+            }
+        }
+    }
+
+    /// Lazy mode: drops the seed of a revision not in use whose endpoints changed (or that left).
+    fn check_seed(&mut self, id: &RevisionId, entry: Option<&RevisionEntry>) {
+        if let Some(seed) = self.seeds.get(id) {
+            if !entry.is_some_and(|entry| seed.matches(&entry.private)) {
+                self.seeds.remove(id);
+            }
+        }
     }
 
     /// Applies a publication: every revision when `changes` is [`Changes::All`], else only the
@@ -252,7 +365,7 @@ impl<P: Prober> Manager<P> {
             Changes::Revisions(ids) => {
                 for id in ids {
                     match snapshot.get(&id) {
-                        Some(entry) => self.apply_entry(entry),
+                        Some(entry) => self.apply_changed(entry),
                         None => self.remove(&id),
                     }
                 }
@@ -263,16 +376,27 @@ impl<P: Prober> Manager<P> {
     /// Reconciles watchers and throttlers with every revision of `snapshot`.
     fn apply(&mut self, snapshot: &Snapshot) {
         for entry in snapshot.revisions() {
-            self.apply_entry(entry);
+            self.apply_changed(entry);
         }
         let gone: Vec<RevisionId> = self
             .watchers
             .keys()
+            .chain(self.seeds.keys())
             .filter(|id| snapshot.get(id).is_none())
             .cloned()
             .collect();
         for id in gone {
             self.remove(&id);
+        }
+    }
+
+    /// A revision's entry changed (or is listed again): reconciled if in use (always in eager
+    /// mode); in lazy mode an unused revision only has its seed checked.
+    fn apply_changed(&mut self, entry: &RevisionEntry) {
+        if self.lazy() && !self.watchers.contains_key(&entry.spec.id) {
+            self.check_seed(&entry.spec.id, Some(entry));
+        } else {
+            self.apply_entry(entry);
         }
     }
 
@@ -320,7 +444,10 @@ impl<P: Prober> Manager<P> {
 
     /// The revision left discovery: its watcher stops, then its throttler goes.
     fn remove(&mut self, id: &RevisionId) {
+        self.seeds.remove(id);
         let Some(handle) = self.watchers.remove(id) else {
+            // Lazy mode: a request may have created its throttler meanwhile.
+            self.throttler.remove_revision(id);
             return;
         };
         tracing::info!(revision = %id, "revision removed");
@@ -334,7 +461,7 @@ impl<P: Prober> Manager<P> {
             id.clone(),
             Arc::new(Dests::from_endpoints(&entry.private)),
         ));
-        let watcher = RevisionWatcher::new(
+        let mut watcher = RevisionWatcher::new(
             id.clone(),
             self.prober.clone(),
             WatcherConfig {
@@ -344,6 +471,19 @@ impl<P: Prober> Manager<P> {
                 probe_optimisation: entry.spec.probe_optimisation,
             },
         );
+        if let Some(seed) = self
+            .seeds
+            .remove(id)
+            .filter(|seed| seed.matches(&entry.private))
+        {
+            let (update, healthy, cluster_ip) = seed.resume(&entry.private);
+            watcher.resume(healthy, cluster_ip);
+            // Applied before the watcher runs: waiting requests go at once.
+            let _ = self.throttler.update_dests(id, &update);
+            if let Some(observer) = &self.ctx.observer {
+                let _ = observer.send((id.clone(), update));
+            }
+        }
         let task = tokio::spawn(watcher::run(watcher, shared.clone(), self.ctx.clone()));
         WatcherHandle {
             shared,
@@ -351,6 +491,7 @@ impl<P: Prober> Manager<P> {
             private: entry.private.clone(),
             public: entry.public.clone(),
             task,
+            idle_sweeps: 0,
         }
     }
 
@@ -363,6 +504,27 @@ impl<P: Prober> Manager<P> {
         for handle in handles {
             let _ = handle.task.await;
         }
+    }
+}
+
+/// The next revision a request created; never without a receiver (eager mode) or once closed.
+async fn recv(created: &mut Option<mpsc::UnboundedReceiver<RevisionId>>) -> Option<RevisionId> {
+    match created {
+        Some(rx) => match rx.recv().await {
+            Some(id) => Some(id),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next sweep; never without one (eager mode).
+async fn tick(sweeps: &mut Option<tokio::time::Interval>) {
+    match sweeps {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

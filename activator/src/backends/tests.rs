@@ -29,6 +29,8 @@ use super::*;
 use crate::discovery::{PrivateEndpoints, PublicEndpoints, RevisionEntry, RevisionSpec, Snapshot};
 use crate::throttler::{Protocol, RevisionId, Throttler};
 
+mod lazy;
+
 const NS: &str = "test-namespace";
 const NAME: &str = "test-revision";
 const P1: &str = "10.0.0.1:8012";

@@ -122,6 +122,19 @@ impl<P: Prober> RevisionWatcher<P> {
         }
     }
 
+    /// Starts from what an earlier watcher of the same pods learned (lazy per-revision state:
+    /// the revision was evicted while idle and its pods have not changed since): `healthy` pods,
+    /// or the cluster IP when `cluster_ip` (pods then unaddressable, as that watcher found).
+    pub fn resume(&mut self, healthy: BTreeSet<String>, cluster_ip: bool) {
+        if cluster_ip {
+            self.cluster_ip_healthy = true;
+            self.pods_addressable = false;
+            self.healthy_pods.clear();
+        } else {
+            self.healthy_pods = healthy;
+        }
+    }
+
     /// Whether the periodic re-probe is armed (spec §5.5): some pod exists, the cluster IP is not
     /// known healthy and not every pod is known healthy.
     pub fn timer_armed(&self, cur: &Dests) -> bool {
@@ -339,6 +352,17 @@ impl WatcherShared {
         self.lock().stopped
     }
 
+    /// Stops the watcher if `evict` (run under the inbox lock, so the watcher emits nothing in
+    /// between) succeeds; returns what `evict` returned.
+    pub fn stop_if<T>(&self, evict: impl FnOnce() -> Option<T>) -> Option<T> {
+        let mut inbox = self.lock();
+        let evicted = evict()?;
+        inbox.stopped = true;
+        drop(inbox);
+        self.changed.notify_one();
+        Some(evicted)
+    }
+
     /// The dests if newer than version `seen` (which is then updated).
     fn newer_dests(&self, seen: &mut u64) -> Option<Arc<Dests>> {
         let inbox = self.lock();
@@ -399,8 +423,12 @@ pub async fn run<P: Prober>(
     // The timer exists only while armed: a revision whose pods are all healthy (or that has
     // none) waits on its inbox alone, and its task stays small (see below).
     let mut ticker: Option<tokio::time::Interval> = None;
-    // The manager ensures the throttler before starting the watcher.
-    let revision = ctx.throttler.revision(&shared.id);
+    // The manager ensures the throttler before starting the watcher. Held weakly: an idle
+    // revision's throttler can be evicted while this waits.
+    let revision = ctx
+        .throttler
+        .revision(&shared.id)
+        .map(|r| super::fast::WaiterSignal::new(&r));
     let mut version = 0;
     let mut cur = shared.newer_dests(&mut version).unwrap_or_default();
     let mut prev = Arc::new(Dests::default());
@@ -423,7 +451,7 @@ pub async fn run<P: Prober>(
             was_armed = armed;
             let fast = super::fast::FastProbe::new(
                 ctx.fast_probe_interval,
-                revision.as_deref(),
+                revision.as_ref(),
                 armed && watcher.nothing_healthy(),
             );
             // Dests that arrived while the last round ran are taken at once.

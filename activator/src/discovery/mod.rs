@@ -101,7 +101,7 @@ impl RevisionSpec {
 }
 
 /// The revision's private endpoints (its pods) and private Service (spec §5.1, §5.3).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PrivateEndpoints {
     /// Pods Kubernetes reports ready, as `ip:port` (IPv6 bracketed).
     pub ready: Vec<String>,
@@ -393,6 +393,12 @@ impl ChangeFeed {
         let changes = std::mem::take(&mut *lock(&self.pending));
         let snapshot = self.rx.borrow_and_update().clone();
         (snapshot, changes)
+    }
+
+    /// A receiver of the latest snapshot that leaves this feed's changes untouched (for lookups
+    /// between takes).
+    pub fn reader(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.rx.clone()
     }
 
     /// Waits for the next publication, then [`ChangeFeed::take`]s. `None` once the source is

@@ -43,7 +43,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::FastHash;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use tokio::sync::mpsc;
 
 pub use breaker::{Acquire, Breaker, BreakerParams, Permit, QueueFull, MAX_CAPACITY};
 pub use infinite::InfiniteBreaker;
@@ -131,12 +133,30 @@ pub enum ThrottlerError {
 
 type Revisions = HashMap<String, HashMap<String, Arc<RevisionThrottler>, FastHash>, FastHash>;
 
+/// The settings of a revision known to discovery, or `None` for an unknown one (see
+/// [`Throttler::enable_activation`]).
+pub type RevisionLookup = dyn Fn(&str, &str) -> Option<RevisionSettings> + Send + Sync;
+
+/// Creation of a revision's throttler by its first request (lazy per-revision state).
+struct Activation {
+    lookup: Box<RevisionLookup>,
+    /// Told the id of every throttler so created (the backends manager starts its watcher).
+    created: mpsc::UnboundedSender<RevisionId>,
+}
+
+impl fmt::Debug for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Activation").finish_non_exhaustive()
+    }
+}
+
 /// The registry of revision throttlers, keyed by namespace then name so that lookups borrow the
 /// caller's strings (one read lock, two hash lookups, no allocation).
 #[derive(Debug)]
 pub struct Throttler {
     revisions: RwLock<Revisions>,
     gate: Arc<fair::FairQueue>,
+    activation: OnceLock<Activation>,
 }
 
 impl Default for Throttler {
@@ -160,7 +180,54 @@ impl Throttler {
         Throttler {
             revisions: RwLock::default(),
             gate: Arc::new(fair::FairQueue::new(max)),
+            activation: OnceLock::new(),
         }
+    }
+
+    /// Lazy per-revision state: from now on a request for a revision without a throttler
+    /// creates it when `lookup` knows the revision (with the settings it returns), and the id is
+    /// sent on `created` (once per creation). Without this a request for such a revision fails
+    /// with [`ThrottlerError::RevisionNotFound`]. Returns false if activation was already on.
+    pub fn enable_activation(
+        &self,
+        lookup: Box<RevisionLookup>,
+        created: mpsc::UnboundedSender<RevisionId>,
+    ) -> bool {
+        self.activation.set(Activation { lookup, created }).is_ok()
+    }
+
+    /// The revision's throttler created for a request (see [`Throttler::enable_activation`]).
+    fn activate(&self, namespace: &str, name: &str) -> Option<Arc<RevisionThrottler>> {
+        let activation = self.activation.get()?;
+        let settings = (activation.lookup)(namespace, name)?;
+        let id = RevisionId::new(namespace, name);
+        let (revision, created) = self.ensure(&id, settings);
+        if created {
+            // The manager may be gone at shutdown; the throttler then serves without updates.
+            let _ = activation.created.send(id);
+        }
+        Some(revision)
+    }
+
+    /// Removes the revision's throttler if the registry holds the only reference to it: no
+    /// request waits for it or holds a lease, nobody else looks at it. Requests obtain
+    /// references only from the registry, under its lock, so none can start using it after the
+    /// check (the revision's watcher holds a `Weak` and only reads through it). Returns the
+    /// removed throttler (then held by the caller alone).
+    pub fn evict_if_unused(&self, id: &RevisionId) -> Option<Arc<RevisionThrottler>> {
+        let mut revisions = self
+            .revisions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = revisions.get_mut(id.namespace.as_str())?;
+        if Arc::strong_count(names.get(id.name.as_str())?) != 1 {
+            return None;
+        }
+        let removed = names.remove(id.name.as_str());
+        if names.is_empty() {
+            revisions.remove(id.namespace.as_str());
+        }
+        removed
     }
 
     /// Requests waiting for a revision slot now, across all revisions.
@@ -181,25 +248,37 @@ impl Throttler {
         id: &RevisionId,
         settings: RevisionSettings,
     ) -> Arc<RevisionThrottler> {
+        self.ensure(id, settings).0
+    }
+
+    /// [`Throttler::ensure_revision`], telling whether this call created it.
+    fn ensure(
+        &self,
+        id: &RevisionId,
+        settings: RevisionSettings,
+    ) -> (Arc<RevisionThrottler>, bool) {
         if let Some(existing) = self.get(&id.namespace, &id.name) {
-            return existing;
+            return (existing, false);
         }
         let mut revisions = self
             .revisions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        revisions
+        let mut created = false;
+        let revision = revisions
             .entry(id.namespace.clone())
             .or_default()
             .entry(id.name.clone())
             .or_insert_with(|| {
+                created = true;
                 Arc::new(RevisionThrottler::with_gate(
                     id.clone(),
                     settings,
                     Arc::clone(&self.gate),
                 ))
             })
-            .clone()
+            .clone();
+        (revision, created)
     }
 
     /// Removes the revision's throttler (spec §3.7). Requests holding leases keep their reference;
@@ -277,6 +356,7 @@ impl Throttler {
     ) -> impl Future<Output = Result<Lease, ThrottlerError>> + Send + 'static {
         let found = self
             .get(namespace, name)
+            .or_else(|| self.activate(namespace, name))
             .ok_or_else(|| ThrottlerError::RevisionNotFound(name.to_owned()));
         async move { found?.acquire().await }
     }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -101,8 +101,13 @@ pub struct RevisionThrottler {
     gate: Arc<FairQueue>,
     /// When a refused request was last logged ([`monotonic_millis`]; 0 = never).
     refusal_logged_at: AtomicU64,
-    /// Notified (`notify_one`) whenever a request starts to wait for a revision slot.
-    waiter_arrived: tokio::sync::Notify,
+    /// Notified (`notify_one`) whenever a request starts to wait for a revision slot. In its own
+    /// allocation so that the revision's watcher can wait on it without keeping the revision
+    /// alive (idle revisions are evicted only when nothing else holds them).
+    waiter_arrived: Arc<tokio::sync::Notify>,
+    /// Set by every request, cleared by the backends manager's idle sweep
+    /// ([`RevisionThrottler::take_touched`]).
+    touched: AtomicBool,
 }
 
 /// Target capacity of the revision breaker (spec §3.3 step 3, Go `calculateCapacity`).
@@ -165,7 +170,9 @@ impl RevisionThrottler {
             }),
             gate,
             refusal_logged_at: AtomicU64::new(0),
-            waiter_arrived: tokio::sync::Notify::new(),
+            waiter_arrived: Arc::new(tokio::sync::Notify::new()),
+            // Creation counts as use: a revision is evicted only after a whole idle period.
+            touched: AtomicBool::new(true),
         }
     }
 
@@ -177,6 +184,11 @@ impl RevisionThrottler {
     /// The returned [`Lease`] holds both slots until dropped. Dropping the future at any point
     /// leaks nothing. Fails only with [`ThrottlerError::QueueFull`].
     pub async fn acquire(self: Arc<Self>) -> Result<Lease, ThrottlerError> {
+        // A load, and a store only on the first request after a sweep: the flag's cache line
+        // stays shared between cores on a busy revision.
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
         let mut attempt: u32 = 0;
         loop {
             self.wait_for_slot().await?;
@@ -409,8 +421,13 @@ impl RevisionThrottler {
 
     /// Notified whenever a request starts to wait for a revision slot (fast probing of a
     /// revision with nothing healthy starts then; a stale permit only causes one early probe).
-    pub fn waiter_arrived(&self) -> &tokio::sync::Notify {
+    pub fn waiter_arrived(&self) -> &Arc<tokio::sync::Notify> {
         &self.waiter_arrived
+    }
+
+    /// Whether a request asked for a slot since the last call (which clears the mark).
+    pub fn take_touched(&self) -> bool {
+        self.touched.swap(false, Ordering::Relaxed)
     }
 
     /// Requests waiting for a revision slot.
