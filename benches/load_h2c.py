@@ -155,7 +155,7 @@ http {{
     return port, proc, worker
 
 
-def start_activator_h2c_chain(app_port, workdir, extra_env=None):
+def start_activator_h2c_chain(app_port, workdir, extra_env=None, activator_bin=None):
     """The activator's h2c port in front of a queue-proxy (CC=10) in front of the app, the
     revision declared `h2c`."""
     qp_port, qp = start_queue_proxy(app_port, 10)
@@ -169,7 +169,7 @@ def start_activator_h2c_chain(app_port, workdir, extra_env=None):
            "ACTIVATOR_HTTP1_PORT": str(h1_port), "ACTIVATOR_H2C_PORT": str(h2_port),
            "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
            "ACTIVATOR_LOG_LEVEL": "error", **(extra_env or {})}
-    act = subprocess.Popen([os.path.join(load.BIN, "activator")], env=env, stdout=subprocess.DEVNULL)
+    act = subprocess.Popen([activator_bin or os.path.join(load.BIN, "activator")], env=env, stdout=subprocess.DEVNULL)
     wait_listening(h2_port)
     # The pod must be probed healthy before the throttler hands out leases.
     deadline = time.monotonic() + 10
@@ -193,6 +193,8 @@ def main():
     parser.add_argument("--bin-dir", default=load.BIN, help="where the release binaries are")
     parser.add_argument("--only", default="", help="comma list of scenario keys: haproxy-h2,haproxy-h1,nginx,qp,"
                                                    "activator (the app alone and HAProxy h2c->h2c always run)")
+    parser.add_argument("--baseline-activator", default="",
+                        help="also measure the chain with this activator binary (a build to compare with)")
     parser.add_argument("--one-worker", action="store_true",
                         help="also measure the activator chain with one activator worker (ACTIVATOR_WORKER_THREADS=1)")
     args = parser.parse_args()
@@ -230,12 +232,14 @@ def main():
                 procs.append(qp)
                 results.append(measure("queue-proxy CC=0", port, qp.pid, args))
                 stop(qp)
-            chains = [("activator", "activator -> qp -> app", None)]
+            chains = [("activator", "activator -> qp -> app", None, None)]
             if args.one_worker:
-                chains.append(("activator", "activator, 1 worker", {"ACTIVATOR_WORKER_THREADS": "1"}))
-            for key, name, extra in chains:
+                chains.append(("activator", "activator, 1 worker", {"ACTIVATOR_WORKER_THREADS": "1"}, None))
+            if args.baseline_activator:
+                chains.append(("activator", "baseline activator", None, os.path.abspath(args.baseline_activator)))
+            for key, name, extra, binary in chains:
                 if wanted(key):
-                    port, act, qp = start_activator_h2c_chain(app_port, workdir, extra)
+                    port, act, qp = start_activator_h2c_chain(app_port, workdir, extra, binary)
                     procs += [act, qp]
                     results.append(measure(name, port, act.pid, args, headers=REVISION_HEADERS, also=qp.pid))
                     stop(act)
