@@ -4,6 +4,24 @@
 # runs load.py. Usage: benches/load.sh [--duration SECONDS] [--connections N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--h2c" ]; then
+  # benches/load.sh --h2c [load_h2c.py options]: the h2c benchmark (h2load against HAProxy, nginx,
+  # the queue-proxy and the activator). Installs h2load (nghttp2-client), HAProxy and nginx
+  # (Debian packages; policy-rc.d in containers keeps them from starting their own services).
+  shift
+  export PATH="$PATH:/usr/sbin"
+  missing=()
+  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)..." >&2
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  cargo build --release -q -p queue-proxy -p activator -p sample-app
+  exec python3 benches/load_h2c.py "$@"
+fi
 if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk (Debian package)..." >&2
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

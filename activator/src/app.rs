@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use knative_common::drain::InFlightCounter;
 use knative_common::env::ProcessEnv;
-use knative_common::server::{bind_dual_stack, serve, serve_tls, BindError, Protocols};
+use knative_common::server::{
+    bind_dual_stack, bind_dual_stack_shared, serve_tls, serve_with_slots, BindError,
+    ConnectionSlots, Protocols, ServerLimits,
+};
 use knative_common::signals::Signals;
 use tokio::sync::watch;
 
@@ -39,7 +42,10 @@ pub fn main() -> ExitCode {
         ],
         &std::env::var("ACTIVATOR_LOG_LEVEL").unwrap_or_default(),
     );
-    match tokio::runtime::Builder::new_multi_thread()
+    // The main runtime runs discovery, probing, the autoscaler channel, observability and the
+    // TLS listener; requests on the plaintext ports are served by the worker threads (see
+    // `spawn_workers`).
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -149,22 +155,32 @@ pub async fn run(config: Config) -> ExitCode {
         }),
     );
     let reporter_task = tokio::spawn(reporter.clone().run(REPORT_INTERVAL));
-    let pools = Arc::new(match &system_tls {
-        Some(tls) => DestPools::with_tls(
-            config.max_idle_per_host,
-            tls.trust.clone(),
-            config.queue_tls_port,
-        ),
-        None => DestPools::new(config.max_idle_per_host),
-    });
-    let sweeper = tokio::spawn(pools.clone().run_sweeper());
+    // One set of pools per worker thread (and one for the TLS listener on the main runtime):
+    // a request's upstream connection lives on the thread that serves the request.
+    let workers = config.worker_threads.unwrap_or_else(default_workers);
+    let pools: Vec<&'static DestPools> = (0..=workers)
+        .map(|_| {
+            let pools = match &system_tls {
+                Some(tls) => DestPools::with_tls(
+                    config.max_idle_per_host,
+                    tls.trust.clone(),
+                    config.queue_tls_port,
+                ),
+                None => DestPools::new(config.max_idle_per_host),
+            };
+            &*Box::leak(Box::new(pools))
+        })
+        .collect();
+    let sweepers: Vec<_> = pools
+        .iter()
+        .map(|&pools| tokio::spawn(pools.run_sweeper()))
+        .collect();
     let lookup_source = discovery.clone();
     let state: &'static ActivatorState = Box::leak(Box::new(ActivatorState {
         throttler,
         revisions: Arc::new(move |ns: &str, name: &str| lookup_source.revision(ns, name)),
         reporter,
         autoscaler: autoscaler.clone(),
-        pools,
         terminating: Default::default(),
         in_flight: InFlightCounter::default(),
         cluster_domain: config.cluster_domain.clone(),
@@ -174,8 +190,8 @@ pub async fn run(config: Config) -> ExitCode {
 
     let bound = (|| -> Result<_, BindError> {
         Ok((
-            bind_dual_stack(config.http1_port)?,
-            bind_dual_stack(config.h2c_port)?,
+            bind_dual_stack_shared(config.http1_port, workers)?,
+            bind_dual_stack_shared(config.h2c_port, workers)?,
         ))
     })();
     let (http1, h2c) = match bound {
@@ -183,15 +199,18 @@ pub async fn run(config: Config) -> ExitCode {
         Err(error) => return fatal(error),
     };
     let limits = config.limits;
-    let servers = [http1, h2c].map(|listener| {
-        tokio::spawn(serve(
-            listener,
-            Protocols::Http1AndH2c,
-            limits,
-            move |remote| ActivatorService::new(state, remote),
-            listeners_rx.clone(),
-        ))
-    });
+    let served = match spawn_workers(
+        http1.into_iter().zip(h2c).collect(),
+        &pools[1..],
+        state,
+        limits,
+        &listeners_rx,
+        &background_rx,
+    ) {
+        Ok(served) => served,
+        Err(error) => return fatal(format!("cannot start the worker threads: {error}")),
+    };
+    let tls_pools = pools[0];
     // The TLS listener (8112) runs next to the plaintext ones, with the same chain.
     let https = match &system_tls {
         None => None,
@@ -200,7 +219,7 @@ pub async fn run(config: Config) -> ExitCode {
                 listener,
                 tls.acceptor.clone(),
                 limits,
-                move |remote| ActivatorService::new(state, remote),
+                move |remote| ActivatorService::new(state, tls_pools, remote),
                 listeners_rx.clone(),
             ))),
             Err(error) => return fatal(error),
@@ -224,8 +243,8 @@ pub async fn run(config: Config) -> ExitCode {
     });
     tokio::time::sleep(config.drain_sleep).await;
     let _ = listeners_stop.send(true);
-    for server in servers {
-        let _ = server.await;
+    for worker in served {
+        let _ = worker.await;
     }
     if let Some(server) = https {
         let _ = server.await;
@@ -238,9 +257,80 @@ pub async fn run(config: Config) -> ExitCode {
     }
     let _ = background_stop.send(true);
     reporter_task.abort();
-    sweeper.abort();
+    for sweeper in sweepers {
+        sweeper.abort();
+    }
     autoscaler.closed().await;
     state.observability.shutdown().await;
     tracing::info!("Shutdown complete, exiting...");
     ExitCode::SUCCESS
+}
+
+/// Request-serving worker threads when `ACTIVATOR_WORKER_THREADS` does not set them: one per
+/// CPU the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Starts one worker thread per pair of (HTTP/1.1 + h2c port, h2c port) listeners, each with its
+/// own current-thread runtime and its own `pools`. A connection, the requests on it, the
+/// upstream connections they use and the tasks hyper spawns for them all stay on the worker
+/// that accepted the connection: no request crosses threads on its way through (the kernel
+/// spreads connections over the workers' `SO_REUSEPORT` sockets). Each worker serves until
+/// `listeners_rx` turns true and its connections have closed, then reports on the returned
+/// receiver, and keeps its runtime (tunnels, pooled connections) until `background_rx` turns
+/// true.
+fn spawn_workers(
+    listeners: Vec<(std::net::TcpListener, std::net::TcpListener)>,
+    pools: &[&'static DestPools],
+    state: &'static ActivatorState,
+    limits: ServerLimits,
+    listeners_rx: &watch::Receiver<bool>,
+    background_rx: &watch::Receiver<bool>,
+) -> std::io::Result<Vec<tokio::sync::oneshot::Receiver<()>>> {
+    let workers = listeners.len();
+    // The connection cap is per port: the workers' sockets of a port share it.
+    let slots = [(); 2].map(|()| ConnectionSlots::shared(limits.max_connections));
+    let mut served = Vec::with_capacity(workers);
+    for (index, ((http1, h2c), &pools)) in listeners.into_iter().zip(pools).enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Registered with the worker's own reactor.
+        let listeners = {
+            let _context = runtime.enter();
+            [
+                tokio::net::TcpListener::from_std(http1)?,
+                tokio::net::TcpListener::from_std(h2c)?,
+            ]
+        };
+        let (done, done_rx) = tokio::sync::oneshot::channel();
+        served.push(done_rx);
+        let listeners_rx = listeners_rx.clone();
+        let slots = slots.clone();
+        let mut background_rx = background_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("activator-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let servers = listeners.into_iter().zip(slots).map(|(listener, slots)| {
+                        tokio::spawn(serve_with_slots(
+                            listener,
+                            Protocols::Http1AndH2c,
+                            limits,
+                            slots,
+                            move |remote| ActivatorService::new(state, pools, remote),
+                            listeners_rx.clone(),
+                        ))
+                    });
+                    let servers: Vec<_> = servers.collect();
+                    for server in servers {
+                        let _ = server.await;
+                    }
+                    let _ = done.send(());
+                    let _ = background_rx.wait_for(|stop| *stop).await;
+                });
+            })?;
+    }
+    Ok(served)
 }

@@ -79,6 +79,9 @@ pub struct Config {
     /// `ACTIVATOR_MAX_HEADER_BYTES`, `ACTIVATOR_MAX_HEADERS`, `ACTIVATOR_H2_MAX_CONCURRENT_STREAMS`,
     /// `ACTIVATOR_MAX_CONNECTIONS`.
     pub limits: knative_common::server::ServerLimits,
+    /// `ACTIVATOR_WORKER_THREADS` (ours; unset or 0: one per CPU the process may use):
+    /// request-serving worker threads.
+    pub worker_threads: Option<usize>,
 }
 
 /// Default for `ACTIVATOR_REVISION_IDLE_TIMEOUT`.
@@ -173,6 +176,13 @@ impl Config {
                 &knative_common::limit_vars!("ACTIVATOR_"),
             )?,
             kube: crate::kubernetes::KubeSettings::from_env(env)?,
+            worker_threads: Some(optional_int(
+                env,
+                "ACTIVATOR_WORKER_THREADS",
+                0usize,
+                "a non-negative integer (0 = one per CPU)",
+            )?)
+            .filter(|&threads| threads > 0),
             system_namespace,
             autoscaler_url,
             cluster_domain,
@@ -209,6 +219,7 @@ mod tests {
         assert_eq!(c.max_idle_per_host, 100);
         assert_eq!(c.drain_sleep, DEFAULT_DRAIN_SLEEP);
         assert_eq!(c.max_queued_per_revision, None);
+        assert_eq!(c.worker_threads, None);
         assert_eq!(c.revision_idle_timeout, Some(Duration::from_secs(60)));
     }
 
@@ -230,6 +241,7 @@ mod tests {
             ("ACTIVATOR_REVISION_IDLE_TIMEOUT", "a minute"),
             ("ACTIVATOR_HTTP1_PORT", "0"),
             ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1"),
+            ("ACTIVATOR_WORKER_THREADS", "two"),
         ] {
             let mut env = base();
             env.insert(name, value);

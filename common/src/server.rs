@@ -205,6 +205,40 @@ pub fn bind_dual_stack(port: u16) -> Result<TcpListener, BindError> {
     TcpListener::from_std(listener).map_err(error)
 }
 
+/// Binds `port` on every address like [`bind_dual_stack`], `count` times, every socket with
+/// `SO_REUSEPORT`: one listening socket per worker thread, the kernel spreading new connections
+/// across them (a connection then lives on the worker that accepted it). They are returned as
+/// std listeners because each worker must register its own with its runtime
+/// (`tokio::net::TcpListener::from_std` inside that runtime). One socket is bound without
+/// `SO_REUSEPORT`, as [`bind_dual_stack`] binds it. Port 0 binds the later sockets to the port
+/// the first one got.
+pub fn bind_dual_stack_shared(
+    port: u16,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let reuse_port = count > 1;
+    let error = |source| BindError { port, source };
+    let bind_one = |port: u16| -> std::io::Result<std::net::TcpListener> {
+        let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        match bind_socket_with(v6, true, reuse_port) {
+            Ok(l) => Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+            Err(_) => bind_socket_with(
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                false,
+                reuse_port,
+            ),
+        }
+    };
+    let first = bind_one(port).map_err(error)?;
+    let port = first.local_addr().map_err(error)?.port();
+    let mut listeners = vec![first];
+    for _ in 1..count.max(1) {
+        listeners.push(bind_one(port).map_err(error)?);
+    }
+    Ok(listeners)
+}
+
 /// Binds exactly `addr` (tests and local runs that want loopback only).
 pub fn bind_addr(addr: SocketAddr) -> Result<TcpListener, BindError> {
     let std = bind_socket(addr, false).map_err(|source| BindError {
@@ -218,12 +252,23 @@ pub fn bind_addr(addr: SocketAddr) -> Result<TcpListener, BindError> {
 }
 
 fn bind_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<std::net::TcpListener> {
+    bind_socket_with(addr, dual_stack, false)
+}
+
+fn bind_socket_with(
+    addr: SocketAddr,
+    dual_stack: bool,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if dual_stack && addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -486,13 +531,36 @@ pub async fn serve<M, S, B>(
     S::Future: Send + 'static,
     B: LocalBody,
 {
+    let slots = ConnectionSlots::new(limits.max_connections);
+    serve_with_slots(listener, protocols, limits, slots, make_service, shutdown).await;
+}
+
+/// [`serve`] with the connection cap taken from `slots` rather than from
+/// [`ServerLimits::max_connections`]: several listeners (the `SO_REUSEPORT` sockets of one port,
+/// one per worker thread) share one cap by sharing their slots.
+pub async fn serve_with_slots<M, S, B>(
+    listener: TcpListener,
+    protocols: Protocols,
+    limits: ServerLimits,
+    slots: ConnectionSlots,
+    make_service: M,
+    shutdown: watch::Receiver<bool>,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: LocalBody,
+{
     let builder = Arc::new(connection_builder(protocols, &limits));
     let h1_builder = Arc::new(http1_builder(&limits));
     let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
-        &limits,
+        slots,
         &shutdown,
         |stream, remote, slot, graceful| {
             let watcher = graceful.watcher();
@@ -555,7 +623,7 @@ pub async fn serve<M, S, B>(
 /// the listener and waits for every watched connection to finish its graceful shutdown.
 async fn accept_until_stopped<F>(
     listener: TcpListener,
-    limits: &ServerLimits,
+    slots: ConnectionSlots,
     shutdown: &watch::Receiver<bool>,
     mut on_accept: F,
 ) where
@@ -567,13 +635,18 @@ async fn accept_until_stopped<F>(
     ),
 {
     let graceful = GracefulShutdown::new();
-    let slots = ConnectionSlots::new(limits.max_connections);
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
     loop {
-        let slot = tokio::select! {
-            slot = slots.acquire() => slot,
-            _ = &mut stop => break,
+        // A slot first, then a connection; slots shared by several listeners are taken after
+        // the accept instead (see [`ConnectionSlots::shared`]).
+        let early_slot = if slots.accept_first {
+            None
+        } else {
+            tokio::select! {
+                slot = slots.acquire() => slot,
+                _ = &mut stop => break,
+            }
         };
         tokio::select! {
             accepted = listener.accept() => {
@@ -585,6 +658,14 @@ async fn accept_until_stopped<F>(
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
+                };
+                let slot = if slots.accept_first {
+                    tokio::select! {
+                        slot = slots.acquire() => slot,
+                        _ = &mut stop => break,
+                    }
+                } else {
+                    early_slot
                 };
                 let _ = stream.set_nodelay(true);
                 // The watcher is taken before any handshake so that the graceful shutdown also
@@ -598,18 +679,40 @@ async fn accept_until_stopped<F>(
     graceful.shutdown().await;
 }
 
-/// The per-listener connection cap ([`ServerLimits::max_connections`]).
-struct ConnectionSlots(Option<Arc<tokio::sync::Semaphore>>);
+/// A listener's connection cap ([`ServerLimits::max_connections`]); clones share the cap.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlots {
+    semaphore: Option<Arc<tokio::sync::Semaphore>>,
+    accept_first: bool,
+}
 
 impl ConnectionSlots {
-    fn new(max: usize) -> Self {
+    /// At most `max` connections at once (0 = unbounded) on one listener: at the cap, accepting
+    /// pauses and new connections wait in the kernel's listen backlog.
+    pub fn new(max: usize) -> Self {
         let max = max.min(tokio::sync::Semaphore::MAX_PERMITS);
-        ConnectionSlots((max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))))
+        ConnectionSlots {
+            semaphore: (max > 0).then(|| Arc::new(tokio::sync::Semaphore::new(max))),
+            accept_first: false,
+        }
+    }
+
+    /// At most `max` connections at once across the listeners that share (clones of) these
+    /// slots, such as the `SO_REUSEPORT` sockets of one port. Each listener accepts a connection
+    /// before it waits for a slot: a listener waiting for a slot with nothing to accept could
+    /// otherwise take the slot a connection queued on another socket is waiting for. At the cap
+    /// each listener holds at most one accepted connection unserved; the others wait in the
+    /// backlog.
+    pub fn shared(max: usize) -> Self {
+        ConnectionSlots {
+            accept_first: true,
+            ..ConnectionSlots::new(max)
+        }
     }
 
     /// Waits for a free slot; the permit is held by the connection's task until it ends.
     async fn acquire(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        match &self.0 {
+        match &self.semaphore {
             // The semaphore is never closed, so this only fails in theory.
             Some(semaphore) => Arc::clone(semaphore).acquire_owned().await.ok(),
             None => None,
@@ -779,7 +882,7 @@ pub async fn serve_tls<M, S, B>(
     let handshake_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
-        &limits,
+        ConnectionSlots::new(limits.max_connections),
         &shutdown,
         |stream, remote, slot, graceful| {
             let watcher = graceful.watcher();

@@ -55,8 +55,6 @@ pub struct ActivatorState {
     pub reporter: Arc<ConcurrencyReporter>,
     /// The autoscaler websocket (health depends on it).
     pub autoscaler: Arc<AutoscalerConnection>,
-    /// Connection pools to pods.
-    pub pools: Arc<DestPools>,
     /// Set on the first SIGTERM/SIGINT.
     pub terminating: AtomicBool,
     /// Requests in flight (for shutdown).
@@ -86,15 +84,23 @@ impl ActivatorState {
 #[derive(Clone)]
 pub struct ActivatorService {
     state: &'static ActivatorState,
+    pools: &'static DestPools,
     peer: PeerIp,
     remote: std::net::SocketAddr,
 }
 
 impl ActivatorService {
-    /// The chain for a connection from `peer`.
-    pub fn new(state: &'static ActivatorState, peer: std::net::SocketAddr) -> Self {
+    /// The chain for a connection from `peer`, proxying through `pools`: the pools of the
+    /// worker thread that serves the connection, so that its requests and the upstream
+    /// connections they take stay on that thread.
+    pub fn new(
+        state: &'static ActivatorState,
+        pools: &'static DestPools,
+        peer: std::net::SocketAddr,
+    ) -> Self {
         ActivatorService {
             state,
+            pools,
             peer: PeerIp::new(peer),
             remote: peer,
         }
@@ -173,7 +179,7 @@ impl Service<Request<Incoming>> for ActivatorService {
         let peer = self.peer.clone();
         // `handle` directly (no wrapping async block, which would store the request twice in
         // every queued request's future).
-        let handled = handle(state, peer, request, revision, metrics);
+        let handled = handle(state, self.pools, peer, request, revision, metrics);
         Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
@@ -206,6 +212,7 @@ fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'
 
 async fn handle(
     state: &'static ActivatorState,
+    pools: &'static DestPools,
     peer: PeerIp,
     request: Request<Incoming>,
     revision: Arc<RevisionSpec>,
@@ -226,6 +233,7 @@ async fn handle(
     };
     let activation = Activation {
         state,
+        pools,
         peer,
         revision,
         metrics,
@@ -246,6 +254,7 @@ async fn handle(
 #[derive(Clone)]
 struct Activation {
     state: &'static ActivatorState,
+    pools: &'static DestPools,
     peer: PeerIp,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
@@ -382,13 +391,12 @@ impl Activation {
         // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
         // verified for the revision's namespace.
         let upstream = match self
-            .state
             .pools
             .get_tls(addr, lease.is_cluster_ip(), &id.namespace)
         {
             None => {
                 direct_to(&mut request, lease.dest());
-                self.state.pools.get(addr)
+                self.pools.get(addr)
             }
             Some(target) => {
                 direct_to(&mut request, &target.host);

@@ -179,7 +179,7 @@ impl DestPools {
     }
 
     /// Sweeps every [`SWEEP_PERIOD`], forever.
-    pub async fn run_sweeper(self: Arc<Self>) {
+    pub async fn run_sweeper(&self) {
         let mut tick = tokio::time::interval(SWEEP_PERIOD);
         tick.tick().await;
         loop {

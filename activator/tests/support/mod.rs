@@ -659,6 +659,11 @@ impl QueueProxy {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process (SIGKILL) and reaps it: connections to it are refused from now on.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""h2c load benchmark (see load.sh --h2c): the per-hop cost of HTTP/2 without TLS (prior
+knowledge), the path gRPC and `h2c` revisions take. Every figure is measured in this one run:
+
+- the sample app served directly over h2c;
+- HAProxy 2.6 (Debian, `nbthread 1`), h2c in and h2c out (`proto h2` on both sides);
+- HAProxy, h2c in, HTTP/1.1 out (keep-alive to the app);
+- nginx 1.22 (Debian, 1 worker, access log off), h2c in (`listen ... http2`), HTTP/1.1 out with
+  upstream keep-alive. nginx closes an HTTP/2 connection after `keepalive_requests` (default
+  1000) requests, so the configuration raises it;
+- the queue-proxy at CC=0 (h2c in, h2c to the app);
+- the activator in front of a queue-proxy (CC=10) in front of the app, all h2c; the activator's
+  CPU is the hop figure, the queue-proxy's is printed too.
+
+The client is h2load with prior knowledge, `--clients` connections (10) with `--streams`
+concurrent streams each (10), GET / (tiny response). The scenarios run in interleaved rounds
+(`--rounds`, default 3) with fresh processes; each figure is the median over the rounds, and the
+ratios (throughput relative to the app served directly, CPU relative to HAProxy h2c->h2c) are
+taken within each round before the median. CPU per request is the proxy process's user and
+system time from /proc over the measured requests."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402
+from load import TICKS, free_port, median, rss_kib, start_queue_proxy, start_sample_app, wait_listening  # noqa: E402
+
+REVISION_HEADERS = ["-H", "knative-serving-namespace: default", "-H", "knative-serving-revision: hello-00001"]
+HAPROXY_H2 = "HAProxy h2c->h2c"
+
+
+def cpu_user_sys(pid):
+    """(user, system) CPU seconds of a process, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+def run_h2load(port, requests, args, headers=()):
+    out = subprocess.run(
+        ["h2load", "-n", str(requests), "-c", str(args.clients), "-m", str(args.streams), "-t", str(args.threads),
+         *headers, f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True).stdout
+    done = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored, (\d+) timeout", out)
+    rps = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\s", out)
+    if not (done and rps and status):
+        raise RuntimeError(f"cannot parse h2load output:\n{out}")
+    unit = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "requests": int(done.group(3)), "rps": float(rps.group(1)),
+        "failed": int(done.group(5)) + int(done.group(6)) + int(done.group(7)),
+        "non2xx": int(status.group(2)) + int(status.group(3)) + int(status.group(4)),
+        "mean_ms": float(mean.group(1)) * unit[mean.group(2)] if mean else float("nan"),
+    }
+
+
+def measure(name, port, pid, args, headers=(), also=None):
+    """One sample: warm-up, then `--requests` requests with the CPU of `pid` (and `also`, another
+    process of the chain) taken around them."""
+    run_h2load(port, args.warmup, args, headers)
+    user0, sys0 = cpu_user_sys(pid) if pid else (0.0, 0.0)
+    also0 = sum(cpu_user_sys(also)) if also else 0.0
+    result = run_h2load(port, args.requests, args, headers)
+    user1, sys1 = cpu_user_sys(pid) if pid else (0.0, 0.0)
+    also1 = sum(cpu_user_sys(also)) if also else 0.0
+    n = max(result["requests"], 1)
+    result.update({
+        "name": name,
+        "cpu_us": ((user1 - user0) + (sys1 - sys0)) * 1e6 / n,
+        "user_us": (user1 - user0) * 1e6 / n,
+        "sys_us": (sys1 - sys0) * 1e6 / n,
+        "also_us": (also1 - also0) * 1e6 / n,
+        "rss_mb": (rss_kib(pid) if pid else 0) / 1024,
+    })
+    return result
+
+
+def stop(proc):
+    proc.kill()
+    proc.wait()
+
+
+def start_haproxy(app_port, workdir, h2_out):
+    port = free_port()
+    conf = os.path.join(workdir, "haproxy.cfg")
+    server_proto = " proto h2" if h2_out else ""
+    with open(conf, "w") as f:
+        f.write(f"""global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:{port} proto h2
+  default_backend app
+backend app
+  server app 127.0.0.1:{app_port}{server_proto}
+""")
+    # -db: foreground, one process (the one measured).
+    proc = subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port)
+    return port, proc, proc.pid
+
+
+def start_nginx(app_port, workdir):
+    port = free_port()
+    conf = os.path.join(workdir, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  keepalive_timeout 300s;
+  # HTTP/2 connections close after this many requests (default 1000).
+  keepalive_requests 100000000;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 100; keepalive_requests 100000000; }}
+  server {{
+    listen 127.0.0.1:{port} http2;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port)
+    deadline = time.monotonic() + 5
+    worker = None
+    while worker is None and time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = f.read().split()
+        worker = int(children[0]) if children else None
+        time.sleep(0.05)
+    if worker is None:
+        raise RuntimeError("nginx started no worker")
+    return port, proc, worker
+
+
+def start_activator_h2c_chain(app_port, workdir, extra_env=None, activator_bin=None):
+    """The activator's h2c port in front of a queue-proxy (CC=10) in front of the app, the
+    revision declared `h2c`."""
+    qp_port, qp = start_queue_proxy(app_port, 10)
+    h1_port, h2_port = free_port(), free_port()
+    discovery = os.path.join(workdir, "revisions.json")
+    with open(discovery, "w") as f:
+        f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":10,'
+                '"timeoutSeconds":300,"protocol":"h2c","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
+                '"activators":["127.0.0.1"]}]}' % qp_port)
+    env = {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
+           "ACTIVATOR_HTTP1_PORT": str(h1_port), "ACTIVATOR_H2C_PORT": str(h2_port),
+           "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
+           "ACTIVATOR_LOG_LEVEL": "error", **(extra_env or {})}
+    act = subprocess.Popen([activator_bin or os.path.join(load.BIN, "activator")], env=env, stdout=subprocess.DEVNULL)
+    wait_listening(h2_port)
+    # The pod must be probed healthy before the throttler hands out leases.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        probe = subprocess.run(["h2load", "-n", "1", "-c", "1", *REVISION_HEADERS, f"http://127.0.0.1:{h2_port}/"],
+                               capture_output=True, text=True)
+        if re.search(r"status codes: 1 2xx", probe.stdout):
+            break
+        time.sleep(0.05)
+    return h2_port, act, qp
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--warmup", type=int, default=5_000)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--streams", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="h2load threads")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bin-dir", default=load.BIN, help="where the release binaries are")
+    parser.add_argument("--only", default="", help="comma list of scenario keys: haproxy-h2,haproxy-h1,nginx,qp,"
+                                                   "activator (the app alone and HAProxy h2c->h2c always run)")
+    parser.add_argument("--baseline-activator", default="",
+                        help="also measure the chain with this activator binary (a build to compare with)")
+    parser.add_argument("--one-worker", action="store_true",
+                        help="also measure the activator chain with one activator worker (ACTIVATOR_WORKER_THREADS=1)")
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    if only:
+        only |= {"direct", "haproxy-h2"}  # the ratios need them
+
+    def wanted(key):
+        return not only or key in only
+
+    load.BIN = os.path.abspath(args.bin_dir)
+    workdir = tempfile.mkdtemp(prefix="load-h2c-")
+    procs = []
+    samples = {}
+    try:
+        app, app_port = start_sample_app()
+        procs.append(app)
+        for _ in range(args.rounds):
+            results = []
+            results.append(measure("direct (app alone)", app_port, None, args))
+            for key, name, h2_out in (("haproxy-h2", HAPROXY_H2, True), ("haproxy-h1", "HAProxy h2c->HTTP/1.1", False)):
+                if wanted(key):
+                    port, proc, pid = start_haproxy(app_port, workdir, h2_out)
+                    procs.append(proc)
+                    results.append(measure(name, port, pid, args))
+                    stop(proc)
+            if wanted("nginx"):
+                port, proc, worker = start_nginx(app_port, workdir)
+                procs.append(proc)
+                results.append(measure("nginx h2c->HTTP/1.1", port, worker, args))
+                proc.terminate()
+                proc.wait()
+            if wanted("qp"):
+                port, qp = start_queue_proxy(app_port, 0)
+                procs.append(qp)
+                results.append(measure("queue-proxy CC=0", port, qp.pid, args))
+                stop(qp)
+            chains = [("activator", "activator -> qp -> app", None, None)]
+            if args.one_worker:
+                chains.append(("activator", "activator, 1 worker", {"ACTIVATOR_WORKER_THREADS": "1"}, None))
+            if args.baseline_activator:
+                chains.append(("activator", "baseline activator", None, os.path.abspath(args.baseline_activator)))
+            for key, name, extra, binary in chains:
+                if wanted(key):
+                    port, act, qp = start_activator_h2c_chain(app_port, workdir, extra, binary)
+                    procs += [act, qp]
+                    results.append(measure(name, port, act.pid, args, headers=REVISION_HEADERS, also=qp.pid))
+                    stop(act)
+                    stop(qp)
+            direct = results[0]
+            haproxy = next(r for r in results if r["name"] == HAPROXY_H2)
+            for r in results:
+                r["x_direct"] = r["rps"] / direct["rps"]
+                r["x_haproxy"] = r["cpu_us"] / haproxy["cpu_us"] if r is not direct else float("nan")
+                samples.setdefault(r["name"], []).append(r)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nload h2c: h2load -n{args.requests} -c{args.clients} -m{args.streams} -t{args.threads} (prior knowledge), "
+          f"GET / (tiny response), loopback, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds\n")
+    print(f"{'scenario':26} {'req/s':>9} {'x direct':>8} {'CPU us/req':>10} {'user':>6} {'sys':>6} "
+          f"{'x HAProxy h2':>12} {'mean ms':>8} {'RSS MB':>7} {'errors':>6}")
+    bad = []
+    for rows in samples.values():
+        r = {key: median([s[key] for s in rows]) for key in
+             ("rps", "x_direct", "cpu_us", "user_us", "sys_us", "x_haproxy", "mean_ms", "also_us")}
+        r["rss_mb"] = max(s["rss_mb"] for s in rows)
+        errors = sum(s["failed"] + s["non2xx"] for s in rows)
+        name = rows[0]["name"]
+        print(f"{name:26} {r['rps']:9.0f} {r['x_direct']:8.3f} {r['cpu_us']:10.1f} {r['user_us']:6.1f} {r['sys_us']:6.1f} "
+              f"{r['x_haproxy']:12.2f} {r['mean_ms']:8.2f} {r['rss_mb']:7.1f} {errors:6d}")
+        if r["also_us"]:
+            print(f"{'  its queue-proxy (CC=10)':26} {'':9} {'':8} {r['also_us']:10.1f}")
+        if errors:
+            bad.append((name, errors))
+    print("\nCPU us/req: the proxy process (nginx: its worker), user + system, per request; x HAProxy h2: that "
+          "figure over HAProxy h2c->h2c's in the same round.")
+    for name, errors in bad:
+        print(f"WARNING {name}: {errors} failed or non-2xx requests", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
