@@ -81,10 +81,12 @@ def _check(scenario):
         raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
 
 
-def nginx_config(scenario, listen_port, upstream_port, workdir):
-    """nginx.conf text: one worker, access log off, keep-alive pool of 100 to the upstream."""
+def nginx_config(scenario, listen_port, upstream_port, workdir, master=True):
+    """nginx.conf text: one worker, access log off, keep-alive pool of 100 to the upstream.
+    `master=False`: one process and no master (to run it under valgrind)."""
     _check(scenario)
-    return f"""worker_processes 1;
+    single = "" if master else "master_process off;\n"
+    return f"""{single}worker_processes 1;
 worker_rlimit_nofile 30000;
 daemon off;
 pid {workdir}/nginx.pid;
