@@ -39,10 +39,23 @@ pub fn main() -> ExitCode {
         ],
         &std::env::var("ACTIVATOR_LOG_LEVEL").unwrap_or_default(),
     );
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Sized like Go's automaxprocs: the container's CPU limit (upstream's default activator
+    // limit is one CPU), else every CPU. One thread runs everything on a current-thread runtime:
+    // no cross-thread wake-ups and no work-stealing bookkeeping per task poll.
+    let threads = config.worker_threads.unwrap_or_else(|| {
+        knative_common::env::cgroup_cpu_limit().unwrap_or_else(knative_common::env::available_cpus)
+    });
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    match runtime {
         Ok(runtime) => runtime.block_on(run(config)),
         Err(error) => {
             eprintln!("activator: cannot start the runtime: {error}");

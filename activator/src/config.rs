@@ -74,6 +74,9 @@ pub struct Config {
     /// `ACTIVATOR_MAX_HEADER_BYTES`, `ACTIVATOR_MAX_HEADERS`, `ACTIVATOR_H2_MAX_CONCURRENT_STREAMS`,
     /// `ACTIVATOR_MAX_CONNECTIONS`.
     pub limits: knative_common::server::ServerLimits,
+    /// Runtime worker threads (`ACTIVATOR_WORKER_THREADS`; ours). `None` (unset or 0): the
+    /// container's CPU limit, else every CPU. With one, everything runs on a single thread.
+    pub worker_threads: Option<usize>,
 }
 
 /// Default for `ACTIVATOR_MAX_QUEUED_TOTAL`.
@@ -159,6 +162,15 @@ impl Config {
                 &knative_common::limit_vars!("ACTIVATOR_"),
             )?,
             kube: crate::kubernetes::KubeSettings::from_env(env)?,
+            worker_threads: match optional_int(
+                env,
+                "ACTIVATOR_WORKER_THREADS",
+                0usize,
+                "a non-negative integer (0: automatic)",
+            )? {
+                0 => None,
+                n => Some(n),
+            },
             system_namespace,
             autoscaler_url,
             cluster_domain,
@@ -194,6 +206,7 @@ mod tests {
         );
         assert_eq!(c.max_idle_per_host, 100);
         assert_eq!(c.drain_sleep, DEFAULT_DRAIN_SLEEP);
+        assert_eq!(c.worker_threads, None);
         assert_eq!(c.max_queued_per_revision, None);
     }
 
@@ -203,6 +216,7 @@ mod tests {
             ("PROBE_TIMEOUT", "soon"),
             ("ACTIVATOR_HTTP1_PORT", "0"),
             ("MAX_IDLE_PROXY_CONNS_PER_HOST", "-1"),
+            ("ACTIVATOR_WORKER_THREADS", "two"),
         ] {
             let mut env = base();
             env.insert(name, value);
