@@ -220,16 +220,18 @@ def start_queue_proxy(app_port, cc, observability="", threads=None):
     return port, qp
 
 
-def activator_env(act_port, discovery):
-    return {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
+def activator_env(act_port, discovery, threads=None):
+    extra = {} if threads is None else {"ACTIVATOR_WORKER_THREADS": str(threads)}
+    return {**os.environ, **extra, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
             "ACTIVATOR_HTTP1_PORT": str(act_port), "ACTIVATOR_H2C_PORT": str(free_port()),
             "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
             "ACTIVATOR_LOG_LEVEL": "error"}
 
 
-def start_activator_chain(app_port, cc):
-    """The activator (revision containerConcurrency `cc`) in front of a queue-proxy (CC=`cc`) in
-    front of the app; returns once a request through both gets a 200."""
+def start_activator_chain(app_port, cc, threads=None):
+    """The activator (revision containerConcurrency `cc`, `threads` runtime threads, None: its
+    automatic choice) in front of a queue-proxy (CC=`cc`) in front of the app; returns once a
+    request through both gets a 200."""
     qp_port, qp = start_queue_proxy(app_port, cc)
     act_port = free_port()
     discovery = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"load-revisions-{os.getpid()}-{act_port}.json")
@@ -237,7 +239,7 @@ def start_activator_chain(app_port, cc):
         f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":%d,'
                 '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
                 '"activators":["127.0.0.1"]}]}' % (cc, qp_port))
-    act = subprocess.Popen([os.path.join(BIN, "activator")], env=activator_env(act_port, discovery),
+    act = subprocess.Popen([os.path.join(BIN, "activator")], env=activator_env(act_port, discovery, threads),
                            stdout=subprocess.DEVNULL)
     wait_listening(act_port)
     deadline = time.monotonic() + 10
@@ -362,8 +364,9 @@ def scenarios(args, app_port, workdir):
            ("qp CC=10 + observability", qp(10, OBSERVABILITY_ON))]
     if args.two_threads:
         out += [("qp CC=0, 2 threads", qp(0, "", 2)), ("qp CC=10, 2 threads", qp(10, "", 2))]
-    out += [("activator cc=0 -> qp -> app", lambda: start_activator_chain(app_port, 0)),
-            ("activator cc=10 -> qp -> app", lambda: start_activator_chain(app_port, 10)),
+    threads = args.activator_threads or None
+    out += [("activator cc=0 -> qp -> app", lambda: start_activator_chain(app_port, 0, threads)),
+            ("activator cc=10 -> qp -> app", lambda: start_activator_chain(app_port, 10, threads)),
             ("nginx -> nginx -> app", nginx_chain)]
     return out
 
@@ -376,7 +379,7 @@ def print_table(results, args, start):
     direct = results[0]
     nginx = next(r for r in results if r["name"].startswith("nginx ("))
     print(f"\nload: h2load --h1 -t1 -c{args.connections} -n{args.requests}, GET / (tiny response), all on loopback, "
-          f"{os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds. Proxy CPU: the front proxy process "
+          f"{os.cpu_count()} CPUs; activator threads {args.activator_threads or 'automatic'}; medians of {args.rounds} interleaved rounds. Proxy CPU: the front proxy process "
           f"(chains: the second one below). Latency: constant {args.rate_fraction:g} x the direct app's req/s of "
           f"the round, {args.connections} connections, {args.rate_seconds} s. Streaming: {args.stream_requests} "
           f"requests of 1 MiB, 4 connections, MB moved per CPU-second of the proxy process(es) (up: 1 MiB POST to "
@@ -416,6 +419,9 @@ def main():
                         help="constant-rate latency runs at this fraction of the direct app's req/s (0: skip)")
     parser.add_argument("--rate-seconds", type=int, default=4)
     parser.add_argument("--stream-requests", type=int, default=1000, help="1 MiB requests per streaming run (0: skip)")
+    parser.add_argument("--activator-threads", type=int, default=1,
+                        help="ACTIVATOR_WORKER_THREADS (default 1, as the references' one worker and the activator's "
+                             "automatic choice under upstream's one-CPU limit; 0: automatic)")
     parser.add_argument("--only", default="", help="comma list of scenario name prefixes to run (direct always runs)")
     parser.add_argument("--two-threads", action="store_true",
                         help="also measure the queue-proxy with two runtime threads (QUEUE_WORKER_THREADS=2)")
