@@ -377,22 +377,25 @@ def fmt(value, spec):
 
 def print_table(results, args, start):
     direct = results[0]
-    nginx = next(r for r in results if r["name"].startswith("nginx ("))
+    nginx = next((r for r in results if r["name"].startswith("nginx (")), None)
+    nginx_cpu = nginx["cpu_us"][0] if nginx else float("nan")
     print(f"\nload: h2load --h1 -t1 -c{args.connections} -n{args.requests}, GET / (tiny response), all on loopback, "
           f"{os.cpu_count()} CPUs; activator threads {args.activator_threads or 'automatic'}; medians of {args.rounds} interleaved rounds. Proxy CPU: the front proxy process "
           f"(chains: the second one below). Latency: constant {args.rate_fraction:g} x the direct app's req/s of "
           f"the round, {args.connections} connections, {args.rate_seconds} s. Streaming: {args.stream_requests} "
           f"requests of 1 MiB, 4 connections, MB moved per CPU-second of the proxy process(es) (up: 1 MiB POST to "
-          f"/echo, counted both ways).\n")
-    print("| scenario | req/s | × direct | proxy CPU µs/req | user | sys | × nginx | RSS MB idle | RSS MB load "
+          f"/echo, counted both ways). RSS: fresh = before any request, warm = after the warm-up with its "
+          f"{args.connections} connections open, load = highest under load.\n")
+    print("| scenario | req/s | × direct | proxy CPU µs/req | user | sys | × nginx | RSS MB fresh | RSS MB warm | RSS MB load "
           "| p50 ms | p99 ms | down MB/CPU-s | up MB/CPU-s | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         has = r["procs"] > 0
         cpu = r["cpu_us"][0] if has else float("nan")
         print(f"| {r['name']} | {r['rps']:.0f} | {r['x_direct']:.3f} | {fmt(cpu, '.1f')} "
               f"| {fmt(r['user_us'][0] if has else float('nan'), '.1f')} | {fmt(r['sys_us'][0] if has else float('nan'), '.1f')} "
-              f"| {fmt(cpu / nginx['cpu_us'][0], '.2f')} | {fmt(r['idle_rss_mb'][0] if has else float('nan'), '.1f')} "
+              f"| {fmt(cpu / nginx_cpu, '.2f')} | {fmt(r['fresh_rss_mb'][0] if has else float('nan'), '.1f')} "
+              f"| {fmt(r['idle_rss_mb'][0] if has else float('nan'), '.1f')} "
               f"| {fmt(r['load_rss_mb'][0] if has else float('nan'), '.1f')} | {fmt(r['p50'], '.2f')} | {fmt(r['p99'], '.2f')} "
               f"| {fmt(r['down_mb_per_cpu_s'] if has else r['down_mb_s'], '.0f')} "
               f"| {fmt(r['up_mb_per_cpu_s'] if has else r['up_mb_s'], '.0f')} | {r['errors']} |")
