@@ -9,7 +9,11 @@ Scenarios: `h1` (N sequential keep-alive HTTP/1.1 requests on one connection), `
 sequential streams on one h2c connection), `h1-idle` (requests 1.3 s apart on one connection:
 with idle parking each one resumes a parked connection).
 
-Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000]
+Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
+each `--cc` (default 0,10), and for `h1` the reference proxies nginx and HAProxy
+(reference_proxies.py; `--no-reference` skips them), each a single process under callgrind.
+
+Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000] [--cc 0,10]
 """
 
 import argparse
@@ -23,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conn_memory import REVISION_HEADERS, Conn, frame, h2_request, hpack_literal  # noqa: E402
 from load import free_port, qp_env, start_sample_app, wait_listening  # noqa: E402
+import reference_proxies  # noqa: E402
 
 
 def h2_stream(conn, stream_id, headers):
@@ -108,46 +113,82 @@ def measure(cmd, env, port, scenario, n, headers, workdir, name):
         proc.wait()
 
 
+def activator_cmd(bins, workdir, qp_port, cc):
+    discovery = os.path.join(workdir, f"revisions-{qp_port}.json")
+    with open(discovery, "w") as f:
+        f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":%d,'
+                '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
+                '"activators":["127.0.0.1"]}]}' % (cc, qp_port))
+    h1, h2 = free_port(), free_port()
+    env = {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1",
+           "SYSTEM_NAMESPACE": "knative-serving", "ACTIVATOR_HTTP1_PORT": str(h1),
+           "ACTIVATOR_H2C_PORT": str(h2), "ACTIVATOR_DISCOVERY_FILE": discovery,
+           "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/", "ACTIVATOR_LOG_LEVEL": "error"}
+    return [os.path.join(bins, "activator")], env, h1, h2
+
+
+def reference_cmd(name, workdir, app_port):
+    """nginx (no master process) or HAProxy, one process, HTTP/1.1 to the app."""
+    port = free_port()
+    conf_dir = os.path.join(workdir, f"{name}-{port}")
+    os.makedirs(conf_dir, exist_ok=True)
+    if name == "nginx":
+        conf = os.path.join(conf_dir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(reference_proxies.nginx_config("h1", port, app_port, conf_dir, master=False))
+        return [reference_proxies.find("nginx"), "-c", conf, "-p", conf_dir], port
+    conf = os.path.join(conf_dir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(reference_proxies.haproxy_config("h1", port, app_port, conf_dir))
+    return [reference_proxies.find("haproxy"), "-db", "-f", conf], port
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "target", "release"))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--idle-requests", type=int, default=8)
     parser.add_argument("--scenarios", default="h1,h2c,h1-idle")
+    parser.add_argument("--cc", default="0,10", help="container concurrencies to measure (queue-proxy and activator)")
+    parser.add_argument("--only", default="qp,act", help="qp, act or both")
+    parser.add_argument("--no-reference", action="store_true", help="skip nginx and HAProxy (h1)")
     args = parser.parse_args()
     bins = os.path.abspath(args.bin_dir)
     workdir = tempfile.mkdtemp(prefix="callgrind-")
+    print(f"callgrind dumps (for callgrind_annotate): {workdir}", flush=True)
+    ccs = [int(c) for c in args.cc.split(",") if c.strip()]
+    only = args.only.split(",")
     procs = []
     try:
         app, app_port = start_sample_app(bins)
         procs.append(app)
+        if not args.no_reference and "h1" in args.scenarios.split(","):
+            reference_proxies.ensure_installed("nginx", "haproxy")
+            for name in ("nginx", "haproxy"):
+                cmd, port = reference_cmd(name, workdir, app_port)
+                ir = measure(cmd, dict(os.environ), port, "h1", args.requests, [], workdir, name)
+                print(f"h1       instructions per request: {name:18} {ir:10.0f}", flush=True)
         for scenario in args.scenarios.split(","):
             n = args.idle_requests if scenario == "h1-idle" else args.requests
-            port = free_port()
-            qp_ir = measure([os.path.join(bins, "queue-proxy")], qp_env(app_port, 0, port), port, scenario, n, [],
-                            workdir, "qp")
-            # The activator in front of a queue-proxy (not under callgrind) in front of the app.
-            qp_port = free_port()
-            qp = subprocess.Popen([os.path.join(bins, "queue-proxy")], env=qp_env(app_port, 0, qp_port),
-                                  stdout=subprocess.DEVNULL)
-            procs.append(qp)
-            wait_listening(qp_port)
-            discovery = os.path.join(workdir, "revisions.json")
-            with open(discovery, "w") as f:
-                f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":0,'
-                        '"timeoutSeconds":300,"protocol":"http1","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
-                        '"activators":["127.0.0.1"]}]}' % qp_port)
-            h1, h2 = free_port(), free_port()
-            env = {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1",
-                   "SYSTEM_NAMESPACE": "knative-serving", "ACTIVATOR_HTTP1_PORT": str(h1),
-                   "ACTIVATOR_H2C_PORT": str(h2), "ACTIVATOR_DISCOVERY_FILE": discovery,
-                   "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/", "ACTIVATOR_LOG_LEVEL": "error"}
-            act_ir = measure([os.path.join(bins, "activator")], env, h1 if scenario.startswith("h1") else h2,
-                             scenario, n, REVISION_HEADERS, workdir, "act")
-            qp.kill()
-            qp.wait()
-            print(f"{scenario:8} instructions per request: queue-proxy {qp_ir:10.0f}   activator {act_ir:10.0f}",
-                  flush=True)
+            for cc in ccs:
+                if "qp" in only:
+                    port = free_port()
+                    qp_ir = measure([os.path.join(bins, "queue-proxy")], qp_env(app_port, cc, port), port,
+                                    scenario, n, [], workdir, f"qp{cc}")
+                    print(f"{scenario:8} instructions per request: queue-proxy CC={cc:<3} {qp_ir:10.0f}", flush=True)
+                if "act" in only:
+                    # The activator in front of a queue-proxy (not under callgrind) in front of the app.
+                    qp_port = free_port()
+                    qp = subprocess.Popen([os.path.join(bins, "queue-proxy")], env=qp_env(app_port, cc, qp_port),
+                                          stdout=subprocess.DEVNULL)
+                    procs.append(qp)
+                    wait_listening(qp_port)
+                    cmd, env, h1, h2 = activator_cmd(bins, workdir, qp_port, cc)
+                    act_ir = measure(cmd, env, h1 if scenario.startswith("h1") else h2, scenario, n,
+                                     REVISION_HEADERS, workdir, f"act{cc}")
+                    qp.kill()
+                    qp.wait()
+                    print(f"{scenario:8} instructions per request: activator cc={cc:<3} {act_ir:10.0f}", flush=True)
     finally:
         for p in procs:
             p.kill()

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Load benchmark: the sample app directly, through a bare hyper hop, and through the queue-proxy
-# (CC=0 and CC=10), measured in one run. Installs wrk if missing, builds release binaries, then
-# runs load.py. Usage: benches/load.sh [--duration SECONDS] [--connections N]
+# Load benchmark, HTTP/1.1: the sample app directly, through a bare hyper hop, nginx, HAProxy, the
+# queue-proxy (CC=0 and CC=10), activator -> queue-proxy -> app and nginx -> nginx -> app,
+# measured in one run. load.py installs nginx, HAProxy and h2load (Debian packages) if missing;
+# this script builds the release binaries first.
+# Usage: benches/load.sh [--requests 100000] [--connections 50] [--rounds 3] [--only NAME,...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin"
 if [ "${1:-}" = "--h2c" ]; then
   # benches/load.sh --h2c [load_h2c.py options]: the h2c benchmark (h2load against HAProxy, nginx,
   # the queue-proxy and the activator). Installs h2load (nghttp2-client), HAProxy and nginx
   # (Debian packages; policy-rc.d in containers keeps them from starting their own services).
   shift
-  export PATH="$PATH:/usr/sbin"
   missing=()
   command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
@@ -21,11 +23,6 @@ if [ "${1:-}" = "--h2c" ]; then
   fi
   cargo build --release -q -p queue-proxy -p activator -p sample-app
   exec python3 benches/load_h2c.py "$@"
-fi
-if ! command -v wrk >/dev/null 2>&1; then
-  echo "installing wrk (Debian package)..." >&2
-  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release -q -p queue-proxy -p activator -p sample-app -p benches --bins
 exec python3 benches/load.py "$@"

@@ -266,10 +266,10 @@ pub async fn run(config: Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Request-serving worker threads when `ACTIVATOR_WORKER_THREADS` does not set them: one per
-/// CPU the process may use.
+/// Request-serving worker threads when `ACTIVATOR_WORKER_THREADS` does not set them, sized like
+/// Go's automaxprocs: the container's CPU limit, else every CPU.
 fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    knative_common::env::cgroup_cpu_limit().unwrap_or_else(knative_common::env::available_cpus)
 }
 
 /// Starts one worker thread per pair of (HTTP/1.1 + h2c port, h2c port) listeners, each with its

@@ -79,8 +79,8 @@ pub struct Config {
     /// `ACTIVATOR_MAX_HEADER_BYTES`, `ACTIVATOR_MAX_HEADERS`, `ACTIVATOR_H2_MAX_CONCURRENT_STREAMS`,
     /// `ACTIVATOR_MAX_CONNECTIONS`.
     pub limits: knative_common::server::ServerLimits,
-    /// `ACTIVATOR_WORKER_THREADS` (ours; unset or 0: one per CPU the process may use):
-    /// request-serving worker threads.
+    /// Runtime worker threads (`ACTIVATOR_WORKER_THREADS`; ours). `None` (unset or 0): the
+    /// container's CPU limit, else every CPU. With one, everything runs on a single thread.
     pub worker_threads: Option<usize>,
 }
 

@@ -4,6 +4,26 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
+/// The container's CPU limit in whole CPUs (cgroup v2 `cpu.max`, rounded up and capped by the
+/// CPUs the process may run on), or `None` when it has none: the runtime sizing both binaries
+/// share (Go's automaxprocs in upstream's binaries).
+pub fn cgroup_cpu_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/sys/fs/cgroup/cpu.max").ok()?;
+    cpu_limit_from(&text, available_cpus())
+}
+
+/// The CPUs the process may run on (at least 1).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cpu_limit_from(cpu_max: &str, cpus: usize) -> Option<usize> {
+    let mut parts = cpu_max.split_whitespace();
+    let quota: f64 = parts.next()?.parse().ok()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    (period > 0.0).then(|| ((quota / period).ceil() as usize).clamp(1, cpus))
+}
+
 /// A source of environment variables.
 pub trait Env {
     /// The variable's value if present (possibly empty).
@@ -133,6 +153,17 @@ pub fn optional_port(env: &dyn Env, name: &'static str, default: u16) -> Result<
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_limit_rounds_up_and_caps() {
+        assert_eq!(cpu_limit_from("max 100000\n", 4), None);
+        assert_eq!(cpu_limit_from("100000 100000\n", 4), Some(1));
+        assert_eq!(cpu_limit_from("150000 100000\n", 4), Some(2));
+        assert_eq!(cpu_limit_from("2500 100000\n", 4), Some(1));
+        assert_eq!(cpu_limit_from("800000 100000\n", 4), Some(4));
+        assert_eq!(cpu_limit_from("", 4), None);
+    }
+
     use super::*;
 
     #[test]

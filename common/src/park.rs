@@ -360,10 +360,11 @@ async fn serve_parked<S, Svc>(
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );
+        let seen = shutdown.clone();
         tokio::select! {
             biased;
             _ = conn.as_mut() => {}
-            () = stop_requested(&mut shutdown) => {
+            () = CheapStop::new(stop_requested(&mut shutdown), seen) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.as_mut().await;
                 return;
@@ -404,6 +405,55 @@ async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+pin_project_lite::pin_project! {
+    /// `wait` (a [`stop_requested`] future), polled again only when the channel may have caused
+    /// the wake-up. It shares its task with the connection, whose wake-ups (several per request)
+    /// would otherwise re-poll the channel's wait each time (a read lock and the `Notify`
+    /// waiter's lock); here such a poll is one version check. `wait` is polled when nothing
+    /// is registered yet, when the task's waker changed, and when `seen` (a clone of the
+    /// channel's receiver) reports a new value or a closed channel.
+    struct CheapStop<F> {
+        #[pin]
+        wait: F,
+        seen: watch::Receiver<bool>,
+        waker: Option<std::task::Waker>,
+    }
+}
+
+impl<F> CheapStop<F> {
+    fn new(wait: F, seen: watch::Receiver<bool>) -> Self {
+        CheapStop {
+            wait,
+            seen,
+            waker: None,
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for CheapStop<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+            && matches!(this.seen.has_changed(), Ok(false))
+        {
+            return Poll::Pending;
+        }
+        // Marked before `wait` looks at the channel: a value sent from here on shows as new
+        // at the next poll.
+        this.seen.mark_unchanged();
+        if this.wait.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match this.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => *this.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -418,6 +468,48 @@ mod tests {
     thread_local! {
         /// Connections parked by tasks of this thread's (current-thread) test runtime.
         pub(super) static PARKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        Pin::new(future).poll(&mut Context::from_waker(waker))
+    }
+
+    #[tokio::test]
+    async fn cheap_stop_resolves_on_stop_and_only_then() {
+        let (tx, mut rx) = watch::channel(false);
+        let seen = rx.clone();
+        let mut stop = Box::pin(CheapStop::new(stop_requested(&mut rx), seen));
+        for _ in 0..3 {
+            assert!(poll_once(&mut stop).is_pending());
+        }
+        tx.send(false).unwrap();
+        assert!(poll_once(&mut stop).is_pending());
+        tx.send(true).unwrap();
+        assert!(poll_once(&mut stop).is_ready());
+    }
+
+    #[tokio::test]
+    async fn cheap_stop_is_woken_by_the_stop_and_by_a_dropped_sender() {
+        for drop_sender in [false, true] {
+            let (tx, mut rx) = watch::channel(false);
+            let seen = rx.clone();
+            let sender = tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                if drop_sender {
+                    drop(tx);
+                } else {
+                    tx.send(true).unwrap();
+                }
+            });
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                CheapStop::new(stop_requested(&mut rx), seen),
+            )
+            .await
+            .expect("the stop wakes the waiting task");
+            sender.await.unwrap();
+        }
     }
 
     fn parks() -> u64 {

@@ -216,8 +216,9 @@ pin_project! {
         #[pin]
         body: B,
         state: BodyState,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed: most bodies end without ever waiting (no timer), and the response, with this
+        // body inside, is moved by every layer it passes on its way out.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -301,8 +302,8 @@ where
                         match &frame {
                             Some(Ok(f)) if f.is_data() && clock.idle.is_some() => {
                                 *last_write = Instant::now();
-                                if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
-                                    sleep.reset(clock.body_deadline(*last_write));
+                                if let Some(sleep) = this.sleep.as_mut() {
+                                    sleep.as_mut().reset(clock.body_deadline(*last_write));
                                 }
                             }
                             None => *this.state = BodyState::Done,
@@ -311,17 +312,16 @@ where
                         return Poll::Ready(frame);
                     }
                     let deadline = clock.body_deadline(*last_write);
-                    if this.sleep.is_none() {
-                        this.sleep.set(Some(sleep_until(deadline)));
-                    }
-                    let mut sleep = this.sleep.as_mut().as_pin_mut().expect("just set");
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
                     ready!(sleep.as_mut().poll(cx));
                     let now = Instant::now();
                     if now < clock.total_deadline
                         && clock.idle.is_some_and(|idle| now < *last_write + idle)
                     {
                         // A write happened meanwhile: sleep for the rest of the idle window.
-                        sleep.reset(clock.body_deadline(*last_write));
+                        sleep.as_mut().reset(clock.body_deadline(*last_write));
                         continue;
                     }
                     *this.state = BodyState::Appending { message };

@@ -128,16 +128,7 @@ pub fn main() -> ExitCode {
 /// `perf stat`). An operator who gives the queue-proxy a CPU limit (`queueSidecarCPULimit`) gets
 /// that many threads.
 fn worker_threads() -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
-        .ok()
-        .and_then(|text| {
-            let mut parts = text.split_whitespace();
-            let quota: f64 = parts.next()?.parse().ok()?;
-            let period: f64 = parts.next()?.parse().ok()?;
-            Some((quota / period).ceil() as usize)
-        });
-    quota.map_or(1, |q| q.clamp(1, cpus))
+    knative_common::env::cgroup_cpu_limit().unwrap_or(1)
 }
 
 fn fatal(message: impl std::fmt::Display) -> ExitCode {

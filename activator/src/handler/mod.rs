@@ -395,11 +395,12 @@ impl Activation {
             .get_tls(addr, lease.is_cluster_ip(), &id.namespace)
         {
             None => {
-                direct_to(&mut request, lease.dest());
-                self.pools.get(addr)
+                let upstream = self.pools.get(addr);
+                direct_to(&mut request, lease.dest(), Some(upstream.host_header()));
+                upstream
             }
             Some(target) => {
-                direct_to(&mut request, &target.host);
+                direct_to(&mut request, &target.host, None);
                 target.upstream
             }
         };
@@ -448,8 +449,10 @@ impl Activation {
 }
 
 /// Spec §2.13: the original host moves to `K-Original-Host` (unless already there), the
-/// request is addressed to the pod, and marked as proxied by the activator.
-fn direct_to(request: &mut Request<Incoming>, dest: &str) {
+/// request is addressed to the pod, and marked as proxied by the activator. `dest_value`: the
+/// pool's `ip:port` header value, used for `Host` when it is `dest` byte for byte (no copy and
+/// no validation per request).
+fn direct_to(request: &mut Request<Incoming>, dest: &str, dest_value: Option<&HeaderValue>) {
     let original = match request.version() {
         Version::HTTP_2 => request
             .uri()
@@ -458,13 +461,18 @@ fn direct_to(request: &mut Request<Incoming>, dest: &str) {
         _ => request.headers().get(HOST).cloned(),
     };
     let headers = request.headers_mut();
-    if !headers.contains_key(&K_ORIGINAL_HOST) {
-        if let Some(original) = original {
-            headers.insert(K_ORIGINAL_HOST, original);
+    if let Some(original) = original {
+        // One lookup of the name for "unless already there" and the insert.
+        if let http::header::Entry::Vacant(vacant) = headers.entry(K_ORIGINAL_HOST) {
+            vacant.insert(original);
         }
     }
     headers.insert(K_PROXY_REQUEST, HeaderValue::from_static("activator"));
-    if let Ok(dest_value) = HeaderValue::from_str(dest) {
+    let dest_value = match dest_value.filter(|v| v.as_bytes() == dest.as_bytes()) {
+        Some(value) => Some(value.clone()),
+        None => HeaderValue::from_str(dest).ok(),
+    };
+    if let Some(dest_value) = dest_value {
         headers.insert(HOST, dest_value);
     }
     if request.version() == Version::HTTP_2 {

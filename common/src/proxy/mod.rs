@@ -226,10 +226,12 @@ impl Service<Request<Incoming>> for ReverseProxy {
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         let upstream = UpstreamHandle::Static(self.upstream);
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
+        // `forward_or_return` itself, not `forward`: one state machine less holding (and copying)
+        // the request.
         Box::pin(async move {
-            Ok(match forward(&upstream, request, upgrade).await {
+            Ok(match forward_or_return(&upstream, request, upgrade).await {
                 Ok(response) => response,
-                Err(error) => {
+                Err(ForwardFailure { error, .. }) => {
                     tracing::debug!(%error, "upstream request failed");
                     bad_gateway(&error)
                 }

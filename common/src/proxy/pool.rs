@@ -300,28 +300,35 @@ impl Upstream {
 impl Checkout {
     /// Sends `request`; if the connection turned out to be unusable before anything was written,
     /// the request comes back in the error so it can be retried on another connection.
-    pub async fn send(
-        mut self,
+    ///
+    /// The request goes into the connection's queue at once (hyper's `try_send_request` enqueues
+    /// when called); the future only waits for the response, so it never holds the request.
+    pub fn send(
+        self,
         upstream: &UpstreamHandle,
         request: http::Request<UpstreamRequestBody>,
         upgrade: bool,
-    ) -> Result<http::Response<PooledBody>, SendError> {
-        match self.sender.try_send_request(request).await {
-            Ok(response) => {
-                let keep = !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                Ok(response.map(|body| {
-                    let back = keep.then(|| ReturnToPool {
-                        upstream: upstream.clone(),
-                        sender: self.sender,
-                    });
-                    PooledBody::new(body, back)
-                }))
+    ) -> impl std::future::Future<Output = Result<http::Response<PooledBody>, SendError>> + Send
+    {
+        let Checkout { mut sender, fresh } = self;
+        let response = sender.try_send_request(request);
+        let upstream = upstream.clone();
+        async move {
+            match response.await {
+                Ok(response) => {
+                    let keep =
+                        !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                    Ok(response.map(|body| {
+                        let back = keep.then_some(ReturnToPool { upstream, sender });
+                        PooledBody::new(body, back)
+                    }))
+                }
+                Err(mut e) => Err(SendError {
+                    unsent: e.take_message(),
+                    error: e.into_error(),
+                    fresh,
+                }),
             }
-            Err(mut e) => Err(SendError {
-                unsent: e.take_message(),
-                error: e.into_error(),
-                fresh: self.fresh,
-            }),
         }
     }
 }
