@@ -231,3 +231,73 @@ async fn h2c_upgrade() {
     );
     activator.assert_healthy();
 }
+
+/// 1xx informational responses from the pod are relayed as upstream's Go activator relays them
+/// (its proxy's `Got1xxResponse`): a `103` reaches the client while the pod still works on the
+/// final response, several in a row keep their order, pipelined requests keep theirs in place,
+/// and with `Expect: 100-continue` the client gets exactly one `100 Continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_are_relayed() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use test_support::edges::{hinting_pod, read_at_least};
+    const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+                             link: </a.css>; rel=preload\r\ncontent-length: 0\r\n\r\n\
+                             HTTP/1.1 102 Processing\r\n\r\n";
+    const GO_INTERIM: &str = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+                              Link: </a.css>; rel=preload\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n";
+    const GO_OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: *\r\n\r\nok";
+    let stats = StatsReceiver::start().await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let pod = hinting_pod(INTERIM, OK, Some(release.clone())).await;
+    let mut activator = activator_for(&stats, pod).await;
+
+    // Expect: 100-continue, the pod's 100 and hints come before the body is sent.
+    let mut stream = tokio::net::TcpStream::connect(activator.addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(&request(
+            "POST /upload HTTP/1.1",
+            "Host: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n",
+        ))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let early = read_at_least(&mut stream, &mut buf, GO_INTERIM.len(), DEADLINE).await;
+    assert_eq!(String::from_utf8_lossy(&early), GO_INTERIM);
+    stream.write_all(b"hello").await.unwrap();
+    release.add_permits(1);
+    let all = read_at_least(
+        &mut stream,
+        &mut buf,
+        GO_INTERIM.len() + GO_OK.len(),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(mask_date(&all), format!("{GO_INTERIM}{GO_OK}"));
+    let more = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut [0u8; 64])).await;
+    assert!(
+        more.is_err(),
+        "unexpected bytes after the response: {more:?}"
+    );
+
+    // Pipelined GETs (no Expect: the pod's own 100 is relayed too, as Go relays any 1xx).
+    release.add_permits(2);
+    let raw = raw_exchange(
+        activator.addr(),
+        [
+            request("GET /1 HTTP/1.1", "Host: a\r\n"),
+            request("GET /2 HTTP/1.1", "Host: a\r\nConnection: close\r\n"),
+        ]
+        .concat(),
+        DEADLINE,
+    )
+    .await;
+    let last = GO_OK.replace("Date", "Connection: close\r\nDate");
+    assert_eq!(
+        mask_date(&raw),
+        format!("{GO_INTERIM}{GO_OK}{GO_INTERIM}{last}")
+    );
+    activator.assert_healthy();
+}

@@ -43,6 +43,15 @@ pub struct ConnShared {
     missing_host: AtomicBool,
     /// What an h2c upgrade takes over (h2c listeners only).
     h2c: std::sync::Mutex<Option<crate::h2c_upgrade::H2cHandover>>,
+    /// The request in the service is HTTP/1.0 (1xx heads relayed to it say `HTTP/1.0`).
+    http10: AtomicBool,
+    /// A `100 Continue` was sent for the request in the service.
+    continue_sent: AtomicBool,
+    /// `info_out` has heads to write.
+    pub(crate) info_pending: AtomicBool,
+    /// 1xx heads relayed from the app, to be written before the final head
+    /// ([`crate::informational`]).
+    pub(crate) info_out: std::sync::Mutex<crate::informational::InfoOut>,
 }
 
 impl std::fmt::Debug for ConnShared {
@@ -69,11 +78,25 @@ impl ConnShared {
         self.h2c.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
-    /// An HTTP/1 request enters the service.
+    /// An HTTP/1 request of `version` enters the service.
     #[inline]
-    pub fn request_started(&self) {
+    pub fn request_started(&self, version: Version) {
         let n = self.in_service.load(Ordering::Relaxed);
         self.in_service.store(n.wrapping_add(1), Ordering::Relaxed);
+        self.http10
+            .store(version == Version::HTTP_10, Ordering::Relaxed);
+        self.continue_sent.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the request in the service is HTTP/1.0.
+    pub(crate) fn is_http10(&self) -> bool {
+        self.http10.load(Ordering::Relaxed)
+    }
+
+    /// Notes that a `100 Continue` goes out for the request in the service; false if one already
+    /// did (this one is to be dropped).
+    pub(crate) fn mark_continue_sent(&self) -> bool {
+        !self.continue_sent.swap(true, Ordering::Relaxed)
     }
 
     /// The service answers "missing required Host header".
@@ -162,18 +185,34 @@ fn is_automatic_rest(rest: &[u8]) -> bool {
     rest.len() == fields + 29 + 4 && rest.ends_with(b"\r\n\r\n")
 }
 
-/// What to write instead of the head `buf` (a whole write starting with `HTTP/1.`), if anything.
-fn replacement(shared: &ConnShared, http1: &mut bool, buf: &[u8]) -> Option<&'static [u8]> {
-    const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\n";
-    const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n";
+/// hyper's answer to `Expect: 100-continue`, written when the request body is first read.
+const HYPER_CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What to write instead of the head `buf` (a whole write starting with `HTTP/1.`), if anything:
+/// `Some((bytes, n))`: `bytes` replace the first `n` bytes of `buf`.
+fn replacement(
+    shared: &ConnShared,
+    http1: &mut bool,
+    buf: &[u8],
+) -> Option<(&'static [u8], usize)> {
     let status = buf.get(9..12)?;
     if status[0] == b'1' {
         // 100 Continue is not a final head; 101 hands the connection over.
         if status == b"101" {
             *http1 = false;
+        } else if buf.starts_with(HYPER_CONTINUE) && !shared.mark_continue_sent() {
+            // The app's own 100 was relayed already ([`crate::informational`]).
+            return Some((&[], HYPER_CONTINUE.len()));
         }
         return None;
     }
+    replace_final(shared, buf).map(|bytes| (bytes, buf.len()))
+}
+
+/// [`replacement`] for a final head.
+fn replace_final(shared: &ConnShared, buf: &[u8]) -> Option<&'static [u8]> {
+    const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\n";
+    const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n";
     let in_service = shared.head_written();
     if !buf.starts_with(BAD_REQUEST) && !buf.starts_with(TOO_LARGE) {
         return None;
@@ -223,10 +262,10 @@ impl<S: AsyncWrite> GoAnswers<S> {
         if !*this.http1 {
             return None;
         }
-        let bytes = replacement(this.shared, this.http1, first)?;
+        let (bytes, taken) = replacement(this.shared, this.http1, first)?;
         *this.pending = bytes;
         *this.pending_at = 0;
-        Some(first.len())
+        Some(taken)
     }
 }
 
@@ -284,7 +323,14 @@ impl<S: AsyncWrite> AsyncWrite for GoAnswers<S> {
     #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         ready!(self.as_mut().poll_pending(cx))?;
-        self.project().inner.poll_flush(cx)
+        let mut this = self.project();
+        // hyper flushes its IO only once its own write buffer is empty: a message boundary.
+        if *this.http1 && this.shared.info_pending.load(Ordering::Relaxed) {
+            ready!(this
+                .shared
+                .poll_write_informational(this.inner.as_mut(), cx))?;
+        }
+        this.inner.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -296,6 +342,13 @@ impl<S: AsyncWrite> AsyncWrite for GoAnswers<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn replaced(shared: &ConnShared, http1: &mut bool, buf: &[u8]) -> Option<&'static [u8]> {
+        replacement(shared, http1, buf).map(|(bytes, taken)| {
+            assert_eq!(taken, buf.len());
+            bytes
+        })
+    }
 
     const DATE: &str = "Sat, 05 Dec 2026 19:28:02 GMT";
 
@@ -314,11 +367,11 @@ mod tests {
         let mut http1 = true;
         for title in [false, true] {
             assert_eq!(
-                replacement(&shared, &mut http1, &auto("400 Bad Request", title)),
+                replaced(&shared, &mut http1, &auto("400 Bad Request", title)),
                 Some(GO_BAD_REQUEST)
             );
             assert_eq!(
-                replacement(
+                replaced(
                     &shared,
                     &mut http1,
                     &auto("431 Request Header Fields Too Large", title)
@@ -328,7 +381,7 @@ mod tests {
         }
         // hyper's 414 has no Go counterpart: left alone.
         assert_eq!(
-            replacement(&shared, &mut http1, &auto("414 URI Too Long", true)),
+            replaced(&shared, &mut http1, &auto("414 URI Too Long", true)),
             None
         );
     }
@@ -337,32 +390,32 @@ mod tests {
     fn a_relayed_400_is_never_replaced() {
         let shared = ConnShared::default();
         let mut http1 = true;
-        shared.request_started();
+        shared.request_started(Version::HTTP_11);
         // Byte for byte hyper's shape, but a request is in the service: it is the app's answer.
         assert_eq!(
-            replacement(&shared, &mut http1, &auto("400 Bad Request", true)),
+            replaced(&shared, &mut http1, &auto("400 Bad Request", true)),
             None
         );
         // That head was counted; the next automatic one is replaced again.
         assert_eq!(
-            replacement(&shared, &mut http1, &auto("400 Bad Request", true)),
+            replaced(&shared, &mut http1, &auto("400 Bad Request", true)),
             Some(GO_BAD_REQUEST)
         );
         // Another shape (a body, other fields) is never replaced.
         let other =
             b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\n";
-        assert_eq!(replacement(&shared, &mut http1, other), None);
+        assert_eq!(replaced(&shared, &mut http1, other), None);
     }
 
     #[test]
     fn missing_host_head_is_replaced_once() {
         let shared = ConnShared::default();
         let mut http1 = true;
-        shared.request_started();
+        shared.request_started(Version::HTTP_11);
         shared.answer_missing_host();
         let head = format!("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\nDate: {DATE}\r\n\r\n");
         assert_eq!(
-            replacement(&shared, &mut http1, head.as_bytes()),
+            replaced(&shared, &mut http1, head.as_bytes()),
             Some(GO_MISSING_HOST)
         );
         assert!(!shared.missing_host.load(Ordering::Relaxed));
@@ -373,12 +426,12 @@ mod tests {
         let shared = ConnShared::default();
         let mut http1 = true;
         assert_eq!(
-            replacement(&shared, &mut http1, b"HTTP/1.1 100 Continue\r\n\r\n"),
+            replaced(&shared, &mut http1, b"HTTP/1.1 100 Continue\r\n\r\n"),
             None
         );
         assert!(http1);
         assert_eq!(
-            replacement(
+            replaced(
                 &shared,
                 &mut http1,
                 b"HTTP/1.1 101 Switching Protocols\r\n\r\n"

@@ -21,6 +21,7 @@ pub mod go_answers;
 pub mod h2c_upgrade;
 pub mod header_scan;
 pub mod headers;
+pub mod informational;
 pub mod logging;
 pub mod metrics;
 pub mod park;

@@ -20,6 +20,7 @@ use crate::body::LocalBody;
 use crate::env::{optional_int, Env, EnvError};
 use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
 use crate::h2c_upgrade::{self, H2cHandover, H2cRequest, Injected};
+use crate::informational::ConnScope;
 
 /// Protocols a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -403,7 +404,7 @@ where
     #[inline]
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if request.version() <= http::Version::HTTP_11 {
-            self.conn.request_started();
+            self.conn.request_started(request.version());
             if go_answers::check_http1(&mut request) == Http1Check::MissingHost {
                 self.conn.answer_missing_host();
                 return Served::local(LocalAnswer::MissingHost);
@@ -599,11 +600,12 @@ pub async fn serve_with_slots<M, S, B>(
                     Prefixed::new(stream)
                 };
                 let http1 = !stream.is_h2();
-                let io = GoAnswers::new(stream, conn, http1);
+                let io = GoAnswers::new(stream, Arc::clone(&conn), http1);
                 if http1 {
                     // Held until the connection ends: the graceful shutdown waits for it.
                     let _watcher = watcher;
-                    crate::park::serve_http1(io, &h1_builder, service, shutdown).await;
+                    let served = crate::park::serve_http1(io, &h1_builder, service, shutdown);
+                    ConnScope::new(served, conn).await;
                 } else {
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -916,9 +918,9 @@ pub async fn serve_tls<M, S, B>(
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 };
                 let http1 = !stream.is_h2();
-                let io = GoAnswers::new(stream, conn, http1);
+                let io = GoAnswers::new(stream, Arc::clone(&conn), http1);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let _ = watcher.watch(connection).await;
+                let _ = ConnScope::new(watcher.watch(connection), conn).await;
             });
         },
     )

@@ -13,6 +13,7 @@ use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use support::*;
+use test_support::edges::{hinting_pod, mask_date, read_at_least};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// §3.9: keep-alive to the app. Sequential requests reuse one upstream connection.
@@ -432,33 +433,148 @@ async fn timeouts_over_h2c() {
     qp.assert_healthy();
 }
 
-/// §3.9 [Go default]: 1xx informational responses from the app (e.g. `103 Early Hints`) are
-/// relayed to the client before the final response.
+/// The app's early hints: a `103` with two `Link` fields (lower-case names, a stray
+/// `Content-Length`), as an app writes it.
+const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\
+                       content-length: 0\r\nlink: </app.js>; rel=preload\r\n\r\n";
+/// [`HINTS`] as Go's proxy writes it to the client: canonical names, sorted, no length.
+const GO_HINTS: &str =
+    "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nLink: </app.js>; rel=preload\r\n\r\n";
+const FINAL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+const GO_FINAL: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: *\r\n\r\nok";
+
+/// §3.9 [Go default]: a `103 Early Hints` from the app reaches the client while the app is still
+/// working on the final response, written as Go writes it; the final response follows intact.
 #[tokio::test]
-#[ignore = "hyper 1.12 cannot write a 1xx other than 100/101 on its HTTP/1 or HTTP/2 server, and its clients hand 1xx over only through a per-request callback (HTTP/1) or not at all (HTTP/2); README \"HTTP/1 edge cases\" has the details and the hyper PR this waits for"]
-async fn informational_responses_are_relayed() {
-    let app = raw_app(|mut stream| async move {
-        if read_head(&mut stream).await.is_some() {
-            let _ = stream
-                .write_all(
-                    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
-                      HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                )
-                .await;
-        }
-    })
-    .await;
+async fn early_hints_are_relayed_before_the_final_response() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = hinting_pod(HINTS, FINAL, Some(release.clone())).await;
     let mut qp = QpConfig::new(app.port()).start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let early = read_at_least(&mut stream, &mut buf, GO_HINTS.len(), DEADLINE).await;
+    // The app has not answered yet: the hints came on their own.
+    assert_eq!(String::from_utf8_lossy(&early), GO_HINTS);
+    release.add_permits(1);
+    let all = read_at_least(
+        &mut stream,
+        &mut buf,
+        GO_HINTS.len() + GO_FINAL.len(),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(mask_date(&all), format!("{GO_HINTS}{GO_FINAL}"));
+    qp.assert_healthy();
+}
+
+/// Several 1xx in a row (a `102`, two `103`s, a code Go has no text for, one cut across
+/// writes by the app) are relayed in order before a chunked final response; an HTTP/1.0 client
+/// gets them with Go's `HTTP/1.0` status line.
+#[tokio::test]
+async fn several_informational_responses_are_relayed_in_order() {
+    const INTERIM: &[u8] = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+                             Link: </a.css>\r\n\r\nHTTP/1.1 104 Custom\r\nX-B: 2\r\nx-a: 1\r\n\r\n\
+                             HTTP/1.1 103 Early Hints\r\nLink: </b.css>\r\n\r\n";
+    const CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let app = hinting_pod(INTERIM, CHUNKED, None).await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let expected_interim = "HTTP/1.1 102 Processing\r\n\r\n\
+                            HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                            HTTP/1.1 104 status code 104\r\nX-A: 1\r\nX-B: 2\r\n\r\n\
+                            HTTP/1.1 103 Early Hints\r\nLink: </b.css>\r\n\r\n";
     let raw = raw_exchange(
         qp.addr(),
         b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n".to_vec(),
         DEADLINE,
     )
     .await;
+    assert_eq!(
+        mask_date(&raw),
+        format!(
+            "{expected_interim}HTTP/1.1 200 OK\r\nConnection: close\r\n\
+             Transfer-Encoding: chunked\r\nDate: *\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+    );
+    let raw = raw_exchange(
+        qp.addr(),
+        b"GET / HTTP/1.0\r\nHost: example.com\r\n\r\n".to_vec(),
+        DEADLINE,
+    )
+    .await;
+    let text = mask_date(&raw);
     assert!(
-        status_line(&raw).starts_with("HTTP/1.1 103"),
-        "{}",
-        String::from_utf8_lossy(&raw)
+        text.starts_with(&expected_interim.replace("HTTP/1.1 1", "HTTP/1.0 1")),
+        "{text}"
+    );
+    assert!(text.ends_with("hello"), "{text}");
+    qp.assert_healthy();
+}
+
+/// Pipelined requests each get their own hints, between the previous response's last byte and
+/// their own final head.
+#[tokio::test]
+async fn pipelined_requests_keep_their_hints_in_place() {
+    let app = hinting_pod(HINTS, FINAL, None).await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let raw = raw_exchange(
+        qp.addr(),
+        b"GET /1 HTTP/1.1\r\nHost: example.com\r\n\r\n\
+          GET /2 HTTP/1.1\r\nHost: example.com\r\n\r\n\
+          GET /3 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+        DEADLINE,
+    )
+    .await;
+    let last = GO_FINAL.replace("Date", "Connection: close\r\nDate");
+    assert_eq!(
+        mask_date(&raw),
+        format!("{GO_HINTS}{GO_FINAL}{GO_HINTS}{GO_FINAL}{GO_HINTS}{last}")
+    );
+    qp.assert_healthy();
+}
+
+/// `Expect: 100-continue` with an app that answers `100 Continue` itself and then hints: the
+/// client gets one `100 Continue` (the app's, or the proxy's own when the body is first read,
+/// whichever is first; never both), then the hints, sends its body, and gets the final answer.
+#[tokio::test]
+async fn expect_continue_with_an_app_that_sends_100_and_hints() {
+    const INTERIM: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+                             Link: </a.css>\r\n\r\n";
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = hinting_pod(INTERIM, FINAL, Some(release.clone())).await;
+    let mut qp = QpConfig::new(app.port()).start();
+    let mut stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n";
+    let mut buf = Vec::new();
+    let early = read_at_least(&mut stream, &mut buf, interim.len(), DEADLINE).await;
+    assert_eq!(String::from_utf8_lossy(&early), interim);
+    stream.write_all(b"hello").await.unwrap();
+    release.add_permits(1);
+    let all = read_at_least(
+        &mut stream,
+        &mut buf,
+        interim.len() + GO_FINAL.len(),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(mask_date(&all), format!("{interim}{GO_FINAL}"));
+    // Nothing else (no second 100) follows.
+    let more = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut [0u8; 64])).await;
+    assert!(
+        more.is_err(),
+        "unexpected bytes after the response: {more:?}"
     );
     qp.assert_healthy();
 }

@@ -83,6 +83,82 @@ pub async fn recording_pod(answer: &'static [u8]) -> (SocketAddr, Heads, Heads) 
     (addr, heads, probes)
 }
 
+/// A raw HTTP/1 app that also answers pod probes like [`recording_pod`]. To every other request
+/// it writes `interim` (1xx heads) as soon as the head is in, before any body is read; then,
+/// once it takes a permit of `release` (at once without one), reads a `Content-Length` body and writes
+/// `answer`.
+pub async fn hinting_pod(
+    interim: &'static [u8],
+    answer: &'static [u8],
+    release: Option<Arc<tokio::sync::Semaphore>>,
+) -> SocketAddr {
+    raw_app(move |mut stream| {
+        let release = release.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(head) = read_head_buffered(&mut stream, &mut buf).await {
+                let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if lower.contains("\r\nk-network-probe: queue\r\n") {
+                    let probe_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue";
+                    if stream.write_all(probe_answer).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if stream.write_all(interim).await.is_err() {
+                    return;
+                }
+                if let Some(release) = &release {
+                    match release.acquire().await {
+                        Ok(permit) => permit.forget(),
+                        Err(_) => return,
+                    }
+                }
+                let length = lower
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length: ")
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                    })
+                    .unwrap_or(0);
+                while buf.len() < length {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..length);
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Reads from `stream` until `buf` holds at least `len` bytes or `limit` passes; returns
+/// whatever is there.
+pub async fn read_at_least(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    len: usize,
+    limit: std::time::Duration,
+) -> Vec<u8> {
+    let _ = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 4096];
+        while buf.len() < len {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    buf.clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

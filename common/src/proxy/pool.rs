@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use crate::body::BodyError;
+use crate::informational::{Relay, Sniff, UpstreamInfo};
 
 /// How long an idle keep-alive connection is kept (Go `IdleConnTimeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -88,6 +89,7 @@ pub trait UpstreamTls: Send + Sync + std::fmt::Debug {
 
 struct IdleConn {
     sender: http1::SendRequest<UpstreamRequestBody>,
+    info: Arc<UpstreamInfo>,
     since: Instant,
 }
 
@@ -115,6 +117,8 @@ impl std::fmt::Debug for Upstream {
 /// An HTTP/1.1 connection checked out of the pool, returned when its response completes.
 pub struct Checkout {
     sender: http1::SendRequest<UpstreamRequestBody>,
+    /// What the connection's IO reports of 1xx heads ([`crate::informational`]).
+    info: Arc<UpstreamInfo>,
     /// Freshly dialled (not reused): a failure on it is not the keep-alive race.
     pub fresh: bool,
 }
@@ -171,29 +175,38 @@ impl Upstream {
             if conn.sender.is_ready() {
                 return Ok(Checkout {
                     sender: conn.sender,
+                    info: conn.info,
                     fresh: false,
                 });
             }
             // Its connection task has not caught up with the end of the last exchange (or the
             // request body is still being sent). Let it finish on its own, then return it.
-            let mut sender = conn.sender;
+            let IdleConn {
+                mut sender, info, ..
+            } = conn;
             let handle = handle.clone();
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    handle.give_back(sender);
+                    handle.give_back(sender, info);
                 }
             });
         }
-        let stream = this.dial().await?;
+        let stream = this.dial().await?.into_inner();
+        let info = Arc::new(UpstreamInfo::default());
         let sender = match &this.tls {
-            None => this.handshake_http1(stream).await?,
+            None => {
+                let io = Sniff::new(stream, Arc::clone(&info));
+                this.handshake_http1(TokioIo::new(io)).await?
+            }
             Some(tls) => {
-                let stream = this.tls_connect(tls, stream.into_inner()).await?;
-                this.handshake_http1(TokioIo::new(stream)).await?
+                let stream = this.tls_connect(tls, stream).await?;
+                let io = Sniff::new(stream, Arc::clone(&info));
+                this.handshake_http1(TokioIo::new(io)).await?
             }
         };
         Ok(Checkout {
             sender,
+            info,
             fresh: true,
         })
     }
@@ -268,10 +281,11 @@ impl Upstream {
             .map_err(|e| ProxyError::tls(self.addr, &e))
     }
 
-    fn give_back(&self, sender: http1::SendRequest<UpstreamRequestBody>) {
+    fn give_back(&self, sender: http1::SendRequest<UpstreamRequestBody>, info: Arc<UpstreamInfo>) {
         // A full queue drops (closes) the connection: at most `max_idle` stay open idle.
         let _ = self.idle.push(IdleConn {
             sender,
+            info,
             since: Instant::now(),
         });
     }
@@ -310,16 +324,31 @@ impl Checkout {
         upgrade: bool,
     ) -> impl std::future::Future<Output = Result<http::Response<PooledBody>, SendError>> + Send
     {
-        let Checkout { mut sender, fresh } = self;
+        let Checkout {
+            mut sender,
+            info,
+            fresh,
+        } = self;
+        info.exchange_started();
         let response = sender.try_send_request(request);
         let upstream = upstream.clone();
         async move {
-            match response.await {
+            let mut relayed = false;
+            let sent = Relay::new(response, &info, &mut relayed).await;
+            if relayed {
+                // The 1xx heads go out before the final head.
+                crate::informational::written().await;
+            }
+            match sent {
                 Ok(response) => {
                     let keep =
                         !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
                     Ok(response.map(|body| {
-                        let back = keep.then_some(ReturnToPool { upstream, sender });
+                        let back = keep.then_some(ReturnToPool {
+                            upstream,
+                            sender,
+                            info,
+                        });
                         PooledBody::new(body, back)
                     }))
                 }
@@ -347,6 +376,13 @@ pub struct SendError {
 struct ReturnToPool {
     upstream: UpstreamHandle,
     sender: http1::SendRequest<UpstreamRequestBody>,
+    info: Arc<UpstreamInfo>,
+}
+
+impl ReturnToPool {
+    fn give_back(self) {
+        self.upstream.give_back(self.sender, self.info);
+    }
 }
 
 pin_project! {
@@ -362,7 +398,7 @@ impl PooledBody {
     fn new(body: Incoming, mut back: Option<ReturnToPool>) -> Self {
         if body.is_end_stream() {
             if let Some(b) = back.take() {
-                b.upstream.give_back(b.sender);
+                b.give_back();
             }
         }
         PooledBody { body, back }
@@ -388,7 +424,7 @@ impl Body for PooledBody {
         match this.body.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(b) = this.back.take() {
-                    b.upstream.give_back(b.sender);
+                    b.give_back();
                 }
                 Poll::Ready(None)
             }
@@ -401,7 +437,7 @@ impl Body for PooledBody {
                 // back as soon as the last frame is out, not on a final `None` that never comes.
                 if this.body.is_end_stream() {
                     if let Some(b) = this.back.take() {
-                        b.upstream.give_back(b.sender);
+                        b.give_back();
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
