@@ -206,7 +206,7 @@ async fn wait_request_line(activator: &Activator, prefix: &str) {
 /// effect without restart, then an invalid template keeping the previous one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_log_default_shape_and_dynamic_template() {
-    let default_template = knative_common::request_log::DEFAULT_TEMPLATE;
+    let default_template = go_text_template::DEFAULT_TEMPLATE;
     let obs = |template: &str| {
         observability(json!({
             "logging.enable-request-log": "true",

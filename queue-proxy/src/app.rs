@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use go_text_template::{RequestLogTemplate, RevisionInfo, DEFAULT_TEMPLATE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use knative_common::body::LocalBody;
@@ -15,9 +16,7 @@ use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::{Env, ProcessEnv};
 use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
-use knative_common::request_log::{
-    self, RequestLogLayer, RequestLogSettings, RequestLogTemplate, RevisionInfo,
-};
+use knative_common::request_log::{RequestLogLayer, RequestLogSettings};
 use knative_common::server::{
     bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
 };
@@ -493,7 +492,7 @@ fn request_log_settings(
     let text = observability
         .request_log_template
         .as_deref()
-        .unwrap_or(request_log::DEFAULT_TEMPLATE);
+        .unwrap_or(DEFAULT_TEMPLATE);
     let template = match RequestLogTemplate::parse(text) {
         Ok(t) => t,
         Err(error) => {

@@ -28,9 +28,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use go_text_template::RevisionInfo;
 use http::{Request, StatusCode};
 use knative_common::metrics::Completion;
-use knative_common::request_log::RevisionInfo;
 use knative_common::trace::export::otlp::Transport;
 use tokio::sync::watch;
 
