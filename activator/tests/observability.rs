@@ -373,7 +373,7 @@ async fn spans_and_propagation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_metrics_push() {
     use http_body_util::BodyExt;
-    use knative_common::metrics::otlp::proto::ExportMetricsServiceRequest;
+    use knative_telemetry::metrics::otlp::proto::ExportMetricsServiceRequest;
     use prost::Message;
     use std::sync::{Arc, Mutex};
 

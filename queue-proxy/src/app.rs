@@ -24,9 +24,9 @@ use knative_common::signals::Signals;
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
-use knative_common::trace::export::otlp::Transport;
-use knative_common::trace::layer::skip_probes;
-use knative_common::trace::{
+use knative_telemetry::trace::export::otlp::Transport;
+use knative_telemetry::trace::layer::skip_probes;
+use knative_telemetry::trace::{
     self, ClientSpanLayer, ServerSpanLayer, ServerSpans, Span, Tracer, TracingConfig,
     OTELHTTP_SCOPE,
 };
@@ -46,7 +46,7 @@ use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
 use crate::{admin, stats_server};
-use knative_common::logging;
+use knative_telemetry::logging;
 
 /// Body of the 504 the timeout layer writes.
 const TIMEOUT_BODY: &str = "request timeout";

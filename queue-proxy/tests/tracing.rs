@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use knative_common::trace::export::otlp::proto;
+use knative_telemetry::trace::export::otlp::proto;
 use prost::Message;
 use support::*;
 use tokio::net::TcpListener;

@@ -1,7 +1,7 @@
 //! OTLP push of the request metrics (spec §7.1, §1.3, §1.4) for `requestMetrics.protocol` `grpc`
 //! or `http/protobuf`: every export interval the instruments are read and sent as one
 //! `ExportMetricsServiceRequest` (cumulative temporality, as the Go SDK's default) through the
-//! shared OTLP transport of `knative_common::trace::export::otlp`, to `<endpoint>/v1/metrics` or
+//! shared OTLP transport of `knative_telemetry::trace::export::otlp`, to `<endpoint>/v1/metrics` or
 //! `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`. A last export runs at
 //! shutdown.
 //!
@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use knative_common::env::Env;
-use knative_common::trace::config::{otlp_exporter, Signal, TraceConfigError};
-use knative_common::trace::export::otlp::{OtlpExporter, Transport};
-use knative_common::trace::Resource as OtelResource;
+use knative_telemetry::trace::config::{otlp_exporter, Signal, TraceConfigError};
+use knative_telemetry::trace::export::otlp::{OtlpExporter, Transport};
+use knative_telemetry::trace::Resource as OtelResource;
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,15 +23,15 @@ use tokio::task::JoinHandle;
 use super::histogram::HistogramSnapshot;
 use super::{app_metrics, server_metrics, Metrics, Scope};
 
-pub use knative_common::trace::export::otlp::proto::KeyValue;
+pub use knative_telemetry::trace::export::otlp::proto::KeyValue;
 
 /// The SDK's default export interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The OTLP metrics messages (shared with the activator, in `knative_common::metrics::otlp`).
-pub use knative_common::metrics::otlp::proto;
-pub(crate) use knative_common::metrics::otlp::{bool_kv, int_kv, string_kv};
-use knative_common::metrics::otlp::{histogram, histogram_point, unix_nanos, Times};
+/// The OTLP metrics messages (shared with the activator, in `knative_telemetry::metrics::otlp`).
+pub use knative_telemetry::metrics::otlp::proto;
+pub(crate) use knative_telemetry::metrics::otlp::{bool_kv, int_kv, string_kv};
+use knative_telemetry::metrics::otlp::{histogram, histogram_point, unix_nanos, Times};
 
 fn scope_metrics(scope: &Scope, metrics: Vec<proto::Metric>) -> proto::ScopeMetrics {
     proto::ScopeMetrics {
