@@ -5,9 +5,7 @@
 //! `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`. A last export runs at
 //! shutdown.
 //!
-//! The metrics messages are declared in [`proto`] with the field numbers of opentelemetry-proto's
-//! `metrics/v1/metrics.proto` and `collector/metrics/v1/metrics_service.proto`; the common ones
-//! (`KeyValue`, `Resource`, `InstrumentationScope`) are the trace exporter's.
+//! The metrics messages are opentelemetry-proto's ([`proto`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -81,12 +79,14 @@ pub fn export_request(
             name: "kn.serving.queue.depth".to_owned(),
             description: "Number of current requests in the queue".to_owned(),
             unit: "{request}".to_owned(),
+            metadata: Vec::new(),
             data: Some(proto::metric::Data::Gauge(proto::Gauge {
                 data_points: vec![proto::NumberDataPoint {
                     attributes: Vec::new(),
                     start_time_unix_nano: times.start,
                     time_unix_nano: times.now,
                     value: Some(proto::number_data_point::Value::AsInt(depth)),
+                    exemplars: Vec::new(),
                     flags: 0,
                 }],
             })),
@@ -145,6 +145,7 @@ pub fn export_request(
             resource: Some(proto::Resource {
                 attributes: resource.iter().map(|(k, v)| string_kv(k, v)).collect(),
                 dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
             }),
             scope_metrics: scopes,
             schema_url: String::new(),

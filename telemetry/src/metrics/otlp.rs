@@ -1,8 +1,6 @@
 //! OTLP metric messages and helpers shared by the queue-proxy's and the activator's OTLP metric
-//! export (cumulative temporality, as the Go SDK's default). The messages carry the field numbers
-//! of opentelemetry-proto's `metrics/v1/metrics.proto` and
-//! `collector/metrics/v1/metrics_service.proto`; the common ones (`KeyValue`, `Resource`,
-//! `InstrumentationScope`) are the trace exporter's.
+//! export (cumulative temporality, as the Go SDK's default). The messages are opentelemetry-proto's
+//! ([`proto`]).
 
 use std::time::SystemTime;
 
@@ -10,166 +8,23 @@ use super::HistogramSnapshot;
 
 pub use crate::trace::export::otlp::proto::KeyValue;
 
-/// The OTLP metrics messages.
-#[allow(missing_docs)]
+/// The OTLP metrics messages: opentelemetry-proto's prost types. Summaries, exponential
+/// histograms, exemplars and metadata are never sent.
 pub mod proto {
     pub use crate::trace::export::otlp::proto::{
         any_value, AnyValue, InstrumentationScope, KeyValue, Resource,
     };
+    pub use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
+    pub use opentelemetry_proto::tonic::metrics::v1::{
+        metric, number_data_point, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+        ResourceMetrics, ScopeMetrics, Sum,
+    };
 
     /// `AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE`.
-    pub const CUMULATIVE: i32 = 2;
-
-    /// `ExportMetricsServiceRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportMetricsServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_metrics: Vec<ResourceMetrics>,
-    }
-
-    /// `ExportMetricsServiceResponse`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportMetricsServiceResponse {
-        #[prost(message, optional, tag = "1")]
-        pub partial_success: Option<ExportMetricsPartialSuccess>,
-    }
-
-    /// `ExportMetricsPartialSuccess`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportMetricsPartialSuccess {
-        #[prost(int64, tag = "1")]
-        pub rejected_data_points: i64,
-        #[prost(string, tag = "2")]
-        pub error_message: String,
-    }
-
-    /// `ResourceMetrics`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceMetrics {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_metrics: Vec<ScopeMetrics>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `ScopeMetrics`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeMetrics {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub metrics: Vec<Metric>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `Metric` (`summary`, `exponential_histogram` and `metadata` are never sent).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Metric {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub description: String,
-        #[prost(string, tag = "3")]
-        pub unit: String,
-        #[prost(oneof = "metric::Data", tags = "5, 7, 9")]
-        pub data: Option<metric::Data>,
-    }
-
-    /// The `Metric.data` oneof.
-    pub mod metric {
-        /// See [`super::Metric`].
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Data {
-            #[prost(message, tag = "5")]
-            Gauge(super::Gauge),
-            #[prost(message, tag = "7")]
-            Sum(super::Sum),
-            #[prost(message, tag = "9")]
-            Histogram(super::Histogram),
-        }
-    }
-
-    /// `Gauge`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Gauge {
-        #[prost(message, repeated, tag = "1")]
-        pub data_points: Vec<NumberDataPoint>,
-    }
-
-    /// `Sum`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Sum {
-        #[prost(message, repeated, tag = "1")]
-        pub data_points: Vec<NumberDataPoint>,
-        #[prost(int32, tag = "2")]
-        pub aggregation_temporality: i32,
-        #[prost(bool, tag = "3")]
-        pub is_monotonic: bool,
-    }
-
-    /// `Histogram`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Histogram {
-        #[prost(message, repeated, tag = "1")]
-        pub data_points: Vec<HistogramDataPoint>,
-        #[prost(int32, tag = "2")]
-        pub aggregation_temporality: i32,
-    }
-
-    /// `NumberDataPoint` (no exemplars).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NumberDataPoint {
-        #[prost(message, repeated, tag = "7")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(fixed64, tag = "2")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "3")]
-        pub time_unix_nano: u64,
-        #[prost(oneof = "number_data_point::Value", tags = "4, 6")]
-        pub value: Option<number_data_point::Value>,
-        #[prost(uint32, tag = "8")]
-        pub flags: u32,
-    }
-
-    /// The `NumberDataPoint.value` oneof.
-    pub mod number_data_point {
-        /// See [`super::NumberDataPoint`].
-        #[derive(Clone, Copy, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(double, tag = "4")]
-            AsDouble(f64),
-            #[prost(sfixed64, tag = "6")]
-            AsInt(i64),
-        }
-    }
-
-    /// `HistogramDataPoint` (no exemplars).
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct HistogramDataPoint {
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(fixed64, tag = "2")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "3")]
-        pub time_unix_nano: u64,
-        #[prost(fixed64, tag = "4")]
-        pub count: u64,
-        #[prost(double, optional, tag = "5")]
-        pub sum: Option<f64>,
-        #[prost(fixed64, repeated, tag = "6")]
-        pub bucket_counts: Vec<u64>,
-        #[prost(double, repeated, tag = "7")]
-        pub explicit_bounds: Vec<f64>,
-        #[prost(uint32, tag = "10")]
-        pub flags: u32,
-        #[prost(double, optional, tag = "11")]
-        pub min: Option<f64>,
-        #[prost(double, optional, tag = "12")]
-        pub max: Option<f64>,
-    }
+    pub const CUMULATIVE: i32 =
+        opentelemetry_proto::tonic::metrics::v1::AggregationTemporality::Cumulative as i32;
 }
 
 fn kv(key: &str, value: proto::any_value::Value) -> KeyValue {
@@ -223,6 +78,7 @@ pub fn histogram_point(
         sum: Some(snapshot.sum),
         bucket_counts: snapshot.counts.clone(),
         explicit_bounds: snapshot.bounds.to_vec(),
+        exemplars: Vec::new(),
         flags: 0,
         min: None,
         max: None,
@@ -240,6 +96,7 @@ pub fn histogram(
         name: name.to_owned(),
         description: description.to_owned(),
         unit: unit.to_owned(),
+        metadata: Vec::new(),
         data: Some(proto::metric::Data::Histogram(proto::Histogram {
             data_points,
             aggregation_temporality: proto::CUMULATIVE,
@@ -259,6 +116,7 @@ pub fn gauge(
         name: name.to_owned(),
         description: description.to_owned(),
         unit: unit.to_owned(),
+        metadata: Vec::new(),
         data: Some(proto::metric::Data::Gauge(proto::Gauge {
             data_points: number_points(points, times),
         })),
@@ -278,6 +136,7 @@ pub fn sum(
         name: name.to_owned(),
         description: description.to_owned(),
         unit: unit.to_owned(),
+        metadata: Vec::new(),
         data: Some(proto::metric::Data::Sum(proto::Sum {
             data_points: number_points(points, times),
             aggregation_temporality: proto::CUMULATIVE,
@@ -297,6 +156,7 @@ fn number_points(
             start_time_unix_nano: times.start,
             time_unix_nano: times.now,
             value: Some(value),
+            exemplars: Vec::new(),
             flags: 0,
         })
         .collect()
@@ -330,6 +190,7 @@ pub fn export_request<'a>(
             resource: Some(proto::Resource {
                 attributes: resource.map(|(k, v)| string_kv(k, v)).collect(),
                 dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
             }),
             scope_metrics: scopes,
             schema_url: String::new(),
