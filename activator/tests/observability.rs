@@ -206,7 +206,7 @@ async fn wait_request_line(activator: &Activator, prefix: &str) {
 /// effect without restart, then an invalid template keeping the previous one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_log_default_shape_and_dynamic_template() {
-    let default_template = knative_common::request_log::DEFAULT_TEMPLATE;
+    let default_template = go_text_template::DEFAULT_TEMPLATE;
     let obs = |template: &str| {
         observability(json!({
             "logging.enable-request-log": "true",
@@ -372,29 +372,12 @@ async fn spans_and_propagation() {
 /// listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_metrics_push() {
-    use http_body_util::BodyExt;
-    use knative_common::metrics::otlp::proto::ExportMetricsServiceRequest;
-    use prost::Message;
-    use std::sync::{Arc, Mutex};
-
-    let received: Arc<Mutex<Vec<(String, ExportMetricsServiceRequest)>>> = Arc::default();
-    let sink = received.clone();
-    let collector = App::start(handler(move |req: http::Request<hyper::body::Incoming>| {
-        let sink = sink.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            let message = ExportMetricsServiceRequest::decode(body).expect("protobuf body");
-            sink.lock().unwrap().push((path, message));
-            respond(StatusCode::OK, "")
-        }
-    }))
-    .await;
+    let mut collector = test_support::otlp::OtlpCollector::start().await;
     let port = free_port();
     let (activator, _pod, _stats) = start(
         observability(json!({
             "metrics-protocol": "http/protobuf",
-            "metrics-endpoint": format!("http://127.0.0.1:{}", collector.port()),
+            "metrics-endpoint": collector.endpoint(),
         })),
         &[
             ("OTEL_METRIC_EXPORT_INTERVAL", "100".to_owned()),
@@ -404,23 +387,24 @@ async fn otlp_metrics_push() {
     )
     .await;
     assert_eq!(request(activator.addr()).await.status, StatusCode::OK);
-    let (path, message) = eventually(DEADLINE, "an export with the request metrics", || {
-        let found = received
-            .lock()
-            .unwrap()
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let (path, message) = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(Some(export)) = tokio::time::timeout(left, collector.metrics.recv()).await else {
+            panic!("no export with the request metrics in time");
+        };
+        let names: Vec<&str> = export.request.resource_metrics[0]
+            .scope_metrics
             .iter()
-            .rev()
-            .find(|(_, m)| {
-                m.resource_metrics[0]
-                    .scope_metrics
-                    .iter()
-                    .flat_map(|s| &s.metrics)
-                    .any(|m| m.name == "kn.revision.request.active")
-            })
-            .cloned();
-        std::future::ready(found)
-    })
-    .await;
+            .flat_map(|s| s.metrics.iter().map(|m| m.name.as_str()))
+            .collect();
+        let complete = ["kn.revision.request.active", "http.server.request.duration"]
+            .iter()
+            .all(|n| names.contains(n));
+        if complete {
+            break (export.path, export.request);
+        }
+    };
     assert_eq!(path, "/v1/metrics");
     let names: Vec<&str> = message.resource_metrics[0]
         .scope_metrics
@@ -435,4 +419,114 @@ async fn otlp_metrics_push() {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// Spans end to end over OTLP `grpc`, into a collector built from opentelemetry-proto's tonic
+/// `TraceService`: the activator's and the queue-proxy's spans form one trace rooted at the
+/// incoming context, the queue-proxy's server span is the child of the activator's client span,
+/// and the app's `traceparent` names the queue-proxy's client span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_spans_link_activator_queue_proxy_and_app() {
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    fn named<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?} in {spans:#?}"))
+    }
+
+    let mut collector = test_support::otlp::OtlpCollector::start().await;
+    let qp_observability = format!(
+        r#"{{"tracing":{{"protocol":"grpc","endpoint":"{}","samplingRate":1}},"metrics":{{}},"runtime":{{}},"requestMetrics":{{}}}}"#,
+        collector.endpoint()
+    );
+    let pod = Pod::start_with_env(
+        App::ok().await,
+        REV,
+        0,
+        vec![
+            ("OBSERVABILITY_CONFIG", qp_observability),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ],
+    )
+    .await;
+    let stats = StatsReceiver::start().await;
+    let revs = [Rev::new(REV, 0).ready([pod.addr()])];
+    let config_maps = observability(json!({
+        "tracing-protocol": "grpc",
+        "tracing-endpoint": collector.endpoint(),
+        "tracing-sampling-rate": "1",
+    }));
+    let activator = ActivatorConfig::new(&stats.url())
+        .discovery_text(&document_with(&revs, config_maps))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .start();
+    activator.wait_healthy().await;
+    let resp = send(
+        activator.addr(),
+        rev_req("GET", "/obs", NS, REV)
+            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, StatusCode::OK);
+
+    // The activator's four spans and the queue-proxy's three (CC 0: no wait span).
+    let wanted = [
+        "handle",
+        "throttler_try",
+        "activator_proxy",
+        "GET /obs",
+        "GET",
+        "kn.queueproxy.proxy",
+        "HTTP GET",
+    ];
+    let mut spans: Vec<Span> = Vec::new();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !wanted.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, collector.traces.recv()).await {
+            Ok(Some(export)) => {
+                assert!(export.grpc);
+                for rs in export.request.resource_spans {
+                    for ss in rs.scope_spans {
+                        spans.extend(ss.spans.into_iter().filter(|s| hex(&s.trace_id) == TRACE));
+                    }
+                }
+            }
+            _ => panic!("spans did not arrive in time; got {spans:#?}"),
+        }
+    }
+    // One tree: the activator's server span is the only child of the incoming context, every
+    // other span's parent is a span of the same trace.
+    let handle = named(&spans, "handle");
+    assert_eq!(hex(&handle.parent_span_id), PARENT);
+    assert_eq!(handle.kind, 2);
+    for span in &spans {
+        if span.name != "handle" {
+            assert!(
+                spans.iter().any(|p| p.span_id == span.parent_span_id),
+                "{} has a parent outside the trace: {spans:#?}",
+                span.name
+            );
+        }
+    }
+    let activator_client = named(&spans, "GET /obs");
+    assert_eq!(activator_client.kind, 3);
+    let qp_server = named(&spans, "GET");
+    assert_eq!(qp_server.kind, 2);
+    assert_eq!(qp_server.parent_span_id, activator_client.span_id);
+    let qp_client = named(&spans, "HTTP GET");
+    assert_eq!(qp_client.kind, 3);
+    let traceparent = pod.app.only_seen().header("traceparent").unwrap();
+    assert_eq!(
+        traceparent,
+        format!("00-{TRACE}-{}-01", hex(&qp_client.span_id))
+    );
 }

@@ -7,7 +7,10 @@
 //! - [`proxy`]: the pooled reverse proxy with upgrades;
 //! - [`drain`], [`stats`], [`server`], [`env`](mod@env): lifecycle, accounting, listeners, configuration;
 //! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config);
-//! - [`trace`]: W3C trace context, spans, sampling and span exporters (stdout, OTLP).
+//! - [`request_log`]: the request-log stage.
+//!
+//! Telemetry (tracing, metrics, JSON process logs) is in the `knative-telemetry` crate, the
+//! request-log template engine in `go-text-template`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -22,8 +25,6 @@ pub mod h2c_upgrade;
 pub mod header_scan;
 pub mod headers;
 pub mod informational;
-pub mod logging;
-pub mod metrics;
 pub mod park;
 pub mod proxy;
 pub mod request_log;
@@ -32,4 +33,3 @@ pub mod signals;
 pub mod stats;
 pub mod timeout;
 pub mod tls;
-pub mod trace;

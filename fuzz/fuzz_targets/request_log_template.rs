@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderValue};
-use knative_common::request_log::{LogEntry, RequestLogTemplate, RevisionInfo};
+use go_text_template::{LogEntry, RequestLogTemplate, RevisionInfo};
 use libfuzzer_sys::fuzz_target;
 
 struct Fixture {
@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         response_size: 19,
         latency_secs: 0.003309125,
         revision: &f.revision,
-        trace_id: knative_common::request_log::trace_id(&f.headers),
+        trace_id: go_text_template::trace_id(&f.headers),
     };
     let mut out = Vec::new();
     template.render(&entry, &mut out);

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use go_text_template::{RequestLogTemplate, RevisionInfo, DEFAULT_TEMPLATE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use knative_common::body::LocalBody;
@@ -15,9 +16,7 @@ use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::{Env, ProcessEnv};
 use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
-use knative_common::request_log::{
-    self, RequestLogLayer, RequestLogSettings, RequestLogTemplate, RevisionInfo,
-};
+use knative_common::request_log::{RequestLogLayer, RequestLogSettings};
 use knative_common::server::{
     bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
 };
@@ -25,9 +24,9 @@ use knative_common::signals::Signals;
 use knative_common::stats::RequestStats;
 use knative_common::timeout::TimeoutLayer;
 use knative_common::tls::server_tls_from_env;
-use knative_common::trace::export::otlp::Transport;
-use knative_common::trace::layer::skip_probes;
-use knative_common::trace::{
+use knative_telemetry::trace::export::otlp::Transport;
+use knative_telemetry::trace::layer::skip_probes;
+use knative_telemetry::trace::{
     self, ClientSpanLayer, ServerSpanLayer, ServerSpans, Span, Tracer, TracingConfig,
     OTELHTTP_SCOPE,
 };
@@ -47,7 +46,7 @@ use crate::observability::{ObservabilityConfig, Protocol};
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
 use crate::{admin, stats_server};
-use knative_common::logging;
+use knative_telemetry::logging;
 
 /// Body of the 504 the timeout layer writes.
 const TIMEOUT_BODY: &str = "request timeout";
@@ -484,7 +483,7 @@ fn request_log_settings(
     let text = observability
         .request_log_template
         .as_deref()
-        .unwrap_or(request_log::DEFAULT_TEMPLATE);
+        .unwrap_or(DEFAULT_TEMPLATE);
     let template = match RequestLogTemplate::parse(text) {
         Ok(t) => t,
         Err(error) => {

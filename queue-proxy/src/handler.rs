@@ -13,8 +13,8 @@ use knative_common::classify::{is_kubelet_probe, is_proxied};
 use knative_common::header_scan::Present;
 use knative_common::proxy::rewrite::restore_original_host;
 use knative_common::stats::{InFlight, RequestStats};
-use knative_common::trace::layer::{CarriedSpan, EndCarriedSpan};
-use knative_common::trace::{Scope, Span, SpanKind, Tracer};
+use knative_telemetry::trace::layer::{CarriedSpan, EndCarriedSpan};
+use knative_telemetry::trace::{Scope, Span, SpanKind, Tracer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -180,8 +180,8 @@ mod tests {
     use http_body_util::BodyExt;
     use knative_common::body::ProxyBody;
     use knative_common::breaker::Breaker;
-    use knative_common::trace::export::memory::InMemoryExporter;
-    use knative_common::trace::{ClientSpanLayer, Sampler, SpanId};
+    use knative_telemetry::trace::export::memory::InMemoryExporter;
+    use knative_telemetry::trace::{ClientSpanLayer, Sampler, SpanId};
 
     use super::*;
 
@@ -214,7 +214,7 @@ mod tests {
         exporter: &InMemoryExporter,
         request: Request<()>,
     ) -> (
-        Vec<knative_common::trace::export::memory::FinishedSpan>,
+        Vec<knative_telemetry::trace::export::memory::FinishedSpan>,
         HeaderMap,
     ) {
         let breaker = (cc > 0).then(|| leak(Breaker::for_container_concurrency(cc).unwrap()));
@@ -277,10 +277,10 @@ mod tests {
         let tracer = Tracer::builder(exporter.clone()).build().unwrap();
         let mut request = post();
         // As layer 1 leaves it: the server span is the current span.
-        let server = knative_common::trace::SpanContext {
+        let server = knative_telemetry::trace::SpanContext {
             span_id: SpanId::random(),
             remote: false,
-            ..knative_common::trace::SpanContext::from_headers(
+            ..knative_telemetry::trace::SpanContext::from_headers(
                 &[(
                     http::header::HeaderName::from_static("traceparent"),
                     http::HeaderValue::from_static(TRACEPARENT),
@@ -292,7 +292,7 @@ mod tests {
         };
         request
             .extensions_mut()
-            .insert(knative_common::trace::CurrentSpan(server.clone()));
+            .insert(knative_telemetry::trace::CurrentSpan(server.clone()));
         let (spans, headers) = run(1, Some(tracer), &exporter, request).await;
         for span in &spans {
             assert_eq!(span.context.trace_id, server.trace_id);

@@ -5,65 +5,33 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use prost::Message;
-use queue_proxy::metrics::otlp::proto;
+use http::{Request, StatusCode};
 use support::*;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// One export request as received.
-#[derive(Debug)]
-struct Export {
-    path: String,
-    content_type: String,
-    request: proto::ExportMetricsServiceRequest,
+/// The OTLP messages, as opentelemetry-proto declares them.
+mod proto {
+    pub use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+    pub use opentelemetry_proto::tonic::metrics::v1::{
+        metric, number_data_point, HistogramDataPoint, Metric,
+    };
+    /// `AGGREGATION_TEMPORALITY_CUMULATIVE`.
+    pub const CUMULATIVE: i32 =
+        opentelemetry_proto::tonic::metrics::v1::AggregationTemporality::Cumulative as i32;
 }
 
-/// An OTLP/HTTP collector on 127.0.0.1 that decodes every request.
+/// One export request as received.
+type Export = test_support::otlp::Export<proto::ExportMetricsServiceRequest>;
+
+/// An OTLP collector on 127.0.0.1 built from the OpenTelemetry crates (it decodes
+/// opentelemetry-proto's messages).
 async fn collector() -> (SocketAddr, mpsc::UnboundedReceiver<Export>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let tx = tx.clone();
-                async move {
-                    let path = request.uri().path().to_owned();
-                    let content_type = request
-                        .headers()
-                        .get("content-type")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default();
-                    let body = request.into_body().collect().await.unwrap().to_bytes();
-                    let request = proto::ExportMetricsServiceRequest::decode(body).unwrap();
-                    let _ = tx.send(Export {
-                        path,
-                        content_type,
-                        request,
-                    });
-                    let reply = proto::ExportMetricsServiceResponse::default().encode_to_vec();
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(reply))))
-                }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, rx)
+    let collector = test_support::otlp::OtlpCollector::start().await;
+    (collector.addr(), collector.metrics)
 }
 
 fn observability(protocol: &str, endpoint: &str, interval_ns: u64) -> String {
@@ -175,7 +143,7 @@ async fn http_protobuf_export_of_request_metrics() {
 
     let export = export_where(&mut exports, |e| invocation_count(e, 200) == 3).await;
     assert_eq!(export.path, "/v1/metrics");
-    assert_eq!(export.content_type, "application/x-protobuf");
+    assert_eq!(export.headers["content-type"], "application/x-protobuf");
 
     // Resource.
     let rm = &export.request.resource_metrics[0];

@@ -5,24 +5,19 @@
 
 mod support;
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use knative_common::trace::export::otlp::proto;
-use prost::Message;
+use http::{Request, StatusCode};
 use support::*;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+/// The OTLP messages, as opentelemetry-proto declares them.
+mod proto {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    pub use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
+    pub use opentelemetry_proto::tonic::trace::v1::Span;
+}
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -41,84 +36,14 @@ fn traced_request() -> Request<TestBody> {
         .unwrap()
 }
 
-/// Fixed response frames (data, then trailers).
-struct Frames(VecDeque<Frame<Bytes>>);
-
-impl Body for Frames {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
-    }
-}
-
 /// What the collector received in one export request.
-#[derive(Debug)]
-struct Export {
-    path: String,
-    grpc: bool,
-    request: proto::ExportTraceServiceRequest,
-}
+type Export = test_support::otlp::Export<proto::ExportTraceServiceRequest>;
 
-/// An OTLP collector on 127.0.0.1 (HTTP/1.1 and h2c): decodes `http/protobuf` and gRPC export
-/// requests and answers them successfully.
+/// An OTLP collector on 127.0.0.1 built from the OpenTelemetry crates (opentelemetry-proto's tonic
+/// `TraceService` for `grpc`, its messages for `http/protobuf`).
 async fn collector() -> (SocketAddr, mpsc::UnboundedReceiver<Export>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let tx = tx.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let tx = tx.clone();
-                async move {
-                    let path = request.uri().path().to_owned();
-                    let grpc = request
-                        .headers()
-                        .get("content-type")
-                        .is_some_and(|v| v == "application/grpc");
-                    let body = request.into_body().collect().await.unwrap().to_bytes();
-                    let message = if grpc { body.slice(5..) } else { body };
-                    let request = proto::ExportTraceServiceRequest::decode(message).unwrap();
-                    let _ = tx.send(Export {
-                        path,
-                        grpc,
-                        request,
-                    });
-                    let reply = proto::ExportTraceServiceResponse::default().encode_to_vec();
-                    let response = if grpc {
-                        let mut framed = vec![0u8];
-                        framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
-                        framed.extend_from_slice(&reply);
-                        let mut trailers = HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        let mut r = Response::new(Frames(VecDeque::from([
-                            Frame::data(Bytes::from(framed)),
-                            Frame::trailers(trailers),
-                        ])));
-                        r.headers_mut()
-                            .insert("content-type", HeaderValue::from_static("application/grpc"));
-                        r
-                    } else {
-                        Response::new(Frames(VecDeque::from([Frame::data(Bytes::from(reply))])))
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, rx)
+    let collector = test_support::otlp::OtlpCollector::start().await;
+    (collector.addr(), collector.traces)
 }
 
 /// Collects exported spans until `done(spans)` holds (or the deadline passes).

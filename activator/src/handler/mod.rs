@@ -25,10 +25,10 @@ use knative_common::headers::{
     first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
 };
-use knative_common::metrics::{MeteredBody, MeteredFuture};
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
-use knative_common::trace::Span;
+use knative_telemetry::metrics::{MeteredBody, MeteredFuture};
+use knative_telemetry::trace::Span;
 use tower_layer::Layer;
 use tower_service::Service;
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use knative_common::request_log::{RequestLogTemplate, TemplateError};
+use go_text_template::{RequestLogTemplate, TemplateError};
 
 use crate::backends::parse_go_duration;
 

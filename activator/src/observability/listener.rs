@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use knative_common::body::{text_error, ProxyBody};
 use knative_common::env::{Env, EnvError};
-use knative_common::metrics::CONTENT_TYPE;
+use knative_telemetry::metrics::CONTENT_TYPE;
 use tower_service::Service;
 
 use super::metrics::ActivatorMetrics;

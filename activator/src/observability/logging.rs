@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use knative_common::logging::{level_filter, KnativeJson, LogFormat};
+use knative_telemetry::logging::{level_filter, KnativeJson, LogFormat};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::fmt::format::DefaultFields;
 use tracing_subscriber::layer::{Layered, SubscriberExt};

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 use http::{Method, Version};
-use knative_common::metrics::{
+use knative_telemetry::metrics::{
     label, AtomicHistogram, Completion, Scope, DURATION_BUCKETS, SIZE_BUCKETS,
 };
 use prometheus_client::collector::Collector;
@@ -459,8 +459,8 @@ impl ActivatorMetrics {
     pub fn otlp_request(
         &self,
         now: std::time::SystemTime,
-    ) -> knative_common::metrics::otlp::proto::ExportMetricsServiceRequest {
-        use knative_common::metrics::otlp::{
+    ) -> knative_telemetry::metrics::otlp::proto::ExportMetricsServiceRequest {
+        use knative_telemetry::metrics::otlp::{
             export_request, gauge, histogram, histogram_point, int_kv, proto, scope_metrics,
             string_kv, sum, unix_nanos, Times,
         };
@@ -1064,7 +1064,7 @@ mod tests {
 
     #[test]
     fn otlp_request_has_dotted_names_and_attributes() {
-        use knative_common::metrics::otlp::proto::{any_value, metric::Data};
+        use knative_telemetry::metrics::otlp::proto::{any_value, metric::Data};
         let m = metrics();
         let rev = m.revision(&spec("ns", "rev-1"));
         let active = rev.queued().activate();
@@ -1115,7 +1115,7 @@ mod tests {
         assert_eq!(keys, ["k8s.namespace.name", "kn.revision.name"]);
         assert_eq!(
             point.value,
-            Some(knative_common::metrics::otlp::proto::number_data_point::Value::AsInt(1))
+            Some(knative_telemetry::metrics::otlp::proto::number_data_point::Value::AsInt(1))
         );
         let Some(Data::Histogram(h)) = &rm.scope_metrics[0].metrics[0].data else {
             panic!()

@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
+use go_text_template::RevisionInfo;
 use http::{Request, StatusCode};
-use knative_common::metrics::Completion;
-use knative_common::request_log::RevisionInfo;
-use knative_common::trace::export::otlp::Transport;
+use knative_telemetry::metrics::Completion;
+use knative_telemetry::trace::export::otlp::Transport;
 use tokio::sync::watch;
 
 use crate::discovery::{RevisionSpec, Snapshot, SystemObjects};
@@ -127,7 +127,7 @@ impl StartupConfig {
 /// Shared observability state of the request path.
 pub struct Observability {
     metrics: Option<&'static ActivatorMetrics>,
-    tracer: Option<&'static knative_common::trace::Tracer>,
+    tracer: Option<&'static knative_telemetry::trace::Tracer>,
     /// The OTLP metric push, awaited at shutdown.
     exporter_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dynamic: ArcSwap<DynamicObservability>,
@@ -162,14 +162,17 @@ impl Observability {
     }
 
     /// With spans from `tracer`.
-    pub fn with_tracer(mut self, tracer: Option<&'static knative_common::trace::Tracer>) -> Self {
+    pub fn with_tracer(
+        mut self,
+        tracer: Option<&'static knative_telemetry::trace::Tracer>,
+    ) -> Self {
         self.tracer = tracer;
         self
     }
 
     /// The tracer, when tracing is on.
     #[inline]
-    pub fn tracer(&self) -> Option<&'static knative_common::trace::Tracer> {
+    pub fn tracer(&self) -> Option<&'static knative_telemetry::trace::Tracer> {
         self.tracer
     }
 
@@ -311,7 +314,7 @@ pub enum StartError {
     Env(#[from] knative_common::env::EnvError),
     /// Tracing cannot be set up.
     #[error(transparent)]
-    Trace(#[from] knative_common::trace::TraceConfigError),
+    Trace(#[from] knative_telemetry::trace::TraceConfigError),
     /// The metrics listener cannot be bound.
     #[error("cannot listen for metrics on {address}: {source}")]
     Bind {
@@ -472,7 +475,7 @@ pub fn apply_logging(name: &str, data: &BTreeMap<String, String>, fallback_level
 }
 
 /// One request being observed: settled when its response is over (see
-/// [`knative_common::metrics::MeteredFuture`]).
+/// [`knative_telemetry::metrics::MeteredFuture`]).
 ///
 /// Boxed: every request waiting in the throttler carries its response future, and with it this
 /// value; one pointer keeps the requests that observe nothing as small as before.
@@ -484,7 +487,7 @@ struct ObservedInner {
     measure: Option<ServerMeasure>,
     line: Option<LogLine>,
     /// The server span; ends when this is settled (dropped).
-    span: Option<knative_common::trace::Span>,
+    span: Option<knative_telemetry::trace::Span>,
     status: u16,
 }
 

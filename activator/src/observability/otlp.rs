@@ -1,14 +1,14 @@
 //! OTLP push of the activator's metrics (`metrics-protocol` `grpc` / `http/protobuf`): every
 //! export interval one `ExportMetricsServiceRequest` goes through the shared OTLP transport of
-//! `knative_common::trace::export::otlp` to `metrics-endpoint` (or the
+//! `knative_telemetry::trace::export::otlp` to `metrics-endpoint` (or the
 //! `OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT` variables); a last export runs at shutdown.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use knative_common::env::Env;
-use knative_common::trace::config::{otlp_exporter, Signal, TraceConfigError};
-use knative_common::trace::export::otlp::{OtlpExporter, Transport};
+use knative_telemetry::trace::config::{otlp_exporter, Signal, TraceConfigError};
+use knative_telemetry::trace::export::otlp::{OtlpExporter, Transport};
 use prost::Message;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

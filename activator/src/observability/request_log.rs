@@ -7,8 +7,9 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use go_text_template::{LogEntry, RevisionInfo};
 use http::{HeaderMap, Method, Request, Uri, Version};
-use knative_common::request_log::{LogEntry, RequestLine, RevisionInfo};
+use knative_common::request_log::RequestLine;
 use tokio::time::Instant;
 
 use super::config::DynamicObservability;
@@ -119,7 +120,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::throttler::RevisionId;
-    use knative_common::request_log::DEFAULT_TEMPLATE;
+    use go_text_template::DEFAULT_TEMPLATE;
 
     fn settings(template: &str) -> Arc<DynamicObservability> {
         let data: BTreeMap<String, String> = [

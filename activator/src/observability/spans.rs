@@ -1,4 +1,4 @@
-//! Tracing (spec §7.2, §2.4, §2.9) on the shared tracer of `knative_common::trace`: W3C
+//! Tracing (spec §7.2, §2.4, §2.9) on the shared tracer of `knative_telemetry::trace`: W3C
 //! TraceContext propagation, a server span `handle` per request (with the revision attributes),
 //! `throttler_try` around the throttler wait, `activator_proxy` around the proxying and the
 //! client span `<METHOD> <path>` of the call to the queue-proxy, whose context goes out in
@@ -6,7 +6,7 @@
 
 use http::Request;
 use knative_common::env::Env;
-use knative_common::trace::{
+use knative_telemetry::trace::{
     self, CurrentSpan, Resource, Scope, Span, SpanContext, SpanKind, StatusCode, TraceConfigError,
     Tracer, TracingConfig, OTELHTTP_SCOPE,
 };

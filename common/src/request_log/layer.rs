@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{trace_id, LogEntry, RequestLogTemplate, RevisionInfo};
 use crate::body::{BodyError, LocalBody};
 use crate::classify::is_probe;
 use crate::proxy::TunnelScope;
+use go_text_template::{trace_id, LogEntry, RequestLogTemplate, RevisionInfo};
 
 /// What the stage logs and how.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The atomic explicit-bucket histogram now lives in `knative_common::metrics` (shared with the
+//! The atomic explicit-bucket histogram now lives in `knative_telemetry::metrics` (shared with the
 //! activator); re-exported here under its old path.
 
-pub(crate) use knative_common::metrics::histogram::{AtomicHistogram, HistogramSnapshot};
+pub(crate) use knative_telemetry::metrics::histogram::{AtomicHistogram, HistogramSnapshot};

@@ -27,7 +27,7 @@ pub mod route_tag;
 pub mod server_metrics;
 mod status_table;
 
-use knative_common::trace::resource::parse_resource_attributes;
+use knative_telemetry::trace::resource::parse_resource_attributes;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;

@@ -1,21 +1,19 @@
 //! OTLP push of the request metrics (spec §7.1, §1.3, §1.4) for `requestMetrics.protocol` `grpc`
 //! or `http/protobuf`: every export interval the instruments are read and sent as one
 //! `ExportMetricsServiceRequest` (cumulative temporality, as the Go SDK's default) through the
-//! shared OTLP transport of `knative_common::trace::export::otlp`, to `<endpoint>/v1/metrics` or
+//! shared OTLP transport of `knative_telemetry::trace::export::otlp`, to `<endpoint>/v1/metrics` or
 //! `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`. A last export runs at
 //! shutdown.
 //!
-//! The metrics messages are declared in [`proto`] with the field numbers of opentelemetry-proto's
-//! `metrics/v1/metrics.proto` and `collector/metrics/v1/metrics_service.proto`; the common ones
-//! (`KeyValue`, `Resource`, `InstrumentationScope`) are the trace exporter's.
+//! The metrics messages are opentelemetry-proto's ([`proto`]).
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use knative_common::env::Env;
-use knative_common::trace::config::{otlp_exporter, Signal, TraceConfigError};
-use knative_common::trace::export::otlp::{OtlpExporter, Transport};
-use knative_common::trace::Resource as OtelResource;
+use knative_telemetry::trace::config::{otlp_exporter, Signal, TraceConfigError};
+use knative_telemetry::trace::export::otlp::{OtlpExporter, Transport};
+use knative_telemetry::trace::Resource as OtelResource;
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -23,15 +21,15 @@ use tokio::task::JoinHandle;
 use super::histogram::HistogramSnapshot;
 use super::{app_metrics, server_metrics, Metrics, Scope};
 
-pub use knative_common::trace::export::otlp::proto::KeyValue;
+pub use knative_telemetry::trace::export::otlp::proto::KeyValue;
 
 /// The SDK's default export interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// The OTLP metrics messages (shared with the activator, in `knative_common::metrics::otlp`).
-pub use knative_common::metrics::otlp::proto;
-pub(crate) use knative_common::metrics::otlp::{bool_kv, int_kv, string_kv};
-use knative_common::metrics::otlp::{histogram, histogram_point, unix_nanos, Times};
+/// The OTLP metrics messages (shared with the activator, in `knative_telemetry::metrics::otlp`).
+pub use knative_telemetry::metrics::otlp::proto;
+pub(crate) use knative_telemetry::metrics::otlp::{bool_kv, int_kv, string_kv};
+use knative_telemetry::metrics::otlp::{histogram, histogram_point, unix_nanos, Times};
 
 fn scope_metrics(scope: &Scope, metrics: Vec<proto::Metric>) -> proto::ScopeMetrics {
     proto::ScopeMetrics {
@@ -81,12 +79,14 @@ pub fn export_request(
             name: "kn.serving.queue.depth".to_owned(),
             description: "Number of current requests in the queue".to_owned(),
             unit: "{request}".to_owned(),
+            metadata: Vec::new(),
             data: Some(proto::metric::Data::Gauge(proto::Gauge {
                 data_points: vec![proto::NumberDataPoint {
                     attributes: Vec::new(),
                     start_time_unix_nano: times.start,
                     time_unix_nano: times.now,
                     value: Some(proto::number_data_point::Value::AsInt(depth)),
+                    exemplars: Vec::new(),
                     flags: 0,
                 }],
             })),
@@ -145,6 +145,7 @@ pub fn export_request(
             resource: Some(proto::Resource {
                 attributes: resource.iter().map(|(k, v)| string_kv(k, v)).collect(),
                 dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
             }),
             scope_metrics: scopes,
             schema_url: String::new(),

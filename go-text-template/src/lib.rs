@@ -1,9 +1,9 @@
-//! Request logging: a Go `text/template` subset and the per-request line renderer.
+//! A Go `text/template` subset for Knative request logs, and the per-request line renderer.
 //!
 //! The queue-proxy (`requestLogTemplate` in `OBSERVABILITY_CONFIG`) and the activator
 //! (`logging.request-log-template` in config-observability) both render one line per request with a
 //! user-supplied Go template. Upstream executes it with Go's `text/template` against
-//! `RequestLogTemplateInput{Request *http.Request, Response, Revision, TraceID}`; this module
+//! `RequestLogTemplateInput{Request *http.Request, Response, Revision, TraceID}`; this crate
 //! reproduces that output byte for byte for the constructs below.
 //!
 //! # Supported template language
@@ -51,17 +51,16 @@
 //! Rendering the default template (and any template made of field chains, `js`/`html`/`urlquery`,
 //! `print*`, comparisons and `if`/`with`) does not allocate beyond growing the output buffer.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod escape;
 mod exec;
 mod gofmt;
-mod layer;
 mod lexer;
 mod parse;
 mod trace_id;
 mod unicode_tables;
-pub use layer::{
-    LoggedBody, RequestLine, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings,
-};
 
 #[cfg(test)]
 mod tests;

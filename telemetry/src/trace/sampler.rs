@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::context::{SpanContext, TraceId};
 use super::Protocol;
-use crate::env::Env;
+use knative_common::env::Env;
 
 /// The root decision of a sampler: for spans without a parent, or always for non-parent-based
 /// samplers.

@@ -1,6 +1,6 @@
 //! The resource exported with every span (queue-proxy §7.1): what the process is.
 
-use crate::env::Env;
+use knative_common::env::Env;
 
 /// `telemetry.sdk.*` values of this implementation.
 const SDK_NAME: &str = "knative-common";

@@ -14,7 +14,7 @@ use super::resource::Resource;
 use super::sampler::{select_sampler, Sampler, SamplerArgError};
 use super::url::{self, GoUrl};
 use super::Tracer;
-use crate::env::Env;
+use knative_common::env::Env;
 
 /// `tracing.protocol`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

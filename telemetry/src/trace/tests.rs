@@ -30,7 +30,7 @@ use super::export::otlp::{self, proto, OtlpEndpoint, OtlpExporter, Transport};
 use super::export::stdout::StdoutExporter;
 use super::layer::{CarriedSpan, EndCarriedSpan};
 use super::*;
-use crate::body::{GuardedFuture, LocalBody, ProxyBody};
+use knative_common::body::{GuardedFuture, LocalBody, ProxyBody};
 
 static QUEUE_SCOPE: Scope = Scope {
     name: "knative.dev/serving/pkg/queue",
@@ -469,14 +469,14 @@ where
     S: Service<Request<()>, Response = Response<B>>,
     B: Send + 'static,
 {
-    type Response = Response<crate::body::Guarded<B, Span>>;
+    type Response = Response<knative_common::body::Guarded<B, Span>>;
     type Error = S::Error;
     type Future = GuardedFuture<S::Future, Span>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
     fn call(&mut self, mut request: Request<()>) -> Self::Future {
-        if crate::classify::is_probe(request.headers()) {
+        if knative_common::classify::is_probe(request.headers()) {
             return GuardedFuture::new(self.inner.call(request), None);
         }
         let span = self.tracer.start_in(
@@ -700,7 +700,7 @@ async fn proxy_errors_mark_the_client_span() {
     let exporter = InMemoryExporter::new();
     let tracer = tracer_with(exporter.clone(), Sampler::ALWAYS_ON);
     let failing = tower_service_fn(|_req: Request<()>| {
-        crate::proxy::bad_gateway(&crate::proxy::ProxyError::InvalidRequest(
+        knative_common::proxy::bad_gateway(&knative_common::proxy::ProxyError::InvalidRequest(
             "dial tcp 127.0.0.1:1: connect: connection refused",
         ))
     });

@@ -1,21 +1,21 @@
 //! OTLP trace export over hyper: `http/protobuf` (`POST <path>` with an
 //! `ExportTraceServiceRequest` body) and `grpc` (the unary
-//! `opentelemetry.proto.collector.trace.v1.TraceService/Export` call over h2c or TLS h2, with the
-//! 5-byte gRPC message framing). One connection is kept and reused between exports.
+//! `opentelemetry.proto.collector.trace.v1.TraceService/Export` call over h2c or TLS h2, made by
+//! tonic's client on our hyper connection). One connection is kept and reused between exports.
 //!
 //! The transport itself ([`OtlpExporter::send`]) carries any encoded OTLP export request: other
 //! signals (request metrics) reuse it with their own gRPC method ([`OtlpExporter::with_grpc_path`])
 //! and HTTP path (the endpoint's).
 //!
-//! The protobuf messages are declared in [`proto`] with the field numbers of opentelemetry-proto.
+//! The protobuf messages are opentelemetry-proto's ([`proto`]).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONTENT_TYPE, HOST, TE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use bytes::{BufMut, Bytes};
+use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Request};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -43,173 +43,16 @@ pub const USER_AGENT_VALUE: &str =
 /// Largest response body read from a collector.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// The OTLP trace messages (field numbers from `opentelemetry/proto/{collector/trace,trace,
-/// common,resource}/v1/*.proto`). Events and links are never sent and not declared.
-#[allow(missing_docs)]
+/// The OTLP trace messages: opentelemetry-proto's prost types. Events and links are never sent.
 pub mod proto {
-    /// `ExportTraceServiceRequest`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-
-    /// `ExportTraceServiceResponse`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTraceServiceResponse {
-        #[prost(message, optional, tag = "1")]
-        pub partial_success: Option<ExportTracePartialSuccess>,
-    }
-
-    /// `ExportTracePartialSuccess`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ExportTracePartialSuccess {
-        #[prost(int64, tag = "1")]
-        pub rejected_spans: i64,
-        #[prost(string, tag = "2")]
-        pub error_message: String,
-    }
-
-    /// `ResourceSpans`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `Resource`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(uint32, tag = "2")]
-        pub dropped_attributes_count: u32,
-    }
-
-    /// `ScopeSpans`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, optional, tag = "1")]
-        pub scope: Option<InstrumentationScope>,
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-        #[prost(string, tag = "3")]
-        pub schema_url: String,
-    }
-
-    /// `InstrumentationScope`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InstrumentationScope {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub version: String,
-        #[prost(message, repeated, tag = "3")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(uint32, tag = "4")]
-        pub dropped_attributes_count: u32,
-    }
-
-    /// `Span`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "vec", tag = "1")]
-        pub trace_id: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub span_id: Vec<u8>,
-        #[prost(string, tag = "3")]
-        pub trace_state: String,
-        #[prost(bytes = "vec", tag = "4")]
-        pub parent_span_id: Vec<u8>,
-        #[prost(string, tag = "5")]
-        pub name: String,
-        /// `SpanKind`: 0 unspecified, 1 internal, 2 server, 3 client, 4 producer, 5 consumer.
-        #[prost(int32, tag = "6")]
-        pub kind: i32,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(uint32, tag = "10")]
-        pub dropped_attributes_count: u32,
-        #[prost(uint32, tag = "12")]
-        pub dropped_events_count: u32,
-        #[prost(uint32, tag = "14")]
-        pub dropped_links_count: u32,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-        /// Bits 0–7 trace flags; bit 8 "has is-remote"; bit 9 "parent is remote".
-        #[prost(fixed32, tag = "16")]
-        pub flags: u32,
-    }
-
-    /// `Status`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(string, tag = "2")]
-        pub message: String,
-        /// 0 unset, 1 ok, 2 error.
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-
-    /// `KeyValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(string, tag = "1")]
-        pub key: String,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-
-    /// `AnyValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "any_value::Value", tags = "1, 2, 3, 4, 5, 6, 7")]
-        pub value: Option<any_value::Value>,
-    }
-
-    /// `ArrayValue`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ArrayValue {
-        #[prost(message, repeated, tag = "1")]
-        pub values: Vec<AnyValue>,
-    }
-
-    /// `KeyValueList`.
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValueList {
-        #[prost(message, repeated, tag = "1")]
-        pub values: Vec<KeyValue>,
-    }
-
-    /// The `AnyValue.value` oneof.
-    pub mod any_value {
-        /// See [`super::AnyValue`].
-        #[derive(Clone, PartialEq, prost::Oneof)]
-        pub enum Value {
-            #[prost(string, tag = "1")]
-            StringValue(String),
-            #[prost(bool, tag = "2")]
-            BoolValue(bool),
-            #[prost(int64, tag = "3")]
-            IntValue(i64),
-            #[prost(double, tag = "4")]
-            DoubleValue(f64),
-            #[prost(message, tag = "5")]
-            ArrayValue(super::ArrayValue),
-            #[prost(message, tag = "6")]
-            KvlistValue(super::KeyValueList),
-            #[prost(bytes = "vec", tag = "7")]
-            BytesValue(Vec<u8>),
-        }
-    }
+    pub use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    pub use opentelemetry_proto::tonic::common::v1::{
+        any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList,
+    };
+    pub use opentelemetry_proto::tonic::resource::v1::Resource;
+    pub use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 }
 
 /// `Span.flags`: the context has the is-remote bit.
@@ -270,7 +113,9 @@ fn span_message(span: &SpanData) -> proto::Span {
             })
             .collect(),
         dropped_attributes_count: span.attributes.dropped(),
+        events: Vec::new(),
         dropped_events_count: 0,
+        links: Vec::new(),
         dropped_links_count: 0,
         status: Some(proto::Status {
             message: span.status.message.to_string(),
@@ -299,6 +144,7 @@ pub fn export_request(
             resource: Some(proto::Resource {
                 attributes: resource.iter().map(|(k, v)| string_kv(k, v)).collect(),
                 dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
             }),
             scope_spans: scopes
                 .into_iter()
@@ -393,7 +239,7 @@ pub struct OtlpExporter {
     grpc_path: &'static str,
     tls: Option<TlsConnector>,
     http1: Option<http1::SendRequest<Full<Bytes>>>,
-    http2: Option<http2::SendRequest<Full<Bytes>>>,
+    http2: Option<http2::SendRequest<tonic::body::Body>>,
 }
 
 impl fmt::Debug for OtlpExporter {
@@ -533,7 +379,7 @@ impl OtlpExporter {
         Ok((sender, false))
     }
 
-    async fn http2_sender(&mut self) -> Result<http2::SendRequest<Full<Bytes>>, ExportError> {
+    async fn http2_sender(&mut self) -> Result<http2::SendRequest<tonic::body::Body>, ExportError> {
         if let Some(sender) = self.http2.take() {
             if !sender.is_closed() {
                 return Ok(sender);
@@ -603,76 +449,115 @@ impl OtlpExporter {
     }
 
     async fn export_grpc(&mut self, message: Bytes) -> Result<(), ExportError> {
-        let mut sender = self.http2_sender().await?;
-        let mut framed = BytesMut::with_capacity(5 + message.len());
-        framed.put_u8(0);
-        framed.put_u32(
-            u32::try_from(message.len()).map_err(|_| ExportError::new("batch too large"))?,
-        );
-        framed.extend_from_slice(&message);
+        let sender = self.http2_sender().await?;
         let scheme = if self.endpoint.tls { "https" } else { "http" };
-        let mut request = Request::post(format!("{scheme}://{}{}", self.authority, self.grpc_path))
-            .version(http::Version::HTTP_2)
-            .header(CONTENT_TYPE, "application/grpc")
-            .header(TE, "trailers")
-            .header(USER_AGENT, USER_AGENT_VALUE)
-            .header(
-                "grpc-timeout",
-                format!("{}m", self.timeout.as_millis().max(1)),
-            )
-            .body(Full::new(framed.freeze()))
-            .map_err(|e| ExportError::new(format!("building the request: {e}")))?;
-        self.add_headers(&mut request);
-        let response = sender
-            .send_request(request)
+        let origin = http::Uri::try_from(format!("{scheme}://{}", self.authority))
+            .map_err(|e| ExportError::new(format!("endpoint {}: {e}", self.endpoint)))?;
+        let service = H2Service {
+            sender: sender.clone(),
+            headers: self.headers.clone(),
+        };
+        let mut grpc = tonic::client::Grpc::with_origin(service, origin)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        grpc.ready()
             .await
             .map_err(|e| ExportError::new(format!("sending to {}: {e}", self.endpoint)))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        let path = http::uri::PathAndQuery::from_static(self.grpc_path);
+        let result = grpc.unary(request, path, RawCodec).await;
         self.http2 = Some(sender);
-        let (parts, body) = response.into_parts();
-        if parts.status != StatusCode::OK {
-            return Err(ExportError::new(format!(
-                "{} answered HTTP {}",
-                self.endpoint, parts.status
-            )));
-        }
-        let collected = Limited::new(body, MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| ExportError::new(format!("reading the response: {e}")))?;
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        let body = collected.to_bytes();
-        // Trailers-only responses carry the status in the headers.
-        let status_of = |map: &HeaderMap| {
-            map.get("grpc-status")
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        let code = status_of(&trailers).or_else(|| status_of(&parts.headers));
-        match code.as_deref() {
-            Some("0") => {
-                if body.len() >= 5 {
-                    report_partial_success(&body[5..]);
-                }
+        match result {
+            Ok(response) => {
+                report_partial_success(response.get_ref());
                 Ok(())
             }
-            Some(code) => {
-                let message = trailers
-                    .get("grpc-message")
-                    .or_else(|| parts.headers.get("grpc-message"))
-                    .map(|m| {
-                        let raw = String::from_utf8_lossy(m.as_bytes()).into_owned();
-                        crate::trace::resource::percent_decode(&raw).unwrap_or(raw)
-                    })
-                    .unwrap_or_default();
-                Err(ExportError::new(format!(
-                    "{} answered grpc-status {code}: {message}",
-                    self.endpoint
-                )))
-            }
-            None => Err(ExportError::new(format!(
-                "{} answered without a grpc-status",
-                self.endpoint
+            Err(status) => Err(ExportError::new(format!(
+                "{} answered grpc-status {}: {}",
+                self.endpoint,
+                status.code() as i32,
+                status.message()
             ))),
         }
+    }
+}
+
+/// The kept HTTP/2 connection as the service tonic's client calls; adds the exporter's headers
+/// (`User-Agent`, `OTEL_EXPORTER_OTLP_*HEADERS`) to each call.
+struct H2Service {
+    sender: http2::SendRequest<tonic::body::Body>,
+    headers: HeaderMap,
+}
+
+impl tower_service::Service<Request<tonic::body::Body>> for H2Service {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, hyper::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<tonic::body::Body>) -> Self::Future {
+        let headers = request.headers_mut();
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        Box::pin(self.sender.send_request(request))
+    }
+}
+
+/// A tonic codec for messages that are already encoded: every signal's export request goes out
+/// as the bytes its caller encoded, and the response comes back as bytes (decoded by
+/// [`report_partial_success`]). Framing, `grpc-status` and `grpc-message` are tonic's.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

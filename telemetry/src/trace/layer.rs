@@ -21,9 +21,9 @@ use tower_service::Service;
 
 use super::span::{Scope, Span, SpanKind, StatusCode, Value};
 use super::{SpanContext, Tracer, OTELHTTP_SCOPE};
-use crate::body::{attach_guard, Guarded, ProxyBody};
-use crate::classify::is_probe;
-use crate::headers::X_FORWARDED_FOR;
+use knative_common::body::{attach_guard, Guarded, ProxyBody};
+use knative_common::classify::is_probe;
+use knative_common::headers::X_FORWARDED_FOR;
 
 /// The span a request is currently in (request extension).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,11 +11,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use crate::body::LocalBody;
-use crate::proxy::TunnelScope;
 use bytes::{Buf, Bytes};
 use http::{Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
+use knative_common::body::LocalBody;
+use knative_common::proxy::TunnelScope;
 use pin_project_lite::pin_project;
 
 /// A measurement started when a request entered a layer, settled when its response is over.
@@ -269,11 +269,11 @@ mod tests {
 
     type Stream = http_body_util::StreamBody<
         futures_util::stream::Iter<
-            std::vec::IntoIter<Result<Frame<Bytes>, crate::body::BodyError>>,
+            std::vec::IntoIter<Result<Frame<Bytes>, knative_common::body::BodyError>>,
         >,
     >;
 
-    fn stream(frames: Vec<Result<Frame<Bytes>, crate::body::BodyError>>) -> Stream {
+    fn stream(frames: Vec<Result<Frame<Bytes>, knative_common::body::BodyError>>) -> Stream {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames))
     }
 
@@ -303,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn full_body_completes_without_a_final_poll() {
         let (p, log) = probe();
-        let response = respond(crate::body::ProxyBody::full("abc".into()), p).await;
+        let response = respond(knative_common::body::ProxyBody::full("abc".into()), p).await;
         let mut body = response.into_body();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap().len(), 3);
@@ -324,7 +324,7 @@ mod tests {
     async fn bodiless_responses_complete_at_once() {
         for (head, status) in [(true, StatusCode::OK), (false, StatusCode::NOT_MODIFIED)] {
             let (p, log) = probe();
-            let mut response = Response::new(crate::body::ProxyBody::full("x".into()));
+            let mut response = Response::new(knative_common::body::ProxyBody::full("x".into()));
             *response.status_mut() = status;
             let future = std::future::ready(Ok::<_, ()>(response));
             let response = MeteredFuture::new(future, Some(p), head).await.unwrap();

@@ -1,6 +1,9 @@
 //! Distributed tracing for the data plane (queue-proxy §7.3, activator §7.2): W3C Trace Context
 //! propagation, sampling, spans, a bounded batch processor and exporters (`stdout`, OTLP
-//! `http/protobuf` and `grpc`), implemented without the OpenTelemetry SDK.
+//! `http/protobuf` and `grpc`). The OTLP messages are opentelemetry-proto's and gRPC calls go
+//! through tonic's client; the tracer, sampler, propagation and batching are ours, because the
+//! OpenTelemetry SDK's cost twice as many instructions per traced request (README "Telemetry and
+//! the OpenTelemetry crates", measured with `benches/src/bin/span_cost.rs`).
 //!
 //! - [`context`]: ids, [`SpanContext`], `traceparent` parsing/formatting;
 //! - [`sampler`]: [`Sampler`] and the configuration rules that pick one;
