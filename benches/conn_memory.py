@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 
+from reference_proxies import nginx_temp_paths, nginx_worker  # noqa: E402
 from load import BIN, free_port, qp_env, rss_kib, start_sample_app, wait_listening
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -211,11 +212,7 @@ error_log {workdir}/error.log warn;
 events {{ worker_connections 20000; }}
 http {{
   access_log off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
+{nginx_temp_paths(workdir)}
   keepalive_timeout 300s;
   keepalive_requests 100000;
   upstream app {{ server 127.0.0.1:{app_port}; keepalive 100; }}
@@ -232,15 +229,7 @@ http {{
     proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(h1)
     wait_listening(h2)
-    deadline = time.monotonic() + 5
-    worker = None
-    while worker is None and time.monotonic() < deadline:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = f.read().split()
-        worker = int(children[0]) if children else None
-        time.sleep(0.05)
-    if worker is None:
-        raise RuntimeError("nginx started no worker")
+    worker = nginx_worker(proc)
     return proc, worker, {"h1": h1, "h2c": h2}
 
 

@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402
+from reference_proxies import nginx_temp_paths, nginx_worker  # noqa: E402
 from load import TICKS, free_port, median, rss_kib, start_queue_proxy, start_sample_app, wait_listening  # noqa: E402
 
 REVISION_HEADERS = ["-H", "knative-serving-namespace: default", "-H", "knative-serving-revision: hello-00001"]
@@ -126,11 +127,7 @@ error_log {workdir}/nginx-error.log warn;
 events {{ worker_connections 20000; }}
 http {{
   access_log off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
+{nginx_temp_paths(workdir)}
   keepalive_timeout 300s;
   # HTTP/2 connections close after this many requests (default 1000).
   keepalive_requests 100000000;
@@ -143,15 +140,7 @@ http {{
 """)
     proc = subprocess.Popen(["nginx", "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port)
-    deadline = time.monotonic() + 5
-    worker = None
-    while worker is None and time.monotonic() < deadline:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = f.read().split()
-        worker = int(children[0]) if children else None
-        time.sleep(0.05)
-    if worker is None:
-        raise RuntimeError("nginx started no worker")
+    worker = nginx_worker(proc)
     return port, proc, worker
 
 

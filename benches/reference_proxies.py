@@ -81,6 +81,28 @@ def _check(scenario):
         raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
 
 
+def nginx_temp_paths(workdir):
+    """The `*_temp_path` lines of an `http` block, all inside `workdir` (the defaults need root)."""
+    kinds = (("client_body", "body"), ("proxy", "proxy"), ("fastcgi", "fastcgi"), ("uwsgi", "uwsgi"),
+             ("scgi", "scgi"))
+    return "\n".join(f"  {kind}_temp_path {workdir}/{name};" for kind, name in kinds)
+
+
+def nginx_worker(proc, timeout=5.0):
+    """The pid of the one worker of the nginx master `proc` (the process to measure); kills the
+    master if none appears within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+            children = f.read().split()
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("nginx started no worker")
+        time.sleep(0.02)
+
+
 def nginx_config(scenario, listen_port, upstream_port, workdir, master=True):
     """nginx.conf text: one worker, access log off, keep-alive pool of 100 to the upstream.
     `master=False`: one process and no master (to run it under valgrind)."""
@@ -94,11 +116,7 @@ error_log {workdir}/error.log warn;
 events {{ worker_connections 20000; }}
 http {{
   access_log off;
-  client_body_temp_path {workdir}/body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
+{nginx_temp_paths(workdir)}
   keepalive_timeout 300s;
   keepalive_requests 1000000;
   client_max_body_size 0;
@@ -157,18 +175,7 @@ def start_nginx(scenario, upstream_port, base_dir, port, name="nginx"):
     proc = subprocess.Popen([find("nginx"), "-c", conf, "-p", workdir], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_listening(port)
-    deadline = time.monotonic() + 5
-    worker = None
-    while worker is None:
-        with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-            children = f.read().split()
-        worker = int(children[0]) if children else None
-        if worker is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("nginx started no worker")
-            time.sleep(0.02)
-    return RefProxy(name, proc, worker, port)
+    return RefProxy(name, proc, nginx_worker(proc), port)
 
 
 def start_haproxy(scenario, upstream_port, base_dir, port, name="haproxy"):

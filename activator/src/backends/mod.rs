@@ -284,7 +284,8 @@ impl<P: Prober> Manager<P> {
                     let snapshot = reader.borrow().clone();
                     self.activate(&id, &snapshot);
                 }
-                () = tick(&mut sweeps) => self.sweep(),
+                // No sweeps in eager mode (`None` never ticks).
+                () = watcher::tick(&mut sweeps) => self.sweep(),
             }
         }
         self.stop().await;
@@ -514,16 +515,6 @@ async fn recv(created: &mut Option<mpsc::UnboundedReceiver<RevisionId>>) -> Opti
             Some(id) => Some(id),
             None => std::future::pending().await,
         },
-        None => std::future::pending().await,
-    }
-}
-
-/// The next sweep; never without one (eager mode).
-async fn tick(sweeps: &mut Option<tokio::time::Interval>) {
-    match sweeps {
-        Some(interval) => {
-            interval.tick().await;
-        }
         None => std::future::pending().await,
     }
 }

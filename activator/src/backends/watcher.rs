@@ -402,7 +402,7 @@ impl WatcherShared {
 }
 
 /// The next tick of an armed timer; never without one.
-async fn tick(ticker: &mut Option<tokio::time::Interval>) {
+pub(super) async fn tick(ticker: &mut Option<tokio::time::Interval>) {
     match ticker {
         Some(interval) => {
             interval.tick().await;
