@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -210,14 +211,18 @@ fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'
     (svc == "svc" && domain == cluster_domain).then_some((namespace, name))
 }
 
-async fn handle(
+/// Stages 10–12 for one request. Not an `async fn`: an `async fn` keeps its arguments (the
+/// request among them) in its state beside the futures it awaits, and every request waiting in
+/// the throttler carries that state. Here the timeout stage's future (and, inside it, the boxed
+/// activation) is created at once, and only it and two guards are carried.
+fn handle(
     state: &'static ActivatorState,
     pools: &'static DestPools,
     peer: PeerIp,
     request: Request<Incoming>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
-) -> Result<Response<InnerBody>, Infallible> {
+) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send {
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
@@ -238,16 +243,18 @@ async fn handle(
         revision,
         metrics,
     };
-    let response = match TimeoutLayer::new(timeouts, TIMEOUT_BODY)
+    // A combinator, not an `async` block: awaiting a captured future would keep it twice.
+    TimeoutLayer::new(timeouts, TIMEOUT_BODY)
         .layer(activation)
         .call(request)
-        .await
-    {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
-    let response = attach_guard(response, Some(report));
-    Ok(attach_guard(response, Some(in_flight)))
+        .map(move |timed| {
+            let response = match timed {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let response = attach_guard(response, Some(report));
+            Ok(attach_guard(response, Some(in_flight)))
+        })
 }
 
 /// Stage 12: wait for capacity, then proxy to the leased pod (spec §2.12–§2.15).
@@ -269,23 +276,50 @@ impl Service<Request<Incoming>> for Activation {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    /// Beyond upstream: when the connection to the leased pod cannot even be opened (refused or
+    /// timed out: typically a pod that died a moment ago and is still listed), nothing was sent,
+    /// so the request waits for discovery to drop that pod (at most [`UNREACHABLE_POD_WAIT`])
+    /// and is leased and sent once more, instead of failing with the 502 upstream gives. A
+    /// second failure gives that 502 (same text as upstream).
+    ///
+    /// Written so that a request waiting in the throttler is held once, in a small future
+    /// (10,000 waiting requests: README "Memory per connection"): the request stays in this
+    /// future's captured slot while [`Activation::lease`] borrows it (an `async fn` taking it
+    /// would keep a second copy), and the proxying and the rare retry, whose futures are
+    /// large, are boxed once they start.
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.activate(request).await) })
+        let upgrade = rewrite::prepare_request(&mut request, &this.peer);
+        Box::pin(async move {
+            let leased = match this.lease(&request).await {
+                Ok(leased) => leased,
+                Err(refused) => return Ok(refused),
+            };
+            Ok(Box::pin(this.proxy(leased, request, upgrade)).await)
+        })
     }
 }
 
 /// How long a request whose pod refused the connection waits for discovery to drop that pod
-/// before it is tried once more (see [`Activation::activate`]).
+/// before it is tried once more (see [`Activation::call`]).
 const UNREACHABLE_POD_WAIT: Duration = Duration::from_secs(1);
 
 /// How often that wait checks the revision's destinations.
 const UNREACHABLE_POD_POLL: Duration = Duration::from_millis(5);
 
-/// The outcome of one lease-and-proxy attempt.
-enum Attempt {
+/// The response of the activation path.
+type ActivationResponse = Response<Guarded<ProxyBody, ProxyGuards>>;
+
+/// A pod leased for one request, and the request's `active` count.
+struct Leased {
+    lease: Lease,
+    active: Option<ActiveGuard>,
+}
+
+/// The outcome of proxying to a leased pod.
+enum Forwarded {
     /// A response for the client (the pod's, or the activator's own error).
-    Done(Response<Guarded<ProxyBody, ProxyGuards>>),
+    Done(ActivationResponse),
     /// No connection to the leased pod could be opened; nothing of the request was sent.
     Unreached {
         request: Request<Incoming>,
@@ -295,71 +329,27 @@ enum Attempt {
 }
 
 impl Activation {
-    /// Leases a pod and proxies to it. Beyond upstream: when the connection to the leased pod
-    /// cannot even be opened (refused or timed out: typically a pod that died a moment ago and
-    /// is still listed), nothing was sent, so the request waits for discovery to drop that pod
-    /// (at most [`UNREACHABLE_POD_WAIT`]) and is leased and sent once more, instead of failing
-    /// with the 502 upstream gives. A second failure gives that 502 (same text as upstream).
-    async fn activate(
-        self,
-        mut request: Request<Incoming>,
-    ) -> Response<Guarded<ProxyBody, ProxyGuards>> {
-        let mut upgrade = rewrite::prepare_request(&mut request, &self.peer);
-        let mut retried = false;
-        loop {
-            match self.attempt(request, upgrade.take()).await {
-                Attempt::Done(response) => return response,
-                Attempt::Unreached {
-                    request: unsent,
-                    dest,
-                    error,
-                } => {
-                    if retried {
-                        return bad_gateway(&error).map(Guarded::unguarded);
-                    }
-                    tracing::debug!(%error, dest, "pod unreachable; retrying once elsewhere");
-                    retried = true;
-                    request = unsent;
-                    self.wait_until_unlisted(&dest).await;
-                }
-            }
-        }
-    }
-
-    /// Waits until `dest` is no longer one of the revision's destinations, or
-    /// [`UNREACHABLE_POD_WAIT`] has passed.
-    async fn wait_until_unlisted(&self, dest: &str) {
-        let id = &self.revision.id;
-        let deadline = tokio::time::Instant::now() + UNREACHABLE_POD_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            let Some(revision) = self.state.throttler.get(&id.namespace, &id.name) else {
-                return;
-            };
-            if revision.dest_in_flight(dest).is_none() {
-                return;
-            }
-            tokio::time::sleep(UNREACHABLE_POD_POLL).await;
-        }
-    }
-
-    async fn attempt(
-        &self,
-        mut request: Request<Incoming>,
-        upgrade: Option<rewrite::UpgradeRequest>,
-    ) -> Attempt {
+    /// Waits for capacity and leases a pod (stage 12), or gives the refusal's response.
+    async fn lease(&self, request: &Request<Incoming>) -> Result<Leased, ActivationResponse> {
         let id = &self.revision.id;
         // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
         // has been sent.
         let queued = self.metrics.as_ref().map(|m| m.queued());
-        let tracer = self.state.observability.tracer();
-        let mut try_span = tracer.map(|t| spans::throttler_try(t, &request));
-        let lease = match self
+        let mut try_span = self
+            .state
+            .observability
+            .tracer()
+            .map(|t| spans::throttler_try(t, request));
+        match self
             .state
             .throttler
             .try_acquire_by(&id.namespace, &id.name)
             .await
         {
-            Ok(lease) => lease,
+            Ok(lease) => Ok(Leased {
+                lease,
+                active: queued.map(|q| q.activate()),
+            }),
             Err(ThrottlerError::QueueFull) => {
                 drop(queued);
                 if let Some(metrics) = &self.metrics {
@@ -368,10 +358,10 @@ impl Activation {
                 if let Some(span) = try_span.as_mut() {
                     spans::failed(span, &ThrottlerError::QueueFull);
                 }
-                return Attempt::Done(text_error(
+                Err(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "pending request queue full\n",
-                ));
+                ))
             }
             Err(error) => {
                 drop(queued);
@@ -379,14 +369,23 @@ impl Activation {
                     spans::failed(span, &error);
                 }
                 tracing::warn!(%error, "knative.dev/key" = %id, "throttler failed");
-                return Attempt::Done(empty(StatusCode::INTERNAL_SERVER_ERROR));
+                Err(empty(StatusCode::INTERNAL_SERVER_ERROR))
             }
-        };
-        drop(try_span);
-        let active = queued.map(|q| q.activate());
+        }
+    }
+
+    /// Proxies `request` to the leased pod (stages 13–15).
+    async fn forward(
+        &self,
+        leased: Leased,
+        mut request: Request<Incoming>,
+        upgrade: Option<rewrite::UpgradeRequest>,
+    ) -> Forwarded {
+        let id = &self.revision.id;
+        let Leased { lease, active } = leased;
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
-            return Attempt::Done(Guarded::full_response(StatusCode::BAD_GATEWAY));
+            return Forwarded::Done(Guarded::full_response(StatusCode::BAD_GATEWAY));
         };
         // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
         // verified for the revision's namespace.
@@ -407,17 +406,14 @@ impl Activation {
         if self.state.passthrough_lb {
             passthrough_lb(&mut request, &id.namespace, &id.name);
         }
-        // Boxed: the proxy's future is large, and without the box every request *queued* in the
-        // throttler above would carry its full size (10,000 queued requests: ~30 MB of a debug
-        // build's 72 MB resident set).
-        let (mut client_span, proxy_span) = match tracer {
+        let (mut client_span, proxy_span) = match self.state.observability.tracer() {
             Some(t) => {
                 let (client, proxy) = spans::proxy_spans(t, &mut request, addr);
                 (Some(client), Some(proxy))
             }
             None => (None, None),
         };
-        match Box::pin(forward_or_return(&upstream, request, upgrade)).await {
+        match forward_or_return(&upstream, request, upgrade).await {
             Ok(response) => {
                 if let Some(span) = client_span.as_mut() {
                     spans::record_client_status(span, response.status().as_u16());
@@ -428,7 +424,7 @@ impl Activation {
                     _client_span: client_span,
                     _proxy_span: proxy_span,
                 };
-                Attempt::Done(attach_guard(response, Some(hold)))
+                Forwarded::Done(attach_guard(response, Some(hold)))
             }
             Err(failure) => {
                 if let Some(span) = client_span.as_mut() {
@@ -436,14 +432,68 @@ impl Activation {
                 }
                 tracing::debug!(error = %failure.error, dest = lease.dest(), "proxying to the pod failed");
                 match failure.unsent {
-                    Some(request) => Attempt::Unreached {
+                    Some(request) => Forwarded::Unreached {
                         request,
                         dest: lease.dest().to_owned(),
                         error: failure.error,
                     },
-                    None => Attempt::Done(bad_gateway(&failure.error).map(Guarded::unguarded)),
+                    None => Forwarded::Done(bad_gateway(&failure.error).map(Guarded::unguarded)),
                 }
             }
+        }
+    }
+
+    /// Proxies to the leased pod, with the one retry of [`Activation::call`].
+    async fn proxy(
+        &self,
+        leased: Leased,
+        request: Request<Incoming>,
+        upgrade: Option<rewrite::UpgradeRequest>,
+    ) -> ActivationResponse {
+        match self.forward(leased, request, upgrade).await {
+            Forwarded::Done(response) => response,
+            Forwarded::Unreached {
+                request,
+                dest,
+                error,
+            } => Box::pin(self.retry(request, dest, error)).await,
+        }
+    }
+
+    /// The one retry after the leased pod could not be reached: waits for discovery to drop
+    /// `dest`, then leases and proxies again; a second unreachable pod gives the 502. An
+    /// upgrade is not carried over (its handle went with the first attempt).
+    async fn retry(
+        &self,
+        request: Request<Incoming>,
+        dest: String,
+        error: knative_common::proxy::ProxyError,
+    ) -> ActivationResponse {
+        tracing::debug!(%error, dest, "pod unreachable; retrying once elsewhere");
+        self.wait_until_unlisted(&dest).await;
+        let leased = match self.lease(&request).await {
+            Ok(leased) => leased,
+            Err(refused) => return refused,
+        };
+        match self.forward(leased, request, None).await {
+            Forwarded::Done(response) => response,
+            Forwarded::Unreached { error, .. } => bad_gateway(&error).map(Guarded::unguarded),
+        }
+    }
+
+    /// Waits until `dest` is no longer one of the revision's destinations, or
+    /// [`UNREACHABLE_POD_WAIT`] has passed.
+    async fn wait_until_unlisted(&self, dest: &str) {
+        let id = &self.revision.id;
+        let deadline = tokio::time::Instant::now() + UNREACHABLE_POD_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let Some(revision) = self.state.throttler.get(&id.namespace, &id.name) else {
+                return;
+            };
+            if revision.dest_in_flight(dest).is_none() {
+                return;
+            }
+            tokio::time::sleep(UNREACHABLE_POD_POLL).await;
         }
     }
 }
