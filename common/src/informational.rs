@@ -22,7 +22,7 @@
 //! first read, for `Expect: 100-continue`) or the app's, whichever comes first (Go's writer also
 //! stops its automatic `100` once one was written).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -434,11 +434,77 @@ impl<F: Future> Future for Relay<'_, F> {
         // the response (its response channel orders them).
         if this.info.ready.load(Ordering::Acquire) {
             let heads = this.info.take();
-            **this.relayed |=
-                with_current(|conn| conn.is_some_and(|c| c.queue_informational(heads)));
+            **this.relayed |= with_current(|conn| match conn {
+                Some(c) => c.queue_informational(heads),
+                // An HTTP/2 stream's task ([`collect_for_h2`]) sends them itself, in order
+                // before its final response: nothing to wait for.
+                None => {
+                    to_h2_stream(heads);
+                    false
+                }
+            });
         }
         polled
     }
+}
+
+thread_local! {
+    /// The 1xx heads relayed while an HTTP/2 stream's task is polled ([`collect_for_h2`]);
+    /// `None` outside such a poll.
+    static H2_SINK: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// Hands `heads` to the HTTP/2 stream being polled, if any (else they are dropped: no client
+/// connection to relay them to).
+fn to_h2_stream(heads: Vec<Vec<u8>>) {
+    H2_SINK.with(|sink| {
+        if let Some(sink) = sink.borrow_mut().as_mut() {
+            for head in heads {
+                if sink.iter().map(Vec::len).sum::<usize>() + head.len() <= MAX_QUEUED {
+                    sink.push(head);
+                }
+            }
+        }
+    });
+}
+
+/// Runs `poll` (an HTTP/2 stream's poll of its service future) collecting the 1xx heads the
+/// upstream exchange relays meanwhile, in Go's HTTP/1 form ([`go_head`]), oldest first.
+#[inline]
+pub(crate) fn collect_for_h2<R>(poll: impl FnOnce() -> R) -> (R, Vec<Vec<u8>>) {
+    let previous = H2_SINK.with(|sink| sink.replace(Some(Vec::new())));
+    let out = poll();
+    let heads = H2_SINK
+        .with(|sink| sink.replace(previous))
+        .unwrap_or_default();
+    (out, heads)
+}
+
+/// A 1xx head in Go's HTTP/1 form as an HTTP/2 informational response: the same status and
+/// fields (names lower case, as HTTP/2 carries them), connection-specific ones removed.
+pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
+    let mut fields = vec![httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    if !parsed.parse(head).ok()?.is_complete() {
+        return None;
+    }
+    let mut response = http::Response::new(());
+    *response.status_mut() = http::StatusCode::from_u16(parsed.code?).ok()?;
+    if !response.status().is_informational() {
+        return None;
+    }
+    let headers = response.headers_mut();
+    for field in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(field.name.as_bytes()),
+            http::HeaderValue::from_bytes(field.value),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    crate::h2::strip_connection_headers(headers);
+    Some(response)
 }
 
 /// Ready once the client connection in scope has written every queued 1xx head.

@@ -16,11 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use knative_common::body::{
     attach_guard, empty, text_error, text_error_bytes, Guarded, LocalBody, ProxyBody,
 };
 use knative_common::drain::{InFlightCounter, InFlightGuard};
+use knative_common::h2::IncomingBody;
 use knative_common::headers::{
     first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
@@ -133,7 +133,7 @@ pub type ActivatorBody = MeteredBody<InnerBody, Observed>;
 pub type ActivatorFuture =
     Pin<Box<dyn Future<Output = Result<Response<ActivatorBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for ActivatorService {
+impl Service<Request<IncomingBody>> for ActivatorService {
     type Response = Response<ActivatorBody>;
     type Error = Infallible;
     type Future = ActivatorFuture;
@@ -142,7 +142,7 @@ impl Service<Request<Incoming>> for ActivatorService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let state = self.state;
         if let Some(answer) = probes::answer(request.headers_mut(), || state.health()) {
             return Box::pin(std::future::ready(Ok(answer)));
@@ -186,7 +186,10 @@ impl Service<Request<Incoming>> for ActivatorService {
 
 /// Revision namespace and name from the `Knative-Serving-*` headers, else from a
 /// `<name>.<namespace>.svc.<cluster-domain>[:port]` host (spec §2.5).
-pub fn identify<'a>(request: &'a Request<Incoming>, cluster_domain: &str) -> (&'a str, &'a str) {
+pub fn identify<'a>(
+    request: &'a Request<IncomingBody>,
+    cluster_domain: &str,
+) -> (&'a str, &'a str) {
     let headers = request.headers();
     let namespace = first_str(headers, &KNATIVE_SERVING_NAMESPACE);
     let name = first_str(headers, &KNATIVE_SERVING_REVISION);
@@ -214,7 +217,7 @@ async fn handle(
     state: &'static ActivatorState,
     pools: &'static DestPools,
     peer: PeerIp,
-    request: Request<Incoming>,
+    request: Request<IncomingBody>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
 ) -> Result<Response<InnerBody>, Infallible> {
@@ -260,7 +263,7 @@ struct Activation {
     metrics: Option<Arc<RevisionMetrics>>,
 }
 
-impl Service<Request<Incoming>> for Activation {
+impl Service<Request<IncomingBody>> for Activation {
     type Response = Response<Guarded<ProxyBody, ProxyGuards>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -269,7 +272,7 @@ impl Service<Request<Incoming>> for Activation {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<IncomingBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.activate(request).await) })
     }
@@ -288,7 +291,7 @@ enum Attempt {
     Done(Response<Guarded<ProxyBody, ProxyGuards>>),
     /// No connection to the leased pod could be opened; nothing of the request was sent.
     Unreached {
-        request: Request<Incoming>,
+        request: Request<IncomingBody>,
         dest: String,
         error: knative_common::proxy::ProxyError,
     },
@@ -302,7 +305,7 @@ impl Activation {
     /// with the 502 upstream gives. A second failure gives that 502 (same text as upstream).
     async fn activate(
         self,
-        mut request: Request<Incoming>,
+        mut request: Request<IncomingBody>,
     ) -> Response<Guarded<ProxyBody, ProxyGuards>> {
         let mut upgrade = rewrite::prepare_request(&mut request, &self.peer);
         let mut retried = false;
@@ -344,7 +347,7 @@ impl Activation {
 
     async fn attempt(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
     ) -> Attempt {
         let id = &self.revision.id;
@@ -452,7 +455,7 @@ impl Activation {
 /// request is addressed to the pod, and marked as proxied by the activator. `dest_value`: the
 /// pool's `ip:port` header value, used for `Host` when it is `dest` byte for byte (no copy and
 /// no validation per request).
-fn direct_to(request: &mut Request<Incoming>, dest: &str, dest_value: Option<&HeaderValue>) {
+fn direct_to(request: &mut Request<IncomingBody>, dest: &str, dest_value: Option<&HeaderValue>) {
     let original = match request.version() {
         Version::HTTP_2 => request
             .uri()

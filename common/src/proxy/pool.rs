@@ -41,7 +41,7 @@ const DIAL_RETRIES: u32 = 15;
 const MAX_RESPONSE_HEADERS: usize = 500;
 
 /// Request body type sent upstream.
-pub type UpstreamRequestBody = Incoming;
+pub type UpstreamRequestBody = crate::h2::IncomingBody;
 
 /// How a request reaches its [`Upstream`]: a process-lifetime one (the queue-proxy's single user
 /// container, no reference counting at all) or a shared one that is freed when the last user

@@ -1,0 +1,32 @@
+//! HTTP/2 driven with the `h2` crate directly rather than through hyper, so that 1xx
+//! informational responses can be relayed on HTTP/2 (hyper keeps h2's `send_informational`
+//! private): the server side of h2c and TLS h2 connections ([`server`]), the body type the
+//! request path receives from either protocol ([`body`]), and the cached `Date` value ([`date`]).
+
+pub mod body;
+mod date;
+pub mod server;
+
+pub use body::IncomingBody;
+
+/// The connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2), removed from messages that
+/// go out on HTTP/2 as hyper removes them, along with the fields `Connection` names.
+pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap) {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    if let http::header::Entry::Occupied(entry) = headers.entry(CONNECTION) {
+        let (_, values) = entry.remove_entry_mult();
+        let values: Vec<_> = values.collect();
+        for value in values {
+            if let Ok(text) = value.to_str() {
+                for name in text.split(',') {
+                    headers.remove(name.trim());
+                }
+            }
+        }
+    }
+    for name in [TRANSFER_ENCODING, UPGRADE, TE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
