@@ -281,7 +281,17 @@ pub fn go_head(raw: &[u8]) -> Option<Vec<u8>> {
         .filter(|(name, _)| name != "Content-Length" && name != "Transfer-Encoding")
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::with_capacity(raw.len() + 32);
+    Some(write_go_head(code, &named))
+}
+
+/// `HTTP/1.1 <code> <Go's text>` and `fields` (canonical names, in order), as Go writes a 1xx.
+fn write_go_head(code: u16, fields: &[(String, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + fields
+            .iter()
+            .map(|f| f.0.len() + f.1.len() + 4)
+            .sum::<usize>(),
+    );
     out.extend_from_slice(b"HTTP/1.1 ");
     match status_text(code) {
         Some(text) => {
@@ -292,14 +302,14 @@ pub fn go_head(raw: &[u8]) -> Option<Vec<u8>> {
         None => out.extend_from_slice(format!("{code:03} status code {code}").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    for (name, value) in named {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Some(out)
+    out
 }
 
 /// Go's `StatusText` for the 1xx codes it names.
@@ -480,6 +490,31 @@ pub(crate) fn collect_for_h2<R>(poll: impl FnOnce() -> R) -> (R, Vec<Vec<u8>>) {
     (out, heads)
 }
 
+/// Relays `head`, a 1xx response an upstream HTTP/2 exchange received, to the client of the
+/// exchange in scope: queued on its HTTP/1 connection (true: the final response is to wait for
+/// [`written`]) or handed to its HTTP/2 stream.
+pub(crate) fn relay_h2(head: &http::Response<()>) -> bool {
+    let go = go_head_from_parts(head.status().as_u16(), head.headers());
+    with_current(|conn| match conn {
+        Some(c) => c.queue_informational(vec![go]),
+        None => {
+            to_h2_stream(vec![go]);
+            false
+        }
+    })
+}
+
+/// A 1xx head received on HTTP/2 in Go's HTTP/1 form ([`go_head`]).
+fn go_head_from_parts(code: u16, headers: &http::HeaderMap) -> Vec<u8> {
+    let mut named: Vec<(String, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (canonical_name(name.as_str()), value.as_bytes().trim_ascii()))
+        .filter(|(name, _)| name != "Content-Length" && name != "Transfer-Encoding")
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_go_head(code, &named)
+}
+
 /// A 1xx head in Go's HTTP/1 form as an HTTP/2 informational response: the same status and
 /// fields (names lower case, as HTTP/2 carries them), connection-specific ones removed.
 pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
@@ -503,7 +538,7 @@ pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
         };
         headers.append(name, value);
     }
-    crate::h2::strip_connection_headers(headers);
+    crate::h2::strip_connection_headers(headers, false);
     Some(response)
 }
 

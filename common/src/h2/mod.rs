@@ -4,14 +4,16 @@
 //! request path receives from either protocol ([`body`]), and the cached `Date` value ([`date`]).
 
 pub mod body;
+pub mod client;
 mod date;
 pub mod server;
 
 pub use body::IncomingBody;
 
 /// The connection-specific fields HTTP/2 forbids (RFC 9113 §8.2.2), removed from messages that
-/// go out on HTTP/2 as hyper removes them, along with the fields `Connection` names.
-pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap) {
+/// go out on HTTP/2 as hyper removes them, along with the fields `Connection` names
+/// (`request`: a request, which keeps `TE: trailers`).
+pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap, request: bool) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
     if let http::header::Entry::Occupied(entry) = headers.entry(CONNECTION) {
         let (_, values) = entry.remove_entry_mult();
@@ -24,8 +26,12 @@ pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap) {
             }
         }
     }
-    for name in [TRANSFER_ENCODING, UPGRADE, TE] {
+    for name in [TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
+    }
+    // A request may say `TE: trailers` (gRPC does), nothing else; a response no `TE` at all.
+    if !request || headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");

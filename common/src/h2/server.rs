@@ -173,7 +173,7 @@ where
                     };
                     let (parts, body) = response.into_parts();
                     let mut head = Response::from_parts(parts, ());
-                    super::strip_connection_headers(head.headers_mut());
+                    super::strip_connection_headers(head.headers_mut(), false);
                     head.headers_mut()
                         .entry(http::header::DATE)
                         .or_insert_with(super::date::now);

@@ -74,14 +74,13 @@ pub async fn forward_or_return(
         if upstream.is_tls() {
             set_https(&mut request);
         }
-        let mut sender = match upstream.h2().await {
+        let sender = match upstream.h2().await {
             Ok(sender) => sender,
             Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
         };
-        let mut response = sender
-            .send_request(request)
+        let mut response = crate::h2::client::exchange(sender, request)
             .await
-            .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e)))?;
+            .map_err(|e| ForwardFailure::sent(ProxyError::H2Exchange(e)))?;
         rewrite::prepare_response(&mut response);
         return Ok(response.map(|body| ProxyBody::Upstream {
             body: PooledBody::unpooled(body),
