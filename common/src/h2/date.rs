@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 
 thread_local! {
-    static CACHED: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("")));
+    static CACHED: RefCell<(u64, HeaderValue)> =
+        const { RefCell::new((0, HeaderValue::from_static(""))) };
 }
 
 /// The current time as an HTTP date.
