@@ -528,6 +528,16 @@ pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
     if !response.status().is_informational() {
         return None;
     }
+    // Connection-specific fields are left out (not removed afterwards: removal reorders the
+    // map, and the fields go out in Go's sorted order).
+    let named_by_connection = |name: &str| {
+        parsed.headers.iter().any(|f| {
+            f.name.eq_ignore_ascii_case("connection")
+                && f.value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    };
     let headers = response.headers_mut();
     for field in parsed.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -536,9 +546,20 @@ pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
         ) else {
             continue;
         };
+        let hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        );
+        if hop || named_by_connection(name.as_str()) {
+            continue;
+        }
         headers.append(name, value);
     }
-    crate::h2::strip_connection_headers(headers, false);
     Some(response)
 }
 
@@ -665,6 +686,47 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\n"
         );
         assert_eq!(go_head(b"HTTP/1.1 103 X\r\nbad header\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn h2_heads_convert_both_ways_as_go_writes_them() {
+        // From an HTTP/2 upstream to an HTTP/1 client: canonical names sorted, no length.
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-b", "1".parse().unwrap());
+        headers.append("link", "</a.css>".parse().unwrap());
+        headers.append("content-length", "0".parse().unwrap());
+        headers.append("link", "</b.js>".parse().unwrap());
+        assert_eq!(
+            go_head_from_parts(103, &headers),
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nLink: </b.js>\r\nX-B: 1\r\n\r\n"
+        );
+        assert_eq!(
+            go_head_from_parts(199, &http::HeaderMap::new()),
+            b"HTTP/1.1 199 status code 199\r\n\r\n"
+        );
+        // From Go's form to an HTTP/2 stream: the same fields in order, lower case, without
+        // connection-specific ones.
+        let head = b"HTTP/1.1 103 Early Hints\r\nConnection: x-hop\r\nLink: </a.css>\r\nX-Hop: 1\r\nX-B: 1\r\n\r\n";
+        let response = h2_informational(head).unwrap();
+        assert_eq!(response.status(), 103);
+        let fields: Vec<_> = response
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(fields, ["link: </a.css>", "x-b: 1"]);
+        assert!(h2_informational(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn h2_sink_collects_only_inside_a_stream_poll() {
+        to_h2_stream(vec![b"HTTP/1.1 102 Processing\r\n\r\n".to_vec()]);
+        let ((), heads) = collect_for_h2(|| {
+            to_h2_stream(vec![b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec()]);
+        });
+        assert_eq!(heads, vec![b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec()]);
+        let ((), heads) = collect_for_h2(|| {});
+        assert!(heads.is_empty(), "nothing left over from outside a poll");
     }
 
     #[test]

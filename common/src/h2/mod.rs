@@ -36,3 +36,41 @@ pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap, request: b
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn connection_specific_fields_are_removed() {
+        let mut headers = map(&[
+            ("connection", "x-a"),
+            ("connection", "x-b, x-c"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-c", "3"),
+            ("x-d", "4"),
+            ("keep-alive", "5"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "foo"),
+            ("te", "trailers"),
+        ]);
+        super::strip_connection_headers(&mut headers, true);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["te", "x-d"], "a request keeps TE: trailers");
+        super::strip_connection_headers(&mut headers, false);
+        assert_eq!(headers.len(), 1, "a response has no TE");
+        let mut headers = map(&[("te", "gzip")]);
+        super::strip_connection_headers(&mut headers, true);
+        assert!(headers.is_empty());
+    }
+}
