@@ -6,8 +6,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -49,21 +52,34 @@ where
 }
 
 /// Sends `request` on `sender` (ready for a new stream) and waits for its final response,
-/// relaying the 1xx responses that come before it.
+/// relaying the 1xx responses that come before it. Dropped before the response came (the
+/// client went away, a timeout), it resets the stream (`CANCEL`) even while the request body
+/// is still being sent, as hyper does.
 pub async fn exchange(
     mut sender: h2::client::SendRequest<Bytes>,
     request: Request<IncomingBody>,
 ) -> Result<Response<IncomingBody>, h2::Error> {
     let (mut parts, body) = request.into_parts();
+    let is_head = parts.method == http::Method::HEAD;
     super::strip_connection_headers(&mut parts.headers, true);
     let end = body.is_end_stream();
     let (mut response, tx) = sender.send_request(Request::from_parts(parts, ()), end)?;
+    let mut cancel = CancelOnDrop(None);
     if !end {
-        tokio::spawn(SendBody {
+        let mut send = SendBody {
             body,
             tx,
             pending: None,
-        });
+            cancel: None,
+        };
+        // A body that is all there (small requests) goes at once, without a task.
+        let sent = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut send).poll(cx))).await;
+        if sent.is_pending() {
+            let shared = Arc::new(Cancel::default());
+            send.cancel = Some(Arc::clone(&shared));
+            cancel.0 = Some(shared);
+            tokio::spawn(send);
+        }
     }
     let mut relayed = false;
     let response = std::future::poll_fn(|cx| {
@@ -73,13 +89,39 @@ pub async fn exchange(
         Pin::new(&mut response).poll(cx)
     })
     .await;
+    // The response (or the stream's failure) came: the body goes on being sent.
+    cancel.0 = None;
     if relayed {
         // An HTTP/1 client gets the 1xx heads before the final head.
         informational::written().await;
     }
     let response = response?;
-    let length = content_length(response.headers());
+    // A `HEAD` response's `Content-Length` describes the body a `GET` would get.
+    let length = if is_head {
+        Some(0)
+    } else {
+        content_length(response.headers())
+    };
     Ok(response.map(|recv| IncomingBody::h2(recv, length)))
+}
+
+/// Tells a request body's task that the exchange was abandoned.
+#[derive(Default)]
+struct Cancel {
+    cancelled: AtomicBool,
+    waker: AtomicWaker,
+}
+
+/// Cancels the exchange's body task when dropped while armed.
+struct CancelOnDrop(Option<Arc<Cancel>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            cancel.cancelled.store(true, Ordering::Release);
+            cancel.waker.wake();
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -89,6 +131,7 @@ pin_project_lite::pin_project! {
         body: IncomingBody,
         tx: h2::SendStream<Bytes>,
         pending: Option<(Bytes, bool)>,
+        cancel: Option<Arc<Cancel>>,
     }
 }
 
@@ -97,6 +140,13 @@ impl Future for SendBody {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
+        if let Some(cancel) = this.cancel {
+            cancel.waker.register(cx.waker());
+            if cancel.cancelled.load(Ordering::Acquire) {
+                this.tx.send_reset(h2::Reason::CANCEL);
+                return Poll::Ready(());
+            }
+        }
         super::server::pipe(this.body, this.tx, this.pending, cx).map(|_| ())
     }
 }
