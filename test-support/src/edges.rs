@@ -292,6 +292,38 @@ pub async fn h2_hinting_app(release: Arc<tokio::sync::Semaphore>) -> SocketAddr 
     addr
 }
 
+/// An h2c (prior knowledge) app that never answers: for each request it sends `None` on the
+/// returned channel, waits for the stream to be reset and sends the reason.
+pub async fn h2_reset_watching_app() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<h2::Reason>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    let tx = tx.clone();
+                    let _ = tx.send(None);
+                    tokio::spawn(async move {
+                        if let Ok(reason) = std::future::poll_fn(|cx| respond.poll_reset(cx)).await
+                        {
+                            let _ = tx.send(Some(reason));
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
