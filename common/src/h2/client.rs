@@ -147,6 +147,6 @@ impl Future for SendBody {
                 return Poll::Ready(());
             }
         }
-        super::server::pipe(this.body, this.tx, this.pending, cx).map(|_| ())
+        super::pipe::pipe(this.body, this.tx, this.pending, cx).map(|_| ())
     }
 }

@@ -1,11 +1,14 @@
 //! HTTP/2 driven with the `h2` crate directly rather than through hyper, so that 1xx
 //! informational responses can be relayed on HTTP/2 (hyper keeps h2's `send_informational`
-//! private): the server side of h2c and TLS h2 connections ([`server`]), the body type the
-//! request path receives from either protocol ([`body`]), and the cached `Date` value ([`date`]).
+//! private): the server side of h2c and TLS h2 connections ([`server`]), the client side of
+//! upstream HTTP/2 connections ([`client`]), the body type the
+//! request path receives from either protocol ([`body`]), the copy of a body onto a stream
+//! (`pipe`), and the cached `Date` value (`date`).
 
 pub mod body;
 pub mod client;
 mod date;
+mod pipe;
 pub mod server;
 
 pub use body::IncomingBody;
