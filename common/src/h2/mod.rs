@@ -17,6 +17,31 @@ pub use body::IncomingBody;
 /// go out on HTTP/2 as hyper removes them, along with the fields `Connection` names
 /// (`request`: a request, which keeps `TE: trailers`).
 pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap, request: bool) {
+    // Usually there is none: one pass over the names, no hashing.
+    if headers.keys().any(is_connection_specific) {
+        remove_connection_headers(headers, request);
+    }
+}
+
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+
+fn is_connection_specific(name: &http::HeaderName) -> bool {
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    [
+        CONNECTION,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        TE,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+    ]
+    .contains(name)
+}
+
+#[cold]
+#[inline(never)]
+fn remove_connection_headers(headers: &mut http::HeaderMap, request: bool) {
     use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
     if let http::header::Entry::Occupied(entry) = headers.entry(CONNECTION) {
         let (_, values) = entry.remove_entry_mult();
@@ -29,15 +54,13 @@ pub(crate) fn strip_connection_headers(headers: &mut http::HeaderMap, request: b
             }
         }
     }
-    for name in [TRANSFER_ENCODING, UPGRADE] {
+    for name in [TRANSFER_ENCODING, UPGRADE, KEEP_ALIVE, PROXY_CONNECTION] {
         headers.remove(name);
     }
     // A request may say `TE: trailers` (gRPC does), nothing else; a response no `TE` at all.
     if !request || headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 #[cfg(test)]
