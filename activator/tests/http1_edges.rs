@@ -301,3 +301,57 @@ async fn informational_responses_are_relayed() {
     );
     activator.assert_healthy();
 }
+
+/// On HTTP/2 end to end (h2c client → activator → queue-proxy → h2c app, the protocol mirrored
+/// at each hop), the app's 1xx reach the client: HEADERS frames of their own on the stream,
+/// each sent while the app still holds its final response, in order, fields as the app sent
+/// them less `Content-Length` (Go's proxy drops it from 1xx), at most one `100 Continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn informational_responses_reach_h2_clients() {
+    use std::sync::Arc;
+    use test_support::edges::{h2_hinting_app, H2Exchange};
+    const H2_REV: &str = "hints-00001";
+    let stats = StatsReceiver::start().await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = h2_hinting_app(release.clone()).await;
+    let mut qp =
+        tokio::task::spawn_blocking(move || QueueProxy::start_with_env(app.port(), H2_REV, 0, &[]))
+            .await
+            .unwrap();
+    let mut activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(H2_REV, 0).h2c().ready([qp.addr()])])
+        .start();
+    activator.wait_healthy().await;
+    let request = http::Request::get(format!("http://{}/hints", activator.h2c_addr()))
+        .header("knative-serving-namespace", "default")
+        .header("knative-serving-revision", H2_REV)
+        .body(())
+        .unwrap();
+    let mut exchange = H2Exchange::start(activator.h2c_addr(), request, b"").await;
+    assert_eq!(exchange.informational(DEADLINE).await, Some((100, vec![])));
+    assert_eq!(
+        exchange.informational(DEADLINE).await,
+        Some((
+            103,
+            vec![
+                "link: </style.css>; rel=preload".to_owned(),
+                "link: </app.js>; rel=preload".to_owned(),
+                "x-b: 1".to_owned()
+            ]
+        ))
+    );
+    assert_eq!(exchange.informational(DEADLINE).await, Some((102, vec![])));
+    // Only now may the app answer. The app's second 100 is not relayed.
+    release.add_permits(1);
+    assert_eq!(exchange.informational(DEADLINE).await, None);
+    let (status, fields, body) = exchange.finish(DEADLINE).await;
+    assert_eq!(status, 200);
+    assert!(
+        fields.contains(&"content-length: 2".to_owned()),
+        "{fields:?}"
+    );
+    assert!(fields.iter().any(|f| f.starts_with("date: ")), "{fields:?}");
+    assert_eq!(body, b"ok");
+    activator.assert_healthy();
+    qp.assert_healthy();
+}

@@ -22,7 +22,7 @@
 //! first read, for `Expect: 100-continue`) or the app's, whichever comes first (Go's writer also
 //! stops its automatic `100` once one was written).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -281,7 +281,17 @@ pub fn go_head(raw: &[u8]) -> Option<Vec<u8>> {
         .filter(|(name, _)| name != "Content-Length" && name != "Transfer-Encoding")
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = Vec::with_capacity(raw.len() + 32);
+    Some(write_go_head(code, &named))
+}
+
+/// `HTTP/1.1 <code> <Go's text>` and `fields` (canonical names, in order), as Go writes a 1xx.
+fn write_go_head(code: u16, fields: &[(String, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        64 + fields
+            .iter()
+            .map(|f| f.0.len() + f.1.len() + 4)
+            .sum::<usize>(),
+    );
     out.extend_from_slice(b"HTTP/1.1 ");
     match status_text(code) {
         Some(text) => {
@@ -292,14 +302,14 @@ pub fn go_head(raw: &[u8]) -> Option<Vec<u8>> {
         None => out.extend_from_slice(format!("{code:03} status code {code}").as_bytes()),
     }
     out.extend_from_slice(b"\r\n");
-    for (name, value) in named {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Some(out)
+    out
 }
 
 /// Go's `StatusText` for the 1xx codes it names.
@@ -434,11 +444,123 @@ impl<F: Future> Future for Relay<'_, F> {
         // the response (its response channel orders them).
         if this.info.ready.load(Ordering::Acquire) {
             let heads = this.info.take();
-            **this.relayed |=
-                with_current(|conn| conn.is_some_and(|c| c.queue_informational(heads)));
+            **this.relayed |= with_current(|conn| match conn {
+                Some(c) => c.queue_informational(heads),
+                // An HTTP/2 stream's task ([`collect_for_h2`]) sends them itself, in order
+                // before its final response: nothing to wait for.
+                None => {
+                    to_h2_stream(heads);
+                    false
+                }
+            });
         }
         polled
     }
+}
+
+thread_local! {
+    /// The 1xx heads relayed while an HTTP/2 stream's task is polled ([`collect_for_h2`]);
+    /// `None` outside such a poll.
+    static H2_SINK: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// Hands `heads` to the HTTP/2 stream being polled, if any (else they are dropped: no client
+/// connection to relay them to).
+fn to_h2_stream(heads: Vec<Vec<u8>>) {
+    H2_SINK.with(|sink| {
+        if let Some(sink) = sink.borrow_mut().as_mut() {
+            for head in heads {
+                if sink.iter().map(Vec::len).sum::<usize>() + head.len() <= MAX_QUEUED {
+                    sink.push(head);
+                }
+            }
+        }
+    });
+}
+
+/// Runs `poll` (an HTTP/2 stream's poll of its service future) collecting the 1xx heads the
+/// upstream exchange relays meanwhile, in Go's HTTP/1 form ([`go_head`]), oldest first.
+#[inline]
+pub(crate) fn collect_for_h2<R>(poll: impl FnOnce() -> R) -> (R, Vec<Vec<u8>>) {
+    let previous = H2_SINK.with(|sink| sink.replace(Some(Vec::new())));
+    let out = poll();
+    let heads = H2_SINK
+        .with(|sink| sink.replace(previous))
+        .unwrap_or_default();
+    (out, heads)
+}
+
+/// Relays `head`, a 1xx response an upstream HTTP/2 exchange received, to the client of the
+/// exchange in scope: queued on its HTTP/1 connection (true: the final response is to wait for
+/// [`written`]) or handed to its HTTP/2 stream.
+pub(crate) fn relay_h2(head: &http::Response<()>) -> bool {
+    let go = go_head_from_parts(head.status().as_u16(), head.headers());
+    with_current(|conn| match conn {
+        Some(c) => c.queue_informational(vec![go]),
+        None => {
+            to_h2_stream(vec![go]);
+            false
+        }
+    })
+}
+
+/// A 1xx head received on HTTP/2 in Go's HTTP/1 form ([`go_head`]).
+fn go_head_from_parts(code: u16, headers: &http::HeaderMap) -> Vec<u8> {
+    let mut named: Vec<(String, &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (canonical_name(name.as_str()), value.as_bytes().trim_ascii()))
+        .filter(|(name, _)| name != "Content-Length" && name != "Transfer-Encoding")
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_go_head(code, &named)
+}
+
+/// A 1xx head in Go's HTTP/1 form as an HTTP/2 informational response: the same status and
+/// fields (names lower case, as HTTP/2 carries them), connection-specific ones removed.
+pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
+    let mut fields = vec![httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    if !parsed.parse(head).ok()?.is_complete() {
+        return None;
+    }
+    let mut response = http::Response::new(());
+    *response.status_mut() = http::StatusCode::from_u16(parsed.code?).ok()?;
+    if !response.status().is_informational() {
+        return None;
+    }
+    // Connection-specific fields are left out (not removed afterwards: removal reorders the
+    // map, and the fields go out in Go's sorted order).
+    let named_by_connection = |name: &str| {
+        parsed.headers.iter().any(|f| {
+            f.name.eq_ignore_ascii_case("connection")
+                && f.value
+                    .split(|&b| b == b',')
+                    .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    };
+    let headers = response.headers_mut();
+    for field in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(field.name.as_bytes()),
+            http::HeaderValue::from_bytes(field.value),
+        ) else {
+            continue;
+        };
+        let hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "upgrade"
+                | "te"
+        );
+        if hop || named_by_connection(name.as_str()) {
+            continue;
+        }
+        headers.append(name, value);
+    }
+    Some(response)
 }
 
 /// Ready once the client connection in scope has written every queued 1xx head.
@@ -564,6 +686,47 @@ mod tests {
             b"HTTP/1.1 100 Continue\r\n\r\n"
         );
         assert_eq!(go_head(b"HTTP/1.1 103 X\r\nbad header\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn h2_heads_convert_both_ways_as_go_writes_them() {
+        // From an HTTP/2 upstream to an HTTP/1 client: canonical names sorted, no length.
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-b", "1".parse().unwrap());
+        headers.append("link", "</a.css>".parse().unwrap());
+        headers.append("content-length", "0".parse().unwrap());
+        headers.append("link", "</b.js>".parse().unwrap());
+        assert_eq!(
+            go_head_from_parts(103, &headers),
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nLink: </b.js>\r\nX-B: 1\r\n\r\n"
+        );
+        assert_eq!(
+            go_head_from_parts(199, &http::HeaderMap::new()),
+            b"HTTP/1.1 199 status code 199\r\n\r\n"
+        );
+        // From Go's form to an HTTP/2 stream: the same fields in order, lower case, without
+        // connection-specific ones.
+        let head = b"HTTP/1.1 103 Early Hints\r\nConnection: x-hop\r\nLink: </a.css>\r\nX-Hop: 1\r\nX-B: 1\r\n\r\n";
+        let response = h2_informational(head).unwrap();
+        assert_eq!(response.status(), 103);
+        let fields: Vec<_> = response
+            .headers()
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        assert_eq!(fields, ["link: </a.css>", "x-b: 1"]);
+        assert!(h2_informational(b"HTTP/1.1 200 OK\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn h2_sink_collects_only_inside_a_stream_poll() {
+        to_h2_stream(vec![b"HTTP/1.1 102 Processing\r\n\r\n".to_vec()]);
+        let ((), heads) = collect_for_h2(|| {
+            to_h2_stream(vec![b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec()]);
+        });
+        assert_eq!(heads, vec![b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec()]);
+        let ((), heads) = collect_for_h2(|| {});
+        assert!(heads.is_empty(), "nothing left over from outside a poll");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod drain;
 pub mod env;
 pub mod forwarded;
 pub mod go_answers;
+pub mod h2;
 pub mod h2c_upgrade;
 pub mod header_scan;
 pub mod headers;

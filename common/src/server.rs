@@ -19,6 +19,7 @@ use tower_service::Service;
 use crate::body::LocalBody;
 use crate::env::{optional_int, Env, EnvError};
 use crate::go_answers::{self, ConnShared, GoAnswers, Http1Check};
+use crate::h2::IncomingBody;
 use crate::h2c_upgrade::{self, H2cHandover, H2cRequest, Injected};
 use crate::informational::ConnScope;
 
@@ -289,18 +290,17 @@ pub struct HyperService<S> {
 
 /// The HTTP/2 server an h2c upgrade continues on (one per listener).
 #[derive(Debug)]
-struct H2cServer(hyper::server::conn::http2::Builder<TokioExecutor>);
+struct H2cServer {
+    builder: h2::server::Builder,
+    shutdown: watch::Receiver<bool>,
+}
 
 impl H2cServer {
-    fn new(limits: &ServerLimits) -> Self {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-            .max_header_list_size(limits.h2_max_header_list_size);
-        H2cServer(builder)
+    fn new(limits: &ServerLimits, shutdown: watch::Receiver<bool>) -> Self {
+        H2cServer {
+            builder: crate::h2::server::builder(limits),
+            shutdown,
+        }
     }
 }
 
@@ -390,7 +390,7 @@ impl<S> HyperService<S> {
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for HyperService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -420,14 +420,14 @@ where
             }
         }
         Served::Inner {
-            future: self.inner.clone().call(request),
+            future: self.inner.clone().call(request.map(IncomingBody::from)),
         }
     }
 }
 
 impl<S, B> HyperService<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -454,18 +454,17 @@ where
                     let Ok(upgraded) = on_upgrade.await else {
                         return;
                     };
-                    let io = TokioIo::new(Injected::new(TokioIo::new(upgraded), stream_one));
-                    let connection = h2c.0.serve_connection(io, service);
-                    let served = match handover {
-                        Some(handover) => {
-                            let _slot = handover.slot;
-                            handover.watcher.watch(connection).await
-                        }
-                        None => connection.await,
-                    };
-                    if let Err(error) = served {
-                        tracing::debug!(%error, "h2c upgraded connection failed");
-                    }
+                    let io = Injected::new(TokioIo::new(upgraded), stream_one);
+                    // The slot and the watcher are held until the connection ends: the graceful
+                    // shutdown waits for it.
+                    let _handover = handover;
+                    crate::h2::server::serve_connection(
+                        io,
+                        &h2c.builder,
+                        service.inner,
+                        h2c.shutdown.clone(),
+                    )
+                    .await;
                 });
                 Some(LocalAnswer::SwitchingToH2c)
             }
@@ -496,21 +495,11 @@ fn http1_builder(limits: &ServerLimits) -> hyper::server::conn::http1::Builder {
     builder
 }
 
-/// The per-connection HTTP builder for `protocols` with `limits` applied (shared by [`serve`] and
-/// [`serve_tls`]).
-fn connection_builder(protocols: Protocols, limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    if protocols == Protocols::Http1 {
-        builder = builder.http1_only();
-    }
+/// The HTTP/1 builder of TLS connections ([`serve_tls`]; their HTTP/2 is served by
+/// [`crate::h2::server`]).
+fn connection_builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     http1_settings!(builder.http1(), limits);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
-        .max_header_list_size(limits.h2_max_header_list_size);
     builder
 }
 
@@ -525,7 +514,7 @@ pub async fn serve<M, S, B>(
     shutdown: watch::Receiver<bool>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -548,16 +537,17 @@ pub async fn serve_with_slots<M, S, B>(
     shutdown: watch::Receiver<bool>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     B: LocalBody,
 {
-    let builder = Arc::new(connection_builder(protocols, &limits));
     let h1_builder = Arc::new(http1_builder(&limits));
-    let h2c = (protocols == Protocols::Http1AndH2c).then(|| Arc::new(H2cServer::new(&limits)));
+    let h2c = (protocols == Protocols::Http1AndH2c)
+        .then(|| Arc::new(H2cServer::new(&limits, shutdown.clone())));
+    let h2_builder = Arc::new(crate::h2::server::builder(&limits));
     let first_bytes_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
@@ -582,8 +572,8 @@ pub async fn serve_with_slots<M, S, B>(
                 Arc::clone(&conn),
                 h2c.clone(),
             );
-            let builder = Arc::clone(&builder);
             let h1_builder = Arc::clone(&h1_builder);
+            let h2_builder = Arc::clone(&h2_builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -599,19 +589,22 @@ pub async fn serve_with_slots<M, S, B>(
                     // hyper's own header-read timer starts at once on HTTP/1-only listeners.
                     Prefixed::new(stream)
                 };
-                let http1 = !stream.is_h2();
-                let io = GoAnswers::new(stream, Arc::clone(&conn), http1);
-                if http1 {
-                    // Held until the connection ends: the graceful shutdown waits for it.
-                    let _watcher = watcher;
+                // Held until the connection ends: the graceful shutdown waits for it.
+                let _watcher = watcher;
+                if stream.is_h2() {
+                    // Boxed: inline, the HTTP/2 connection state would size every connection's
+                    // task, parked HTTP/1 ones included.
+                    let served = crate::h2::server::serve_connection(
+                        stream,
+                        &h2_builder,
+                        service.inner,
+                        shutdown,
+                    );
+                    Box::pin(served).await;
+                } else {
+                    let io = GoAnswers::new(stream, Arc::clone(&conn), true);
                     let served = crate::park::serve_http1(io, &h1_builder, service, shutdown);
                     ConnScope::new(served, conn).await;
-                } else {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    // Boxed: inline, hyper's connection state would size every connection's
-                    // task, parked HTTP/1 ones included.
-                    let _ = Box::pin(watcher.watch(connection)).await;
                 }
             });
         },
@@ -873,14 +866,15 @@ pub async fn serve_tls<M, S, B>(
     shutdown: watch::Receiver<bool>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+    S: Service<Request<IncomingBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     B: LocalBody,
 {
-    let builder = Arc::new(connection_builder(Protocols::Http1AndH2c, &limits));
+    let builder = Arc::new(connection_builder(&limits));
+    let h2_builder = Arc::new(crate::h2::server::builder(&limits));
     let handshake_timeout = limits.header_read_timeout;
     accept_until_stopped(
         listener,
@@ -892,6 +886,7 @@ pub async fn serve_tls<M, S, B>(
             let service = HyperService::new(make_service(remote), Arc::clone(&conn), None);
             let acceptor = acceptor.clone();
             let builder = Arc::clone(&builder);
+            let h2_builder = Arc::clone(&h2_builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _slot = slot;
@@ -917,8 +912,18 @@ pub async fn serve_tls<M, S, B>(
                     },
                     _ = shutdown.wait_for(|stop| *stop) => return,
                 };
-                let http1 = !stream.is_h2();
-                let io = GoAnswers::new(stream, Arc::clone(&conn), http1);
+                if stream.is_h2() {
+                    let _watcher = watcher;
+                    crate::h2::server::serve_connection(
+                        stream,
+                        &h2_builder,
+                        service.inner,
+                        shutdown,
+                    )
+                    .await;
+                    return;
+                }
+                let io = GoAnswers::new(stream, Arc::clone(&conn), true);
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _ = ConnScope::new(watcher.watch(connection), conn).await;
             });

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use knative_common::body::{empty, text_error, ProxyBody};
 use knative_common::drain::Drainer;
+use knative_common::h2::IncomingBody;
 
 /// Body of every unknown path (Go's `http.NotFound`).
 pub const NOT_FOUND_BODY: &str = "404 page not found\n";
@@ -17,7 +17,7 @@ pub const SIGTERM_WATCHDOG: Duration = Duration::from_secs(1);
 
 /// Serves one admin request.
 pub async fn handle(
-    request: Request<Incoming>,
+    request: Request<IncomingBody>,
     drainer: &'static Drainer,
     sigterm: &'static AtomicBool,
 ) -> Result<Response<ProxyBody>, Infallible> {

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use go_text_template::{RequestLogTemplate, RevisionInfo, DEFAULT_TEMPLATE};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use knative_common::body::LocalBody;
 use knative_common::breaker::{Breaker, BreakerLayer};
 use knative_common::classify::is_health_check;
 use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::{Env, ProcessEnv};
 use knative_common::forwarded::ForwardedShimLayer;
+use knative_common::h2::IncomingBody;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
 use knative_common::request_log::{RequestLogLayer, RequestLogSettings};
 use knative_common::server::{
@@ -356,7 +356,7 @@ fn main_chain(
     remote: SocketAddr,
     scheme: UrlScheme,
 ) -> impl Service<
-    Request<Incoming>,
+    Request<IncomingBody>,
     Response = Response<impl LocalBody>,
     Error = Infallible,
     Future = impl Send,

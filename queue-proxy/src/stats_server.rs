@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use knative_common::body::{text_error, LocalBody, ProxyBody};
+use knative_common::h2::IncomingBody;
 use knative_common::stats::{RequestStats, Stat};
 use prost::Message;
 use tokio::time::Instant;
@@ -65,7 +65,7 @@ impl PublishedStat {
 
 /// Serves one request on the stats port.
 pub async fn handle(
-    request: Request<Incoming>,
+    request: Request<IncomingBody>,
     published: &'static PublishedStat,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if request.uri().path() != "/metrics" {

@@ -403,3 +403,66 @@ async fn large_bodies_stream_in_bounded_memory() {
     eprintln!("peak RSS {max_kib} KiB over {samples} samples");
     qp.assert_healthy();
 }
+
+/// §3.5 over HTTP/2 end to end: an exchange abandoned while the client is still sending its
+/// body (the timeout answers `504`, or the client resets its stream) resets the app's stream
+/// with `CANCEL` at once, instead of leaving it open until the client's body ends.
+#[tokio::test]
+async fn abandoned_h2_exchanges_reset_the_app_stream() {
+    use test_support::edges::h2_reset_watching_app;
+    let (app, mut resets) = h2_reset_watching_app().await;
+    let mut qp = QpConfig::new(app.port()).timeout_secs(1).start();
+    let stream = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = || {
+        http::Request::post(format!("http://{}/upload", qp.addr()))
+            .body(())
+            .unwrap()
+    };
+    // The timeout: the client's body is still open when the 504 comes.
+    let mut sender = client.clone().ready().await.unwrap();
+    let (response, mut body) = sender.send_request(request(), false).unwrap();
+    body.send_data(Bytes::from_static(b"part"), false).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .expect("504 in time")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        next_event(&mut resets).await,
+        Some(None),
+        "the app got the request"
+    );
+    assert_eq!(
+        next_event(&mut resets).await,
+        Some(Some(h2::Reason::CANCEL))
+    );
+    // The client resets its stream mid-body.
+    let mut sender = client.ready().await.unwrap();
+    let (response, mut body) = sender.send_request(request(), false).unwrap();
+    body.send_data(Bytes::from_static(b"part"), false).unwrap();
+    assert_eq!(
+        next_event(&mut resets).await,
+        Some(None),
+        "the app got the request"
+    );
+    body.send_reset(h2::Reason::CANCEL);
+    drop(response);
+    assert_eq!(
+        next_event(&mut resets).await,
+        Some(Some(h2::Reason::CANCEL))
+    );
+    qp.assert_healthy();
+}
+
+/// The next event of an [`test_support::edges::h2_reset_watching_app`].
+async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<Option<h2::Reason>>,
+) -> Option<Option<h2::Reason>> {
+    tokio::time::timeout(DEADLINE, events.recv())
+        .await
+        .expect("app event")
+}

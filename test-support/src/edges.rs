@@ -159,6 +159,171 @@ pub async fn read_at_least(
     buf.clone()
 }
 
+/// An HTTP/2 exchange seen frame by frame through the `h2` crate's client, which hands over
+/// 1xx HEADERS frames one by one as they arrive (hyper's client drops them).
+pub struct H2Exchange {
+    response: h2::client::ResponseFuture,
+    _send: h2::client::SendRequest<bytes::Bytes>,
+}
+
+/// The fields of an HTTP/2 message head in wire order, as `name: value` lines.
+pub fn h2_fields(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .iter()
+        .map(|(name, value)| format!("{}: {}", name, String::from_utf8_lossy(value.as_bytes())))
+        .collect()
+}
+
+impl H2Exchange {
+    /// Opens an h2c (prior knowledge) connection to `addr` and sends `request` with `body`
+    /// (no DATA frame when empty).
+    pub async fn start(addr: SocketAddr, request: http::Request<()>, body: &[u8]) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect h2c");
+        let (send, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut send = send.ready().await.expect("h2 ready");
+        let (response, mut body_tx) = send
+            .send_request(request, body.is_empty())
+            .expect("h2 request");
+        if !body.is_empty() {
+            body_tx
+                .send_data(bytes::Bytes::copy_from_slice(body), true)
+                .expect("h2 body");
+        }
+        H2Exchange {
+            response,
+            _send: send,
+        }
+    }
+
+    /// The next 1xx response (status and fields), or `None` when the final response came
+    /// first; panics after `limit`.
+    pub async fn informational(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Option<(u16, Vec<String>)> {
+        let next = std::future::poll_fn(|cx| self.response.poll_informational(cx));
+        match tokio::time::timeout(limit, next).await {
+            Ok(Some(Ok(response))) => {
+                Some((response.status().as_u16(), h2_fields(response.headers())))
+            }
+            Ok(Some(Err(error))) => panic!("h2 stream failed: {error}"),
+            Ok(None) => None,
+            Err(_) => panic!("no HTTP/2 response head within {limit:?}"),
+        }
+    }
+
+    /// The final response: status, fields and the whole body.
+    pub async fn finish(self, limit: std::time::Duration) -> (u16, Vec<String>, Vec<u8>) {
+        tokio::time::timeout(limit, async move {
+            let response = self.response.await.expect("h2 response");
+            let status = response.status().as_u16();
+            let fields = h2_fields(response.headers());
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("h2 body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            (status, fields, bytes)
+        })
+        .await
+        .expect("h2 exchange timed out")
+    }
+}
+
+/// An h2c (prior knowledge) app that answers every request with `100 Continue`, a
+/// `103 Early Hints` (`link` and `x-b` fields, and a stray `content-length`), `102 Processing` and
+/// a second `100`, each its own HEADERS frame, then, once it takes a permit of `release`,
+/// `200` with `content-length: 2` and `ok`. Probes (`k-network-probe`) get `200 queue` at once.
+pub async fn h2_hinting_app(release: Arc<tokio::sync::Semaphore>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let release = release.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let release = release.clone();
+                    tokio::spawn(async move {
+                        let ok = |status: u16| {
+                            http::Response::builder().status(status).body(()).unwrap()
+                        };
+                        if !request.headers().contains_key("k-network-probe") {
+                            let hints = http::Response::builder()
+                                .status(103)
+                                .header("x-b", "1")
+                                .header("link", "</style.css>; rel=preload")
+                                .header("content-length", "0")
+                                .header("link", "</app.js>; rel=preload")
+                                .body(())
+                                .unwrap();
+                            for head in [ok(100), hints, ok(102), ok(100)] {
+                                if respond.send_informational(head).is_err() {
+                                    return;
+                                }
+                            }
+                            match release.acquire().await {
+                                Ok(permit) => permit.forget(),
+                                Err(_) => return,
+                            }
+                        }
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-length", "2")
+                            .body(())
+                            .unwrap();
+                        if let Ok(mut body) = respond.send_response(response, false) {
+                            let _ = body.send_data(bytes::Bytes::from_static(b"ok"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An h2c (prior knowledge) app that never answers: for each request it sends `None` on the
+/// returned channel, waits for the stream to be reset and sends the reason.
+pub async fn h2_reset_watching_app() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Option<h2::Reason>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    let tx = tx.clone();
+                    let _ = tx.send(None);
+                    tokio::spawn(async move {
+                        if let Ok(reason) = std::future::poll_fn(|cx| respond.poll_reset(cx)).await
+                        {
+                            let _ = tx.send(Some(reason));
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,11 +17,11 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use knative_common::body::{
     attach_guard, empty, text_error, text_error_bytes, Guarded, LocalBody, ProxyBody,
 };
 use knative_common::drain::{InFlightCounter, InFlightGuard};
+use knative_common::h2::IncomingBody;
 use knative_common::headers::{
     first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
@@ -134,7 +134,7 @@ pub type ActivatorBody = MeteredBody<InnerBody, Observed>;
 pub type ActivatorFuture =
     Pin<Box<dyn Future<Output = Result<Response<ActivatorBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for ActivatorService {
+impl Service<Request<IncomingBody>> for ActivatorService {
     type Response = Response<ActivatorBody>;
     type Error = Infallible;
     type Future = ActivatorFuture;
@@ -143,7 +143,7 @@ impl Service<Request<Incoming>> for ActivatorService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let state = self.state;
         if let Some(answer) = probes::answer(request.headers_mut(), || state.health()) {
             return Box::pin(std::future::ready(Ok(answer)));
@@ -187,7 +187,10 @@ impl Service<Request<Incoming>> for ActivatorService {
 
 /// Revision namespace and name from the `Knative-Serving-*` headers, else from a
 /// `<name>.<namespace>.svc.<cluster-domain>[:port]` host (spec §2.5).
-pub fn identify<'a>(request: &'a Request<Incoming>, cluster_domain: &str) -> (&'a str, &'a str) {
+pub fn identify<'a>(
+    request: &'a Request<IncomingBody>,
+    cluster_domain: &str,
+) -> (&'a str, &'a str) {
     let headers = request.headers();
     let namespace = first_str(headers, &KNATIVE_SERVING_NAMESPACE);
     let name = first_str(headers, &KNATIVE_SERVING_REVISION);
@@ -219,7 +222,7 @@ fn handle(
     state: &'static ActivatorState,
     pools: &'static DestPools,
     peer: PeerIp,
-    request: Request<Incoming>,
+    request: Request<IncomingBody>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
 ) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send {
@@ -267,7 +270,7 @@ struct Activation {
     metrics: Option<Arc<RevisionMetrics>>,
 }
 
-impl Service<Request<Incoming>> for Activation {
+impl Service<Request<IncomingBody>> for Activation {
     type Response = Response<Guarded<ProxyBody, ProxyGuards>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
@@ -287,7 +290,7 @@ impl Service<Request<Incoming>> for Activation {
     /// future's captured slot while [`Activation::lease`] borrows it (an `async fn` taking it
     /// would keep a second copy), and the proxying and the rare retry, whose futures are
     /// large, are boxed once they start.
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let this = self.clone();
         let upgrade = rewrite::prepare_request(&mut request, &this.peer);
         Box::pin(async move {
@@ -322,7 +325,7 @@ enum Forwarded {
     Done(ActivationResponse),
     /// No connection to the leased pod could be opened; nothing of the request was sent.
     Unreached {
-        request: Request<Incoming>,
+        request: Request<IncomingBody>,
         dest: String,
         error: knative_common::proxy::ProxyError,
     },
@@ -330,7 +333,7 @@ enum Forwarded {
 
 impl Activation {
     /// Waits for capacity and leases a pod (stage 12), or gives the refusal's response.
-    async fn lease(&self, request: &Request<Incoming>) -> Result<Leased, ActivationResponse> {
+    async fn lease(&self, request: &Request<IncomingBody>) -> Result<Leased, ActivationResponse> {
         let id = &self.revision.id;
         // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
         // has been sent.
@@ -378,7 +381,7 @@ impl Activation {
     async fn forward(
         &self,
         leased: Leased,
-        mut request: Request<Incoming>,
+        mut request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
     ) -> Forwarded {
         let id = &self.revision.id;
@@ -447,7 +450,7 @@ impl Activation {
     async fn proxy(
         &self,
         leased: Leased,
-        request: Request<Incoming>,
+        request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
     ) -> ActivationResponse {
         match self.forward(leased, request, upgrade).await {
@@ -465,7 +468,7 @@ impl Activation {
     /// upgrade is not carried over (its handle went with the first attempt).
     async fn retry(
         &self,
-        request: Request<Incoming>,
+        request: Request<IncomingBody>,
         dest: String,
         error: knative_common::proxy::ProxyError,
     ) -> ActivationResponse {
@@ -502,7 +505,7 @@ impl Activation {
 /// request is addressed to the pod, and marked as proxied by the activator. `dest_value`: the
 /// pool's `ip:port` header value, used for `Host` when it is `dest` byte for byte (no copy and
 /// no validation per request).
-fn direct_to(request: &mut Request<Incoming>, dest: &str, dest_value: Option<&HeaderValue>) {
+fn direct_to(request: &mut Request<IncomingBody>, dest: &str, dest_value: Option<&HeaderValue>) {
     let original = match request.version() {
         Version::HTTP_2 => request
             .uri()

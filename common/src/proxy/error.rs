@@ -23,6 +23,12 @@ pub enum ProxyError {
     /// The exchange failed before a response head arrived.
     #[error("{text}", text = describe_hyper(.0))]
     Exchange(#[source] hyper::Error),
+    /// The HTTP/2 connection could not be set up.
+    #[error("http2 error: {1}")]
+    H2Handshake(SocketAddr, #[source] h2::Error),
+    /// The HTTP/2 exchange failed (hyper's wording).
+    #[error("http2 error: {0}")]
+    H2Exchange(#[source] h2::Error),
     /// The upstream switched to a protocol the client did not ask for.
     #[error("backend tried to switch protocol {got:?} when {requested:?} was requested")]
     UpgradeMismatch {

@@ -12,10 +12,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::h2::IncomingBody;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use tower_service::Service;
 
 pub use error::ProxyError;
@@ -29,7 +29,7 @@ use crate::body::{text_error_bytes, ProxyBody};
 /// Headers must already be prepared ([`rewrite::prepare_request`]); `upgrade` is what it returned.
 pub async fn forward(
     upstream: &UpstreamHandle,
-    request: Request<Incoming>,
+    request: Request<IncomingBody>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     forward_or_return(upstream, request, upgrade)
@@ -45,7 +45,7 @@ pub struct ForwardFailure {
     /// The request, handed back when no connection to the upstream could be opened: nothing of
     /// it was sent, so it may go to another upstream (any method). `None` once anything may
     /// have reached the upstream, and for protocol upgrades.
-    pub unsent: Option<Request<Incoming>>,
+    pub unsent: Option<Request<IncomingBody>>,
 }
 
 impl ForwardFailure {
@@ -62,7 +62,7 @@ impl ForwardFailure {
 /// never left it.
 pub async fn forward_or_return(
     upstream: &UpstreamHandle,
-    mut request: Request<Incoming>,
+    mut request: Request<IncomingBody>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ForwardFailure> {
     if request.method() == Method::CONNECT {
@@ -74,14 +74,13 @@ pub async fn forward_or_return(
         if upstream.is_tls() {
             set_https(&mut request);
         }
-        let mut sender = match upstream.h2().await {
+        let sender = match upstream.h2().await {
             Ok(sender) => sender,
             Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
         };
-        let mut response = sender
-            .send_request(request)
+        let mut response = crate::h2::client::exchange(sender, request)
             .await
-            .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e)))?;
+            .map_err(|e| ForwardFailure::sent(ProxyError::H2Exchange(e)))?;
         rewrite::prepare_response(&mut response);
         return Ok(response.map(|body| ProxyBody::Upstream {
             body: PooledBody::unpooled(body),
@@ -154,7 +153,7 @@ pub async fn forward_or_return(
 
 /// The failure for an upstream that could not be reached: the request is handed back when no
 /// connection was opened (dial refused or timed out) and it is not a protocol upgrade.
-fn not_reached(error: ProxyError, request: Request<Incoming>, upgrade: bool) -> ForwardFailure {
+fn not_reached(error: ProxyError, request: Request<IncomingBody>, upgrade: bool) -> ForwardFailure {
     let unsent = matches!(error, ProxyError::Dial(..) | ProxyError::DialTimeout(..)) && !upgrade;
     ForwardFailure {
         error,
@@ -214,7 +213,7 @@ impl ReverseProxy {
 pub type ProxyFuture =
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
 
-impl Service<Request<Incoming>> for ReverseProxy {
+impl Service<Request<IncomingBody>> for ReverseProxy {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = ProxyFuture;
@@ -223,7 +222,7 @@ impl Service<Request<Incoming>> for ReverseProxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let upstream = UpstreamHandle::Static(self.upstream);
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
         // `forward_or_return` itself, not `forward`: one state machine less holding (and copying)

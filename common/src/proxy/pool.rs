@@ -19,8 +19,8 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -41,7 +41,7 @@ const DIAL_RETRIES: u32 = 15;
 const MAX_RESPONSE_HEADERS: usize = 500;
 
 /// Request body type sent upstream.
-pub type UpstreamRequestBody = Incoming;
+pub type UpstreamRequestBody = crate::h2::IncomingBody;
 
 /// How a request reaches its [`Upstream`]: a process-lifetime one (the queue-proxy's single user
 /// container, no reference counting at all) or a shared one that is freed when the last user
@@ -99,7 +99,7 @@ pub struct Upstream {
     /// `addr` as a `Host` value, for requests that arrive without one (HTTP/1.0).
     host: http::HeaderValue,
     idle: ArrayQueue<IdleConn>,
-    h2: Mutex<Option<http2::SendRequest<UpstreamRequestBody>>>,
+    h2: Mutex<Option<h2::client::SendRequest<Bytes>>>,
     /// `Some`: every connection is TLS (no ALPN; the protocol follows the request, as Go's
     /// transport with a custom TLS dialer does).
     tls: Option<Arc<dyn UpstreamTls>>,
@@ -211,26 +211,29 @@ impl Upstream {
         })
     }
 
-    /// The shared h2c connection, dialled if needed.
-    pub async fn h2(&self) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError> {
-        {
-            let guard = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(sender) = guard.as_ref() {
-                if !sender.is_closed() {
-                    return Ok(sender.clone());
-                }
+    /// The shared HTTP/2 connection, ready for a new stream: the current one, or a new one if
+    /// it closed (or was never opened).
+    pub async fn h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sender) = current {
+            if let Ok(ready) = sender.ready().await {
+                return Ok(ready);
             }
         }
-        let stream = self.dial().await?;
+        let stream = self.dial().await?.into_inner();
         let sender = match &self.tls {
-            None => self.handshake_h2(stream).await?,
+            None => crate::h2::client::handshake(stream).await,
             Some(tls) => {
-                let stream = self.tls_connect(tls, stream.into_inner()).await?;
-                self.handshake_h2(TokioIo::new(stream)).await?
+                let stream = self.tls_connect(tls, stream).await?;
+                crate::h2::client::handshake(stream).await
             }
-        };
+        }
+        .map_err(|e| ProxyError::H2Handshake(self.addr, e))?;
         *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        sender
+            .ready()
+            .await
+            .map_err(|e| ProxyError::H2Handshake(self.addr, e))
     }
 
     async fn handshake_http1<I>(
@@ -248,23 +251,6 @@ impl Upstream {
             .map_err(|e| ProxyError::Handshake(self.addr, e))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
-    }
-
-    async fn handshake_h2<I>(
-        &self,
-        io: I,
-    ) -> Result<http2::SendRequest<UpstreamRequestBody>, ProxyError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
         });
         Ok(sender)
     }
@@ -389,13 +375,14 @@ pin_project! {
     /// The upstream response body; hands its connection back to the pool at the end.
     pub struct PooledBody {
         #[pin]
-        body: Incoming,
+        body: crate::h2::IncomingBody,
         back: Option<ReturnToPool>,
     }
 }
 
 impl PooledBody {
     fn new(body: Incoming, mut back: Option<ReturnToPool>) -> Self {
+        let body = crate::h2::IncomingBody::from(body);
         if body.is_end_stream() {
             if let Some(b) = back.take() {
                 b.give_back();
@@ -405,7 +392,7 @@ impl PooledBody {
     }
 
     /// A body with no pooled connection behind it (h2, upgrades).
-    pub fn unpooled(body: Incoming) -> Self {
+    pub fn unpooled(body: crate::h2::IncomingBody) -> Self {
         PooledBody { body, back: None }
     }
 }
@@ -430,7 +417,7 @@ impl Body for PooledBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.back.take();
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 // hyper stops polling once `is_end_stream()` is true, so the connection goes

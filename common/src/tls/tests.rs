@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{ring, CryptoProvider};
@@ -108,7 +107,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 #[derive(Clone)]
 struct Version;
 
-impl tower_service::Service<Request<Incoming>> for Version {
+impl tower_service::Service<Request<crate::h2::IncomingBody>> for Version {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = Ready<Result<Response<ProxyBody>, Infallible>>;
@@ -120,7 +119,7 @@ impl tower_service::Service<Request<Incoming>> for Version {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<crate::h2::IncomingBody>) -> Self::Future {
         let version = format!("{:?}", request.version());
         ready(Ok(Response::new(ProxyBody::full(Bytes::from(version)))))
     }

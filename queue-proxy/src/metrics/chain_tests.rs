@@ -69,7 +69,7 @@ fn chain(
     pod: &'static Pod,
     remote: SocketAddr,
 ) -> impl Service<
-    Request<Incoming>,
+    Request<knative_common::h2::IncomingBody>,
     Response = Response<impl LocalBody>,
     Error = Infallible,
     Future = impl Send,
