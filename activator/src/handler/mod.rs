@@ -298,7 +298,17 @@ impl Service<Request<IncomingBody>> for Activation {
                 Ok(leased) => leased,
                 Err(refused) => return Ok(refused),
             };
-            Ok(Box::pin(this.proxy(leased, request, upgrade)).await)
+            // The retry's future is made (boxed) before it is awaited, so that the outcome it
+            // comes from is not kept beside it.
+            let retry = match Box::pin(this.forward(leased, request, upgrade)).await {
+                Forwarded::Done(response) => return Ok(response),
+                Forwarded::Unreached {
+                    request,
+                    dest,
+                    error,
+                } => Box::pin(this.retry(request, dest, error)),
+            };
+            Ok(retry.await)
         })
     }
 }
@@ -377,18 +387,22 @@ impl Activation {
         }
     }
 
-    /// Proxies `request` to the leased pod (stages 13–15).
-    async fn forward(
+    /// Proxies `request` to the leased pod (stages 13–15). The headers are set now, and the
+    /// returned future is the proxy's own with a combinator holding the lease and spans until
+    /// the response (no `async` state keeping a second copy of the request).
+    fn forward(
         &self,
         leased: Leased,
         mut request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
-    ) -> Forwarded {
+    ) -> impl Future<Output = Forwarded> + Send + 'static {
         let id = &self.revision.id;
         let Leased { lease, active } = leased;
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
-            return Forwarded::Done(Guarded::full_response(StatusCode::BAD_GATEWAY));
+            return futures_util::future::Either::Left(std::future::ready(Forwarded::Done(
+                Guarded::full_response(StatusCode::BAD_GATEWAY),
+            )));
         };
         // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
         // verified for the revision's namespace.
@@ -416,51 +430,39 @@ impl Activation {
             }
             None => (None, None),
         };
-        match forward_or_return(&upstream, request, upgrade).await {
-            Ok(response) => {
-                if let Some(span) = client_span.as_mut() {
-                    spans::record_client_status(span, response.status().as_u16());
+        let forwarded = forward_or_return(upstream, request, upgrade).map(move |forwarded| {
+            match forwarded {
+                Ok(response) => {
+                    if let Some(span) = client_span.as_mut() {
+                        spans::record_client_status(span, response.status().as_u16());
+                    }
+                    let hold = ProxyHold {
+                        _lease: lease,
+                        _active: active,
+                        _client_span: client_span,
+                        _proxy_span: proxy_span,
+                    };
+                    Forwarded::Done(attach_guard(response, Some(hold)))
                 }
-                let hold = ProxyHold {
-                    _lease: lease,
-                    _active: active,
-                    _client_span: client_span,
-                    _proxy_span: proxy_span,
-                };
-                Forwarded::Done(attach_guard(response, Some(hold)))
+                Err(failure) => {
+                    if let Some(span) = client_span.as_mut() {
+                        spans::failed(span, &failure.error);
+                    }
+                    tracing::debug!(error = %failure.error, dest = lease.dest(), "proxying to the pod failed");
+                    match failure.unsent {
+                        Some(request) => Forwarded::Unreached {
+                            request,
+                            dest: lease.dest().to_owned(),
+                            error: failure.error,
+                        },
+                        None => {
+                            Forwarded::Done(bad_gateway(&failure.error).map(Guarded::unguarded))
+                        }
+                    }
+                }
             }
-            Err(failure) => {
-                if let Some(span) = client_span.as_mut() {
-                    spans::failed(span, &failure.error);
-                }
-                tracing::debug!(error = %failure.error, dest = lease.dest(), "proxying to the pod failed");
-                match failure.unsent {
-                    Some(request) => Forwarded::Unreached {
-                        request,
-                        dest: lease.dest().to_owned(),
-                        error: failure.error,
-                    },
-                    None => Forwarded::Done(bad_gateway(&failure.error).map(Guarded::unguarded)),
-                }
-            }
-        }
-    }
-
-    /// Proxies to the leased pod, with the one retry of [`Activation::call`].
-    async fn proxy(
-        &self,
-        leased: Leased,
-        request: Request<IncomingBody>,
-        upgrade: Option<rewrite::UpgradeRequest>,
-    ) -> ActivationResponse {
-        match self.forward(leased, request, upgrade).await {
-            Forwarded::Done(response) => response,
-            Forwarded::Unreached {
-                request,
-                dest,
-                error,
-            } => Box::pin(self.retry(request, dest, error)).await,
-        }
+        });
+        futures_util::future::Either::Right(forwarded)
     }
 
     /// The one retry after the leased pod could not be reached: waits for discovery to drop

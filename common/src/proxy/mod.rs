@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use crate::h2::IncomingBody;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tower_service::Service;
@@ -24,18 +25,6 @@ pub use rewrite::{PeerIp, UpgradeRequest};
 pub use tunnel::TunnelScope;
 
 use crate::body::{text_error_bytes, ProxyBody};
-
-/// Forwards `request` to `upstream` and returns the upstream response, or why there is none.
-/// Headers must already be prepared ([`rewrite::prepare_request`]); `upgrade` is what it returned.
-pub async fn forward(
-    upstream: &UpstreamHandle,
-    request: Request<IncomingBody>,
-    upgrade: Option<UpgradeRequest>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    forward_or_return(upstream, request, upgrade)
-        .await
-        .map_err(|failure| failure.error)
-}
 
 /// Why [`forward_or_return`] has no response.
 #[derive(Debug)]
@@ -57,11 +46,15 @@ impl ForwardFailure {
     }
 }
 
-/// [`forward`], handing the request back when the upstream could not be reached at all (dial
-/// refused or timed out): the activator then tries another pod instead of failing a request that
-/// never left it.
+/// Forwards `request` to `upstream` and returns the upstream response, or why there is none,
+/// handing the request back when the upstream could not be reached at all (dial refused or timed
+/// out): the activator then tries another pod instead of failing a request that never left it.
+/// Headers must already be prepared ([`rewrite::prepare_request`]); `upgrade` is what it returned.
+///
+/// The handle is taken by value so that callers can build this future at once and wrap it with
+/// combinators: awaiting it inside another `async` block would keep the request in both states.
 pub async fn forward_or_return(
-    upstream: &UpstreamHandle,
+    upstream: UpstreamHandle,
     mut request: Request<IncomingBody>,
     upgrade: Option<UpgradeRequest>,
 ) -> Result<Response<ProxyBody>, ForwardFailure> {
@@ -96,12 +89,12 @@ pub async fn forward_or_return(
             .insert(HOST, upstream.host_header().clone());
     }
     *request.version_mut() = Version::HTTP_11;
-    let checkout = match Upstream::checkout_http1(upstream).await {
+    let checkout = match Upstream::checkout_http1(&upstream).await {
         Ok(checkout) => checkout,
         Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
     };
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let response = match checkout.send(upstream, request, upgrade.is_some()).await {
+    let response = match checkout.send(&upstream, request, upgrade.is_some()).await {
         Ok(response) => response,
         // The keep-alive race: the idle connection was closed before a byte of the request was
         // written. Nothing reached the app, so one retry on a new connection is safe for any method.
@@ -113,12 +106,12 @@ pub async fn forward_or_return(
             // A pod that died leaves its pooled connections closed: the new connection may not
             // open either, and then the request still never left (the activator retries it
             // on another pod).
-            let fresh = match Upstream::checkout_http1(upstream).await {
+            let fresh = match Upstream::checkout_http1(&upstream).await {
                 Ok(fresh) => fresh,
                 Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
             };
             fresh
-                .send(upstream, request, upgrade.is_some())
+                .send(&upstream, request, upgrade.is_some())
                 .await
                 .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e.error)))?
         }
@@ -225,16 +218,18 @@ impl Service<Request<IncomingBody>> for ReverseProxy {
     fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let upstream = UpstreamHandle::Static(self.upstream);
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
-        // `forward_or_return` itself, not `forward`: one state machine less holding (and copying)
-        // the request.
-        Box::pin(async move {
-            Ok(match forward_or_return(&upstream, request, upgrade).await {
-                Ok(response) => response,
-                Err(ForwardFailure { error, .. }) => {
-                    tracing::debug!(%error, "upstream request failed");
-                    bad_gateway(&error)
-                }
-            })
-        })
+        // A combinator over `forward_or_return`'s future, not an `async` block awaiting it: one
+        // state machine less holding (and copying) the request.
+        Box::pin(
+            forward_or_return(upstream, request, upgrade).map(|forwarded| {
+                Ok(match forwarded {
+                    Ok(response) => response,
+                    Err(ForwardFailure { error, .. }) => {
+                        tracing::debug!(%error, "upstream request failed");
+                        bad_gateway(&error)
+                    }
+                })
+            }),
+        )
     }
 }

@@ -100,9 +100,26 @@ pub struct Upstream {
     host: http::HeaderValue,
     idle: ArrayQueue<IdleConn>,
     h2: Mutex<Option<h2::client::SendRequest<Bytes>>>,
+    /// One dial of the shared HTTP/2 connection at a time (see [`Upstream::h2`]).
+    h2_dial: tokio::sync::Mutex<H2Dials>,
     /// `Some`: every connection is TLS (no ALPN; the protocol follows the request, as Go's
     /// transport with a custom TLS dialer does).
     tls: Option<Arc<dyn UpstreamTls>>,
+}
+
+/// What the dials of an upstream's shared HTTP/2 connection left behind.
+#[derive(Default)]
+struct H2Dials {
+    /// Dials finished so far.
+    finished: u64,
+    /// How the last one failed to connect, if it did.
+    last_failure: Option<H2DialFailure>,
+}
+
+#[derive(Clone, Copy)]
+enum H2DialFailure {
+    Refused(std::io::ErrorKind),
+    TimedOut,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -132,6 +149,7 @@ impl Upstream {
                 .expect("an address is a valid header value"),
             idle: ArrayQueue::new(max_idle.max(1)),
             h2: Mutex::new(None),
+            h2_dial: tokio::sync::Mutex::new(H2Dials::default()),
             tls: None,
         }
     }
@@ -191,6 +209,14 @@ impl Upstream {
                 }
             });
         }
+        // Boxed: dialing (TCP, TLS, the handshake) is the rare path, and its state is larger
+        // than everything else a request holds; unboxed, every request's future would carry it.
+        Box::pin(this.connect_http1()).await
+    }
+
+    /// A new HTTP/1.1 connection.
+    async fn connect_http1(&self) -> Result<Checkout, ProxyError> {
+        let this = self;
         let stream = this.dial().await?.into_inner();
         let info = Arc::new(UpstreamInfo::default());
         let sender = match &this.tls {
@@ -220,6 +246,44 @@ impl Upstream {
                 return Ok(ready);
             }
         }
+        // Boxed, as for HTTP/1.1: only the first request (or one after the connection closed)
+        // dials.
+        Box::pin(self.connect_h2()).await
+    }
+
+    /// A new shared HTTP/2 connection, ready for a stream. Requests that find no connection
+    /// at the same moment (a burst released by the activator) wait for one dial instead of
+    /// each opening a connection of its own, as Go's HTTP/2 transport does; when that dial
+    /// failed to connect, they fail the same way without dialing again.
+    async fn connect_h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
+        let seen = self.h2_dial.try_lock().map(|dials| dials.finished).ok();
+        let mut dials = self.h2_dial.lock().await;
+        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(sender) = current {
+            if let Ok(ready) = sender.ready().await {
+                return Ok(ready);
+            }
+        }
+        if seen.is_none_or(|seen| seen != dials.finished) {
+            match dials.last_failure {
+                Some(H2DialFailure::Refused(kind)) => {
+                    return Err(ProxyError::Dial(self.addr, kind.into()));
+                }
+                Some(H2DialFailure::TimedOut) => return Err(ProxyError::DialTimeout(self.addr)),
+                None => {}
+            }
+        }
+        let dialed = self.dial_h2().await;
+        dials.finished = dials.finished.wrapping_add(1);
+        dials.last_failure = match &dialed {
+            Err(ProxyError::Dial(_, error)) => Some(H2DialFailure::Refused(error.kind())),
+            Err(ProxyError::DialTimeout(_)) => Some(H2DialFailure::TimedOut),
+            _ => None,
+        };
+        dialed
+    }
+
+    async fn dial_h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
         let stream = self.dial().await?.into_inner();
         let sender = match &self.tls {
             None => crate::h2::client::handshake(stream).await,
@@ -466,5 +530,67 @@ impl Jitter {
     }
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An h2c server counting the connections it accepted; it keeps each one open.
+    async fn h2c_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = ::h2::server::handshake(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(_)) = conn.accept().await {}
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_h2_dial() {
+        let (addr, accepted) = h2c_server().await;
+        let upstream: &'static Upstream = Box::leak(Box::new(Upstream::new(addr, 4)));
+        let callers: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(async move { upstream.h2().await.map(|_| ()) }))
+            .collect();
+        for caller in callers {
+            caller.await.unwrap().expect("a ready HTTP/2 connection");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Later requests reuse it too.
+        upstream.h2().await.expect("reused");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_a_refused_h2_dial_get_its_error() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let upstream: &'static Upstream = Box::leak(Box::new(Upstream::new(addr, 4)));
+        let callers: Vec<_> = (0..20)
+            .map(|_| tokio::spawn(async move { upstream.h2().await.map(|_| ()) }))
+            .collect();
+        for caller in callers {
+            match caller.await.unwrap() {
+                Err(ProxyError::Dial(dialed, _)) => assert_eq!(dialed, addr),
+                other => panic!("expected a dial error, got {other:?}"),
+            }
+        }
+        // A later request dials again (and is refused again).
+        assert!(matches!(upstream.h2().await, Err(ProxyError::Dial(..))));
     }
 }
