@@ -132,8 +132,10 @@ struct IdleConn {
     since: Instant,
 }
 
+/// A parked connection keeps only its slot: its [`UpstreamInfo`] goes with hyper's connection (a
+/// new one comes with the next), so that what stays of a burst's connections is allocated when
+/// they park, packed, rather than scattered among the burst's freed memory.
 struct ParkedConn {
-    info: Arc<UpstreamInfo>,
     slot: Arc<ParkSlot>,
     since: Instant,
 }
@@ -310,7 +312,8 @@ impl Upstream {
             return None;
         }
         let stream = parked.slot.take()?;
-        let ParkedConn { info, slot, .. } = parked;
+        let ParkedConn { slot, .. } = parked;
+        let info = Arc::new(UpstreamInfo::default());
         let io = Sniff::new(
             ParkableStream::new(stream, Arc::clone(&slot)),
             Arc::clone(&info),
@@ -346,16 +349,11 @@ impl Upstream {
                     match conn.park.clone() {
                         Some(slot) if idle_for >= PARK_DELAY && conn.sender.is_ready() => {
                             slot.request(conn.since + IDLE_TIMEOUT);
-                            let IdleConn {
-                                sender,
-                                info,
-                                since,
-                                ..
-                            } = conn;
+                            let IdleConn { sender, since, .. } = conn;
                             // hyper ends the idle connection; its shutdown hands the socket
                             // to `slot`.
                             drop(sender);
-                            Idle::Parked(ParkedConn { info, slot, since })
+                            Idle::Parked(ParkedConn { slot, since })
                         }
                         Some(_) => {
                             // Too young, or still finishing its last exchange.
