@@ -576,7 +576,6 @@ pub async fn serve_with_slots<M, S, B>(
             let h2_builder = Arc::clone(&h2_builder);
             let mut shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let _slot = slot;
                 let stream = if protocols == Protocols::Http1AndH2c {
                     tokio::select! {
                         read = read_preface(stream, first_bytes_timeout) => match read {
@@ -589,19 +588,22 @@ pub async fn serve_with_slots<M, S, B>(
                     // hyper's own header-read timer starts at once on HTTP/1-only listeners.
                     Prefixed::new(stream)
                 };
-                // Held until the connection ends: the graceful shutdown waits for it.
-                let _watcher = watcher;
                 if stream.is_h2() {
-                    // Boxed: inline, the HTTP/2 connection state would size every connection's
-                    // task, parked HTTP/1 ones included.
-                    let served = crate::h2::server::serve_connection(
-                        stream,
-                        &h2_builder,
-                        service.inner,
-                        shutdown,
-                    );
-                    Box::pin(served).await;
+                    // A task of its own, sized to the HTTP/2 connection: this one is sized by
+                    // the HTTP/1 branch, and holding the connection here, boxed or inline,
+                    // would add one to the other for every idle h2c connection. It holds what
+                    // this task held for the connection's life: the graceful shutdown's
+                    // watcher, the connection slot and the connection's shared state.
+                    let inner = service.inner;
+                    tokio::spawn(async move {
+                        let _held = (watcher, slot, conn);
+                        crate::h2::server::serve_connection(stream, &h2_builder, inner, shutdown)
+                            .await;
+                    });
                 } else {
+                    // Held until the connection ends: the graceful shutdown waits for it.
+                    let _watcher = watcher;
+                    let _slot = slot;
                     let io = GoAnswers::new(stream, Arc::clone(&conn), true);
                     let served = crate::park::serve_http1(io, &h1_builder, service, shutdown);
                     ConnScope::new(served, conn).await;

@@ -3,6 +3,7 @@
 //! bodies both ways with no buffering, relaying trailers, and tunnelling protocol switches.
 
 pub mod error;
+mod parked;
 pub mod pool;
 pub mod rewrite;
 mod tunnel;
@@ -20,6 +21,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tower_service::Service;
 
 pub use error::ProxyError;
+pub use parked::PARK_DELAY;
 pub use pool::{PooledBody, Upstream, UpstreamHandle};
 pub use rewrite::{PeerIp, UpgradeRequest};
 pub use tunnel::TunnelScope;

@@ -3,6 +3,9 @@
 //! HTTP/1.1 connections sit in a lock-free bounded queue while idle; a connection goes back into
 //! the queue the moment its response body has been read to the end, and is dropped (closed) when
 //! the response is abandoned half-way, when the queue is full, or after [`IDLE_TIMEOUT`] unused.
+//! A plain-text connection idle for [`PARK_DELAY`] is parked outside hyper (see [`super::parked`]):
+//! a sweeper task, running only while the queue holds unparked plain-text connections, does
+//! that off the request path.
 //! h2c uses a single multiplexed connection, re-dialled when it closes.
 //!
 //! Dialing follows upstream: each attempt has a timeout starting at 50 ms and growing ×1.4 (±10 %
@@ -11,7 +14,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
+use super::parked::{self, ParkSlot, ParkableStream, ParkedCount, PARK_DELAY};
 use crate::body::BodyError;
 use crate::informational::{Relay, Sniff, UpstreamInfo};
 
@@ -65,6 +70,30 @@ impl std::ops::Deref for UpstreamHandle {
     }
 }
 
+impl UpstreamHandle {
+    fn downgrade(&self) -> WeakHandle {
+        match self {
+            UpstreamHandle::Static(u) => WeakHandle::Static(u),
+            UpstreamHandle::Shared(u) => WeakHandle::Shared(Arc::downgrade(u)),
+        }
+    }
+}
+
+/// An [`UpstreamHandle`] that does not keep a shared upstream alive (the sweeper's).
+enum WeakHandle {
+    Static(&'static Upstream),
+    Shared(Weak<Upstream>),
+}
+
+impl WeakHandle {
+    fn upgrade(&self) -> Option<UpstreamHandle> {
+        match self {
+            WeakHandle::Static(u) => Some(UpstreamHandle::Static(u)),
+            WeakHandle::Shared(u) => u.upgrade().map(UpstreamHandle::Shared),
+        }
+    }
+}
+
 impl From<&'static Upstream> for UpstreamHandle {
     fn from(u: &'static Upstream) -> Self {
         UpstreamHandle::Static(u)
@@ -87,10 +116,46 @@ pub trait UpstreamTls: Send + Sync + std::fmt::Debug {
     fn server_name(&self) -> rustls::pki_types::ServerName<'static>;
 }
 
+/// An idle HTTP/1.1 connection in the pool.
+enum Idle {
+    /// A hyper connection, ready for the next request.
+    Live(IdleConn),
+    /// A socket parked outside hyper.
+    Parked(ParkedConn),
+}
+
 struct IdleConn {
     sender: http1::SendRequest<UpstreamRequestBody>,
     info: Arc<UpstreamInfo>,
+    /// `Some` for plain-text connections, which can be parked.
+    park: Option<Arc<ParkSlot>>,
     since: Instant,
+}
+
+/// A parked connection keeps only its slot: its [`UpstreamInfo`] goes with hyper's connection (a
+/// new one comes with the next), so that what stays of a burst's connections is allocated when
+/// they park, packed, rather than scattered among the burst's freed memory.
+struct ParkedConn {
+    slot: Arc<ParkSlot>,
+    since: Instant,
+}
+
+impl Idle {
+    /// A parked connection whose socket is gone (closed by the app, an error or its idle time).
+    fn is_dead(&self) -> bool {
+        match self {
+            Idle::Live(conn) => conn.sender.is_closed(),
+            Idle::Parked(parked) => !parked.slot.holds_socket(),
+        }
+    }
+
+    /// Drops the entry, closing a parked socket at once (a live connection closes when hyper
+    /// sees its `SendRequest` go).
+    fn close(self) {
+        if let Idle::Parked(parked) = self {
+            parked.slot.close();
+        }
+    }
 }
 
 /// Connections to one upstream address.
@@ -98,7 +163,10 @@ pub struct Upstream {
     addr: SocketAddr,
     /// `addr` as a `Host` value, for requests that arrive without one (HTTP/1.0).
     host: http::HeaderValue,
-    idle: ArrayQueue<IdleConn>,
+    idle: ArrayQueue<Idle>,
+    /// A sweeper task runs (see [`Upstream::sweep_once`]).
+    sweeping: AtomicBool,
+    parked: ParkedCount,
     h2: Mutex<Option<h2::client::SendRequest<Bytes>>>,
     /// One dial of the shared HTTP/2 connection at a time (see [`Upstream::h2`]).
     h2_dial: tokio::sync::Mutex<H2Dials>,
@@ -136,6 +204,7 @@ pub struct Checkout {
     sender: http1::SendRequest<UpstreamRequestBody>,
     /// What the connection's IO reports of 1xx heads ([`crate::informational`]).
     info: Arc<UpstreamInfo>,
+    park: Option<Arc<ParkSlot>>,
     /// Freshly dialled (not reused): a failure on it is not the keep-alive race.
     pub fresh: bool,
 }
@@ -148,6 +217,8 @@ impl Upstream {
             host: http::HeaderValue::try_from(addr.to_string())
                 .expect("an address is a valid header value"),
             idle: ArrayQueue::new(max_idle.max(1)),
+            sweeping: AtomicBool::new(false),
+            parked: Arc::new(AtomicUsize::new(0)),
             h2: Mutex::new(None),
             h2_dial: tokio::sync::Mutex::new(H2Dials::default()),
             tls: None,
@@ -157,10 +228,9 @@ impl Upstream {
     /// Like [`Self::new`], but every connection is TLS with the configuration `tls` gives at
     /// dial time.
     pub fn with_tls(addr: SocketAddr, max_idle: usize, tls: Arc<dyn UpstreamTls>) -> Self {
-        Upstream {
-            tls: Some(tls),
-            ..Upstream::new(addr, max_idle)
-        }
+        let mut upstream = Upstream::new(addr, max_idle);
+        upstream.tls = Some(tls);
+        upstream
     }
 
     /// The upstream address.
@@ -178,15 +248,28 @@ impl Upstream {
         self.tls.is_some()
     }
 
-    /// Number of idle HTTP/1.1 connections.
+    /// Number of idle HTTP/1.1 connections (parked ones included).
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Number of idle HTTP/1.1 connections parked outside hyper.
+    pub fn parked_connections(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
 
     /// An HTTP/1.1 connection: a ready idle one, else a new one.
     pub async fn checkout_http1(handle: &UpstreamHandle) -> Result<Checkout, ProxyError> {
         let this: &Upstream = handle;
-        while let Some(conn) = this.idle.pop() {
+        while let Some(entry) = this.idle.pop() {
+            let conn = match entry {
+                Idle::Live(conn) => conn,
+                // Boxed, as dialing below: the rarer path keeps its state out of every request's.
+                Idle::Parked(parked) => match Box::pin(this.resume(parked)).await {
+                    Some(checkout) => return Ok(checkout),
+                    None => continue,
+                },
+            };
             if conn.since.elapsed() >= IDLE_TIMEOUT || conn.sender.is_closed() {
                 continue;
             }
@@ -194,18 +277,22 @@ impl Upstream {
                 return Ok(Checkout {
                     sender: conn.sender,
                     info: conn.info,
+                    park: conn.park,
                     fresh: false,
                 });
             }
             // Its connection task has not caught up with the end of the last exchange (or the
             // request body is still being sent). Let it finish on its own, then return it.
             let IdleConn {
-                mut sender, info, ..
+                mut sender,
+                info,
+                park,
+                ..
             } = conn;
             let handle = handle.clone();
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    handle.give_back(sender, info);
+                    give_back(&handle, sender, info, park);
                 }
             });
         }
@@ -219,22 +306,108 @@ impl Upstream {
         let this = self;
         let stream = this.dial().await?.into_inner();
         let info = Arc::new(UpstreamInfo::default());
-        let sender = match &this.tls {
+        let (sender, park) = match &this.tls {
             None => {
-                let io = Sniff::new(stream, Arc::clone(&info));
-                this.handshake_http1(TokioIo::new(io)).await?
+                let slot = ParkSlot::new(Arc::clone(&this.parked));
+                let io = Sniff::new(
+                    ParkableStream::new(stream, Arc::clone(&slot)),
+                    Arc::clone(&info),
+                );
+                let sender = this
+                    .handshake_http1(TokioIo::new(io), Some(Arc::clone(&slot)))
+                    .await?;
+                (sender, Some(slot))
             }
             Some(tls) => {
                 let stream = this.tls_connect(tls, stream).await?;
                 let io = Sniff::new(stream, Arc::clone(&info));
-                this.handshake_http1(TokioIo::new(io)).await?
+                (this.handshake_http1(TokioIo::new(io), None).await?, None)
             }
         };
         Ok(Checkout {
             sender,
             info,
+            park,
             fresh: true,
         })
+    }
+
+    /// A parked connection as a new hyper connection over its socket; `None` when it is gone.
+    async fn resume(&self, parked: ParkedConn) -> Option<Checkout> {
+        if parked.since.elapsed() >= IDLE_TIMEOUT {
+            parked.slot.close();
+            return None;
+        }
+        let stream = parked.slot.take()?;
+        let ParkedConn { slot, .. } = parked;
+        let info = Arc::new(UpstreamInfo::default());
+        let io = Sniff::new(
+            ParkableStream::new(stream, Arc::clone(&slot)),
+            Arc::clone(&info),
+        );
+        let sender = self
+            .handshake_http1(TokioIo::new(io), Some(Arc::clone(&slot)))
+            .await
+            .ok()?;
+        Some(Checkout {
+            sender,
+            info,
+            park: Some(slot),
+            fresh: false,
+        })
+    }
+
+    /// One pass of the sweeper: parks live plain-text connections idle for [`PARK_DELAY`] and
+    /// ready for a request, drops expired and dead ones. Returns when the next pass is due, or
+    /// `None` when no live parkable connection is left (the sweeper then stops).
+    fn sweep_once(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for _ in 0..self.idle.len() {
+            let Some(entry) = self.idle.pop() else {
+                break;
+            };
+            let entry = match entry {
+                Idle::Live(conn) => {
+                    let idle_for = now.saturating_duration_since(conn.since);
+                    if idle_for >= IDLE_TIMEOUT || conn.sender.is_closed() {
+                        continue;
+                    }
+                    match conn.park.clone() {
+                        Some(slot) if idle_for >= PARK_DELAY && conn.sender.is_ready() => {
+                            slot.request(conn.since + IDLE_TIMEOUT);
+                            let IdleConn { sender, since, .. } = conn;
+                            // hyper ends the idle connection; its shutdown hands the socket
+                            // to `slot`.
+                            drop(sender);
+                            Idle::Parked(ParkedConn { slot, since })
+                        }
+                        Some(_) => {
+                            // Too young, or still finishing its last exchange.
+                            let due = if idle_for < PARK_DELAY {
+                                conn.since + PARK_DELAY
+                            } else {
+                                now + PARK_DELAY
+                            };
+                            next = Some(next.map_or(due, |n| n.min(due)));
+                            Idle::Live(conn)
+                        }
+                        None => Idle::Live(conn),
+                    }
+                }
+                Idle::Parked(parked) => {
+                    if now.saturating_duration_since(parked.since) >= IDLE_TIMEOUT {
+                        parked.slot.close();
+                        continue;
+                    }
+                    Idle::Parked(parked)
+                }
+            };
+            if let Err(entry) = self.idle.push(entry) {
+                entry.close();
+            }
+        }
+        next
     }
 
     /// The shared HTTP/2 connection, ready for a new stream: the current one, or a new one if
@@ -303,6 +476,7 @@ impl Upstream {
     async fn handshake_http1<I>(
         &self,
         io: I,
+        park: Option<Arc<ParkSlot>>,
     ) -> Result<http1::SendRequest<UpstreamRequestBody>, ProxyError>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -315,6 +489,11 @@ impl Upstream {
             .map_err(|e| ProxyError::Handshake(self.addr, e))?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
+            // hyper's connection and its buffers are gone; a parked socket is watched by a
+            // task of its own, much smaller than this one.
+            if let Some(slot) = park.filter(|slot| slot.holds_socket()) {
+                tokio::spawn(parked::watch(slot));
+            }
         });
         Ok(sender)
     }
@@ -329,15 +508,6 @@ impl Upstream {
             .connect(tls.server_name(), stream)
             .await
             .map_err(|e| ProxyError::tls(self.addr, &e))
-    }
-
-    fn give_back(&self, sender: http1::SendRequest<UpstreamRequestBody>, info: Arc<UpstreamInfo>) {
-        // A full queue drops (closes) the connection: at most `max_idle` stay open idle.
-        let _ = self.idle.push(IdleConn {
-            sender,
-            info,
-            since: Instant::now(),
-        });
     }
 
     async fn dial(&self) -> Result<TokioIo<TcpStream>, ProxyError> {
@@ -361,6 +531,80 @@ impl Upstream {
     }
 }
 
+/// Returns an idle connection to `handle`'s pool, starting the sweeper if it is parkable and
+/// none runs.
+fn give_back(
+    handle: &UpstreamHandle,
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    info: Arc<UpstreamInfo>,
+    park: Option<Arc<ParkSlot>>,
+) {
+    let this: &Upstream = handle;
+    let parkable = park.is_some();
+    let conn = Idle::Live(IdleConn {
+        sender,
+        info,
+        park,
+        since: Instant::now(),
+    });
+    if let Err(conn) = this.idle.push(conn) {
+        // Full: at most `max_idle` stay open idle, and the connection is dropped (closed),
+        // unless the oldest entry is a parked connection the app has closed meanwhile.
+        match this.idle.pop() {
+            Some(old) if old.is_dead() => {
+                old.close();
+                if let Err(conn) = this.idle.push(conn) {
+                    conn.close();
+                }
+            }
+            Some(old) => {
+                if let Err(old) = this.idle.push(old) {
+                    old.close();
+                }
+                conn.close();
+            }
+            None => {
+                if let Err(conn) = this.idle.push(conn) {
+                    conn.close();
+                }
+            }
+        }
+    }
+    if parkable
+        && !this.sweeping.load(Ordering::Relaxed)
+        && !this.sweeping.swap(true, Ordering::AcqRel)
+    {
+        tokio::spawn(sweep(handle.downgrade()));
+    }
+}
+
+/// Parks the pool's idle plain-text connections as they reach [`PARK_DELAY`]; stops when none
+/// is left to park (the next connection given back starts it again) or the pool is gone.
+async fn sweep(pool: WeakHandle) {
+    let mut due = Instant::now() + PARK_DELAY;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let Some(handle) = pool.upgrade() else {
+            return;
+        };
+        match handle.sweep_once() {
+            Some(next) => due = next,
+            None => {
+                handle.sweeping.store(false, Ordering::Release);
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        while let Some(entry) = self.idle.pop() {
+            entry.close();
+        }
+    }
+}
+
 impl Checkout {
     /// Sends `request`; if the connection turned out to be unusable before anything was written,
     /// the request comes back in the error so it can be retried on another connection.
@@ -377,6 +621,7 @@ impl Checkout {
         let Checkout {
             mut sender,
             info,
+            park,
             fresh,
         } = self;
         info.exchange_started();
@@ -398,6 +643,7 @@ impl Checkout {
                             upstream,
                             sender,
                             info,
+                            park,
                         });
                         PooledBody::new(body, back)
                     }))
@@ -427,11 +673,12 @@ struct ReturnToPool {
     upstream: UpstreamHandle,
     sender: http1::SendRequest<UpstreamRequestBody>,
     info: Arc<UpstreamInfo>,
+    park: Option<Arc<ParkSlot>>,
 }
 
 impl ReturnToPool {
     fn give_back(self) {
-        self.upstream.give_back(self.sender, self.info);
+        give_back(&self.upstream, self.sender, self.info, self.park);
     }
 }
 
@@ -534,7 +781,7 @@ impl Jitter {
 }
 
 #[cfg(test)]
-mod tests {
+mod h2_dial_tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -594,3 +841,7 @@ mod tests {
         assert!(matches!(upstream.h2().await, Err(ProxyError::Dial(..))));
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,0 +1,217 @@
+//! Parking of idle pooled connections, end to end: a hyper server runs the [`ReverseProxy`]
+//! in front of a raw app that counts its connections and requests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tower_service::Service;
+
+use super::Upstream;
+use crate::proxy::{PeerIp, ReverseProxy};
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// An app answering `200 ok` to every request head, closing all its connections on demand.
+struct App {
+    addr: SocketAddr,
+    accepts: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    close: Arc<Notify>,
+}
+
+impl App {
+    async fn start() -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App {
+            addr: listener.local_addr().unwrap(),
+            accepts: Arc::default(),
+            requests: Arc::default(),
+            closed: Arc::default(),
+            close: Arc::default(),
+        };
+        let (accepts, requests, closed, close) = (
+            Arc::clone(&app.accepts),
+            Arc::clone(&app.requests),
+            Arc::clone(&app.closed),
+            Arc::clone(&app.close),
+        );
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                accepts.fetch_add(1, Ordering::SeqCst);
+                let (requests, closed, close) = (
+                    Arc::clone(&requests),
+                    Arc::clone(&closed),
+                    Arc::clone(&close),
+                );
+                tokio::spawn(serve(stream, requests, closed, close));
+            }
+        });
+        app
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    requests: Arc<AtomicUsize>,
+    closed: Arc<AtomicUsize>,
+    close: Arc<Notify>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => {
+                if !matches!(read, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+            () = close.notified() => {
+                drop(stream);
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            requests.fetch_add(1, Ordering::SeqCst);
+            stream.write_all(RESPONSE).await.unwrap();
+        }
+    }
+}
+
+/// The proxy in front of `app`, and its pool.
+async fn proxy(app: SocketAddr) -> (SocketAddr, &'static Upstream) {
+    let upstream: &'static Upstream = Box::leak(Box::new(Upstream::new(app, 16)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                ReverseProxy::new(upstream, PeerIp::new(peer)).call(request.map(Into::into))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, upstream)
+}
+
+/// One request on a new client connection; the response's status line and body.
+async fn get(proxy: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("a response within 10 s")
+    .unwrap();
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default();
+    format!("{status} {body}")
+}
+
+async fn wait_until(what: &str, ok: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const OK: &str = "HTTP/1.1 200 OK ok";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_is_reused_on_the_same_socket() {
+    let app = App::start().await;
+    let (proxy, upstream) = proxy(app.addr).await;
+    assert_eq!(get(proxy).await, OK);
+    wait_until("parked", || upstream.parked_connections() == 1).await;
+    assert_eq!(upstream.idle_connections(), 1);
+
+    assert_eq!(get(proxy).await, OK);
+    assert_eq!(
+        app.accepts.load(Ordering::SeqCst),
+        1,
+        "the same TCP connection"
+    );
+    assert_eq!(app.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.parked_connections(), 0);
+    // Parked again after another idle second, and reused again.
+    wait_until("parked again", || upstream.parked_connections() == 1).await;
+    assert_eq!(get(proxy).await, OK);
+    assert_eq!(app.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_closer_than_the_park_delay_keep_their_hyper_connection() {
+    let app = App::start().await;
+    let (proxy, upstream) = proxy(app.addr).await;
+    for _ in 0..5 {
+        assert_eq!(get(proxy).await, OK);
+        assert_eq!(upstream.parked_connections(), 0);
+    }
+    assert_eq!(app.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_connection_the_app_closes_is_dropped_and_not_handed_out() {
+    let app = App::start().await;
+    let (proxy, upstream) = proxy(app.addr).await;
+    assert_eq!(get(proxy).await, OK);
+    wait_until("parked", || upstream.parked_connections() == 1).await;
+
+    app.close.notify_waiters();
+    wait_until("closed by the watcher", || {
+        upstream.parked_connections() == 0
+    })
+    .await;
+
+    assert_eq!(get(proxy).await, OK);
+    assert_eq!(app.closed.load(Ordering::SeqCst), 1);
+    assert_eq!(app.accepts.load(Ordering::SeqCst), 2, "a new connection");
+    assert_eq!(app.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_racing_the_close_of_a_parked_connection_is_not_lost() {
+    let app = App::start().await;
+    let (proxy, upstream) = proxy(app.addr).await;
+    for round in 1..=5 {
+        assert_eq!(get(proxy).await, OK);
+        wait_until("parked", || upstream.parked_connections() == 1).await;
+        app.close.notify_waiters();
+        wait_until("app closed", || app.closed.load(Ordering::SeqCst) == round).await;
+        // At once: the watcher may not have seen the end of stream yet.
+        assert_eq!(get(proxy).await, OK, "round {round}");
+        assert_eq!(app.requests.load(Ordering::SeqCst), 2 * round);
+        wait_until("next round parked", || upstream.parked_connections() == 1).await;
+        app.close.notify_waiters();
+        wait_until("app closed", || {
+            app.closed.load(Ordering::SeqCst) == round + 1
+        })
+        .await;
+        wait_until("dropped", || upstream.parked_connections() == 0).await;
+        app.closed.fetch_sub(1, Ordering::SeqCst);
+    }
+}
