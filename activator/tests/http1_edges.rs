@@ -309,7 +309,7 @@ async fn informational_responses_are_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn informational_responses_reach_h2_clients() {
     use std::sync::Arc;
-    use test_support::edges::{h2_hinting_app, H2Exchange};
+    use test_support::edges::{assert_h2_hints_relayed, h2_hinting_app, H2Exchange};
     const H2_REV: &str = "hints-00001";
     let stats = StatsReceiver::start().await;
     let release = Arc::new(tokio::sync::Semaphore::new(0));
@@ -327,31 +327,8 @@ async fn informational_responses_reach_h2_clients() {
         .header("knative-serving-revision", H2_REV)
         .body(())
         .unwrap();
-    let mut exchange = H2Exchange::start(activator.h2c_addr(), request, b"").await;
-    assert_eq!(exchange.informational(DEADLINE).await, Some((100, vec![])));
-    assert_eq!(
-        exchange.informational(DEADLINE).await,
-        Some((
-            103,
-            vec![
-                "link: </style.css>; rel=preload".to_owned(),
-                "link: </app.js>; rel=preload".to_owned(),
-                "x-b: 1".to_owned()
-            ]
-        ))
-    );
-    assert_eq!(exchange.informational(DEADLINE).await, Some((102, vec![])));
-    // Only now may the app answer. The app's second 100 is not relayed.
-    release.add_permits(1);
-    assert_eq!(exchange.informational(DEADLINE).await, None);
-    let (status, fields, body) = exchange.finish(DEADLINE).await;
-    assert_eq!(status, 200);
-    assert!(
-        fields.contains(&"content-length: 2".to_owned()),
-        "{fields:?}"
-    );
-    assert!(fields.iter().any(|f| f.starts_with("date: ")), "{fields:?}");
-    assert_eq!(body, b"ok");
+    let exchange = H2Exchange::start(activator.h2c_addr(), request, b"").await;
+    assert_h2_hints_relayed(exchange, &release, DEADLINE).await;
     activator.assert_healthy();
     qp.assert_healthy();
 }

@@ -586,37 +586,14 @@ async fn expect_continue_with_an_app_that_sends_100_and_hints() {
 /// one `100 Continue`; the final response follows intact.
 #[tokio::test]
 async fn informational_responses_reach_h2_clients() {
-    use test_support::edges::{h2_hinting_app, H2Exchange};
+    use test_support::edges::{assert_h2_hints_relayed, h2_hinting_app, H2Exchange};
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let app = h2_hinting_app(release.clone()).await;
     let mut qp = QpConfig::new(app.port()).start();
     let request = http::Request::get(format!("http://{}/hints", qp.addr()))
         .body(())
         .unwrap();
-    let mut exchange = H2Exchange::start(qp.addr(), request, b"").await;
-    assert_eq!(exchange.informational(DEADLINE).await, Some((100, vec![])));
-    assert_eq!(
-        exchange.informational(DEADLINE).await,
-        Some((
-            103,
-            vec![
-                "link: </style.css>; rel=preload".to_owned(),
-                "link: </app.js>; rel=preload".to_owned(),
-                "x-b: 1".to_owned()
-            ]
-        ))
-    );
-    assert_eq!(exchange.informational(DEADLINE).await, Some((102, vec![])));
-    // Only now may the app answer: the hints came on their own. The second 100 is not relayed.
-    release.add_permits(1);
-    assert_eq!(exchange.informational(DEADLINE).await, None);
-    let (status, fields, body) = exchange.finish(DEADLINE).await;
-    assert_eq!(status, 200);
-    assert!(
-        fields.contains(&"content-length: 2".to_owned()),
-        "{fields:?}"
-    );
-    assert!(fields.iter().any(|f| f.starts_with("date: ")), "{fields:?}");
-    assert_eq!(body, b"ok");
+    let exchange = H2Exchange::start(qp.addr(), request, b"").await;
+    assert_h2_hints_relayed(exchange, &release, DEADLINE).await;
     qp.assert_healthy();
 }

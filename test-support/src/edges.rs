@@ -237,6 +237,41 @@ impl H2Exchange {
     }
 }
 
+/// What a client must see of [`h2_hinting_app`] through a proxy on HTTP/2: `100`, the `103`
+/// (fields as the app sent them, less `content-length`) and `102`, each while the app still
+/// holds its final response (it is released only after them); not the app's second `100`;
+/// then `200` with `content-length: 2`, a `date` and `ok`.
+pub async fn assert_h2_hints_relayed(
+    mut exchange: H2Exchange,
+    release: &tokio::sync::Semaphore,
+    limit: std::time::Duration,
+) {
+    assert_eq!(exchange.informational(limit).await, Some((100, vec![])));
+    assert_eq!(
+        exchange.informational(limit).await,
+        Some((
+            103,
+            vec![
+                "link: </style.css>; rel=preload".to_owned(),
+                "link: </app.js>; rel=preload".to_owned(),
+                "x-b: 1".to_owned()
+            ]
+        ))
+    );
+    assert_eq!(exchange.informational(limit).await, Some((102, vec![])));
+    // Only now may the app answer: the hints came on their own. The second 100 is not relayed.
+    release.add_permits(1);
+    assert_eq!(exchange.informational(limit).await, None);
+    let (status, fields, body) = exchange.finish(limit).await;
+    assert_eq!(status, 200);
+    assert!(
+        fields.contains(&"content-length: 2".to_owned()),
+        "{fields:?}"
+    );
+    assert!(fields.iter().any(|f| f.starts_with("date: ")), "{fields:?}");
+    assert_eq!(body, b"ok");
+}
+
 /// An h2c (prior knowledge) app that answers every request with `100 Continue`, a
 /// `103 Early Hints` (`link` and `x-b` fields, and a stray `content-length`), `102 Processing` and
 /// a second `100`, each its own HEADERS frame, then, once it takes a permit of `release`,
