@@ -413,15 +413,19 @@ impl Upstream {
     /// The shared HTTP/2 connection, ready for a new stream: the current one, or a new one if
     /// it closed (or was never opened).
     pub async fn h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
-        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(sender) = current {
-            if let Ok(ready) = sender.ready().await {
-                return Ok(ready);
-            }
+        if let Some(ready) = self.current_h2().await {
+            return Ok(ready);
         }
         // Boxed, as for HTTP/1.1: only the first request (or one after the connection closed)
         // dials.
         Box::pin(self.connect_h2()).await
+    }
+
+    /// The current shared HTTP/2 connection once it can take a stream; `None` when there is
+    /// none or it closed.
+    async fn current_h2(&self) -> Option<h2::client::SendRequest<Bytes>> {
+        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        current.ready().await.ok()
     }
 
     /// A new shared HTTP/2 connection, ready for a stream. Requests that find no connection
@@ -431,11 +435,8 @@ impl Upstream {
     async fn connect_h2(&self) -> Result<h2::client::SendRequest<Bytes>, ProxyError> {
         let seen = self.h2_dial.try_lock().map(|dials| dials.finished).ok();
         let mut dials = self.h2_dial.lock().await;
-        let current = self.h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(sender) = current {
-            if let Ok(ready) = sender.ready().await {
-                return Ok(ready);
-            }
+        if let Some(ready) = self.current_h2().await {
+            return Ok(ready);
         }
         if seen.is_none_or(|seen| seen != dials.finished) {
             match dials.last_failure {
