@@ -312,13 +312,29 @@ async fn open_websocket_is_waited_for_at_shutdown() {
 /// (Found a start-up race: the handlers used to be installed after the listeners were bound.)
 #[test]
 fn sigterm_right_after_start_is_graceful() {
-    for attempt in 0..50 {
+    let mut attempt = 0;
+    while attempt < 50 {
         let config = QpConfig::new(free_port()).env("QUEUE_DRAIN_QUIET_PERIOD_SECONDS", 0);
         let mut qp = config.start_without_waiting();
         let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(qp.addr()).is_err() {
+        // This child's own listener (another test may take a port picked here first).
+        let mut lost_port_race = false;
+        while !pid_listens_on(qp.pid(), qp.addr().port()) {
+            if let Some(status) = qp.exited() {
+                assert!(
+                    qp.stderr_text().contains("failed to listen"),
+                    "exited during start-up ({status}): {}",
+                    qp.stderr_text()
+                );
+                lost_port_race = true;
+                break;
+            }
             assert!(Instant::now() < deadline, "never listened");
         }
+        if lost_port_race {
+            continue;
+        }
+        attempt += 1;
         qp.sigterm();
         let status = qp.wait_exit(DEADLINE).expect("exits after SIGTERM");
         assert_eq!(status.code(), Some(0), "attempt {attempt}: {status}");

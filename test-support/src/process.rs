@@ -65,6 +65,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether process `pid` itself holds a socket listening on TCP `port` (any local address).
+///
+/// A harness that picks free ports and then starts a binary cannot tell, by connecting, whether
+/// the binary or another test's process took the port in between: two tests that picked the same
+/// free port would each see "accepts connections" and one would talk to the other's process.
+/// This looks at the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`, state `0A` =
+/// LISTEN) and at the process's descriptors (`/proc/<pid>/fd` → `socket:[inode]`).
+pub fn pid_listens_on(pid: u32, port: u16) -> bool {
+    let port_hex = format!(":{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields.len() > 9 && fields[1].ends_with(&port_hex) && fields[3] == "0A" {
+                inodes.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+            .unwrap_or(false)
+    })
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, panicking with `what` after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
 where

@@ -11,7 +11,7 @@ pub mod stats;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,7 +55,7 @@ pub fn queue_proxy_bin() -> &'static Path {
 }
 
 #[allow(unused_imports)]
-pub use test_support::free_port;
+pub use test_support::{free_port, pid_listens_on};
 
 fn unique_path(prefix: &str, ext: &str) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -374,9 +374,12 @@ impl ActivatorConfig {
                         activator.stdout_text()
                     );
                 }
+                // Owned by this child, not merely accepting: another test may have taken a
+                // port picked here before the child bound it.
+                let pid = activator.child.id();
                 if [activator.http1_port, activator.h2c_port]
                     .iter()
-                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                    .all(|p| pid_listens_on(pid, *p))
                 {
                     return activator;
                 }
@@ -635,11 +638,12 @@ impl QueueProxy {
                     }
                     panic!("queue-proxy exited during start-up ({status}):\n{err}");
                 }
+                let pid = qp.child.id();
                 if ports
                     .iter()
                     .take(1)
                     .chain(ports.iter().skip(2))
-                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                    .all(|p| pid_listens_on(pid, *p))
                 {
                     return qp;
                 }

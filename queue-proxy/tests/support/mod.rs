@@ -8,7 +8,7 @@ pub use test_support::{app, client};
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +34,7 @@ const KNOWN_VARS: &[&str] = test_support::QUEUE_PROXY_VARS;
 const PORT_VARS: &[&str] = test_support::QUEUE_PROXY_PORT_VARS;
 
 #[allow(unused_imports)]
-pub use test_support::free_port;
+pub use test_support::{free_port, pid_listens_on};
 
 /// The environment for one queue-proxy process.
 #[derive(Clone, Debug)]
@@ -158,9 +158,12 @@ impl QpConfig {
                         qp.stdout_text()
                     );
                 }
+                // Owned by this child, not merely accepting: another test may have taken a
+                // port picked here before the child bound it.
+                let pid = qp.child.id();
                 if [qp.port, qp.admin_port, qp.stats_port]
                     .iter()
-                    .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                    .all(|p| pid_listens_on(pid, *p))
                 {
                     return qp;
                 }
@@ -325,6 +328,11 @@ impl QueueProxy {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// The exit status if the process has exited (no waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
     }
 
     /// Waits up to `limit` for the process to exit.
