@@ -8,15 +8,21 @@ knowledge), the path gRPC and `h2c` revisions take. Every figure is measured in 
 - nginx 1.22 (Debian, 1 worker, access log off), h2c in (`listen ... http2`), HTTP/1.1 out with
   upstream keep-alive. nginx closes an HTTP/2 connection after `keepalive_requests` (default
   1000) requests, so the configuration raises it;
-- the queue-proxy at CC=0 (h2c in, h2c to the app);
-- the activator in front of a queue-proxy (CC=10) in front of the app, all h2c; the activator's
-  CPU is the hop figure, the queue-proxy's is printed too.
+- HAProxy h2c->h2c with `maxconn 10` on its server: at most 10 requests at the app, the rest
+  queued in HAProxy, as containerConcurrency 10 queues them in our proxies (the reference for
+  the CC=10 rows: a concurrency limit means fewer requests per wake-up and per system call
+  whatever the proxy, so limited rows are compared with limited HAProxy);
+- the queue-proxy at CC=0 and at CC=10 (h2c in, h2c to the app);
+- the activator in front of a queue-proxy in front of the app, all h2c, the revision at
+  containerConcurrency 10 (activator and queue-proxy both limit) and at 0 (unlimited; the
+  throttler, the load-balancing policy and stats reporting are in the path either way); the
+  activator's CPU is the hop figure, the queue-proxy's is printed too.
 
 The client is h2load with prior knowledge, `--clients` connections (10) with `--streams`
 concurrent streams each (10), GET / (tiny response). The scenarios run in interleaved rounds
 (`--rounds`, default 3) with fresh processes; each figure is the median over the rounds, and the
-ratios (throughput relative to the app served directly, CPU relative to HAProxy h2c->h2c) are
-taken within each round before the median. CPU per request is the proxy process's user and
+ratios (throughput relative to the app served directly, CPU relative to HAProxy h2c->h2c,
+unlimited and with `maxconn 10`) are taken within each round before the median. CPU per request is the proxy process's user and
 system time from /proc over the measured requests."""
 
 import argparse
@@ -35,6 +41,8 @@ from load import TICKS, free_port, median, rss_kib, start_queue_proxy, start_sam
 
 REVISION_HEADERS = ["-H", "knative-serving-namespace: default", "-H", "knative-serving-revision: hello-00001"]
 HAPROXY_H2 = "HAProxy h2c->h2c"
+HAPROXY_H2_LIMITED = "HAProxy h2c->h2c maxconn 10"
+LIMIT = 10
 
 
 def cpu_user_sys(pid):
@@ -91,10 +99,14 @@ def stop(proc):
     proc.wait()
 
 
-def start_haproxy(app_port, workdir, h2_out):
+def start_haproxy(app_port, workdir, h2_out, maxconn=None):
+    """HAProxy, h2c in; h2c (`h2_out`) or HTTP/1.1 out; `maxconn`: at most that many requests at
+    the app, the others queued in HAProxy."""
     port = free_port()
     conf = os.path.join(workdir, "haproxy.cfg")
     server_proto = " proto h2" if h2_out else ""
+    if maxconn:
+        server_proto += f" maxconn {maxconn}"
     with open(conf, "w") as f:
         f.write(f"""global
   nbthread 1
@@ -144,16 +156,16 @@ http {{
     return port, proc, worker
 
 
-def start_activator_h2c_chain(app_port, workdir, extra_env=None, activator_bin=None):
-    """The activator's h2c port in front of a queue-proxy (CC=10) in front of the app, the
-    revision declared `h2c`."""
-    qp_port, qp = start_queue_proxy(app_port, 10)
+def start_activator_h2c_chain(app_port, workdir, extra_env=None, activator_bin=None, cc=LIMIT):
+    """The activator's h2c port in front of a queue-proxy in front of the app, the revision
+    declared `h2c` with containerConcurrency `cc` (the queue-proxy's CC too)."""
+    qp_port, qp = start_queue_proxy(app_port, cc)
     h1_port, h2_port = free_port(), free_port()
     discovery = os.path.join(workdir, "revisions.json")
     with open(discovery, "w") as f:
-        f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":10,'
+        f.write('{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":%d,'
                 '"timeoutSeconds":300,"protocol":"h2c","pods":{"ready":["127.0.0.1:%d"],"notReady":[]},'
-                '"activators":["127.0.0.1"]}]}' % qp_port)
+                '"activators":["127.0.0.1"]}]}' % (cc, qp_port))
     env = {**os.environ, "POD_NAME": "activator-bench", "POD_IP": "127.0.0.1", "SYSTEM_NAMESPACE": "knative-serving",
            "ACTIVATOR_HTTP1_PORT": str(h1_port), "ACTIVATOR_H2C_PORT": str(h2_port),
            "ACTIVATOR_DISCOVERY_FILE": discovery, "ACTIVATOR_AUTOSCALER_URL": f"ws://127.0.0.1:{free_port()}/",
@@ -181,7 +193,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bin-dir", default=load.BIN, help="where the release binaries are")
     parser.add_argument("--only", default="", help="comma list of scenario keys: haproxy-h2,haproxy-h1,nginx,qp,"
-                                                   "activator (the app alone and HAProxy h2c->h2c always run)")
+                                                   "activator (the app alone and HAProxy h2c->h2c, unlimited and maxconn 10, "
+                                                   "always run)")
     parser.add_argument("--baseline-activator", default="",
                         help="also measure the chain with this activator binary (a build to compare with)")
     parser.add_argument("--one-worker", action="store_true",
@@ -189,7 +202,7 @@ def main():
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     if only:
-        only |= {"direct", "haproxy-h2"}  # the ratios need them
+        only |= {"direct", "haproxy-h2", "haproxy-h2-limited"}  # the ratios need them
 
     def wanted(key):
         return not only or key in only
@@ -204,9 +217,11 @@ def main():
         for _ in range(args.rounds):
             results = []
             results.append(measure("direct (app alone)", app_port, None, args))
-            for key, name, h2_out in (("haproxy-h2", HAPROXY_H2, True), ("haproxy-h1", "HAProxy h2c->HTTP/1.1", False)):
+            for key, name, h2_out, maxconn in (("haproxy-h2", HAPROXY_H2, True, None),
+                                               ("haproxy-h2-limited", HAPROXY_H2_LIMITED, True, LIMIT),
+                                               ("haproxy-h1", "HAProxy h2c->HTTP/1.1", False, None)):
                 if wanted(key):
-                    port, proc, pid = start_haproxy(app_port, workdir, h2_out)
+                    port, proc, pid = start_haproxy(app_port, workdir, h2_out, maxconn)
                     procs.append(proc)
                     results.append(measure(name, port, pid, args))
                     stop(proc)
@@ -217,27 +232,33 @@ def main():
                 proc.terminate()
                 proc.wait()
             if wanted("qp"):
-                port, qp = start_queue_proxy(app_port, 0)
-                procs.append(qp)
-                results.append(measure("queue-proxy CC=0", port, qp.pid, args))
-                stop(qp)
-            chains = [("activator", "activator -> qp -> app", None, None)]
+                for cc in (0, LIMIT):
+                    port, qp = start_queue_proxy(app_port, cc)
+                    procs.append(qp)
+                    results.append(measure(f"queue-proxy CC={cc}", port, qp.pid, args))
+                    stop(qp)
+            one = {"ACTIVATOR_WORKER_THREADS": "1"}
+            chains = [("activator", f"activator cc={LIMIT} chain", None, None, LIMIT),
+                      ("activator", "activator cc=0 chain", None, None, 0)]
             if args.one_worker:
-                chains.append(("activator", "activator, 1 worker", {"ACTIVATOR_WORKER_THREADS": "1"}, None))
+                chains += [("activator", f"  1 worker, cc={LIMIT}", one, None, LIMIT),
+                           ("activator", "  1 worker, cc=0", one, None, 0)]
             if args.baseline_activator:
-                chains.append(("activator", "baseline activator", None, os.path.abspath(args.baseline_activator)))
-            for key, name, extra, binary in chains:
+                chains.append(("activator", "baseline activator", None, os.path.abspath(args.baseline_activator), LIMIT))
+            for key, name, extra, binary, cc in chains:
                 if wanted(key):
-                    port, act, qp = start_activator_h2c_chain(app_port, workdir, extra, binary)
+                    port, act, qp = start_activator_h2c_chain(app_port, workdir, extra, binary, cc)
                     procs += [act, qp]
                     results.append(measure(name, port, act.pid, args, headers=REVISION_HEADERS, also=qp.pid))
                     stop(act)
                     stop(qp)
             direct = results[0]
             haproxy = next(r for r in results if r["name"] == HAPROXY_H2)
+            limited = next(r for r in results if r["name"] == HAPROXY_H2_LIMITED)
             for r in results:
                 r["x_direct"] = r["rps"] / direct["rps"]
                 r["x_haproxy"] = r["cpu_us"] / haproxy["cpu_us"] if r is not direct else float("nan")
+                r["x_limited"] = r["cpu_us"] / limited["cpu_us"] if r is not direct else float("nan")
                 samples.setdefault(r["name"], []).append(r)
     finally:
         for p in procs:
@@ -248,22 +269,23 @@ def main():
     print(f"\nload h2c: h2load -n{args.requests} -c{args.clients} -m{args.streams} -t{args.threads} (prior knowledge), "
           f"GET / (tiny response), loopback, {os.cpu_count()} CPUs; medians of {args.rounds} interleaved rounds\n")
     print(f"{'scenario':26} {'req/s':>9} {'x direct':>8} {'CPU us/req':>10} {'user':>6} {'sys':>6} "
-          f"{'x HAProxy h2':>12} {'mean ms':>8} {'RSS MB':>7} {'errors':>6}")
+          f"{'x HAProxy':>9} {'x lim.':>6} {'mean ms':>8} {'RSS MB':>7} {'errors':>6}")
     bad = []
     for rows in samples.values():
         r = {key: median([s[key] for s in rows]) for key in
-             ("rps", "x_direct", "cpu_us", "user_us", "sys_us", "x_haproxy", "mean_ms", "also_us")}
+             ("rps", "x_direct", "cpu_us", "user_us", "sys_us", "x_haproxy", "x_limited", "mean_ms", "also_us")}
         r["rss_mb"] = max(s["rss_mb"] for s in rows)
         errors = sum(s["failed"] + s["non2xx"] for s in rows)
         name = rows[0]["name"]
         print(f"{name:26} {r['rps']:9.0f} {r['x_direct']:8.3f} {r['cpu_us']:10.1f} {r['user_us']:6.1f} {r['sys_us']:6.1f} "
-              f"{r['x_haproxy']:12.2f} {r['mean_ms']:8.2f} {r['rss_mb']:7.1f} {errors:6d}")
+              f"{r['x_haproxy']:9.2f} {r['x_limited']:6.2f} {r['mean_ms']:8.2f} {r['rss_mb']:7.1f} {errors:6d}")
         if r["also_us"]:
-            print(f"{'  its queue-proxy (CC=10)':26} {'':9} {'':8} {r['also_us']:10.1f}")
+            print(f"{'  its queue-proxy':26} {'':9} {'':8} {r['also_us']:10.1f}")
         if errors:
             bad.append((name, errors))
-    print("\nCPU us/req: the proxy process (nginx: its worker), user + system, per request; x HAProxy h2: that "
-          "figure over HAProxy h2c->h2c's in the same round.")
+    print("\nCPU us/req: the proxy process (nginx: its worker), user + system, per request; x HAProxy: that "
+          "figure over HAProxy h2c->h2c's in the same round; x lim.: over HAProxy h2c->h2c with maxconn "
+          f"{LIMIT}'s (the reference for the CC={LIMIT} rows).")
     for name, errors in bad:
         print(f"WARNING {name}: {errors} failed or non-2xx requests", file=sys.stderr)
 
