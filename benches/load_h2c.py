@@ -16,7 +16,10 @@ knowledge), the path gRPC and `h2c` revisions take. Every figure is measured in 
 - the activator in front of a queue-proxy in front of the app, all h2c, the revision at
   containerConcurrency 10 (activator and queue-proxy both limit) and at 0 (unlimited; the
   throttler, the load-balancing policy and stats reporting are in the path either way); the
-  activator's CPU is the hop figure, the queue-proxy's is printed too.
+  activator's CPU is the hop figure, the queue-proxy's is printed too;
+- HAProxy in front of HAProxy in front of the app, unlimited and with `maxconn 10` on both
+  servers (the first HAProxy's CPU): the activator's position, first hop of two, where a hop
+  waits on the next one's latency (the reference for the activator rows, printed at the end).
 
 The client is h2load with prior knowledge, `--clients` connections (10) with `--streams`
 concurrent streams each (10), GET / (tiny response). The scenarios run in interleaved rounds
@@ -42,6 +45,8 @@ from load import TICKS, free_port, median, rss_kib, start_queue_proxy, start_sam
 REVISION_HEADERS = ["-H", "knative-serving-namespace: default", "-H", "knative-serving-revision: hello-00001"]
 HAPROXY_H2 = "HAProxy h2c->h2c"
 HAPROXY_H2_LIMITED = "HAProxy h2c->h2c maxconn 10"
+HAPROXY_CHAIN = "HAProxy -> HAProxy -> app"
+HAPROXY_CHAIN_LIMITED = "HAProxy chain, maxconn 10"
 LIMIT = 10
 
 
@@ -103,6 +108,7 @@ def start_haproxy(app_port, workdir, h2_out, maxconn=None):
     """HAProxy, h2c in; h2c (`h2_out`) or HTTP/1.1 out; `maxconn`: at most that many requests at
     the app, the others queued in HAProxy."""
     port = free_port()
+    os.makedirs(workdir, exist_ok=True)
     conf = os.path.join(workdir, "haproxy.cfg")
     server_proto = " proto h2" if h2_out else ""
     if maxconn:
@@ -238,6 +244,14 @@ def main():
                     results.append(measure(f"queue-proxy CC={cc}", port, qp.pid, args))
                     stop(qp)
             one = {"ACTIVATOR_WORKER_THREADS": "1"}
+            if wanted("activator"):
+                for name, maxconn in ((HAPROXY_CHAIN, None), (HAPROXY_CHAIN_LIMITED, LIMIT)):
+                    second_port, second, _ = start_haproxy(app_port, os.path.join(workdir, "second"), True, maxconn)
+                    port, first, pid = start_haproxy(second_port, workdir, True, maxconn)
+                    procs += [first, second]
+                    results.append(measure(name, port, pid, args, also=second.pid))
+                    stop(first)
+                    stop(second)
             chains = [("activator", f"activator cc={LIMIT} chain", None, None, LIMIT),
                       ("activator", "activator cc=0 chain", None, None, 0)]
             if args.one_worker:
@@ -280,12 +294,18 @@ def main():
         print(f"{name:26} {r['rps']:9.0f} {r['x_direct']:8.3f} {r['cpu_us']:10.1f} {r['user_us']:6.1f} {r['sys_us']:6.1f} "
               f"{r['x_haproxy']:9.2f} {r['x_limited']:6.2f} {r['mean_ms']:8.2f} {r['rss_mb']:7.1f} {errors:6d}")
         if r["also_us"]:
-            print(f"{'  its queue-proxy':26} {'':9} {'':8} {r['also_us']:10.1f}")
+            print(f"{'  its next hop':26} {'':9} {'':8} {r['also_us']:10.1f}")
         if errors:
             bad.append((name, errors))
     print("\nCPU us/req: the proxy process (nginx: its worker), user + system, per request; x HAProxy: that "
           "figure over HAProxy h2c->h2c's in the same round; x lim.: over HAProxy h2c->h2c with maxconn "
           f"{LIMIT}'s (the reference for the CC={LIMIT} rows).")
+    chain = {rows[0]["name"]: median([s["cpu_us"] for s in rows]) for rows in samples.values()}
+    for activator, reference in ((f"activator cc={LIMIT} chain", HAPROXY_CHAIN_LIMITED),
+                                 ("activator cc=0 chain", HAPROXY_CHAIN)):
+        if activator in chain and reference in chain:
+            print(f"{activator} / {reference} (first hop of two, median CPU): "
+                  f"{chain[activator] / chain[reference]:.2f}")
     for name, errors in bad:
         print(f"WARNING {name}: {errors} failed or non-2xx requests", file=sys.stderr)
 
