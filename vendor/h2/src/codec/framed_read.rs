@@ -465,22 +465,17 @@ where
     /// (patch) After `release_idle_buffers`: reads up to `PROBE_LEN` bytes
     /// into a stack buffer, and only once that read is ready allocates the
     /// read buffer again (with the bytes read). A pending probe holds no
-    /// buffer. End of stream and errors are left to the next read.
+    /// buffer. End of stream is left to the next read; an error is returned.
     #[cold]
-    fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_probe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut probe = [0u8; PROBE_LEN];
         let mut probe = ReadBuf::new(&mut probe);
-        if Pin::new(self.inner.get_mut())
-            .poll_read(cx, &mut probe)
-            .is_pending()
-        {
-            return Poll::Pending;
-        }
+        ready!(Pin::new(self.inner.get_mut()).poll_read(cx, &mut probe))?;
         let buf = self.inner.read_buffer_mut();
         buf.reserve(RELEASED_READ_CAPACITY);
         buf.extend_from_slice(probe.filled());
         self.read_released = false;
-        Poll::Ready(())
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -494,7 +489,9 @@ where
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
         if self.read_released {
-            ready!(self.poll_probe(cx));
+            if let Err(e) = ready!(self.poll_probe(cx)) {
+                return Poll::Ready(Some(Err(map_err(e))));
+            }
         }
         loop {
             tracing::trace!("poll");
