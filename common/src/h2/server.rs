@@ -309,18 +309,22 @@ mod tests {
     /// body's length.
     async fn server(
         hold: Option<oneshot::Receiver<Bytes>>,
-    ) -> (std::net::SocketAddr, watch::Sender<bool>) {
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let hold = Arc::new(Mutex::new(hold));
         let service = TestService(hold);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let builder = builder(&ServerLimits::default());
             serve_connection(stream, &builder, service, stop_rx).await;
         });
-        (addr, stop_tx)
+        (addr, stop_tx, task)
     }
 
     #[derive(Clone)]
@@ -396,7 +400,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_gives_its_buffers_back_and_serves_again() {
-        let (addr, _stop) = server(None).await;
+        let (addr, _stop, _) = server(None).await;
         let mut sender = client(addr).await;
         assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
         // Requests closer together than the park delay keep the buffers.
@@ -422,7 +426,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_with_an_open_stream_keeps_its_buffers() {
         let (tx, rx) = oneshot::channel();
-        let (addr, _stop) = server(Some(rx)).await;
+        let (addr, _stop, _) = server(Some(rx)).await;
         let mut sender = client(addr).await;
         let held = tokio::spawn({
             let mut sender = sender.clone();
@@ -435,5 +439,24 @@ mod tests {
         tokio::time::sleep(PARK_DELAY * 3).await;
         assert_eq!(releases(), 1);
         assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+    }
+
+    /// In real time: with the clock paused, the timeout below would fire while the socket's
+    /// bytes are in flight.
+    #[tokio::test]
+    async fn a_released_connection_is_closed_by_a_graceful_shutdown() {
+        let (addr, stop, served) = server(None).await;
+        let mut sender = client(addr).await;
+        assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+        tokio::time::sleep(PARK_DELAY * 5 / 2).await;
+        assert_eq!(releases(), 1);
+        // The GOAWAY frames are written from a released write buffer, the client's PING answer
+        // read into a released read buffer; then the connection closes.
+        stop.send(true).unwrap();
+        tokio::time::timeout(PARK_DELAY * 10, served)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        drop(sender);
     }
 }
