@@ -29,6 +29,7 @@ import tempfile
 import time
 
 from reference_proxies import nginx_temp_paths, nginx_worker  # noqa: E402
+import load  # noqa: E402
 from load import BIN, free_port, qp_env, rss_kib, start_sample_app, wait_listening
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -312,6 +313,13 @@ class Started:
         return False
 
 
+def set_bin_dir(path):
+    """Runs the binaries of `path` (the sample app's too) instead of target/release."""
+    global BIN
+    BIN = path
+    load.BIN = path
+
+
 def env_pairs(values):
     out = {}
     for v in values:
@@ -328,7 +336,9 @@ def main():
     parser.add_argument("--only", default="", help="comma list of targets: queue-proxy,activator,nginx")
     parser.add_argument("--protocols", default="h1,h2c")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for both of our binaries")
+    parser.add_argument("--bin-dir", default=BIN, help="where queue-proxy, activator and sample-app are")
     args = parser.parse_args()
+    set_bin_dir(args.bin_dir)
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = max(args.connections, args.burst) + 1000

@@ -21,6 +21,7 @@ use tower_service::Service;
 use super::body::{content_length, IncomingBody};
 use crate::body::BodyError;
 use crate::informational;
+use crate::park::PARK_DELAY;
 use crate::server::ServerLimits;
 
 /// hyper's HTTP/2 server defaults for what [`ServerLimits`] does not set.
@@ -47,6 +48,15 @@ pub(crate) fn builder(limits: &ServerLimits) -> h2::server::Builder {
 /// Serves one HTTP/2 connection whose client preface is next on `io`, each stream in a task of
 /// its own running `service`, until the client closes it or, once `shutdown` turns true, until
 /// the GOAWAY sent then has let every open stream finish.
+///
+/// A connection that has accepted no stream for [`PARK_DELAY`] (the idle time after which HTTP/1
+/// connections are parked, [`crate::park`]) and has none left open gives its buffers back
+/// (`release_idle_buffers`, a method of the patched `h2`: docs/supply-chain.md): about 28 KiB
+/// of write, read and HPACK buffers and the stream store, allocated again when bytes next
+/// arrive or leave. One timer per connection checks this: armed at the handshake and by the
+/// first stream after a release, re-armed once per [`PARK_DELAY`] while streams keep coming
+/// (so the release comes 1 to 2 delays after the last stream) and off once the buffers are
+/// given back. A request costs a state check, no timer operation.
 pub async fn serve_connection<I, S, B>(
     io: I,
     builder: &h2::server::Builder,
@@ -66,26 +76,54 @@ pub async fn serve_connection<I, S, B>(
         }
     };
     let mut draining = false;
+    // The idle check (see the function docs).
+    let idle = tokio::time::sleep(PARK_DELAY);
+    tokio::pin!(idle);
+    let mut idle_state = Idle::Fresh;
     loop {
         let next = if draining {
             conn.accept().await
         } else {
-            let stop = tokio::select! {
-                next = conn.accept() => Err(next),
-                _ = shutdown.wait_for(|stop| *stop) => Ok(()),
+            let event = tokio::select! {
+                next = conn.accept() => Event::Next(next),
+                _ = shutdown.wait_for(|stop| *stop) => Event::Stop,
+                () = &mut idle, if idle_state != Idle::Released => Event::Idle,
             };
-            match stop {
-                Err(next) => next,
+            match event {
+                Event::Next(next) => next,
                 // Also when the sender is gone (the process is ending).
-                Ok(()) => {
+                Event::Stop => {
                     draining = true;
                     conn.graceful_shutdown();
+                    continue;
+                }
+                Event::Idle => {
+                    // A stream came in the last period, or streams are still open (or bytes
+                    // buffered): look again later.
+                    if idle_state == Idle::Busy || !conn.release_idle_buffers() {
+                        idle_state = Idle::Quiet;
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::now() + PARK_DELAY);
+                    } else {
+                        idle_state = Idle::Released;
+                        #[cfg(test)]
+                        tests::RELEASES.with(|n| n.set(n.get() + 1));
+                    }
                     continue;
                 }
             }
         };
         match next {
             Some(Ok((request, reply))) => {
+                match idle_state {
+                    Idle::Busy => {}
+                    Idle::Quiet => idle_state = Idle::Busy,
+                    Idle::Fresh | Idle::Released => {
+                        idle_state = Idle::Quiet;
+                        idle.as_mut()
+                            .reset(tokio::time::Instant::now() + PARK_DELAY);
+                    }
+                }
                 let length = content_length(request.headers());
                 let request = request.map(|recv| IncomingBody::h2(recv, length));
                 let future = service.clone().call(request);
@@ -98,6 +136,26 @@ pub async fn serve_connection<I, S, B>(
             None => return,
         }
     }
+}
+
+/// What woke the connection's loop.
+enum Event<N> {
+    Next(N),
+    Stop,
+    Idle,
+}
+
+/// The idle check of a connection: a timer armed while the connection holds its buffers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// Armed at the handshake; no stream yet.
+    Fresh,
+    /// Armed by a stream, or re-armed; no stream since.
+    Quiet,
+    /// A stream came since the timer was armed.
+    Busy,
+    /// The buffers were given back; the timer is off until the next stream.
+    Released,
 }
 
 pin_project! {
@@ -217,5 +275,188 @@ fn send_informational(
     }
     if let Err(error) = reply.send_informational(response) {
         tracing::debug!(%error, "1xx response not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{oneshot, watch};
+
+    use super::*;
+
+    thread_local! {
+        /// Idle connections that gave their buffers back, on this thread's (current-thread)
+        /// test runtime.
+        pub(super) static RELEASES: Cell<u64> = const { Cell::new(0) };
+    }
+
+    fn releases() -> u64 {
+        RELEASES.with(Cell::get)
+    }
+
+    type TestBody = BoxBody<Bytes, BodyError>;
+
+    /// Serves one h2c connection: `/hold` answers with a body that ends when the test sends
+    /// its last chunk; any other request with its path, its `x-fill` field's length and its
+    /// body's length.
+    async fn server(
+        hold: Option<oneshot::Receiver<Bytes>>,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let hold = Arc::new(Mutex::new(hold));
+        let service = TestService(hold);
+        let task = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let builder = builder(&ServerLimits::default());
+            serve_connection(stream, &builder, service, stop_rx).await;
+        });
+        (addr, stop_tx, task)
+    }
+
+    #[derive(Clone)]
+    struct TestService(Arc<Mutex<Option<oneshot::Receiver<Bytes>>>>);
+
+    impl Service<Request<IncomingBody>> for TestService {
+        type Response = Response<TestBody>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<TestBody>, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<IncomingBody>) -> Self::Future {
+            let hold = Arc::clone(&self.0);
+            Box::pin(async move {
+                if req.uri().path() == "/hold" {
+                    let rx = hold.lock().unwrap().take().expect("one /hold");
+                    let chunk = futures_util::stream::once(async move {
+                        Ok::<_, BodyError>(http_body::Frame::data(rx.await.unwrap()))
+                    });
+                    let body: TestBody = StreamBody::new(chunk).boxed();
+                    return Ok(Response::new(body));
+                }
+                let fill = req.headers().get("x-fill").map_or(0, |v| v.len());
+                let path = req.uri().path().to_owned();
+                let length = req.into_body().collect().await.unwrap().to_bytes().len();
+                let body: TestBody = Full::new(Bytes::from(format!("{path} {fill} {length}")))
+                    .map_err(|never| match never {})
+                    .boxed();
+                Ok(Response::new(body))
+            })
+        }
+    }
+
+    async fn client(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+    }
+
+    /// Sends `path` with a `fill`-byte field and a `body`-byte body; returns the response text.
+    async fn get(
+        sender: &mut h2::client::SendRequest<Bytes>,
+        path: &str,
+        fill: usize,
+        body: usize,
+    ) -> String {
+        let mut sender = sender.clone().ready().await.unwrap();
+        let request = Request::post(format!("http://x{path}"))
+            .header("x-fill", "a1b2".repeat(fill / 4))
+            .body(())
+            .unwrap();
+        let (response, mut tx) = sender.send_request(request, body == 0).unwrap();
+        if body > 0 {
+            tx.send_data(Bytes::from(vec![b'x'; body]), true).unwrap();
+        }
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut recv = response.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.unwrap();
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_gives_its_buffers_back_and_serves_again() {
+        let (addr, _stop, _) = server(None).await;
+        let mut sender = client(addr).await;
+        assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+        // Requests closer together than the park delay keep the buffers.
+        for _ in 0..3 {
+            tokio::time::sleep(PARK_DELAY / 2).await;
+            assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+        }
+        assert_eq!(releases(), 0);
+        tokio::time::sleep(PARK_DELAY * 3).await;
+        assert_eq!(releases(), 1, "released once while idle");
+        // After the release: a large (Huffman-coded) field, a body of several frames, a
+        // response; then idle again.
+        assert_eq!(
+            get(&mut sender, "/b", 6000, 100_000).await,
+            "/b 6000 100000"
+        );
+        assert_eq!(get(&mut sender, "/c", 40, 10).await, "/c 40 10");
+        tokio::time::sleep(PARK_DELAY * 3).await;
+        assert_eq!(releases(), 2);
+        assert_eq!(get(&mut sender, "/d", 0, 0).await, "/d 0 0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_an_open_stream_keeps_its_buffers() {
+        let (tx, rx) = oneshot::channel();
+        let (addr, _stop, _) = server(Some(rx)).await;
+        let mut sender = client(addr).await;
+        let held = tokio::spawn({
+            let mut sender = sender.clone();
+            async move { get(&mut sender, "/hold", 0, 0).await }
+        });
+        tokio::time::sleep(PARK_DELAY * 5).await;
+        assert_eq!(releases(), 0, "a response in progress keeps the buffers");
+        tx.send(Bytes::from_static(b"done")).unwrap();
+        assert_eq!(held.await.unwrap(), "done");
+        tokio::time::sleep(PARK_DELAY * 3).await;
+        assert_eq!(releases(), 1);
+        assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+    }
+
+    /// In real time: with the clock paused, the timeout below would fire while the socket's
+    /// bytes are in flight.
+    #[tokio::test]
+    async fn a_released_connection_is_closed_by_a_graceful_shutdown() {
+        let (addr, stop, served) = server(None).await;
+        let mut sender = client(addr).await;
+        assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+        tokio::time::sleep(PARK_DELAY * 5 / 2).await;
+        assert_eq!(releases(), 1);
+        // The GOAWAY frames are written from a released write buffer, the client's PING answer
+        // read into a released read buffer; then the connection closes.
+        stop.send(true).unwrap();
+        tokio::time::timeout(PARK_DELAY * 10, served)
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        drop(sender);
     }
 }
