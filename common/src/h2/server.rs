@@ -398,8 +398,37 @@ mod tests {
         String::from_utf8(text).unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_connection_gives_its_buffers_back_and_serves_again() {
+    /// Runs `test` on a current-thread runtime whose clock is paused (it advances whenever the
+    /// runtime is idle), on a thread of its own, and fails if it has not finished within
+    /// `limit` of real time: a regression that leaves a released connection unable to read or
+    /// write would otherwise hang the test instead of failing it.
+    fn paused_within(limit: std::time::Duration, test: impl Future<Output = ()> + Send + 'static) {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(test)));
+            let _ = done_tx.send(outcome);
+        });
+        match done_rx.recv_timeout(limit) {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("the test did not finish within {limit:?} of real time"),
+        }
+    }
+
+    const REAL_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+    #[test]
+    fn an_idle_connection_gives_its_buffers_back_and_serves_again() {
+        paused_within(REAL_TIME_LIMIT, idle_connection_gives_its_buffers_back());
+    }
+
+    async fn idle_connection_gives_its_buffers_back() {
         let (addr, _stop, _) = server(None).await;
         let mut sender = client(addr).await;
         assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
@@ -423,8 +452,12 @@ mod tests {
         assert_eq!(get(&mut sender, "/d", 0, 0).await, "/d 0 0");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_with_an_open_stream_keeps_its_buffers() {
+    #[test]
+    fn a_connection_with_an_open_stream_keeps_its_buffers() {
+        paused_within(REAL_TIME_LIMIT, open_stream_keeps_buffers());
+    }
+
+    async fn open_stream_keeps_buffers() {
         let (tx, rx) = oneshot::channel();
         let (addr, _stop, _) = server(Some(rx)).await;
         let mut sender = client(addr).await;
