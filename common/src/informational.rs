@@ -437,24 +437,36 @@ impl<F: Future> Future for Relay<'_, F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let polled = this.inner.poll(cx);
-        if polled.is_pending() {
-            this.info.waker.register(cx.waker());
-        }
-        // Heads that arrived before the final one are in `heads` by the time hyper hands over
-        // the response (its response channel orders them).
-        if this.info.ready.load(Ordering::Acquire) {
-            let heads = this.info.take();
-            **this.relayed |= with_current(|conn| match conn {
-                Some(c) => c.queue_informational(heads),
-                // An HTTP/2 stream's task ([`collect_for_h2`]) sends them itself, in order
-                // before its final response: nothing to wait for.
-                None => {
-                    to_h2_stream(heads);
-                    false
-                }
-            });
-        }
+        relay_after_poll(polled.is_pending(), this.info, this.relayed, cx);
         polled
+    }
+}
+
+/// [`Relay`]'s work after each poll of the exchange's response future (`pending`: it returned
+/// `Pending`), for futures that do what it does without wrapping one.
+#[inline]
+pub(crate) fn relay_after_poll(
+    pending: bool,
+    info: &UpstreamInfo,
+    relayed: &mut bool,
+    cx: &Context<'_>,
+) {
+    if pending {
+        info.waker.register(cx.waker());
+    }
+    // Heads that arrived before the final one are in `heads` by the time hyper hands over
+    // the response (its response channel orders them).
+    if info.ready.load(Ordering::Acquire) {
+        let heads = info.take();
+        *relayed |= with_current(|conn| match conn {
+            Some(c) => c.queue_informational(heads),
+            // An HTTP/2 stream's task ([`collect_for_h2`]) sends them itself, in order
+            // before its final response: nothing to wait for.
+            None => {
+                to_h2_stream(heads);
+                false
+            }
+        });
     }
 }
 
@@ -565,14 +577,17 @@ pub(crate) fn h2_informational(head: &[u8]) -> Option<http::Response<()>> {
 
 /// Ready once the client connection in scope has written every queued 1xx head.
 pub async fn written() {
-    std::future::poll_fn(|cx| {
-        if with_current(|conn| conn.is_none_or(|c| c.poll_informational_out(cx))) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await
+    std::future::poll_fn(poll_written).await
+}
+
+/// The poll of [`written`].
+#[inline]
+pub(crate) fn poll_written(cx: &mut Context<'_>) -> Poll<()> {
+    if with_current(|conn| conn.is_none_or(|c| c.poll_informational_out(cx))) {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

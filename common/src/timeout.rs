@@ -191,8 +191,12 @@ where
             if response.body().is_fixed() {
                 return Poll::Ready(Ok(response.map(TimeoutBody::local)));
             }
-            // The response head is the first write.
-            let written = Instant::now();
+            // The response head is the first write (its time matters to the idle timer only).
+            let written = if clock.idle.is_some() {
+                Instant::now()
+            } else {
+                clock.start
+            };
             return Poll::Ready(Ok(
                 response.map(|body| TimeoutBody::running(body, clock, written, this.message))
             ));

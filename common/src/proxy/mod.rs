@@ -91,9 +91,14 @@ pub async fn forward_or_return(
             .insert(HOST, upstream.host_header().clone());
     }
     *request.version_mut() = Version::HTTP_11;
-    let checkout = match Upstream::checkout_http1(&upstream).await {
+    // A ready idle connection is taken without a future; the rest (resuming a parked one,
+    // dialing) is boxed, its state kept out of every request's future.
+    let checkout = match Upstream::take_idle(&upstream).ready() {
         Ok(checkout) => checkout,
-        Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+        Err(taken) => match Box::pin(Upstream::checkout_http1_after(&upstream, taken)).await {
+            Ok(checkout) => checkout,
+            Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+        },
     };
     let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let response = match checkout.send(&upstream, request, upgrade.is_some()).await {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use super::error::ProxyError;
 use super::parked::{self, ParkSlot, ParkableStream, ParkedCount, PARK_DELAY};
 use crate::body::BodyError;
-use crate::informational::{Relay, Sniff, UpstreamInfo};
+use crate::informational::{Sniff, UpstreamInfo};
 
 /// How long an idle keep-alive connection is kept (Go `IdleConnTimeout`).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -209,6 +209,25 @@ pub struct Checkout {
     pub fresh: bool,
 }
 
+/// What [`Upstream::take_idle`] found: a connection ready for a request, a parked one, or
+/// nothing.
+pub struct TakenIdle(Option<Taken>);
+
+enum Taken {
+    Ready(Checkout),
+    Parked(ParkedConn),
+}
+
+impl TakenIdle {
+    /// The connection, when it is ready for a request now; else `self` back.
+    pub fn ready(self) -> Result<Checkout, TakenIdle> {
+        match self.0 {
+            Some(Taken::Ready(checkout)) => Ok(checkout),
+            other => Err(TakenIdle(other)),
+        }
+    }
+}
+
 impl Upstream {
     /// A pool for `addr` keeping at most `max_idle` idle HTTP/1.1 connections (at least 1).
     pub fn new(addr: SocketAddr, max_idle: usize) -> Self {
@@ -260,26 +279,29 @@ impl Upstream {
 
     /// An HTTP/1.1 connection: a ready idle one, else a new one.
     pub async fn checkout_http1(handle: &UpstreamHandle) -> Result<Checkout, ProxyError> {
+        Self::checkout_http1_after(handle, Self::take_idle(handle)).await
+    }
+
+    /// The next idle HTTP/1.1 connection that needs no waiting: a live one ready for a request,
+    /// or a parked one (to be resumed by [`Self::checkout_http1_after`]); expired and closed
+    /// ones on the way are dropped. Synchronous: the common case needs no future of its own.
+    pub fn take_idle(handle: &UpstreamHandle) -> TakenIdle {
         let this: &Upstream = handle;
         while let Some(entry) = this.idle.pop() {
             let conn = match entry {
                 Idle::Live(conn) => conn,
-                // Boxed, as dialing below: the rarer path keeps its state out of every request's.
-                Idle::Parked(parked) => match Box::pin(this.resume(parked)).await {
-                    Some(checkout) => return Ok(checkout),
-                    None => continue,
-                },
+                Idle::Parked(parked) => return TakenIdle(Some(Taken::Parked(parked))),
             };
             if conn.since.elapsed() >= IDLE_TIMEOUT || conn.sender.is_closed() {
                 continue;
             }
             if conn.sender.is_ready() {
-                return Ok(Checkout {
+                return TakenIdle(Some(Taken::Ready(Checkout {
                     sender: conn.sender,
                     info: conn.info,
                     park: conn.park,
                     fresh: false,
-                });
+                })));
             }
             // Its connection task has not caught up with the end of the last exchange (or the
             // request body is still being sent). Let it finish on its own, then return it.
@@ -295,6 +317,28 @@ impl Upstream {
                     give_back(&handle, sender, info, park);
                 }
             });
+        }
+        TakenIdle(None)
+    }
+
+    /// [`Self::checkout_http1`], starting from what [`Self::take_idle`] gave.
+    pub async fn checkout_http1_after(
+        handle: &UpstreamHandle,
+        mut taken: TakenIdle,
+    ) -> Result<Checkout, ProxyError> {
+        let this: &Upstream = handle;
+        loop {
+            match taken.0 {
+                Some(Taken::Ready(checkout)) => return Ok(checkout),
+                // Boxed, as dialing below: the rarer path keeps its state out of every request's.
+                Some(Taken::Parked(parked)) => {
+                    if let Some(checkout) = Box::pin(this.resume(parked)).await {
+                        return Ok(checkout);
+                    }
+                }
+                None => break,
+            }
+            taken = Self::take_idle(handle);
         }
         // Boxed: dialing (TCP, TLS, the handshake) is the rare path, and its state is larger
         // than everything else a request holds; unboxed, every request's future would carry it.
@@ -617,8 +661,7 @@ impl Checkout {
         upstream: &UpstreamHandle,
         request: http::Request<UpstreamRequestBody>,
         upgrade: bool,
-    ) -> impl std::future::Future<Output = Result<http::Response<PooledBody>, SendError>> + Send
-    {
+    ) -> SendFuture<impl std::future::Future<Output = HyperSent> + Send> {
         let Checkout {
             mut sender,
             info,
@@ -627,34 +670,101 @@ impl Checkout {
         } = self;
         info.exchange_started();
         let response = sender.try_send_request(request);
-        let upstream = upstream.clone();
-        async move {
-            let mut relayed = false;
-            let sent = Relay::new(response, &info, &mut relayed).await;
-            if relayed {
-                // The 1xx heads go out before the final head.
-                crate::informational::written().await;
-            }
-            match sent {
+        SendFuture {
+            state: SendState::Waiting { response },
+            conn: Some(ReturnToPool {
+                upstream: upstream.clone(),
+                sender,
+                info,
+                park,
+            }),
+            fresh,
+            upgrade,
+            relayed: false,
+        }
+    }
+}
+
+/// What hyper's `try_send_request` gives.
+pub type HyperSent = Result<
+    http::Response<Incoming>,
+    hyper::client::conn::TrySendError<http::Request<UpstreamRequestBody>>,
+>;
+
+pin_project! {
+    /// The response future of [`Checkout::send`]: waits for the response, relaying the 1xx heads
+    /// that come before it ([`crate::informational::Relay`]'s work) and, when it relayed any,
+    /// holds the response until they are written. A plain struct rather than an `async` block:
+    /// built in place, with no first-poll move of hyper's future.
+    pub struct SendFuture<F> {
+        #[pin]
+        state: SendState<F>,
+        // The connection (`None` once the future has completed).
+        conn: Option<ReturnToPool>,
+        fresh: bool,
+        upgrade: bool,
+        relayed: bool,
+    }
+}
+
+pin_project! {
+    #[project = SendStateProj]
+    enum SendState<F> {
+        // Waiting for the response.
+        Waiting { #[pin] response: F },
+        // The response (or failure), held until the relayed 1xx heads are written.
+        Held { sent: Option<HyperSent> },
+    }
+}
+
+impl<F> std::future::Future for SendFuture<F>
+where
+    F: std::future::Future<Output = HyperSent>,
+{
+    type Output = Result<http::Response<PooledBody>, SendError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let sent = match this.state.as_mut().project() {
+                SendStateProj::Waiting { response } => {
+                    let polled = response.poll(cx);
+                    let conn = this.conn.as_ref().expect("polled after completion");
+                    crate::informational::relay_after_poll(
+                        polled.is_pending(),
+                        &conn.info,
+                        this.relayed,
+                        cx,
+                    );
+                    let Poll::Ready(sent) = polled else {
+                        return Poll::Pending;
+                    };
+                    if *this.relayed {
+                        // The 1xx heads go out before the final head.
+                        this.state.set(SendState::Held { sent: Some(sent) });
+                        continue;
+                    }
+                    sent
+                }
+                SendStateProj::Held { sent } => {
+                    std::task::ready!(crate::informational::poll_written(cx));
+                    sent.take().expect("polled after completion")
+                }
+            };
+            let conn = this.conn.take().expect("polled after completion");
+            return Poll::Ready(match sent {
                 Ok(response) => {
-                    let keep =
-                        !upgrade && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                    Ok(response.map(|body| {
-                        let back = keep.then_some(ReturnToPool {
-                            upstream,
-                            sender,
-                            info,
-                            park,
-                        });
-                        PooledBody::new(body, back)
-                    }))
+                    let keep = !*this.upgrade
+                        && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                    Ok(response.map(|body| PooledBody::new(body, keep.then_some(conn))))
                 }
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
                     error: e.into_error(),
-                    fresh,
+                    fresh: *this.fresh,
                 }),
-            }
+            });
         }
     }
 }
