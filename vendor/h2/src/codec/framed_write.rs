@@ -310,7 +310,8 @@ where
                 v.encode(self.buf.get_mut());
                 tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
                 */
-                unimplemented!();
+                // (patch) Was a "not implemented" panic: no h2 API queues a PRIORITY frame to send.
+                unreachable!("h2 never sends PRIORITY frames");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());
