@@ -312,6 +312,7 @@ fn spawn_workers(
         std::thread::Builder::new()
             .name(format!("activator-worker-{index}"))
             .spawn(move || {
+                crate::worker::enter(u32::try_from(index).unwrap_or(crate::worker::NO_WORKER - 1));
                 runtime.block_on(async move {
                     let servers = listeners.into_iter().zip(slots).map(|(listener, slots)| {
                         tokio::spawn(serve_with_slots(

@@ -17,6 +17,7 @@ pub mod observability;
 pub mod reporter;
 pub mod throttler;
 pub mod tls;
+pub mod worker;
 
 /// Hasher of the maps looked up on every request (revisions by name, per-revision stats and
 /// metrics, connection pools by pod address): foldhash, seeded per process. Their keys come
