@@ -843,7 +843,9 @@ mod tests {
         crate::worker::enter(worker);
         let before: Vec<usize> = ws.iter().map(Probe::wakes).collect();
         b.release();
-        let woken: Vec<usize> = (0..ws.len()).filter(|&i| ws[i].wakes() > before[i]).collect();
+        let woken: Vec<usize> = (0..ws.len())
+            .filter(|&i| ws[i].wakes() > before[i])
+            .collect();
         assert_eq!(woken.len(), 1, "one waiter woken per release");
         assert!(ws[woken[0]].poll().is_ready());
         woken[0]
@@ -855,7 +857,11 @@ mod tests {
         let mut ws = queued_on(&b, &[1, 0, 0, 1]);
         assert_eq!(release_from(&b, &mut ws, 0), 1, "worker 0's first waiter");
         assert_eq!(release_from(&b, &mut ws, 0), 2);
-        assert_eq!(release_from(&b, &mut ws, 0), 0, "none of worker 0 left: the head");
+        assert_eq!(
+            release_from(&b, &mut ws, 0),
+            0,
+            "none of worker 0 left: the head"
+        );
         assert_eq!(release_from(&b, &mut ws, 1), 3);
         b.release();
         assert_eq!((b.in_flight(), b.pending(), b.waiting()), (0, 0, 0));
@@ -886,7 +892,11 @@ mod tests {
         let mut far = vec![1; LOOKAHEAD];
         far.push(0);
         let mut ws = queued_on(&b, &far);
-        assert_eq!(release_from(&b, &mut ws, 0), 0, "worker 0's waiter is beyond the lookahead");
+        assert_eq!(
+            release_from(&b, &mut ws, 0),
+            0,
+            "worker 0's waiter is beyond the lookahead"
+        );
         assert_eq!(release_from(&b, &mut ws, 0), LOOKAHEAD, "now within it");
         for _ in 1..LOOKAHEAD {
             release_from(&b, &mut ws, 0);

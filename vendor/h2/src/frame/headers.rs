@@ -297,7 +297,8 @@ impl Headers {
 
 impl<T> From<Headers> for Frame<T> {
     fn from(src: Headers) -> Self {
-        Frame::Headers(src)
+        // Boxed (patch): see `Frame`.
+        Frame::Headers(Box::new(src))
     }
 }
 
@@ -525,7 +526,8 @@ impl PushPromise {
 
 impl<T> From<PushPromise> for Frame<T> {
     fn from(src: PushPromise) -> Self {
-        Frame::PushPromise(src)
+        // Boxed (patch): see `Frame`.
+        Frame::PushPromise(Box::new(src))
     }
 }
 
