@@ -10,8 +10,9 @@ sequential streams on one h2c connection), `h1-idle` (requests 1.3 s apart on on
 with idle parking each one resumes a parked connection).
 
 Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
-each `--cc` (default 0,10), and for `h1` the reference proxies nginx and HAProxy
-(reference_proxies.py; `--no-reference` skips them), each a single process under callgrind.
+each `--cc` (default 0,10), and the reference proxies (reference_proxies.py; `--no-reference`
+skips them), each a single process under callgrind: nginx and HAProxy for `h1`, HAProxy h2c->h2c
+for `h2c`.
 
 Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000] [--cc 0,10]
 """
@@ -127,8 +128,9 @@ def activator_cmd(bins, workdir, qp_port, cc):
     return [os.path.join(bins, "activator")], env, h1, h2
 
 
-def reference_cmd(name, workdir, app_port):
-    """nginx (no master process) or HAProxy, one process, HTTP/1.1 to the app."""
+def reference_cmd(name, workdir, app_port, scenario="h1"):
+    """nginx (no master process, HTTP/1.1) or HAProxy (`scenario`: HTTP/1.1 or h2c both sides),
+    one process."""
     port = free_port()
     conf_dir = os.path.join(workdir, f"{name}-{port}")
     os.makedirs(conf_dir, exist_ok=True)
@@ -139,7 +141,7 @@ def reference_cmd(name, workdir, app_port):
         return [reference_proxies.find("nginx"), "-c", conf, "-p", conf_dir], port
     conf = os.path.join(conf_dir, "haproxy.cfg")
     with open(conf, "w") as f:
-        f.write(reference_proxies.haproxy_config("h1", port, app_port, conf_dir))
+        f.write(reference_proxies.haproxy_config(scenario, port, app_port, conf_dir))
     return [reference_proxies.find("haproxy"), "-db", "-f", conf], port
 
 
@@ -151,7 +153,7 @@ def main():
     parser.add_argument("--scenarios", default="h1,h2c,h1-idle")
     parser.add_argument("--cc", default="0,10", help="container concurrencies to measure (queue-proxy and activator)")
     parser.add_argument("--only", default="qp,act", help="qp, act or both")
-    parser.add_argument("--no-reference", action="store_true", help="skip nginx and HAProxy (h1)")
+    parser.add_argument("--no-reference", action="store_true", help="skip nginx and HAProxy")
     args = parser.parse_args()
     bins = os.path.abspath(args.bin_dir)
     workdir = tempfile.mkdtemp(prefix="callgrind-")
@@ -162,12 +164,18 @@ def main():
     try:
         app, app_port = start_sample_app(bins)
         procs.append(app)
-        if not args.no_reference and "h1" in args.scenarios.split(","):
+        scenarios = args.scenarios.split(",")
+        if not args.no_reference and ("h1" in scenarios or "h2c" in scenarios):
             reference_proxies.ensure_installed("nginx", "haproxy")
+        if not args.no_reference and "h1" in scenarios:
             for name in ("nginx", "haproxy"):
                 cmd, port = reference_cmd(name, workdir, app_port)
                 ir = measure(cmd, dict(os.environ), port, "h1", args.requests, [], workdir, name)
                 print(f"h1       instructions per request: {name:18} {ir:10.0f}", flush=True)
+        if not args.no_reference and "h2c" in scenarios:
+            cmd, port = reference_cmd("haproxy", workdir, app_port, "h2c")
+            ir = measure(cmd, dict(os.environ), port, "h2c", args.requests, [], workdir, "haproxy-h2c")
+            print(f"h2c      instructions per request: {'HAProxy h2c->h2c':18} {ir:10.0f}", flush=True)
         for scenario in args.scenarios.split(","):
             n = args.idle_requests if scenario == "h1-idle" else args.requests
             for cc in ccs:

@@ -3,7 +3,8 @@
 each on one worker/thread, with a keep-alive pool to its upstream and access logs off.
 
 Every start function takes the scenario (`"h1"`: HTTP/1.1 in, HTTP/1.1 keep-alive to the
-upstream) so that other protocols can be added beside it, and returns a `RefProxy` whose `pid` is
+upstream; `"h2c"`, HAProxy only: h2c with prior knowledge in, h2c to the upstream, as
+`load_h2c.py`'s HAProxy h2c->h2c) and returns a `RefProxy` whose `pid` is
 the process doing the proxying (nginx's worker, HAProxy's only process) and whose `port` takes
 the load.
 
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SCENARIOS = ("h1",)
+SCENARIOS = ("h1", "h2c")
 
 
 def ensure_installed(*programs):
@@ -105,8 +106,11 @@ def nginx_worker(proc, timeout=5.0):
 
 def nginx_config(scenario, listen_port, upstream_port, workdir, master=True):
     """nginx.conf text: one worker, access log off, keep-alive pool of 100 to the upstream.
-    `master=False`: one process and no master (to run it under valgrind)."""
+    `master=False`: one process and no master (to run it under valgrind). HTTP/1.1 only: nginx
+    does not proxy to an HTTP/2 upstream."""
     _check(scenario)
+    if scenario != "h1":
+        raise ValueError("nginx proxies HTTP/1.1 only here")
     single = "" if master else "master_process off;\n"
     return f"""{single}worker_processes 1;
 worker_rlimit_nofile 30000;
@@ -139,6 +143,7 @@ http {{
 def haproxy_config(scenario, listen_port, upstream_port, workdir):
     """haproxy.cfg text: one thread, no logs, server connections kept and shared (`http-reuse always`)."""
     _check(scenario)
+    proto = " proto h2" if scenario == "h2c" else ""
     return f"""global
   nbthread 1
   maxconn 8000
@@ -153,10 +158,10 @@ defaults
   timeout server 300s
   timeout http-keep-alive 300s
 frontend fe
-  bind 127.0.0.1:{listen_port}
+  bind 127.0.0.1:{listen_port}{proto}
   default_backend app
 backend app
-  server app 127.0.0.1:{upstream_port}
+  server app 127.0.0.1:{upstream_port}{proto}
 """
 
 
