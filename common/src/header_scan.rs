@@ -72,6 +72,8 @@ known_headers! {
     K_PROXY_REQUEST = 18, "k-proxy-request";
     /// `K-Original-Host`.
     K_ORIGINAL_HOST = 19, "k-original-host";
+    /// `K-Network-Hash`.
+    K_NETWORK_HASH = 20, "k-network-hash";
 }
 
 impl Present {
@@ -98,6 +100,13 @@ impl Present {
     #[inline]
     pub fn scan(headers: &HeaderMap) -> Present {
         Present(headers.keys().fold(0, |bits, name| bits | bit_of(name)))
+    }
+
+    /// The bit of one name (empty for a name not tracked here), for a caller that walks the
+    /// map itself (e.g. to pick up values in the same pass).
+    #[inline]
+    pub fn of(name: &HeaderName) -> Present {
+        Present(bit_of(name))
     }
 
     /// Whether any name of `names` is present.
@@ -164,6 +173,7 @@ mod tests {
             "k-kubelet-probe",
             "k-proxy-request",
             "k-original-host",
+            "k-network-hash",
         ];
         let mut seen = 0u32;
         for name in names {

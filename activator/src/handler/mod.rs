@@ -2,6 +2,7 @@
 //! concurrency reporter hook, per-revision timeouts, and the activation handler (throttler lease,
 //! then the reverse proxy to the chosen pod).
 
+pub mod inbound;
 pub mod pools;
 pub mod probes;
 
@@ -22,10 +23,8 @@ use knative_common::body::{
 };
 use knative_common::drain::{InFlightCounter, InFlightGuard};
 use knative_common::h2::IncomingBody;
-use knative_common::headers::{
-    first_str, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_ORIGINAL_HOST,
-    K_PASSTHROUGH_LB, K_PROXY_REQUEST,
-};
+use knative_common::header_scan::Present;
+use knative_common::headers::{K_NETWORK_HASH, K_ORIGINAL_HOST, K_PASSTHROUGH_LB, K_PROXY_REQUEST};
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
 use knative_telemetry::metrics::{MeteredBody, MeteredFuture};
@@ -37,6 +36,7 @@ use crate::discovery::RevisionSpec;
 use crate::observability::{spans, ActiveGuard, Observability, Observed, RevisionMetrics};
 use crate::reporter::{AutoscalerConnection, ConcurrencyReporter, InFlightReport};
 use crate::throttler::{Lease, Throttler, ThrottlerError};
+use inbound::{text, Inbound};
 use pools::DestPools;
 use probes::Unhealthy;
 
@@ -145,19 +145,26 @@ impl Service<Request<IncomingBody>> for ActivatorService {
 
     fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let state = self.state;
-        if let Some(answer) = probes::answer(request.headers_mut(), || state.health()) {
+        // One pass over the headers for the probe stages, identification and the proxying.
+        let inbound = Inbound::scan(request.headers());
+        if let Some(answer) = probes::respond(&inbound, || state.health()) {
             return Box::pin(std::future::ready(Ok(answer)));
         }
+        let seen = Seen {
+            present: inbound.present,
+            host: inbound.host.is_some(),
+        };
         // Stage 4 (OTel server instrumentation) sits before revision identification upstream;
         // identifying first lets one observation carry the revision labels (stage 7) and the
         // request log (stage 8) without a second lookup. Requests for unknown revisions are
         // measured without revision labels and never logged, as upstream.
-        let (namespace, name) = identify(&request, &state.cluster_domain);
+        let (namespace, name) = identify(&inbound, request.uri(), &state.cluster_domain);
         let revision = (state.revisions)(namespace, name);
         let Some(revision) = revision else {
             let body = format!(
                 "Error getting active endpoint: revision.serving.knative.dev \"{name}\" not found\n"
             );
+            strip_network_hash(&mut request, seen.present);
             let observed = state
                 .observability
                 .observe(&mut request, None, None, self.remote);
@@ -169,6 +176,7 @@ impl Service<Request<IncomingBody>> for ActivatorService {
                 request.method() == http::Method::HEAD,
             ));
         };
+        strip_network_hash(&mut request, seen.present);
         let metrics = state.observability.revision_metrics(&revision);
         let observed = state.observability.observe(
             &mut request,
@@ -180,28 +188,52 @@ impl Service<Request<IncomingBody>> for ActivatorService {
         let peer = self.peer.clone();
         // `handle` directly (no wrapping async block, which would store the request twice in
         // every queued request's future).
-        let handled = handle(state, self.pools, peer, request, revision, metrics);
+        let handled = handle(state, self.pools, peer, request, revision, metrics, seen);
         Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
 
+/// Stage 2's stripping of `K-Network-Hash` from a request that is not a probe (spec §2.2).
+#[inline]
+fn strip_network_hash<B>(request: &mut Request<B>, present: Present) {
+    if present.any(Present::K_NETWORK_HASH) {
+        request.headers_mut().remove(&K_NETWORK_HASH);
+    }
+}
+
+/// What the scan of the inbound headers saw that the proxying needs: the tracked names
+/// (stripping and rewriting look up only those that are there) and whether `Host` was there.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    present: Present,
+    host: bool,
+}
+
+impl Seen {
+    /// For a request already rewritten once (the retry): every lookup is made.
+    const UNKNOWN: Seen = Seen {
+        present: Present::K_ORIGINAL_HOST,
+        host: true,
+    };
+}
+
 /// Revision namespace and name from the `Knative-Serving-*` headers, else from a
-/// `<name>.<namespace>.svc.<cluster-domain>[:port]` host (spec §2.5).
+/// `<name>.<namespace>.svc.<cluster-domain>[:port]` host (the request target's authority, else
+/// the `Host` header; spec §2.5).
 pub fn identify<'a>(
-    request: &'a Request<IncomingBody>,
+    inbound: &Inbound<'a>,
+    uri: &'a http::Uri,
     cluster_domain: &str,
 ) -> (&'a str, &'a str) {
-    let headers = request.headers();
-    let namespace = first_str(headers, &KNATIVE_SERVING_NAMESPACE);
-    let name = first_str(headers, &KNATIVE_SERVING_REVISION);
+    let namespace = text(inbound.namespace);
+    let name = text(inbound.revision);
     if !namespace.is_empty() && !name.is_empty() {
         return (namespace, name);
     }
-    let host = request
-        .uri()
+    let host = uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(HOST).and_then(|h| h.to_str().ok()))
+        .or_else(|| inbound.host.and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     identify_host(host, cluster_domain).unwrap_or((namespace, name))
 }
@@ -225,6 +257,7 @@ fn handle(
     request: Request<IncomingBody>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
+    seen: Seen,
 ) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send {
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
@@ -245,6 +278,7 @@ fn handle(
         peer,
         revision,
         metrics,
+        seen,
     };
     // A combinator, not an `async` block: awaiting a captured future would keep it twice.
     TimeoutLayer::new(timeouts, TIMEOUT_BODY)
@@ -268,6 +302,8 @@ struct Activation {
     peer: PeerIp,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
+    /// What the scan of the inbound headers saw.
+    seen: Seen,
 }
 
 impl Service<Request<IncomingBody>> for Activation {
@@ -292,7 +328,8 @@ impl Service<Request<IncomingBody>> for Activation {
     /// large, are boxed once they start.
     fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let this = self.clone();
-        let upgrade = rewrite::prepare_request(&mut request, &this.peer);
+        // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
+        let upgrade = rewrite::prepare_request_scanned(&mut request, &this.peer, this.seen.present);
         Box::pin(async move {
             let leased = match this.lease(&request).await {
                 Ok(leased) => leased,
@@ -300,7 +337,7 @@ impl Service<Request<IncomingBody>> for Activation {
             };
             // The retry's future is made (boxed) before it is awaited, so that the outcome it
             // comes from is not kept beside it.
-            let retry = match Box::pin(this.forward(leased, request, upgrade)).await {
+            let retry = match Box::pin(this.forward(leased, request, upgrade, this.seen)).await {
                 Forwarded::Done(response) => return Ok(response),
                 Forwarded::Unreached {
                     request,
@@ -395,6 +432,7 @@ impl Activation {
         leased: Leased,
         mut request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
+        seen: Seen,
     ) -> impl Future<Output = Forwarded> + Send + 'static {
         let id = &self.revision.id;
         let Leased { lease, active } = leased;
@@ -412,11 +450,16 @@ impl Activation {
         {
             None => {
                 let upstream = self.pools.get(addr);
-                direct_to(&mut request, lease.dest(), Some(upstream.host_header()));
+                direct_to(
+                    &mut request,
+                    lease.dest(),
+                    Some(upstream.host_header()),
+                    seen,
+                );
                 upstream
             }
             Some(target) => {
-                direct_to(&mut request, &target.host, None);
+                direct_to(&mut request, &target.host, None, seen);
                 target.upstream
             }
         };
@@ -480,7 +523,7 @@ impl Activation {
             Ok(leased) => leased,
             Err(refused) => return refused,
         };
-        match self.forward(leased, request, None).await {
+        match self.forward(leased, request, None, Seen::UNKNOWN).await {
             Forwarded::Done(response) => response,
             Forwarded::Unreached { error, .. } => bad_gateway(&error).map(Guarded::unguarded),
         }
@@ -506,31 +549,46 @@ impl Activation {
 /// Spec §2.13: the original host moves to `K-Original-Host` (unless already there), the
 /// request is addressed to the pod, and marked as proxied by the activator. `dest_value`: the
 /// pool's `ip:port` header value, used for `Host` when it is `dest` byte for byte (no copy and
-/// no validation per request).
-fn direct_to(request: &mut Request<IncomingBody>, dest: &str, dest_value: Option<&HeaderValue>) {
-    let original = match request.version() {
-        Version::HTTP_2 => request
+/// no validation per request). `seen`: whether `Host` and `K-Original-Host` are there (the
+/// lookups for absent ones are skipped; the headers end in the same order either way).
+fn direct_to(
+    request: &mut Request<IncomingBody>,
+    dest: &str,
+    dest_value: Option<&HeaderValue>,
+    seen: Seen,
+) {
+    let mut dest_value = match dest_value.filter(|v| v.as_bytes() == dest.as_bytes()) {
+        Some(value) => Some(value.clone()),
+        None => HeaderValue::from_str(dest).ok(),
+    };
+    let h2 = request.version() == Version::HTTP_2;
+    let original = if h2 {
+        request
             .uri()
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-        _ => request.headers().get(HOST).cloned(),
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    } else if !seen.host {
+        None
+    } else if let Some(value) = dest_value.take() {
+        // One lookup replaces `Host` where it stands and gives the original.
+        request.headers_mut().insert(HOST, value)
+    } else {
+        request.headers().get(HOST).cloned()
     };
     let headers = request.headers_mut();
     if let Some(original) = original {
-        // One lookup of the name for "unless already there" and the insert.
-        if let http::header::Entry::Vacant(vacant) = headers.entry(K_ORIGINAL_HOST) {
+        if !seen.present.any(Present::K_ORIGINAL_HOST) {
+            headers.insert(K_ORIGINAL_HOST, original);
+        } else if let http::header::Entry::Vacant(vacant) = headers.entry(K_ORIGINAL_HOST) {
+            // One lookup of the name for "unless already there" and the insert.
             vacant.insert(original);
         }
     }
     headers.insert(K_PROXY_REQUEST, HeaderValue::from_static("activator"));
-    let dest_value = match dest_value.filter(|v| v.as_bytes() == dest.as_bytes()) {
-        Some(value) => Some(value.clone()),
-        None => HeaderValue::from_str(dest).ok(),
-    };
     if let Some(dest_value) = dest_value {
         headers.insert(HOST, dest_value);
     }
-    if request.version() == Version::HTTP_2 {
+    if h2 {
         if let Ok(authority) = http::uri::Authority::try_from(dest) {
             let mut parts = std::mem::take(request.uri_mut()).into_parts();
             parts.authority = Some(authority);
