@@ -328,6 +328,10 @@ impl Service<Request<IncomingBody>> for Activation {
     /// large, are boxed once they start.
     fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let this = self.clone();
+        // Room for what is added on the way (`X-Forwarded-For`, `K-Original-Host`,
+        // `K-Proxy-Request`, `Host`) in one step: an HTTP/2 request's map is sized for the
+        // fields it arrived with, and would otherwise grow (rehash) up to three times.
+        request.headers_mut().reserve(UPSTREAM_HEADERS_ADDED);
         // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
         let upgrade = rewrite::prepare_request_scanned(&mut request, &this.peer, this.seen.present);
         Box::pin(async move {
@@ -349,6 +353,9 @@ impl Service<Request<IncomingBody>> for Activation {
         })
     }
 }
+
+/// Headers the activator adds to a request before proxying it (see [`Activation::call`]).
+const UPSTREAM_HEADERS_ADDED: usize = 4;
 
 /// How long a request whose pod refused the connection waits for discovery to drop that pod
 /// before it is tried once more (see [`Activation::call`]).
@@ -448,18 +455,28 @@ impl Activation {
             .pools
             .get_tls(addr, lease.is_cluster_ip(), &id.namespace)
         {
+            None if request.version() == Version::HTTP_2 => {
+                let (upstream, authority) = self.pools.get_with_authority(addr);
+                let dest = Dest {
+                    text: lease.dest(),
+                    host: None,
+                    authority: authority.as_ref(),
+                };
+                direct_to(&mut request, dest, seen);
+                upstream
+            }
             None => {
                 let upstream = self.pools.get(addr);
-                direct_to(
-                    &mut request,
-                    lease.dest(),
-                    Some(upstream.host_header()),
-                    seen,
-                );
+                let dest = Dest {
+                    text: lease.dest(),
+                    host: Some(upstream.host_header()),
+                    authority: None,
+                };
+                direct_to(&mut request, dest, seen);
                 upstream
             }
             Some(target) => {
-                direct_to(&mut request, &target.host, None, seen);
+                direct_to(&mut request, Dest::text(&target.host), seen);
                 target.upstream
             }
         };
@@ -546,36 +563,97 @@ impl Activation {
     }
 }
 
+/// Where [`direct_to`] addresses a request: `ip:port`, with the same as a `Host` value and as a
+/// URI authority when the pool has them (each used only when it is `text` byte for byte; else
+/// made from `text`, with a copy and a validation).
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    text: &'a str,
+    host: Option<&'a HeaderValue>,
+    authority: Option<&'a http::uri::Authority>,
+}
+
+impl<'a> Dest<'a> {
+    fn text(text: &'a str) -> Self {
+        Dest {
+            text,
+            host: None,
+            authority: None,
+        }
+    }
+
+    fn host(self) -> Option<HeaderValue> {
+        match self.host.filter(|v| v.as_bytes() == self.text.as_bytes()) {
+            Some(value) => Some(value.clone()),
+            None => HeaderValue::from_str(self.text).ok(),
+        }
+    }
+
+    fn authority(self) -> Option<http::uri::Authority> {
+        match self.authority.filter(|a| a.as_str() == self.text) {
+            Some(authority) => Some(authority.clone()),
+            None => http::uri::Authority::try_from(self.text).ok(),
+        }
+    }
+}
+
 /// Spec §2.13: the original host moves to `K-Original-Host` (unless already there), the
-/// request is addressed to the pod, and marked as proxied by the activator. `dest_value`: the
-/// pool's `ip:port` header value, used for `Host` when it is `dest` byte for byte (no copy and
-/// no validation per request). `seen`: whether `Host` and `K-Original-Host` are there (the
-/// lookups for absent ones are skipped; the headers end in the same order either way).
-fn direct_to(
-    request: &mut Request<IncomingBody>,
-    dest: &str,
-    dest_value: Option<&HeaderValue>,
-    seen: Seen,
-) {
-    let mut dest_value = match dest_value.filter(|v| v.as_bytes() == dest.as_bytes()) {
-        Some(value) => Some(value.clone()),
-        None => HeaderValue::from_str(dest).ok(),
-    };
-    let h2 = request.version() == Version::HTTP_2;
-    let original = if h2 {
-        request
+/// request is addressed to the pod, and marked as proxied by the activator. `seen`: whether
+/// `Host` and `K-Original-Host` are there (the lookups for absent ones are skipped; the headers
+/// end in the same order either way).
+///
+/// An HTTP/2 request goes upstream over HTTP/2 addressed by its URI, which gets the pod's
+/// authority; the `Host` header is dropped on the way ([`rewrite::to_h2c_form`]), so none is
+/// set here unless the authority cannot be made.
+fn direct_to(request: &mut Request<IncomingBody>, dest: Dest<'_>, seen: Seen) {
+    if request.version() == Version::HTTP_2 {
+        let original = request
             .uri()
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    } else if !seen.host {
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        mark_proxied(request.headers_mut(), original, seen);
+        let authority = dest.authority();
+        let addressed = authority.is_some_and(|authority| {
+            let mut parts = std::mem::take(request.uri_mut()).into_parts();
+            parts.authority = Some(authority);
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts
+                .path_and_query
+                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
+            match http::Uri::from_parts(parts) {
+                Ok(uri) => {
+                    *request.uri_mut() = uri;
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        if !addressed {
+            if let Some(host) = dest.host() {
+                request.headers_mut().insert(HOST, host);
+            }
+        }
+        return;
+    }
+    let mut host = dest.host();
+    let original = if !seen.host {
         None
-    } else if let Some(value) = dest_value.take() {
+    } else if let Some(value) = host.take() {
         // One lookup replaces `Host` where it stands and gives the original.
         request.headers_mut().insert(HOST, value)
     } else {
         request.headers().get(HOST).cloned()
     };
     let headers = request.headers_mut();
+    mark_proxied(headers, original, seen);
+    if let Some(host) = host {
+        headers.insert(HOST, host);
+    }
+}
+
+/// `K-Original-Host` (unless already there) and `K-Proxy-Request: activator`.
+#[inline]
+fn mark_proxied(headers: &mut http::HeaderMap, original: Option<HeaderValue>, seen: Seen) {
     if let Some(original) = original {
         if !seen.present.any(Present::K_ORIGINAL_HOST) {
             headers.insert(K_ORIGINAL_HOST, original);
@@ -585,22 +663,6 @@ fn direct_to(
         }
     }
     headers.insert(K_PROXY_REQUEST, HeaderValue::from_static("activator"));
-    if let Some(dest_value) = dest_value {
-        headers.insert(HOST, dest_value);
-    }
-    if h2 {
-        if let Ok(authority) = http::uri::Authority::try_from(dest) {
-            let mut parts = std::mem::take(request.uri_mut()).into_parts();
-            parts.authority = Some(authority);
-            parts.scheme = Some(http::uri::Scheme::HTTP);
-            parts
-                .path_and_query
-                .get_or_insert(http::uri::PathAndQuery::from_static("/"));
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                *request.uri_mut() = uri;
-            }
-        }
-    }
 }
 
 /// Passthrough-LB mode (spec §2.13, §11 item 7): the mesh routes by Host, so the request is
