@@ -120,6 +120,12 @@ impl Present {
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+
+    /// These names but those of `names` (e.g. once the caller removed them).
+    #[inline]
+    pub const fn without(self, names: Present) -> Present {
+        Present(self.0 & !names.0)
+    }
 }
 
 impl std::ops::BitOr for Present {
@@ -148,6 +154,8 @@ mod tests {
         assert!(present.any(Present::HOP_BY_HOP));
         assert!(present.any(Present::K_NETWORK_PROBE));
         assert!(!present.any(Present::CONNECTION | Present::FORWARDED_FAMILY));
+        let rest = present.without(Present::TE | Present::CONNECTION);
+        assert!(!rest.any(Present::TE) && rest.any(Present::K_NETWORK_PROBE));
     }
 
     #[test]

@@ -24,7 +24,10 @@ use knative_common::body::{
 use knative_common::drain::{InFlightCounter, InFlightGuard};
 use knative_common::h2::IncomingBody;
 use knative_common::header_scan::Present;
-use knative_common::headers::{K_NETWORK_HASH, K_ORIGINAL_HOST, K_PASSTHROUGH_LB, K_PROXY_REQUEST};
+use knative_common::headers::{
+    KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_NETWORK_HASH, K_ORIGINAL_HOST,
+    K_PASSTHROUGH_LB, K_PROXY_REQUEST,
+};
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
 use knative_telemetry::metrics::{MeteredBody, MeteredFuture};
@@ -328,12 +331,9 @@ impl Service<Request<IncomingBody>> for Activation {
     /// large, are boxed once they start.
     fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
         let this = self.clone();
-        // Room for what is added on the way (`X-Forwarded-For`, `K-Original-Host`,
-        // `K-Proxy-Request`, `Host`) in one step: an HTTP/2 request's map is sized for the
-        // fields it arrived with, and would otherwise grow (rehash) up to three times.
-        request.headers_mut().reserve(UPSTREAM_HEADERS_ADDED);
+        let present = make_room(request.headers_mut(), this.seen.present);
         // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
-        let upgrade = rewrite::prepare_request_scanned(&mut request, &this.peer, this.seen.present);
+        let upgrade = rewrite::prepare_request_scanned(&mut request, &this.peer, present);
         Box::pin(async move {
             let leased = match this.lease(&request).await {
                 Ok(leased) => leased,
@@ -354,8 +354,35 @@ impl Service<Request<IncomingBody>> for Activation {
     }
 }
 
-/// Headers the activator adds to a request before proxying it (see [`Activation::call`]).
+/// Headers the activator adds to a request before proxying it (see [`make_room`]).
 const UPSTREAM_HEADERS_ADDED: usize = 4;
+
+/// Makes room in `headers` for what is added on the way (`X-Forwarded-For`, `K-Original-Host`,
+/// `K-Proxy-Request`, `Host`) in one step: an HTTP/2 request's map is sized for the fields it
+/// arrived with and would otherwise grow (rehash) up to three times. When the revision headers
+/// are the only ones [`rewrite::prepare_request_scanned`] would remove, they are removed first
+/// (the same removals in the same order), so that a map they filled is reallocated empty rather
+/// than rehashed; returns what is left of `present`.
+#[inline]
+fn make_room(headers: &mut http::HeaderMap, present: Present) -> Present {
+    const REVISION: Present = Present::KNATIVE_SERVING_REVISION;
+    const NAMESPACE: Present = Present::KNATIVE_SERVING_NAMESPACE;
+    let present = if present.any(REVISION | NAMESPACE)
+        && !present.any(Present::HOP_BY_HOP | Present::HTTP2_SETTINGS)
+    {
+        if present.any(REVISION) {
+            headers.remove(KNATIVE_SERVING_REVISION);
+        }
+        if present.any(NAMESPACE) {
+            headers.remove(KNATIVE_SERVING_NAMESPACE);
+        }
+        present.without(REVISION | NAMESPACE)
+    } else {
+        present
+    };
+    headers.reserve(UPSTREAM_HEADERS_ADDED);
+    present
+}
 
 /// How long a request whose pod refused the connection waits for discovery to drop that pod
 /// before it is tried once more (see [`Activation::call`]).
@@ -720,6 +747,69 @@ mod tests {
             .unwrap();
         passthrough_lb(&mut h2, "ns", "rev");
         assert_eq!(h2.uri().to_string(), "http://rev-private.ns/x?y");
+    }
+
+    /// Removing the revision headers ahead (to reallocate the map empty) leaves the upstream
+    /// request's headers exactly as the shared preparation alone does, order included.
+    #[test]
+    fn making_room_changes_no_header() {
+        let peer = PeerIp::new("10.0.0.9:5555".parse().unwrap());
+        let cases: &[&[(&str, &str)]] = &[
+            &[
+                ("host", "h"),
+                ("knative-serving-namespace", "ns"),
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("x-b", "2"),
+            ],
+            &[
+                ("knative-serving-revision", "rev"),
+                ("knative-serving-namespace", "ns"),
+            ],
+            &[
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("x-b", "2"),
+            ],
+            &[
+                ("knative-serving-namespace", "ns"),
+                ("connection", "x-a"),
+                ("x-a", "1"),
+                ("te", "trailers"),
+                ("knative-serving-revision", "rev"),
+                ("x-forwarded-for", "1.2.3.4"),
+            ],
+            &[("x-forwarded-for", "1.2.3.4"), ("x-b", "2")],
+        ];
+        for fields in cases {
+            let request = || {
+                let mut request = Request::get("/").body(()).unwrap();
+                for (name, value) in *fields {
+                    request
+                        .headers_mut()
+                        .append(*name, HeaderValue::from_static(value));
+                }
+                request
+            };
+            let listed = |request: &Request<()>| -> Vec<(String, String)> {
+                request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+                    .collect()
+            };
+            let mut plain = request();
+            let present = Present::scan(plain.headers());
+            rewrite::prepare_request_scanned(&mut plain, &peer, present);
+            let mut roomy = request();
+            let left = make_room(roomy.headers_mut(), present);
+            assert!(
+                !left.any(Present::KNATIVE_SERVING_REVISION) || present.any(Present::HOP_BY_HOP)
+            );
+            rewrite::prepare_request_scanned(&mut roomy, &peer, left);
+            assert_eq!(listed(&plain), listed(&roomy), "{fields:?}");
+            assert!(roomy.headers().capacity() >= roomy.headers().len() + 3);
+        }
     }
 
     #[test]
