@@ -29,10 +29,9 @@ use knative_common::headers::{
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
 };
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
-use knative_common::timeout::{TimeoutBody, TimeoutLayer, Timeouts};
+use knative_common::timeout::{TimeoutBody, TimeoutFuture, Timeouts};
 use knative_telemetry::metrics::{MeteredBody, MeteredFuture};
 use knative_telemetry::trace::Span;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::discovery::RevisionSpec;
@@ -188,10 +187,11 @@ impl Service<Request<IncomingBody>> for ActivatorService {
             self.remote,
         );
         let head = request.method() == http::Method::HEAD;
-        let peer = self.peer.clone();
         // `handle` directly (no wrapping async block, which would store the request twice in
         // every queued request's future).
-        let handled = handle(state, self.pools, peer, request, revision, metrics, seen);
+        let handled = handle(
+            state, self.pools, &self.peer, request, revision, metrics, seen,
+        );
         Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
@@ -256,12 +256,12 @@ fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'
 fn handle(
     state: &'static ActivatorState,
     pools: &'static DestPools,
-    peer: PeerIp,
-    request: Request<IncomingBody>,
+    peer: &PeerIp,
+    mut request: Request<IncomingBody>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
     seen: Seen,
-) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send {
+) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send + use<> {
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
@@ -275,49 +275,49 @@ fn handle(
             .filter(|s| *s > 0)
             .map(Duration::from_secs),
     };
+    let start = tokio::time::Instant::now();
+    let present = make_room(request.headers_mut(), seen.present);
+    // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
+    let upgrade = rewrite::prepare_request_scanned(&mut request, peer, present);
     let activation = Activation {
         state,
         pools,
-        peer,
         revision,
         metrics,
         seen,
     };
     // A combinator, not an `async` block: awaiting a captured future would keep it twice.
-    TimeoutLayer::new(timeouts, TIMEOUT_BODY)
-        .layer(activation)
-        .call(request)
-        .map(move |timed| {
-            let response = match timed {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            let response = attach_guard(response, Some(report));
-            Ok(attach_guard(response, Some(in_flight)))
-        })
+    TimeoutFuture::new(
+        start,
+        activation.run(request, upgrade),
+        timeouts,
+        TIMEOUT_BODY,
+    )
+    .map(move |timed| {
+        let response = match timed {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let response = attach_guard(response, Some(report));
+        Ok(attach_guard(response, Some(in_flight)))
+    })
 }
 
 /// Stage 12: wait for capacity, then proxy to the leased pod (spec §2.12–§2.15).
-#[derive(Clone)]
 struct Activation {
     state: &'static ActivatorState,
     pools: &'static DestPools,
-    peer: PeerIp,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
     /// What the scan of the inbound headers saw.
     seen: Seen,
 }
 
-impl Service<Request<IncomingBody>> for Activation {
-    type Response = Response<Guarded<ProxyBody, ProxyGuards>>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+/// Response future of [`Activation::run`].
+type ActivationFuture =
+    Pin<Box<dyn Future<Output = Result<ActivationResponse, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
+impl Activation {
     /// Beyond upstream: when the connection to the leased pod cannot even be opened (refused or
     /// timed out: typically a pod that died a moment ago and is still listed), nothing was sent,
     /// so the request waits for discovery to drop that pod (at most [`UNREACHABLE_POD_WAIT`])
@@ -329,11 +329,15 @@ impl Service<Request<IncomingBody>> for Activation {
     /// future's captured slot while [`Activation::lease`] borrows it (an `async fn` taking it
     /// would keep a second copy), and the proxying and the rare retry, whose futures are
     /// large, are boxed once they start.
-    fn call(&mut self, mut request: Request<IncomingBody>) -> Self::Future {
-        let this = self.clone();
-        let present = make_room(request.headers_mut(), this.seen.present);
-        // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
-        let upgrade = rewrite::prepare_request_scanned(&mut request, &this.peer, present);
+    ///
+    /// `request`'s headers are prepared already ([`rewrite::prepare_request_scanned`], which
+    /// gave `upgrade`).
+    fn run(
+        self,
+        request: Request<IncomingBody>,
+        upgrade: Option<rewrite::UpgradeRequest>,
+    ) -> ActivationFuture {
+        let this = self;
         Box::pin(async move {
             let leased = match this.lease(&request).await {
                 Ok(leased) => leased,
