@@ -389,7 +389,7 @@ fn make_room(headers: &mut http::HeaderMap, present: Present) -> Present {
 }
 
 /// How long a request whose pod refused the connection waits for discovery to drop that pod
-/// before it is tried once more (see [`Activation::call`]).
+/// before it is tried once more (see [`Activation::run`]).
 const UNREACHABLE_POD_WAIT: Duration = Duration::from_secs(1);
 
 /// How often that wait checks the revision's destinations.
