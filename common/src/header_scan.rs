@@ -72,6 +72,8 @@ known_headers! {
     K_PROXY_REQUEST = 18, "k-proxy-request";
     /// `K-Original-Host`.
     K_ORIGINAL_HOST = 19, "k-original-host";
+    /// `K-Network-Hash`.
+    K_NETWORK_HASH = 20, "k-network-hash";
 }
 
 impl Present {
@@ -100,6 +102,13 @@ impl Present {
         Present(headers.keys().fold(0, |bits, name| bits | bit_of(name)))
     }
 
+    /// The bit of one name (empty for a name not tracked here), for a caller that walks the
+    /// map itself (e.g. to pick up values in the same pass).
+    #[inline]
+    pub fn of(name: &HeaderName) -> Present {
+        Present(bit_of(name))
+    }
+
     /// Whether any name of `names` is present.
     #[inline]
     pub fn any(self, names: Present) -> bool {
@@ -110,6 +119,12 @@ impl Present {
     #[inline]
     pub fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// These names but those of `names` (e.g. once the caller removed them).
+    #[inline]
+    pub const fn without(self, names: Present) -> Present {
+        Present(self.0 & !names.0)
     }
 }
 
@@ -139,6 +154,8 @@ mod tests {
         assert!(present.any(Present::HOP_BY_HOP));
         assert!(present.any(Present::K_NETWORK_PROBE));
         assert!(!present.any(Present::CONNECTION | Present::FORWARDED_FAMILY));
+        let rest = present.without(Present::TE | Present::CONNECTION);
+        assert!(!rest.any(Present::TE) && rest.any(Present::K_NETWORK_PROBE));
     }
 
     #[test]
@@ -164,6 +181,7 @@ mod tests {
             "k-kubelet-probe",
             "k-proxy-request",
             "k-original-host",
+            "k-network-hash",
         ];
         let mut seen = 0u32;
         for name in names {

@@ -86,11 +86,21 @@ impl<S> TimeoutService<S> {
         S: Service<Request<ReqB>, Response = Response<B>>,
     {
         let start = Instant::now();
+        TimeoutFuture::new(start, self.inner.call(request), timeouts, self.message)
+    }
+}
+
+impl<F> TimeoutFuture<F> {
+    /// The timers of one request started at `start` (taken before the request was handed on),
+    /// around the inner response `future`: what [`TimeoutService::call_with`] makes, for a
+    /// caller that builds the inner future itself (e.g. from a handler it owns, with no
+    /// service to clone).
+    pub fn new(start: Instant, future: F, timeouts: Timeouts, message: &'static str) -> Self {
         TimeoutFuture {
-            future: Some(self.inner.call(request)),
+            future: Some(future),
             clock: Clock::new(start, timeouts),
             sleep: None,
-            message: self.message,
+            message,
         }
     }
 }

@@ -25,9 +25,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use tokio::sync::watch;
@@ -285,6 +286,24 @@ pub struct SnapshotCell {
     tx: watch::Sender<Arc<Snapshot>>,
     synced: AtomicBool,
     feeds: Arc<Mutex<Feeds>>,
+    /// Changes with every publication: a number no other cell's generation ever takes (see
+    /// [`SnapshotCell::revision`]'s cache).
+    generation: AtomicU64,
+}
+
+/// Source of [`SnapshotCell`] generations, unique across all cells of the process.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+thread_local! {
+    /// The revision this thread looked up last, with the generation of the cell it was found
+    /// in (at the lookup or before). A connection's requests mostly name one revision, so the
+    /// request path usually finds it here without the snapshot's lock and two string-keyed
+    /// map lookups.
+    static LAST_REVISION: RefCell<Option<(u64, Arc<RevisionSpec>)>> = const { RefCell::new(None) };
 }
 
 impl Default for SnapshotCell {
@@ -304,6 +323,7 @@ impl SnapshotCell {
             tx: watch::Sender::new(Arc::new(Snapshot::default())),
             synced: AtomicBool::new(false),
             feeds: Arc::default(),
+            generation: AtomicU64::new(next_generation()),
         }
     }
 
@@ -336,6 +356,9 @@ impl SnapshotCell {
                 None => false,
             });
             self.tx.send_replace(Arc::new(snapshot));
+            // After the snapshot: a lookup that read the old generation may have cached a
+            // revision of the new snapshot under it, never the reverse.
+            self.generation.store(next_generation(), Ordering::Release);
         }
         self.synced.store(true, Ordering::Release);
         changed
@@ -366,9 +389,27 @@ impl SnapshotCell {
         self.tx.borrow().clone()
     }
 
-    /// The revision's settings from the latest snapshot (read lock, no allocation).
+    /// The revision's settings from the latest snapshot (no allocation). The revision found
+    /// last on this thread is kept with the cell's generation, and given again while no
+    /// publication has happened since; otherwise a read lock and the snapshot's maps.
     pub fn revision(&self, namespace: &str, name: &str) -> Option<Arc<RevisionSpec>> {
-        self.tx.borrow().revision(namespace, name)
+        let generation = self.generation.load(Ordering::Acquire);
+        LAST_REVISION
+            .try_with(|last| {
+                if let Some((cached, spec)) = &*last.borrow() {
+                    if *cached == generation
+                        && spec.id.name == name
+                        && spec.id.namespace == namespace
+                    {
+                        return Some(Arc::clone(spec));
+                    }
+                }
+                let found = self.tx.borrow().revision(namespace, name)?;
+                *last.borrow_mut() = Some((generation, Arc::clone(&found)));
+                Some(found)
+            })
+            // The thread is ending (its locals are gone): no cache.
+            .unwrap_or_else(|_| self.tx.borrow().revision(namespace, name))
     }
 
     /// Whether a first complete snapshot has been published.

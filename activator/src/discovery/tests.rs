@@ -288,6 +288,48 @@ fn snapshot_cell_publishes_only_changes() {
     );
 }
 
+/// The request path's per-thread cache of the last revision never gives a revision of another
+/// cell, nor one a later publication changed or removed.
+#[test]
+fn revision_lookups_follow_publications_and_cells() {
+    let snapshot = |entries: Vec<RevisionEntry>| {
+        let mut snapshot = Snapshot::default();
+        for entry in entries {
+            snapshot.set(entry);
+        }
+        snapshot
+    };
+    let cc = |cell: &SnapshotCell, name: &str| {
+        cell.revision("default", name)
+            .map(|spec| spec.container_concurrency)
+    };
+    let a = SnapshotCell::new();
+    let b = SnapshotCell::new();
+    a.publish(snapshot(vec![spec_entry("one", 1), spec_entry("two", 2)]));
+    b.publish(snapshot(vec![spec_entry("one", 10)]));
+    for _ in 0..2 {
+        assert_eq!(cc(&a, "one"), Some(1));
+        assert_eq!(cc(&a, "one"), Some(1));
+        assert_eq!(cc(&b, "one"), Some(10));
+        assert_eq!(cc(&a, "two"), Some(2));
+        assert_eq!(cc(&b, "two"), None);
+        assert_eq!(a.revision("other", "one").map(|s| s.id.clone()), None);
+    }
+    assert_eq!(cc(&a, "one"), Some(1));
+    a.publish(snapshot(vec![spec_entry("one", 3)]));
+    assert_eq!(cc(&a, "one"), Some(3));
+    assert_eq!(cc(&a, "two"), None);
+    a.publish_changes(snapshot(vec![]), ids(&["one"]));
+    assert_eq!(cc(&a, "one"), None);
+    assert_eq!(cc(&b, "one"), Some(10));
+    // A cell made after another was dropped (possibly at its address) starts afresh.
+    drop(b);
+    let c = SnapshotCell::new();
+    assert_eq!(cc(&c, "one"), None);
+    c.publish(snapshot(vec![spec_entry("one", 4)]));
+    assert_eq!(cc(&c, "one"), Some(4));
+}
+
 // ---------------------------------------------------------------------------------------------
 // File source.
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use http::uri::Authority;
 use knative_common::proxy::{Upstream, UpstreamHandle};
 
 use crate::tls::UpstreamTrust;
@@ -23,6 +24,8 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(90);
 struct DestPool {
     upstream: Arc<Upstream>,
     used: AtomicBool,
+    /// `ip:port` as a URI authority (HTTP/2 requests are addressed with it), parsed once.
+    authority: Option<Authority>,
 }
 
 /// A TLS pool: its connections were verified for one revision namespace only.
@@ -144,15 +147,33 @@ impl DestPools {
     /// The pool for `addr`.
     #[inline]
     pub fn get(&self, addr: SocketAddr) -> UpstreamHandle {
+        self.with_pool(addr, |pool| UpstreamHandle::Shared(pool.upstream.clone()))
+    }
+
+    /// The pool for `addr` and `addr` as a URI authority (`None` in the impossible case that
+    /// it does not parse as one).
+    #[inline]
+    pub fn get_with_authority(&self, addr: SocketAddr) -> (UpstreamHandle, Option<Authority>) {
+        self.with_pool(addr, |pool| {
+            (
+                UpstreamHandle::Shared(pool.upstream.clone()),
+                pool.authority.clone(),
+            )
+        })
+    }
+
+    #[inline]
+    fn with_pool<T>(&self, addr: SocketAddr, f: impl FnOnce(&DestPool) -> T) -> T {
         if let Some(pool) = self.pools.get(&addr) {
             pool.used.store(true, Ordering::Relaxed);
-            return UpstreamHandle::Shared(pool.upstream.clone());
+            return f(&pool);
         }
         let pool = self.pools.entry(addr).or_insert_with(|| DestPool {
             upstream: Arc::new(Upstream::new(addr, self.max_idle_per_host)),
             used: AtomicBool::new(true),
+            authority: Authority::try_from(addr.to_string()).ok(),
         });
-        UpstreamHandle::Shared(pool.upstream.clone())
+        f(&pool)
     }
 
     /// Number of pools.
@@ -199,7 +220,8 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
         drop(pools.get(a));
-        let held = pools.get(b);
+        let (held, authority) = pools.get_with_authority(b);
+        assert_eq!(authority.unwrap(), "127.0.0.1:2");
         pools.sweep(); // both were used since creation
         assert_eq!(pools.len(), 2);
         pools.sweep(); // a unused and unheld; b unused but held

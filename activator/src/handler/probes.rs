@@ -4,10 +4,9 @@
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
 use knative_common::body::{empty, text_error, text_error_bytes, text_plain, LocalBody};
-use knative_common::classify::is_kubelet_probe;
-use knative_common::headers::{
-    first_str, K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_ACTIVATOR, PROBE_NETWORK,
-};
+use knative_common::headers::{K_NETWORK_HASH, PROBE_ACTIVATOR, PROBE_NETWORK};
+
+use super::inbound::{text, Inbound};
 
 /// Why the activator is not healthy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +30,24 @@ pub fn answer<B: LocalBody>(
     headers: &mut HeaderMap,
     health: impl FnOnce() -> Result<(), Unhealthy>,
 ) -> Option<Response<B>> {
-    if is_kubelet_probe(headers) {
+    let inbound = Inbound::scan(headers);
+    if let Some(response) = respond(&inbound, health) {
+        return Some(response);
+    }
+    if inbound.network_hash.is_some() {
+        headers.remove(&K_NETWORK_HASH);
+    }
+    None
+}
+
+/// [`answer`] from a scan of the headers, without the stripping (the caller strips
+/// `K-Network-Hash` when the scan saw it and this returns `None`).
+#[inline]
+pub fn respond<B: LocalBody>(
+    inbound: &Inbound<'_>,
+    health: impl FnOnce() -> Result<(), Unhealthy>,
+) -> Option<Response<B>> {
+    if inbound.is_kubelet_probe() {
         return Some(match health() {
             Ok(()) => empty(StatusCode::OK),
             Err(Unhealthy::Terminating) => {
@@ -42,31 +58,26 @@ pub fn answer<B: LocalBody>(
             }
         });
     }
-    let probe = first_str(headers, &K_NETWORK_PROBE);
+    let probe = text(inbound.network_probe);
+    if probe.is_empty() {
+        return None;
+    }
     if probe == PROBE_NETWORK {
-        let Some(hash) = headers
-            .get(&K_NETWORK_HASH)
-            .filter(|h| !h.is_empty())
-            .cloned()
-        else {
+        let Some(hash) = inbound.network_hash.filter(|h| !h.is_empty()).cloned() else {
             return Some(text_error(StatusCode::BAD_REQUEST, MISSING_HASH_BODY));
         };
         let mut response = empty(StatusCode::OK);
         response.headers_mut().insert(K_NETWORK_HASH, hash);
         return Some(response);
     }
-    if !probe.is_empty() {
-        if probe == PROBE_ACTIVATOR {
-            return Some(text_plain(StatusCode::OK, PROBE_ACTIVATOR));
-        }
-        let body = format!(
-            "unexpected probe header value: \"{}\"\n",
-            html_escape(probe)
-        );
-        return Some(text_error_bytes(StatusCode::BAD_REQUEST, Bytes::from(body)));
+    if probe == PROBE_ACTIVATOR {
+        return Some(text_plain(StatusCode::OK, PROBE_ACTIVATOR));
     }
-    headers.remove(&K_NETWORK_HASH);
-    None
+    let body = format!(
+        "unexpected probe header value: \"{}\"\n",
+        html_escape(probe)
+    );
+    Some(text_error_bytes(StatusCode::BAD_REQUEST, Bytes::from(body)))
 }
 
 /// Go's `html.EscapeString`: `<`, `>`, `&`, `'` and `"`.

@@ -24,6 +24,7 @@ pub mod spans;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -131,6 +132,9 @@ pub struct Observability {
     /// The OTLP metric push, awaited at shutdown.
     exporter_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     dynamic: ArcSwap<DynamicObservability>,
+    /// `dynamic.request_log_active()`, set after each store: a request with the log off (the
+    /// default) does not load the settings.
+    request_log: AtomicBool,
     revision_info: DashMap<RevisionId, Arc<RevisionInfo>, crate::FastHash>,
 }
 
@@ -156,6 +160,7 @@ impl Observability {
             metrics,
             tracer: None,
             exporter_task: std::sync::Mutex::new(None),
+            request_log: AtomicBool::new(dynamic.request_log_active()),
             dynamic: ArcSwap::from_pointee(dynamic),
             revision_info: DashMap::default(),
         }
@@ -217,17 +222,19 @@ impl Observability {
             .tracer
             .map(|t| spans::server_span(t, request, revision.map(|r| &**r)));
         let measure = self.metrics.map(|m| m.start(request, revision_metrics));
-        let line = revision.and_then(|revision| {
-            let settings = self.dynamic.load();
-            settings.request_log_active().then(|| {
-                LogLine::capture(
-                    Arc::clone(&settings),
-                    self.revision_info(revision),
-                    remote,
-                    request,
-                )
-            })
-        });
+        let line = revision
+            .filter(|_| self.request_log.load(Ordering::Acquire))
+            .and_then(|revision| {
+                let settings = self.dynamic.load();
+                settings.request_log_active().then(|| {
+                    LogLine::capture(
+                        Arc::clone(&settings),
+                        self.revision_info(revision),
+                        remote,
+                        request,
+                    )
+                })
+            });
         (measure.is_some() || line.is_some() || span.is_some()).then(|| {
             Observed(Box::new(ObservedInner {
                 measure,
@@ -253,7 +260,9 @@ impl Observability {
                         request_log = next.request_log_active(),
                         "observability configuration updated"
                     );
+                    let active = next.request_log_active();
                     self.dynamic.store(Arc::new(next));
+                    self.request_log.store(active, Ordering::Release);
                 }
             }
             Err(error) => {

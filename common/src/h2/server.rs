@@ -219,9 +219,13 @@ where
                     let (parts, body) = response.into_parts();
                     let mut head = Response::from_parts(parts, ());
                     super::strip_connection_headers(head.headers_mut(), false);
-                    head.headers_mut()
-                        .entry(http::header::DATE)
-                        .or_insert_with(super::date::now);
+                    // `contains_key` then `insert`, not `entry`: `entry` makes room for one
+                    // more field first, and a map decoded from the upstream is full, so every
+                    // response that has the field already would rehash its map for nothing.
+                    if !head.headers().contains_key(http::header::DATE) {
+                        head.headers_mut()
+                            .insert(http::header::DATE, super::date::now());
+                    }
                     if body.is_end_stream() {
                         if this.reply.send_response(head, true).is_err() {
                             this.reply.send_reset(h2::Reason::INTERNAL_ERROR);
@@ -229,9 +233,10 @@ where
                         return Poll::Ready(());
                     }
                     if let Some(len) = body.size_hint().exact() {
-                        head.headers_mut()
-                            .entry(http::header::CONTENT_LENGTH)
-                            .or_insert_with(|| http::HeaderValue::from(len));
+                        if !head.headers().contains_key(http::header::CONTENT_LENGTH) {
+                            head.headers_mut()
+                                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+                        }
                     }
                     match this.reply.send_response(head, false) {
                         Ok(tx) => State::Body {

@@ -96,8 +96,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
 /// Returns the protocol switch the client asked for, if any. An `Upgrade: h2c` request is served
 /// as plain HTTP/1.1 (the upgrade is dropped, never forwarded).
 pub fn prepare_request<B>(request: &mut Request<B>, peer: &PeerIp) -> Option<UpgradeRequest> {
+    let present = Present::scan(request.headers());
+    prepare_request_scanned(request, peer, present)
+}
+
+/// [`prepare_request`] for a caller that already scanned the headers: `present` must be
+/// [`Present::scan`] of them as they are now (a bit for a name no longer there only costs a
+/// lookup; a missing bit leaves that header in).
+pub fn prepare_request_scanned<B>(
+    request: &mut Request<B>,
+    peer: &PeerIp,
+    present: Present,
+) -> Option<UpgradeRequest> {
     let headers = request.headers_mut();
-    let present = Present::scan(headers);
     if present.is_empty() {
         // The common case: nothing to remove, and no X-Forwarded-For to extend.
         headers.insert(X_FORWARDED_FOR, peer.0.clone());
