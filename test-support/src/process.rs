@@ -73,6 +73,30 @@ pub fn free_port() -> u16 {
 /// This looks at the kernel's socket tables (`/proc/net/tcp`, `/proc/net/tcp6`, state `0A` =
 /// LISTEN) and at the process's descriptors (`/proc/<pid>/fd` → `socket:[inode]`).
 pub fn pid_listens_on(pid: u32, port: u16) -> bool {
+    matches!(
+        port_listeners(pid, port),
+        PortListeners::Pid | PortListeners::Shared
+    )
+}
+
+/// Who holds the listening sockets of a port ([`port_listeners`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortListeners {
+    /// Nobody listens.
+    None,
+    /// Only the process asked about.
+    Pid,
+    /// That process and another one: both bound the port with `SO_REUSEPORT` (the activator
+    /// does with more than one worker), and the kernel spreads connections between them. Two
+    /// tests that picked the same free port end up here, each talking to both processes.
+    Shared,
+    /// Only other processes.
+    Other,
+}
+
+/// Who holds the listening sockets of `port`: `pid`, other processes, both or nobody (see
+/// [`pid_listens_on`] for how).
+pub fn port_listeners(pid: u32, port: u16) -> PortListeners {
     let port_hex = format!(":{port:04X}");
     let mut inodes = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
@@ -88,16 +112,22 @@ pub fn pid_listens_on(pid: u32, port: u16) -> bool {
         }
     }
     if inodes.is_empty() {
-        return false;
+        return PortListeners::None;
     }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .map(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
-            .unwrap_or(false)
-    })
+    let ours: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|target| target.to_str().map(str::to_owned))
+                .filter(|target| inodes.contains(target))
+                .collect()
+        })
+        .unwrap_or_default();
+    match (ours.is_empty(), inodes.iter().all(|i| ours.contains(i))) {
+        (true, _) => PortListeners::Other,
+        (false, true) => PortListeners::Pid,
+        (false, false) => PortListeners::Shared,
+    }
 }
 
 /// Polls `check` every 10 ms until it returns `Some`, panicking with `what` after `limit`.
@@ -172,4 +202,50 @@ pub fn cargo_build(args: &[&str]) -> std::path::PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     workspace.join("target").join("debug")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Socket, Type};
+    use std::net::SocketAddr;
+    use std::process::{Command, Stdio};
+
+    fn reuse_port_listener(addr: SocketAddr) -> Socket {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket.set_reuse_port(true).expect("SO_REUSEPORT");
+        socket.bind(&addr.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        socket
+    }
+
+    #[test]
+    fn a_port_bound_by_two_processes_is_shared() {
+        let me = std::process::id();
+        let first = reuse_port_listener("127.0.0.1:0".parse().unwrap());
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let port = addr.port();
+        assert_eq!(port_listeners(me, port), PortListeners::Pid);
+        // Another process takes the first socket over (it inherits the descriptor; ours closes).
+        first.set_cloexec(false).expect("inheritable");
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        drop(first);
+        let other_pid = other.id();
+        assert_eq!(port_listeners(me, port), PortListeners::Other);
+        assert!(!pid_listens_on(me, port));
+        // This process binds the same port too, as a second activator with SO_REUSEPORT would.
+        let second = reuse_port_listener(addr);
+        assert_eq!(port_listeners(me, port), PortListeners::Shared);
+        assert_eq!(port_listeners(other_pid, port), PortListeners::Shared);
+        assert!(pid_listens_on(me, port), "listening, if not alone");
+        other.kill().expect("kill");
+        other.wait().expect("wait");
+        assert_eq!(port_listeners(me, port), PortListeners::Pid);
+        drop(second);
+        assert_eq!(port_listeners(me, port), PortListeners::None);
+    }
 }

@@ -55,7 +55,7 @@ pub fn queue_proxy_bin() -> &'static Path {
 }
 
 #[allow(unused_imports)]
-pub use test_support::{free_port, pid_listens_on};
+pub use test_support::{free_port, pid_listens_on, port_listeners, PortListeners};
 
 fn unique_path(prefix: &str, ext: &str) -> PathBuf {
     static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -375,12 +375,24 @@ impl ActivatorConfig {
                     );
                 }
                 // Owned by this child, not merely accepting: another test may have taken a
-                // port picked here before the child bound it.
+                // port picked here before the child bound it. With more than one worker the
+                // activator binds with `SO_REUSEPORT`, so another test's activator that picked
+                // the same port binds it too and the kernel spreads connections between the
+                // two: a shared port is a lost race as well.
                 let pid = activator.child.id();
-                if [activator.http1_port, activator.h2c_port]
-                    .iter()
-                    .all(|p| pid_listens_on(pid, *p))
-                {
+                let listeners =
+                    [activator.http1_port, activator.h2c_port].map(|p| port_listeners(pid, p));
+                if listeners.contains(&PortListeners::Shared) {
+                    let picked_by_us = ACTIVATOR_PORT_VARS
+                        .iter()
+                        .all(|v| !self.vars.contains_key(v));
+                    assert!(
+                        picked_by_us,
+                        "another process listens on a port this test set: {listeners:?}"
+                    );
+                    break; // port race with another test: try new ports
+                }
+                if listeners.iter().all(|l| *l == PortListeners::Pid) {
                     return activator;
                 }
                 assert!(
