@@ -60,10 +60,12 @@ pub(super) struct Recv {
 
 #[derive(Debug)]
 pub(super) enum Event {
-    Headers(peer::PollMessage),
+    // Boxed (patch): a message head is about 230 bytes, a DATA event 40; unboxed, every event
+    // in the receive queue took the head's size and every move of one copied it.
+    Headers(Box<peer::PollMessage>),
     Data(DataEvent),
     Trailers(HeaderMap),
-    InformationalHeaders(peer::PollMessage),
+    InformationalHeaders(Box<peer::PollMessage>),
 }
 
 #[derive(Debug)]
@@ -267,7 +269,7 @@ impl Recv {
             // Push the frame onto the stream's recv buffer
             stream
                 .pending_recv
-                .push_back(&mut self.buffer, Event::Headers(message));
+                .push_back(&mut self.buffer, Event::Headers(Box::new(message)));
             stream.notify_recv();
 
             // Only servers can receive a headers frame that initiates the stream.
@@ -290,7 +292,7 @@ impl Recv {
             // with a special event type so it can be polled separately
             stream
                 .pending_recv
-                .push_back(&mut self.buffer, Event::InformationalHeaders(message));
+                .push_back(&mut self.buffer, Event::InformationalHeaders(Box::new(message)));
             stream.notify_recv();
         }
 
@@ -307,7 +309,11 @@ impl Recv {
         use super::peer::PollMessage::*;
 
         match stream.pending_recv.pop_front(&mut self.buffer) {
-            Some(Event::Headers(Server(request))) => request,
+            // Unboxed (patch): `Event::Headers` holds a box.
+            Some(Event::Headers(message)) => match *message {
+                Server(request) => request,
+                Client(_) => unreachable!("server stream queue must start with Headers"),
+            },
             _ => unreachable!("server stream queue must start with Headers"),
         }
     }
@@ -323,7 +329,11 @@ impl Recv {
         let mut ppp = stream.pending_push_promises.take();
         let pushed = ppp.pop(stream.store_mut()).map(|mut pushed| {
             match pushed.pending_recv.pop_front(&mut self.buffer) {
-                Some(Event::Headers(Server(headers))) => (headers, pushed.key()),
+                // Unboxed (patch): `Event::Headers` holds a box.
+                Some(Event::Headers(message)) => match *message {
+                    Server(headers) => (headers, pushed.key()),
+                    Client(_) => panic!("Headers not set on pushed stream"),
+                },
                 // When frames are pushed into the queue, it is verified that
                 // the first frame is a HEADERS frame.
                 _ => panic!("Headers not set on pushed stream"),
@@ -355,7 +365,11 @@ impl Recv {
         // Skip over any interim informational headers to find the main response
         loop {
             match stream.pending_recv.pop_front(&mut self.buffer) {
-                Some(Event::Headers(Client(response))) => return Poll::Ready(Ok(response)),
+                // Unboxed (patch): `Event::Headers` holds a box.
+                Some(Event::Headers(message)) => match *message {
+                    Client(response) => return Poll::Ready(Ok(response)),
+                    Server(_) => panic!("poll_response called after response returned"),
+                },
                 Some(Event::InformationalHeaders(_)) => {
                     tracing::trace!("Skipping informational response in poll_response - should be consumed via poll_informational; stream_id={:?}", stream.id);
                     continue;
@@ -389,17 +403,27 @@ impl Recv {
         // If it's not, we put it back
         if let Some(event) = stream.pending_recv.pop_front(&mut self.buffer) {
             match event {
-                Event::Headers(Client(response)) => {
-                    // Final response
+                // Boxed (patch): the message goes back to the queue without a copy.
+                Event::Headers(message) => {
+                    let is_final_response = matches!(*message, Client(_));
                     stream
                         .pending_recv
-                        .push_front(&mut self.buffer, Event::Headers(Client(response)));
-                    return Poll::Ready(None);
+                        .push_front(&mut self.buffer, Event::Headers(message));
+                    if is_final_response {
+                        // Final response
+                        return Poll::Ready(None);
+                    }
                 }
-                Event::InformationalHeaders(Client(response)) => {
+                Event::InformationalHeaders(message) => match *message {
                     // Found an informational response, return it
-                    return Poll::Ready(Some(Ok(response)));
-                }
+                    Client(response) => return Poll::Ready(Some(Ok(response))),
+                    other => {
+                        stream.pending_recv.push_front(
+                            &mut self.buffer,
+                            Event::InformationalHeaders(Box::new(other)),
+                        );
+                    }
+                },
                 other => {
                     // Not an informational response, put it back at the front
                     stream.pending_recv.push_front(&mut self.buffer, other);
@@ -897,7 +921,7 @@ impl Recv {
         use super::peer::PollMessage::*;
         stream
             .pending_recv
-            .push_back(&mut self.buffer, Event::Headers(Server(req)));
+            .push_back(&mut self.buffer, Event::Headers(Box::new(Server(req))));
         stream.notify_recv();
         stream.notify_push();
         Ok(())
