@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
-use tokio::sync::{AcquireError, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -194,12 +194,14 @@ impl<S> BreakerService<S> {
     }
 }
 
-type WaitForSlot =
-    Pin<Box<dyn Future<Output = Result<SemaphorePermit<'static>, AcquireError>> + Send>>;
+/// A request waiting for a slot: one allocation that waits, then hands back the slot, the
+/// request and the service to call.
+type Queued<S, ReqB> = Pin<Box<dyn Future<Output = (Execution<'static>, Request<ReqB>, S)> + Send>>;
 
 impl<S, ReqB, B> Service<Request<ReqB>> for BreakerService<S>
 where
-    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
     B: LocalBody,
 {
     type Response = Response<Guarded<B, Option<Execution<'static>>>>;
@@ -230,32 +232,33 @@ where
                 future: self.inner.call(request),
                 execution: Some(execution),
             },
-            Err(admission) => BreakerFuture::Waiting {
-                queued: Box::new(Queued {
-                    wait: Box::pin(breaker.slots.acquire()),
-                    admission: Some(admission),
-                    request: Some(request),
-                    inner: self.inner.clone(),
-                }),
-            },
+            Err(admission) => {
+                let inner = self.inner.clone();
+                BreakerFuture::Waiting {
+                    queued: Box::pin(async move {
+                        let slot = breaker
+                            .slots
+                            .acquire()
+                            .await
+                            .expect("the breaker's semaphore is never closed");
+                        let execution = Execution {
+                            _slot: slot,
+                            _admission: admission,
+                        };
+                        (execution, request, inner)
+                    }),
+                }
+            }
         }
     }
-}
-
-/// A request waiting for a slot, with what it needs once it gets one.
-pub struct Queued<S, ReqB> {
-    wait: WaitForSlot,
-    admission: Option<Admission<'static>>,
-    request: Option<Request<ReqB>>,
-    inner: S,
 }
 
 pin_project! {
     /// Response future of [`BreakerService`].
     ///
-    /// The rare states are boxed: a queued request (its request and a service) and a refusal
-    /// (its response) took about 300 bytes more than a running exchange, in every request's
-    /// future whether it waited or not.
+    /// The rare states are boxed: a queued request (its request and a service, in the one
+    /// allocation that waits for the slot) and a refusal (its response) took about 300 bytes
+    /// more than a running exchange, in every request's future whether it waited or not.
     #[project = BreakerFutureProj]
     #[allow(missing_docs)]
     pub enum BreakerFuture<S, ReqB, B>
@@ -265,7 +268,7 @@ pin_project! {
         /// Refused: the queue is full.
         Rejected { response: Option<Box<Response<Guarded<B, Option<Execution<'static>>>>>> },
         /// Queued for a slot.
-        Waiting { queued: Box<Queued<S, ReqB>> },
+        Waiting { queued: Queued<S, ReqB> },
         /// Executing; the slot is released when the response body ends.
         Running { #[pin] future: S::Future, execution: Option<Execution<'static>> },
     }
@@ -285,19 +288,8 @@ where
                     return Poll::Ready(Ok(*response.take().expect("polled after completion")))
                 }
                 BreakerFutureProj::Waiting { queued } => {
-                    let Queued {
-                        wait,
-                        admission,
-                        request,
-                        inner,
-                    } = &mut **queued;
-                    let slot = ready!(wait.as_mut().poll(cx))
-                        .expect("the breaker's semaphore is never closed");
-                    let execution = Execution {
-                        _slot: slot,
-                        _admission: admission.take().expect("polled after completion"),
-                    };
-                    let future = inner.call(request.take().expect("polled after completion"));
+                    let (execution, request, mut inner) = ready!(queued.as_mut().poll(cx));
+                    let future = inner.call(request);
                     self.set(BreakerFuture::Running {
                         future,
                         execution: Some(execution),

@@ -90,7 +90,8 @@ pub type QueueHandlerBody<B> = Guarded<Guarded<B, Option<Execution<'static>>>, H
 
 impl<S, ReqB, B> Service<Request<ReqB>> for QueueHandler<S>
 where
-    S: Service<Request<ReqB>, Response = Response<B>> + Clone,
+    S: Service<Request<ReqB>, Response = Response<B>> + Clone + Send + 'static,
+    ReqB: Send + 'static,
     B: LocalBody,
 {
     type Response = Response<QueueHandlerBody<B>>;
