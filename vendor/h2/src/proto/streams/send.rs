@@ -78,17 +78,26 @@ impl Send {
     }
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
+        use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+        // (patch) Built once: a name looked up by `&str` is parsed and hashed on every call.
+        static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+        static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
-            tracing::debug!("illegal connection-specific headers found");
-            return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
-            if te != "trailers" {
+        //
+        // One pass over the names present instead of six hashed lookups: a header block holds
+        // a handful of names, and comparing a standard name is a tag comparison.
+        for name in fields.keys() {
+            if *name == CONNECTION
+                || *name == TRANSFER_ENCODING
+                || *name == UPGRADE
+                || name == KEEP_ALIVE
+                || name == PROXY_CONNECTION
+            {
+                tracing::debug!("illegal connection-specific headers found");
+                return Err(UserError::MalformedHeaders);
+            }
+            if *name == TE && fields.get(TE).map_or(false, |te| te != "trailers") {
                 tracing::debug!("illegal connection-specific headers found");
                 return Err(UserError::MalformedHeaders);
             }
@@ -663,5 +672,41 @@ impl Send {
 
     pub(crate) fn is_extended_connect_protocol_enabled(&self) -> bool {
         self.is_extended_connect_protocol_enabled
+    }
+}
+
+#[cfg(test)]
+mod check_headers_tests {
+    // (patch) The single-pass check refuses what the six lookups refused.
+    use super::Send;
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    fn check(pairs: &[(&str, &str)]) -> bool {
+        let mut fields = HeaderMap::new();
+        for (name, value) in pairs {
+            fields.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        Send::check_headers(&fields).is_ok()
+    }
+
+    #[test]
+    fn connection_specific_headers_are_refused() {
+        assert!(check(&[]));
+        assert!(check(&[("content-type", "text/plain"), ("x-custom", "1")]));
+        assert!(check(&[("te", "trailers"), ("accept", "*/*")]));
+        for name in [
+            "connection",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            assert!(!check(&[("accept", "*/*"), (name, "x")]), "{name}");
+        }
+        assert!(!check(&[("te", "gzip")]));
+        assert!(!check(&[("x-a", "1"), ("te", "gzip, trailers")]));
     }
 }
