@@ -88,6 +88,10 @@ impl Body for IncomingBody {
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
+    /// The stream had ended when the body was made (a request or response without a body):
+    /// `is_end_stream` answers without taking h2's stream lock, which the forwarding path
+    /// asks several times per message.
+    ended: bool,
     /// Bytes still announced by `Content-Length`, if it was given.
     remaining: Option<u64>,
 }
@@ -95,14 +99,12 @@ pub struct H2Body {
 impl H2Body {
     fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
         // A stream already ended has no body, whatever it announced.
-        let remaining = if recv.is_end_stream() {
-            Some(0)
-        } else {
-            content_length
-        };
+        let ended = recv.is_end_stream();
+        let remaining = if ended { Some(0) } else { content_length };
         H2Body {
             recv,
             data_done: false,
+            ended,
             remaining,
         }
     }
@@ -138,7 +140,7 @@ impl H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.ended || self.recv.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -497,4 +497,59 @@ mod tests {
             .unwrap();
         drop(sender);
     }
+
+    /// Whole frames of the largest allowed size are served; a frame announcing one byte more
+    /// than SETTINGS_MAX_FRAME_SIZE ends the connection with a FRAME_SIZE_ERROR GOAWAY (the
+    /// patched h2 cuts frames with its own splitter: vendor/h2.patch).
+    #[tokio::test]
+    async fn frames_up_to_the_maximum_size_pass_and_a_larger_one_is_a_frame_size_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const MAX: usize = 16_384;
+        let (addr, _stop, _) = server(None).await;
+        let mut sender = client(addr).await;
+        // Request bodies of one, two and a half full-size DATA frames.
+        for body in [MAX, 2 * MAX, MAX * 5 / 2] {
+            assert_eq!(
+                get(&mut sender, "/big", 0, body).await,
+                format!("/big 0 {body}")
+            );
+        }
+
+        let (addr, _stop, _) = server(None).await;
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
+        let too_big = MAX + 1;
+        // A PING header announcing MAX + 1 payload bytes: refused from its header alone.
+        hello.extend_from_slice(&[(too_big >> 16) as u8, (too_big >> 8) as u8, too_big as u8]);
+        hello.extend_from_slice(&[6, 0, 0, 0, 0, 0]);
+        raw.write_all(&hello).await.unwrap();
+        let mut seen = Vec::new();
+        let goaway = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                // Frames until a GOAWAY: [len:3][type:1][flags:1][stream:4][last:4][code:4].
+                let mut at = 0;
+                while seen.len() >= at + 9 {
+                    let len = usize::from(seen[at]) << 16
+                        | usize::from(seen[at + 1]) << 8
+                        | usize::from(seen[at + 2]);
+                    if seen.len() < at + 9 + len {
+                        break;
+                    }
+                    if seen[at + 3] == 7 {
+                        let code = &seen[at + 13..at + 17];
+                        return u32::from_be_bytes(code.try_into().unwrap());
+                    }
+                    at += 9 + len;
+                }
+                let n = raw.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed without a GOAWAY");
+                seen.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("a GOAWAY within 10 s");
+        assert_eq!(goaway, 0x6, "FRAME_SIZE_ERROR");
+    }
 }

@@ -16,7 +16,6 @@ use futures_sink::Sink;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::length_delimited;
 
 use std::io;
 
@@ -41,13 +40,12 @@ where
         // Wrap with writer
         let framed_write = FramedWrite::new(io);
 
-        // Delimit the frames
-        let delimited = length_delimited::Builder::new()
-            .big_endian()
-            .length_field_length(3)
-            .length_adjustment(9)
-            .num_skip(0) // Don't skip the header
-            .new_read(framed_write);
+        // Delimit the frames ((patch) with h2's own splitter, not tokio-util's
+        // general length-delimited codec)
+        let delimited = tokio_util::codec::FramedRead::new(
+            framed_write,
+            framed_read::FrameSplitter::new(frame::DEFAULT_MAX_FRAME_SIZE as usize),
+        );
 
         let mut inner = FramedRead::new(delimited);
 
