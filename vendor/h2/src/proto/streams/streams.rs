@@ -12,7 +12,12 @@ use http::{HeaderMap, Request, Response};
 use std::task::{Context, Poll, Waker};
 use tokio::io::AsyncWrite;
 
-use std::sync::{Arc, Mutex};
+// (patch) parking_lot's lock instead of std's: std checks and records panics on every lock and
+// unlock (poisoning), dozens of times per request here. Without poisoning, a panic inside h2
+// while the lock is held leaves the lock usable instead of failing later users (release builds
+// of the proxies abort on panic).
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::{fmt, io};
 
 #[derive(Debug)]
@@ -129,7 +134,7 @@ where
     }
 
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) -> Result<(), Reason> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         me.actions
@@ -140,7 +145,7 @@ where
     }
 
     pub fn next_incoming(&mut self) -> Option<StreamRef<B>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
         me.actions.recv.next_incoming(&mut me.store).map(|key| {
             let stream = &mut me.store.resolve(key);
@@ -167,7 +172,7 @@ where
 
     /// Count a refused stream toward the local error reset limit.
     pub fn count_pending_refusal(&mut self) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         if !me.counts.can_inc_num_local_error_resets() {
             return Err(Error::library_go_away_data(
                 Reason::ENHANCE_YOUR_CALM,
@@ -179,7 +184,7 @@ where
     }
 
     pub fn clear_expired_reset_streams(&mut self) {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
         me.actions
             .recv
@@ -199,7 +204,7 @@ where
             ready!(dst.poll_ready(cx))?;
 
             let status = {
-                let mut me = self.inner.lock().unwrap();
+                let mut me = self.inner.lock();
                 let status = me.buffer_pending(&self.send_buffer, dst)?;
 
                 // Register the task while holding the same lock used to
@@ -223,7 +228,7 @@ where
             ready!(dst.flush(cx))?;
 
             let reclaimed = {
-                let mut me = self.inner.lock().unwrap();
+                let mut me = self.inner.lock();
                 me.reclaim_written_frame(&self.send_buffer, dst)
             };
 
@@ -238,10 +243,10 @@ where
         frame: &frame::Settings,
         is_initial: bool,
     ) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.counts.apply_remote_settings(frame, is_initial);
@@ -256,7 +261,7 @@ where
     }
 
     pub fn apply_local_settings(&mut self, frame: &frame::Settings) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         me.actions.recv.apply_local_settings(frame, &mut me.store)
@@ -281,10 +286,10 @@ where
         // implicitly closes the earlier stream IDs.
         //
         // See: hyperium/h2#11
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.actions.ensure_no_conn_error()?;
@@ -362,19 +367,18 @@ where
     pub(crate) fn is_extended_connect_protocol_enabled(&self) -> bool {
         self.inner
             .lock()
-            .unwrap()
             .actions
             .send
             .is_extended_connect_protocol_enabled()
     }
 
     pub fn current_max_send_streams(&self) -> usize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.counts.max_send_streams()
     }
 
     pub fn current_max_recv_streams(&self) -> usize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.counts.max_recv_streams()
     }
 }
@@ -390,50 +394,50 @@ impl<B> DynStreams<'_, B> {
 
     /// Reports whether the connection must refuse the stream opened by the peer.
     pub fn recv_headers(&mut self, frame: frame::Headers) -> Result<RecvOutcome, Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
 
         me.recv_headers(self.peer, self.send_buffer, frame)
     }
 
     pub fn recv_data(&mut self, frame: frame::Data) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.recv_data(self.peer, self.send_buffer, frame)
     }
 
     pub fn recv_reset(&mut self, frame: frame::Reset) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
 
         me.recv_reset(self.send_buffer, frame)
     }
 
     /// Notify all streams that a connection-level error happened.
     pub fn handle_error(&mut self, err: proto::Error) -> StreamId {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.handle_error(self.send_buffer, err)
     }
 
     pub fn recv_go_away(&mut self, frame: &frame::GoAway) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.recv_go_away(self.send_buffer, frame)
     }
 
     pub fn last_processed_id(&self) -> StreamId {
-        self.inner.lock().unwrap().actions.recv.last_processed_id()
+        self.inner.lock().actions.recv.last_processed_id()
     }
 
     pub fn recv_window_update(&mut self, frame: frame::WindowUpdate) -> Result<(), Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.recv_window_update(self.send_buffer, frame)
     }
 
     /// Reports whether the connection must refuse the promised stream.
     pub fn recv_push_promise(&mut self, frame: frame::PushPromise) -> Result<RecvOutcome, Error> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.recv_push_promise(self.send_buffer, frame)
     }
 
     pub fn recv_eof(&mut self, clear_pending_accept: bool) -> Result<(), ()> {
-        let mut me = self.inner.lock().map_err(|_| ())?;
+        let mut me = self.inner.lock();
         me.recv_eof(self.send_buffer, clear_pending_accept)
     }
 
@@ -442,12 +446,12 @@ impl<B> DynStreams<'_, B> {
         id: StreamId,
         reason: Reason,
     ) -> Result<(), crate::proto::error::GoAway> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.send_reset(self.send_buffer, id, reason)
     }
 
     pub fn send_go_away(&mut self, last_processed_id: StreamId) {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         me.actions.recv.go_away(last_processed_id);
     }
 }
@@ -562,7 +566,7 @@ impl Inner {
                                 HeaderMap::new(),
                             );
                             resp.set_end_stream();
-                            let mut send_buffer = send_buffer.inner.lock().unwrap();
+                            let mut send_buffer = send_buffer.inner.lock();
                             let sent = actions.send.send_headers(
                                 resp, &mut send_buffer, stream, counts, &mut actions.task);
                             debug_assert!(sent.is_ok(), "oversize response should not fail");
@@ -722,7 +726,7 @@ impl Inner {
             return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
         }
 
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         let actions = &mut self.actions;
@@ -742,7 +746,7 @@ impl Inner {
     ) -> Result<(), Error> {
         let id = frame.stream_id();
 
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         if id.is_zero() {
@@ -790,7 +794,7 @@ impl Inner {
     fn handle_error<B>(&mut self, send_buffer: &SendBuffer<B>, err: proto::Error) -> StreamId {
         let actions = &mut self.actions;
         let counts = &mut self.counts;
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         let last_processed_id = actions.recv.last_processed_id();
@@ -814,7 +818,7 @@ impl Inner {
     ) -> Result<(), Error> {
         let actions = &mut self.actions;
         let counts = &mut self.counts;
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         let last_stream_id = frame.last_stream_id();
@@ -916,7 +920,7 @@ impl Inner {
                 match stream_valid {
                     Ok(()) => Ok(Some(stream.key())),
                     _ => {
-                        let mut send_buffer = send_buffer.inner.lock().unwrap();
+                        let mut send_buffer = send_buffer.inner.lock();
                         actions
                             .reset_on_recv_stream_err(
                                 &mut *send_buffer,
@@ -949,7 +953,7 @@ impl Inner {
     ) -> Result<(), ()> {
         let actions = &mut self.actions;
         let counts = &mut self.counts;
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         if actions.conn_error.is_none() {
@@ -987,7 +991,7 @@ impl Inner {
         T: AsyncWrite + Unpin,
         B: Buf,
     {
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         // Send WINDOW_UPDATE frames first
@@ -1024,7 +1028,7 @@ impl Inner {
     where
         B: Buf,
     {
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         self.actions
@@ -1070,7 +1074,7 @@ impl Inner {
         };
 
         let stream = self.store.resolve(key);
-        let mut send_buffer = send_buffer.inner.lock().unwrap();
+        let mut send_buffer = send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
         self.actions.send_reset(
             stream,
@@ -1091,7 +1095,7 @@ where
         cx: &Context,
         pending: Option<&OpaqueStreamRef>,
     ) -> Poll<Result<(), crate::Error>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         me.actions.ensure_no_conn_error()?;
@@ -1134,26 +1138,26 @@ where
     }
 
     pub(crate) fn max_send_streams(&self) -> usize {
-        self.inner.lock().unwrap().counts.max_send_streams()
+        self.inner.lock().counts.max_send_streams()
     }
 
     pub(crate) fn max_recv_streams(&self) -> usize {
-        self.inner.lock().unwrap().counts.max_recv_streams()
+        self.inner.lock().counts.max_recv_streams()
     }
 
     #[cfg(feature = "unstable")]
     pub fn num_active_streams(&self) -> usize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.store.num_active_streams()
     }
 
     pub fn has_streams(&self) -> bool {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.counts.has_streams()
     }
 
     pub fn has_streams_or_other_references(&self) -> bool {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.counts.has_streams() || me.refs > 1
     }
 
@@ -1161,19 +1165,19 @@ where
     /// or a pending reset), gives back the capacity of the stream store and
     /// of the received and to-send frame buffers. Returns whether it did.
     pub(crate) fn release_idle_memory(&self) -> bool {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
         if !me.store.release_if_empty() {
             return false;
         }
         me.actions.recv.release_buffer_if_empty();
-        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        self.send_buffer.inner.lock().release_if_empty();
         true
     }
 
     #[cfg(feature = "unstable")]
     pub fn num_wired_streams(&self) -> usize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         me.store.num_wired_streams()
     }
 }
@@ -1184,7 +1188,7 @@ where
     P: Peer,
 {
     fn clone(&self) -> Self {
-        self.inner.lock().unwrap().refs += 1;
+        self.inner.lock().refs += 1;
         Streams {
             inner: self.inner.clone(),
             send_buffer: self.send_buffer.clone(),
@@ -1198,12 +1202,11 @@ where
     P: Peer,
 {
     fn drop(&mut self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.refs -= 1;
-            if inner.refs == 1 {
-                if let Some(task) = inner.actions.task.take() {
-                    task.wake();
-                }
+        let mut inner = self.inner.lock();
+        inner.refs -= 1;
+        if inner.refs == 1 {
+            if let Some(task) = inner.actions.task.take() {
+                task.wake();
             }
         }
     }
@@ -1216,12 +1219,12 @@ impl<B> StreamRef<B> {
     where
         B: Buf,
     {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.opaque.key);
         let actions = &mut me.actions;
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.counts.transition(stream, |counts, stream| {
@@ -1237,12 +1240,12 @@ impl<B> StreamRef<B> {
     }
 
     pub fn send_trailers(&mut self, trailers: HeaderMap) -> Result<(), UserError> {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.opaque.key);
         let actions = &mut me.actions;
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.counts.transition(stream, |counts, stream| {
@@ -1257,11 +1260,11 @@ impl<B> StreamRef<B> {
     }
 
     pub fn send_reset(&mut self, reason: Reason) {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.opaque.key);
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         match me
@@ -1281,12 +1284,12 @@ impl<B> StreamRef<B> {
     }
 
     pub fn send_informational_headers(&mut self, frame: frame::Headers) -> Result<(), UserError> {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.opaque.key);
         let actions = &mut me.actions;
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.counts.transition(stream, |counts, stream| {
@@ -1324,12 +1327,12 @@ impl<B> StreamRef<B> {
     ) -> Result<(), UserError> {
         // Clear before taking lock, incase extensions contain a StreamRef.
         response.extensions_mut().clear();
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.opaque.key);
         let actions = &mut me.actions;
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         me.counts.transition(stream, |counts, stream| {
@@ -1347,10 +1350,10 @@ impl<B> StreamRef<B> {
     ) -> Result<StreamRef<B>, UserError> {
         // Clear before taking lock, incase extensions contain a StreamRef.
         request.extensions_mut().clear();
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
-        let mut send_buffer = self.send_buffer.inner.lock().unwrap();
+        let mut send_buffer = self.send_buffer.inner.lock();
         let send_buffer = &mut *send_buffer;
 
         let actions = &mut me.actions;
@@ -1405,7 +1408,7 @@ impl<B> StreamRef<B> {
     ///
     /// This function panics if the request isn't present.
     pub fn take_request(&self) -> Request<()> {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.opaque.key);
@@ -1414,13 +1417,13 @@ impl<B> StreamRef<B> {
 
     /// Called by a client to see if the current stream is pending open
     pub fn is_pending_open(&self) -> bool {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         me.store.resolve(self.opaque.key).is_pending_open
     }
 
     /// Request capacity to send data
     pub fn reserve_capacity(&mut self, capacity: WindowSize) {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.opaque.key);
@@ -1432,7 +1435,7 @@ impl<B> StreamRef<B> {
 
     /// Returns the stream's current send capacity.
     pub fn capacity(&self) -> WindowSize {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.opaque.key);
@@ -1442,7 +1445,7 @@ impl<B> StreamRef<B> {
 
     /// Request to be notified when the stream's capacity increases
     pub fn poll_capacity(&mut self, cx: &Context) -> Poll<Option<Result<WindowSize, UserError>>> {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.opaque.key);
@@ -1456,7 +1459,7 @@ impl<B> StreamRef<B> {
         cx: &Context,
         mode: proto::PollReset,
     ) -> Poll<Result<Reason, crate::Error>> {
-        let mut me = self.opaque.inner.lock().unwrap();
+        let mut me = self.opaque.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.opaque.key);
@@ -1494,7 +1497,7 @@ impl OpaqueStreamRef {
     }
     /// Called by a client to check for a received response.
     pub fn poll_response(&mut self, cx: &Context) -> Poll<Result<Response<()>, proto::Error>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1507,7 +1510,7 @@ impl OpaqueStreamRef {
         &mut self,
         cx: &Context,
     ) -> Poll<Option<Result<Response<()>, proto::Error>>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1519,7 +1522,7 @@ impl OpaqueStreamRef {
         &mut self,
         cx: &Context,
     ) -> Poll<Option<Result<(Request<()>, OpaqueStreamRef), proto::Error>>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1535,7 +1538,7 @@ impl OpaqueStreamRef {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let stream = me.store.resolve(self.key);
@@ -1544,7 +1547,7 @@ impl OpaqueStreamRef {
     }
 
     pub fn poll_data(&mut self, cx: &Context) -> Poll<Option<Result<Bytes, proto::Error>>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1565,7 +1568,7 @@ impl OpaqueStreamRef {
     }
 
     pub fn poll_trailers(&mut self, cx: &Context) -> Poll<Option<Result<HeaderMap, proto::Error>>> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1574,7 +1577,7 @@ impl OpaqueStreamRef {
     }
 
     pub(crate) fn available_recv_capacity(&self) -> isize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         let me = &*me;
 
         let stream = &me.store[self.key];
@@ -1582,7 +1585,7 @@ impl OpaqueStreamRef {
     }
 
     pub(crate) fn used_recv_capacity(&self) -> WindowSize {
-        let me = self.inner.lock().unwrap();
+        let me = self.inner.lock();
         let me = &*me;
 
         let stream = &me.store[self.key];
@@ -1592,7 +1595,7 @@ impl OpaqueStreamRef {
     /// Releases recv capacity back to the peer. This may result in sending
     /// WINDOW_UPDATE frames on both the stream and connection.
     pub fn release_capacity(&mut self, capacity: WindowSize) -> Result<(), UserError> {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1604,7 +1607,7 @@ impl OpaqueStreamRef {
 
     /// Clear the receive queue and set the status to no longer receive data frames.
     pub(crate) fn clear_recv_buffer(&mut self) {
-        let mut me = self.inner.lock().unwrap();
+        let mut me = self.inner.lock();
         let me = &mut *me;
 
         let mut stream = me.store.resolve(self.key);
@@ -1615,27 +1618,21 @@ impl OpaqueStreamRef {
     }
 
     pub fn stream_id(&self) -> StreamId {
-        self.inner.lock().unwrap().store[self.key].id
+        self.inner.lock().store[self.key].id
     }
 }
 
 impl fmt::Debug for OpaqueStreamRef {
     fn fmt(&self, fmt: &mut fmt::Formatter) -> fmt::Result {
-        use std::sync::TryLockError::*;
-
         match self.inner.try_lock() {
-            Ok(me) => {
+            Some(me) => {
                 let stream = &me.store[self.key];
                 fmt.debug_struct("OpaqueStreamRef")
                     .field("stream_id", &stream.id)
                     .field("ref_count", &stream.ref_count)
                     .finish()
             }
-            Err(Poisoned(_)) => fmt
-                .debug_struct("OpaqueStreamRef")
-                .field("inner", &"<Poisoned>")
-                .finish(),
-            Err(WouldBlock) => fmt
+            None => fmt
                 .debug_struct("OpaqueStreamRef")
                 .field("inner", &"<Locked>")
                 .finish(),
@@ -1646,7 +1643,7 @@ impl fmt::Debug for OpaqueStreamRef {
 impl Clone for OpaqueStreamRef {
     fn clone(&self) -> Self {
         // Increment the ref count
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock();
         inner.store.resolve(self.key).ref_inc();
         inner.refs += 1;
 
@@ -1665,17 +1662,7 @@ impl Drop for OpaqueStreamRef {
 
 // TODO: Move back in fn above
 fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
-    let mut me = match inner.lock() {
-        Ok(inner) => inner,
-        Err(_) => {
-            if ::std::thread::panicking() {
-                tracing::trace!("StreamRef::drop; mutex poisoned");
-                return;
-            } else {
-                panic!("StreamRef::drop; mutex poisoned");
-            }
-        }
-    };
+    let mut me = inner.lock();
 
     let me = &mut *me;
     me.refs -= 1;
@@ -1749,7 +1736,7 @@ impl<B> SendBuffer<B> {
     }
 
     pub fn is_empty(&self) -> bool {
-        let buf = self.inner.lock().unwrap();
+        let buf = self.inner.lock();
         buf.is_empty()
     }
 }
@@ -1805,7 +1792,7 @@ impl Actions {
         res: Result<(), Error>,
     ) -> Result<(), Error> {
         if matches!(res, Err(Error::Reset(..))) {
-            let mut send_buffer = send_buffer.inner.lock().unwrap();
+            let mut send_buffer = send_buffer.inner.lock();
             self.reset_on_recv_stream_err(&mut send_buffer, stream, counts, res)
         } else {
             res
