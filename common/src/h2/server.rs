@@ -80,13 +80,21 @@ pub async fn serve_connection<I, S, B>(
     let idle = tokio::time::sleep(PARK_DELAY);
     tokio::pin!(idle);
     let mut idle_state = Idle::Fresh;
+    // One shutdown wait for the connection's life, registered once: made anew for every
+    // stream, it registered and removed a waiter under a lock each time. Not polled again once
+    // it has completed (draining then leaves the select).
+    let stop = shutdown.wait_for(|stop| *stop);
+    tokio::pin!(stop);
     loop {
         let next = if draining {
             conn.accept().await
         } else {
+            // In this order, without the random start: a stop is seen before the next stream,
+            // whatever the rate streams come at.
             let event = tokio::select! {
+                biased;
+                _ = &mut stop => Event::Stop,
                 next = conn.accept() => Event::Next(next),
-                _ = shutdown.wait_for(|stop| *stop) => Event::Stop,
                 () = &mut idle, if idle_state != Idle::Released => Event::Idle,
             };
             match event {
