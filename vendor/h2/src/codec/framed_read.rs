@@ -23,6 +23,13 @@ const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
 const MAX_FIELDS_HINT: usize = 64;
 
+/// (patch) Room for fields added to a decoded map after decoding, beyond the
+/// fields it holds: a proxy adds a few to every request (`X-Forwarded-For`,
+/// `K-Proxy-Request`, ...) and response (`Date`), and a map sized exactly for
+/// its decoded fields reallocated and rehashed on the first of them. Four more
+/// entries cost about 400 bytes while the message head is held.
+const FIELDS_HEADROOM: usize = 4;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, FrameSplitter>,
@@ -283,7 +290,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             $bytes.advance(frame::HEADER_LEN);
 
             // Parse the header frame w/o parsing the payload
-            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.fields_hint) {
+            let (mut frame, mut payload) = match frame::$frame::load($head, $bytes, decoder.fields_hint + FIELDS_HEADROOM) {
                 Ok(res) => res,
                 Err(frame::Error::InvalidDependencyId) => {
                     proto_err!(stream: "invalid HEADERS dependency ID");
@@ -667,14 +674,15 @@ mod tests {
     #[test]
     fn header_block_reserves_recent_field_count() {
         let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_SIZE as usize);
-        assert_eq!(decode_fields(&mut decoder, 1, 0).capacity(), 0);
+        // (patch) Room for the fields a proxy adds, even before any hint.
+        assert!(decode_fields(&mut decoder, 1, 0).capacity() >= FIELDS_HEADROOM);
 
         for id in (3..40).step_by(2) {
             decode_fields(&mut decoder, id, 20);
         }
         assert_eq!(decoder.fields_hint, 20);
         // Reserved up front, before a single field was decoded into it.
-        assert!(decode_fields(&mut decoder, 41, 0).capacity() >= 20);
+        assert!(decode_fields(&mut decoder, 41, 0).capacity() >= 20 + FIELDS_HEADROOM);
 
         for id in (43..80).step_by(2) {
             decode_fields(&mut decoder, id, 1000);
