@@ -3,7 +3,10 @@ use crate::ext::Protocol;
 use crate::frame::{Error, Frame, Head, Kind};
 use crate::hpack::{self, BytesStr};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
+// (patch) Only the tests name these since `Iter` is gone.
+#[cfg(test)]
+use http::header::{HeaderName, HeaderValue};
 use http::{uri, HeaderMap, Method, Request, StatusCode, Uri};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -75,15 +78,6 @@ pub struct Pseudo {
 
     // Response
     pub status: Option<StatusCode>,
-}
-
-#[derive(Debug)]
-pub struct Iter {
-    /// Pseudo headers
-    pseudo: Option<Pseudo>,
-
-    /// Header fields
-    fields: header::IntoIter<HeaderValue>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -710,48 +704,6 @@ impl EncodingHeaderBlock {
     }
 }
 
-// ===== impl Iter =====
-
-impl Iterator for Iter {
-    type Item = hpack::Header<Option<HeaderName>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        use crate::hpack::Header::*;
-
-        if let Some(ref mut pseudo) = self.pseudo {
-            if let Some(method) = pseudo.method.take() {
-                return Some(Method(method));
-            }
-
-            if let Some(scheme) = pseudo.scheme.take() {
-                return Some(Scheme(scheme));
-            }
-
-            if let Some(authority) = pseudo.authority.take() {
-                return Some(Authority(authority));
-            }
-
-            if let Some(path) = pseudo.path.take() {
-                return Some(Path(path));
-            }
-
-            if let Some(protocol) = pseudo.protocol.take() {
-                return Some(Protocol(protocol));
-            }
-
-            if let Some(status) = pseudo.status.take() {
-                return Some(Status(status));
-            }
-        }
-
-        self.pseudo = None;
-
-        self.fields
-            .next()
-            .map(|(name, value)| Field { name, value })
-    }
-}
-
 // ===== impl HeadersFlag =====
 
 impl HeadersFlag {
@@ -994,12 +946,51 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
-
-        encoder.encode(headers, &mut hpack);
+        // (patch) The fields go to the encoder one by one, in `Iter`'s order
+        // (pseudo-headers first, in this order, then the fields), without
+        // `Iter`: it moved each field through an `Option` re-check of the
+        // pseudo-headers and `Header::reify`.
+        encoder.begin_block(&mut hpack);
+        let Pseudo {
+            method,
+            scheme,
+            authority,
+            path,
+            protocol,
+            status,
+        } = self.pseudo;
+        if let Some(method) = method {
+            encoder.encode_named(hpack::Header::Method(method), &mut hpack);
+        }
+        if let Some(scheme) = scheme {
+            encoder.encode_named(hpack::Header::Scheme(scheme), &mut hpack);
+        }
+        if let Some(authority) = authority {
+            encoder.encode_named(hpack::Header::Authority(authority), &mut hpack);
+        }
+        if let Some(path) = path {
+            encoder.encode_named(hpack::Header::Path(path), &mut hpack);
+        }
+        if let Some(protocol) = protocol {
+            encoder.encode_named(hpack::Header::Protocol(protocol), &mut hpack);
+        }
+        if let Some(status) = status {
+            encoder.encode_named(hpack::Header::Status(status), &mut hpack);
+        }
+        let mut last = None;
+        for (name, value) in self.fields {
+            match name {
+                Some(name) => {
+                    last = Some(encoder.encode_named(hpack::Header::Field { name, value }, &mut hpack));
+                }
+                // A further value of the field just encoded (`HeaderMap`
+                // yields a name with the first value of each field).
+                None => match last {
+                    Some(ref index) => encoder.encode_value(index, &value, &mut hpack),
+                    None => unreachable!("a header value without a field before it"),
+                },
+            }
+        }
 
         EncodingHeaderBlock { hpack }
     }
@@ -1046,6 +1037,51 @@ mod test {
     use super::*;
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
+
+    /// (patch) A block encoded field by field is byte for byte what
+    /// `Encoder::encode` made of the same fields in `Iter`'s order, block after
+    /// block (the dynamic table evolving alike).
+    #[test]
+    fn block_encoding_matches_encode() {
+        use crate::hpack::Header as H;
+        let mut by_field = Encoder::default();
+        let mut by_iter = Encoder::default();
+        for round in 0..3 {
+            let mut fields = HeaderMap::new();
+            fields.append("x-multi", HeaderValue::from_static("a"));
+            fields.append("x-multi", HeaderValue::from_static("b"));
+            fields.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            fields.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+            let value = format!("round-{round}");
+            fields.insert("x-round", HeaderValue::from_str(&value).unwrap());
+            let mut sensitive = HeaderValue::from_static("secret");
+            sensitive.set_sensitive(true);
+            fields.insert(http::header::AUTHORIZATION, sensitive);
+            let uri: Uri = "http://example.com/path?q=1".parse().unwrap();
+            let pseudo = Pseudo::request(Method::POST, uri, None);
+
+            let mut expected_items = vec![
+                H::Method(Method::POST),
+                H::Scheme(BytesStr::from_static("http")),
+                H::Authority(BytesStr::from_static("example.com")),
+                H::Path(BytesStr::from_static("/path?q=1")),
+            ];
+            for (name, value) in fields.clone() {
+                expected_items.push(H::Field { name, value });
+            }
+            let mut expected = BytesMut::new();
+            by_iter.encode(expected_items, &mut expected);
+
+            let block = HeaderBlock {
+                fields,
+                field_size: 0,
+                is_over_size: false,
+                pseudo,
+            };
+            let got = block.into_encoding(&mut by_field).hpack;
+            assert_eq!(got, expected, "round {round}");
+        }
+    }
 
     #[test]
     fn test_nameless_header_at_resume() {

@@ -98,6 +98,9 @@ impl Encoder {
     }
 
     /// Encode a set of headers into the provide buffer
+    // (patch) Header blocks are encoded with `begin_block`/`encode_named`/
+    // `encode_value`; this stays for h2's HPACK tests and fuzzing.
+    #[allow(dead_code)]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
@@ -134,6 +137,29 @@ impl Encoder {
                 }
             }
         }
+    }
+
+    /// (patch) Starts a header block encoded field by field with
+    /// [`Encoder::encode_named`] and [`Encoder::encode_value`]: what `encode`
+    /// does, without an iterator of `Header<Option<HeaderName>>` (each item
+    /// was moved through it and re-wrapped by `reify`).
+    pub(crate) fn begin_block(&mut self, dst: &mut BytesMut) {
+        self.encode_size_updates(dst);
+    }
+
+    /// (patch) Encodes one header with a name; returns its index, which a
+    /// following value of the same field ([`Encoder::encode_value`]) refers to.
+    #[inline]
+    pub(crate) fn encode_named(&mut self, header: Header, dst: &mut BytesMut) -> Index {
+        let index = self.table.index(header);
+        self.encode_header(&index, dst);
+        index
+    }
+
+    /// (patch) Encodes a further value of the field whose index `last` is.
+    #[inline]
+    pub(crate) fn encode_value(&mut self, last: &Index, value: &HeaderValue, dst: &mut BytesMut) {
+        self.encode_header_without_name(last, value, dst);
     }
 
     fn encode_size_updates(&mut self, dst: &mut BytesMut) {

@@ -41,6 +41,8 @@ pub fn len(name: &HeaderName, value: &HeaderValue) -> usize {
 }
 
 impl Header<Option<HeaderName>> {
+    // (patch) Only `Encoder::encode` (h2's tests and fuzzing) uses it now.
+    #[allow(dead_code)]
     pub fn reify(self) -> Result<Header, HeaderValue> {
         use self::Header::*;
 
