@@ -878,11 +878,18 @@ impl HeaderBlock {
                     // Connection level header fields are not supported and must
                     // result in a protocol error.
 
+                    // (patch) Names compared with names: a `&str` comparison
+                    // looked up a standard name's text and compared bytes
+                    // without regard to case for every field.
+                    static KEEP_ALIVE: http::HeaderName =
+                        http::HeaderName::from_static("keep-alive");
+                    static PROXY_CONNECTION: http::HeaderName =
+                        http::HeaderName::from_static("proxy-connection");
                     if name == header::CONNECTION
                         || name == header::TRANSFER_ENCODING
                         || name == header::UPGRADE
-                        || name == "keep-alive"
-                        || name == "proxy-connection"
+                        || name == KEEP_ALIVE
+                        || name == PROXY_CONNECTION
                     {
                         tracing::trace!("load_hpack; connection level header");
                         malformed = true;
@@ -1037,6 +1044,43 @@ mod test {
     use super::*;
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
+
+    /// (patch) Connection-specific fields make a decoded block malformed
+    /// (RFC 9113 section 8.2.2), `TE` unless it is `trailers`.
+    #[test]
+    fn connection_specific_fields_are_malformed_when_decoded() {
+        use crate::hpack::{Decoder, Header as H};
+        fn load(name: &'static str, value: &'static str) -> Result<(), Error> {
+            let mut buf = BytesMut::new();
+            Encoder::default().encode(
+                vec![H::Field {
+                    name: Some(HeaderName::from_static(name)),
+                    value: HeaderValue::from_static(value),
+                }],
+                &mut buf,
+            );
+            let mut block = HeaderBlock {
+                fields: HeaderMap::new(),
+                field_size: 0,
+                is_over_size: false,
+                pseudo: Pseudo::default(),
+            };
+            block.load(&mut buf, 16 << 20, &mut Decoder::new(4096))
+        }
+        for name in [
+            "connection",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            assert!(matches!(load(name, "x"), Err(Error::MalformedMessage)), "{name}");
+        }
+        assert!(matches!(load("te", "gzip"), Err(Error::MalformedMessage)));
+        assert!(load("te", "trailers").is_ok());
+        assert!(load("keep-alive-x", "1").is_ok());
+        assert!(load("x-other", "1").is_ok());
+    }
 
     /// (patch) A block encoded field by field is byte for byte what
     /// `Encoder::encode` made of the same fields in `Iter`'s order, block after
