@@ -600,8 +600,9 @@ where
         match frame {
             Some(Headers(frame)) => {
                 tracing::trace!(?frame, "recv HEADERS");
-                // Unboxed (patch): `Frame::Headers` holds a box.
-                match self.streams.recv_headers(*frame)? {
+                // (patch) `Frame::Headers` holds a box, handed on as is down to
+                // where the block is taken apart (`Recv::recv_headers`).
+                match self.streams.recv_headers(frame)? {
                     streams::RecvOutcome::Processed => (),
                     streams::RecvOutcome::Refused(id) => return Ok(ReceivedFrame::Refused(id)),
                 }

@@ -133,7 +133,8 @@ impl Send {
 
     pub fn send_headers<B>(
         &mut self,
-        frame: frame::Headers,
+        // (patch) Boxed by the caller, the box becoming the queued frame's.
+        frame: Box<frame::Headers>,
         buffer: &mut Buffer<Frame<B>>,
         stream: &mut store::Ptr,
         counts: &mut Counts,
@@ -163,7 +164,7 @@ impl Send {
         // This call expects that, since new streams are in the open queue, new
         // streams won't be pushed on pending_send.
         self.prioritize
-            .queue_frame(frame.into(), buffer, stream, task);
+            .queue_frame(Frame::Headers(frame), buffer, stream, task);
 
         // Need to notify the connection when pushing onto pending_open since
         // queue_frame only notifies for pending_send.

@@ -325,8 +325,12 @@ where
         }
 
         // Convert the message
-        let headers =
-            client::Peer::convert_send_message(stream_id, request, protocol, end_of_stream)?;
+        let headers = Box::new(client::Peer::convert_send_message(
+            stream_id,
+            request,
+            protocol,
+            end_of_stream,
+        )?);
 
         let mut stream = me.store.insert(stream.id, stream);
 
@@ -393,7 +397,7 @@ impl<B> DynStreams<'_, B> {
     }
 
     /// Reports whether the connection must refuse the stream opened by the peer.
-    pub fn recv_headers(&mut self, frame: frame::Headers) -> Result<RecvOutcome, Error> {
+    pub fn recv_headers(&mut self, frame: Box<frame::Headers>) -> Result<RecvOutcome, Error> {
         let mut me = self.inner.lock();
 
         me.recv_headers(self.peer, self.send_buffer, frame)
@@ -475,7 +479,7 @@ impl Inner {
         &mut self,
         peer: peer::Dyn,
         send_buffer: &SendBuffer<B>,
-        frame: frame::Headers,
+        frame: Box<frame::Headers>,
     ) -> Result<RecvOutcome, Error> {
         let id = frame.stream_id();
 
@@ -568,7 +572,7 @@ impl Inner {
                             resp.set_end_stream();
                             let mut send_buffer = send_buffer.inner.lock();
                             let sent = actions.send.send_headers(
-                                resp, &mut send_buffer, stream, counts, &mut actions.task);
+                                Box::new(resp), &mut send_buffer, stream, counts, &mut actions.task);
                             debug_assert!(sent.is_ok(), "oversize response should not fail");
 
                             actions.send.schedule_implicit_reset(
@@ -594,7 +598,7 @@ impl Inner {
                     return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
                 }
 
-                actions.recv.recv_trailers(frame, stream)
+                actions.recv.recv_trailers(*frame, stream)
             };
 
             actions.reset_on_recv_stream_err_deferred(send_buffer, stream, counts, res)
@@ -1336,7 +1340,11 @@ impl<B> StreamRef<B> {
         let send_buffer = &mut *send_buffer;
 
         me.counts.transition(stream, |counts, stream| {
-            let frame = server::Peer::convert_send_message(stream.id, response, end_of_stream);
+            let frame = Box::new(server::Peer::convert_send_message(
+                stream.id,
+                response,
+                end_of_stream,
+            ));
 
             actions
                 .send
