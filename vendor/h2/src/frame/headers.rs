@@ -878,19 +878,7 @@ impl HeaderBlock {
                     // Connection level header fields are not supported and must
                     // result in a protocol error.
 
-                    // (patch) Names compared with names: a `&str` comparison
-                    // looked up a standard name's text and compared bytes
-                    // without regard to case for every field.
-                    static KEEP_ALIVE: http::HeaderName =
-                        http::HeaderName::from_static("keep-alive");
-                    static PROXY_CONNECTION: http::HeaderName =
-                        http::HeaderName::from_static("proxy-connection");
-                    if name == header::CONNECTION
-                        || name == header::TRANSFER_ENCODING
-                        || name == header::UPGRADE
-                        || name == KEEP_ALIVE
-                        || name == PROXY_CONNECTION
-                    {
+                    if is_connection_specific(&name) {
                         tracing::trace!("load_hpack; connection level header");
                         malformed = true;
                     } else if name == header::TE && value != "trailers" {
@@ -953,11 +941,11 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        // (patch) The fields go to the encoder one by one, in `Iter`'s order
-        // (pseudo-headers first, in this order, then the fields), without
-        // `Iter`: it moved each field through an `Option` re-check of the
+        // (patch) The fields go to the encoder one by one: pseudo-headers
+        // first, in this order, then the fields, the order of the iterator h2
+        // used here, which moved each field through a re-check of the
         // pseudo-headers and `Header::reify`.
-        encoder.begin_block(&mut hpack);
+        encoder.encode_size_updates(&mut hpack);
         let Pseudo {
             method,
             scheme,
@@ -988,12 +976,15 @@ impl HeaderBlock {
         for (name, value) in self.fields {
             match name {
                 Some(name) => {
-                    last = Some(encoder.encode_named(hpack::Header::Field { name, value }, &mut hpack));
+                    let field = hpack::Header::Field { name, value };
+                    last = Some(encoder.encode_named(field, &mut hpack));
                 }
                 // A further value of the field just encoded (`HeaderMap`
                 // yields a name with the first value of each field).
                 None => match last {
-                    Some(ref index) => encoder.encode_value(index, &value, &mut hpack),
+                    Some(ref index) => {
+                        encoder.encode_header_without_name(index, &value, &mut hpack)
+                    }
                     None => unreachable!("a header value without a field before it"),
                 },
             }
@@ -1027,6 +1018,23 @@ impl HeaderBlock {
             + pseudo_size!(path)
             + self.field_size
     }
+}
+
+/// (patch) Whether `name` is a connection-specific field that HTTP/2 forbids
+/// outright (RFC 9113 section 8.2.2; `TE` is allowed with `trailers` and is
+/// checked apart): one definition for the fields decoded here and the fields
+/// sent (`proto::streams::send`). Names are compared as names: comparing with
+/// a `&str` looked up a standard name's text and compared bytes without regard
+/// to case, and looking one up by `&str` parsed it.
+pub(crate) fn is_connection_specific(name: &http::HeaderName) -> bool {
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    static PROXY_CONNECTION: http::HeaderName =
+        http::HeaderName::from_static("proxy-connection");
+    *name == header::CONNECTION
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 fn calculate_headermap_size(map: &HeaderMap) -> usize {

@@ -54,6 +54,8 @@ pub use self::head::{Head, Kind};
 pub use self::headers::{
     parse_u64, Continuation, Headers, Pseudo, PushPromise, PushPromiseHeaderError,
 };
+// (patch) shared by the decoder and `proto::streams::send`.
+pub(crate) use self::headers::is_connection_specific;
 pub use self::ping::Ping;
 pub use self::priority::{Priority, StreamDependency};
 pub use self::reason::Reason;

@@ -98,8 +98,8 @@ impl Encoder {
     }
 
     /// Encode a set of headers into the provide buffer
-    // (patch) Header blocks are encoded with `begin_block`/`encode_named`/
-    // `encode_value`; this stays for h2's HPACK tests and fuzzing.
+    // (patch) Header blocks are encoded with `encode_named` and
+    // `encode_header_without_name`; this stays for h2's HPACK tests and fuzzing.
     #[allow(dead_code)]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
@@ -117,10 +117,7 @@ impl Encoder {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
                 Ok(header) => {
-                    let index = self.table.index(header);
-                    self.encode_header(&index, dst);
-
-                    last_index = Some(index);
+                    last_index = Some(self.encode_named(header, dst));
                 }
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
@@ -139,16 +136,12 @@ impl Encoder {
         }
     }
 
-    /// (patch) Starts a header block encoded field by field with
-    /// [`Encoder::encode_named`] and [`Encoder::encode_value`]: what `encode`
-    /// does, without an iterator of `Header<Option<HeaderName>>` (each item
-    /// was moved through it and re-wrapped by `reify`).
-    pub(crate) fn begin_block(&mut self, dst: &mut BytesMut) {
-        self.encode_size_updates(dst);
-    }
-
     /// (patch) Encodes one header with a name; returns its index, which a
-    /// following value of the same field ([`Encoder::encode_value`]) refers to.
+    /// following value of the same field
+    /// ([`Encoder::encode_header_without_name`]) refers to. Header blocks are
+    /// encoded field by field with it (`frame::headers`), without the iterator
+    /// of `Header<Option<HeaderName>>` that `encode` takes (each item was moved
+    /// through it and re-wrapped by `reify`).
     #[inline]
     pub(crate) fn encode_named(&mut self, header: Header, dst: &mut BytesMut) -> Index {
         let index = self.table.index(header);
@@ -156,13 +149,7 @@ impl Encoder {
         index
     }
 
-    /// (patch) Encodes a further value of the field whose index `last` is.
-    #[inline]
-    pub(crate) fn encode_value(&mut self, last: &Index, value: &HeaderValue, dst: &mut BytesMut) {
-        self.encode_header_without_name(last, value, dst);
-    }
-
-    fn encode_size_updates(&mut self, dst: &mut BytesMut) {
+    pub(crate) fn encode_size_updates(&mut self, dst: &mut BytesMut) {
         match self.size_update.take() {
             Some(SizeUpdate::One(val)) => {
                 self.table.resize(val);
@@ -219,7 +206,7 @@ impl Encoder {
         }
     }
 
-    fn encode_header_without_name(
+    pub(crate) fn encode_header_without_name(
         &mut self,
         last: &Index,
         value: &HeaderValue,

@@ -78,22 +78,15 @@ impl Send {
     }
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
-        use http::header::{HeaderName, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
-        // (patch) Built once: a name looked up by `&str` is parsed and hashed on every call.
-        static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-        static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+        use http::header::TE;
 
         // 8.1.2.2. Connection-Specific Header Fields
         //
-        // One pass over the names present instead of six hashed lookups: a header block holds
-        // a handful of names, and comparing a standard name is a tag comparison.
+        // (patch) One pass over the names present instead of six hashed lookups (two of them
+        // parsing a `&str` name): a header block holds a handful of names, and comparing a
+        // standard name is a tag comparison.
         for name in fields.keys() {
-            if *name == CONNECTION
-                || *name == TRANSFER_ENCODING
-                || *name == UPGRADE
-                || name == KEEP_ALIVE
-                || name == PROXY_CONNECTION
-            {
+            if frame::is_connection_specific(name) {
                 tracing::debug!("illegal connection-specific headers found");
                 return Err(UserError::MalformedHeaders);
             }
