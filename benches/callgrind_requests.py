@@ -6,7 +6,9 @@ counters are dumped; the figure is the dump's total Ir / N (all threads: runtime
 background thread included).
 
 Scenarios: `h1` (N sequential keep-alive HTTP/1.1 requests on one connection), `h2c` (N
-sequential streams on one h2c connection), `h1-idle` (requests 1.3 s apart on one connection:
+sequential streams on one h2c connection), `h2c-burst` (N streams on one h2c connection, opened
+4 at a time in one write, each batch read to its end before the next: run it with `--cc 1` and 3
+of every 4 requests wait for a slot in the breaker of the proxy under callgrind), `h1-idle` (requests 1.3 s apart on one connection:
 with idle parking each one resumes a parked connection).
 
 Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
@@ -32,12 +34,17 @@ import reference_proxies  # noqa: E402
 
 
 def h2_stream(conn, stream_id, headers):
+    h2_streams(conn, [stream_id], headers)
+
+
+def h2_streams(conn, stream_ids, headers):
+    """Opens the streams `stream_ids` in one write and reads until each has ended."""
     block = b"\x82\x86\x84" + b"\x01" + bytes([len(b"127.0.0.1")]) + b"127.0.0.1"
     for k, v in headers:
         block += hpack_literal(k, v)
-    conn.sock.sendall(frame(1, 0x5, stream_id, block))
+    conn.sock.sendall(b"".join(frame(1, 0x5, sid, block) for sid in stream_ids))
+    open_streams = set(stream_ids)
     while True:
-        done = False
         while len(conn.buf) >= 9:
             length = int.from_bytes(conn.buf[:3], "big")
             if len(conn.buf) < 9 + length:
@@ -52,16 +59,20 @@ def h2_stream(conn, stream_id, headers):
                 # Give the flow-control window back so that long runs never stall.
                 inc = length.to_bytes(4, "big")
                 conn.sock.sendall(frame(8, 0, 0, inc) + frame(8, 0, sid, inc))
-            if kind in (0, 1) and sid == stream_id and flags & 1:
-                done = True
+            if kind in (0, 1) and flags & 1:
+                open_streams.discard(sid)
             if kind in (3, 7):
                 raise RuntimeError(f"h2 frame type {kind} on stream {sid}: {payload!r}")
-        if done:
+        if not open_streams:
             return
         data = conn.sock.recv(65536)
         if not data:
             raise RuntimeError("closed")
         conn.buf += data
+
+
+# Streams opened at once in the `h2c-burst` scenario.
+BURST = 4
 
 
 def run_requests(port, scenario, n, headers):
@@ -77,14 +88,18 @@ def run_requests(port, scenario, n, headers):
         c = Conn(port, "h2c", headers)
         c.roundtrip()  # preface, settings, stream 1
         c.buf = b""
-        for i in range(n):
-            h2_stream(c, 3 + 2 * i, headers)
+        if scenario == "h2c-burst":
+            for i in range(0, n, BURST):
+                h2_streams(c, [3 + 2 * j for j in range(i, min(i + BURST, n))], headers)
+        else:
+            for i in range(n):
+                h2_stream(c, 3 + 2 * i, headers)
         c.sock.close()
 
 
 def callgrind_total(path):
     total = 0
-    for f in glob.glob(path + "*"):
+    for f in glob.glob(path + ".*"):
         with open(f) as fh:
             for line in fh:
                 if line.startswith("summary:") or line.startswith("totals:"):
@@ -94,7 +109,7 @@ def callgrind_total(path):
 
 def measure(cmd, env, port, scenario, n, headers, workdir, name):
     out = os.path.join(workdir, f"cg-{name}-{scenario}")
-    for f in glob.glob(out + "*"):
+    for f in glob.glob(out + ".*"):
         os.unlink(f)
     proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *cmd],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -102,7 +117,7 @@ def measure(cmd, env, port, scenario, n, headers, workdir, name):
         wait_listening(port, timeout=120)
         warm = 3 if scenario == "h1-idle" else 50
         run_requests(port, scenario, warm, headers)
-        for f in glob.glob(out + "*"):
+        for f in glob.glob(out + ".*"):
             os.unlink(f)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
         run_requests(port, scenario, n, headers)

@@ -10,7 +10,8 @@ For each one: throughput of `--requests` requests over `--connections` keep-aliv
 each proxy process, user and system (from /proc); RSS after a warm-up and the highest sample under
 load; p50/p99 latency at a constant rate of half the direct app's throughput (h2load --rps, from
 its per-request log); 1 MiB downloads and 1 MiB uploads (echoed), as MB moved per CPU-second of
-the proxy. Then the queue-proxy's start (fork/exec) to listening and to the first proxied 200.
+the proxy. Then the queue-proxy's start (fork/exec) to listening and to the first proxied 200,
+and nginx's and HAProxy's measured the same way.
 
 The scenarios run in interleaved rounds (`--rounds`, default 3): each round measures every
 scenario once, in the same order, with fresh processes. Each figure printed is the median over
@@ -270,30 +271,56 @@ def first_status(port, headers=()):
     return int(m.group(1)) if m else 0
 
 
-def startup_ms(app_port, samples=5):
-    """Queue-proxy start (fork/exec) to listening, and to the first proxied 200: medians (ms)."""
-    listening, first_ok = [], []
-    for _ in range(samples):
+def startup_ms(app_port, workdir, samples=5):
+    """Start (fork/exec) to listening, and to the first proxied 200, medians (ms): the queue-proxy,
+    and nginx (one process, no master) and HAProxy started the same way with this benchmark's
+    configurations, as the reference for what the method itself costs: Python's fork/exec and
+    its polling are in every figure."""
+    from reference_proxies import find, haproxy_config, nginx_config  # noqa: PLC0415
+
+    def queue_proxy(port):
+        return [os.path.join(BIN, "queue-proxy")], qp_env(app_port, 0, port)
+
+    def reference(name):
+        def command(port):
+            conf_dir = os.path.join(workdir, f"start-{name}-{port}")
+            os.makedirs(conf_dir, exist_ok=True)
+            if name == "nginx":
+                conf = os.path.join(conf_dir, "nginx.conf")
+                with open(conf, "w") as f:
+                    f.write(nginx_config("h1", port, app_port, conf_dir, master=False))
+                return [find("nginx"), "-c", conf, "-p", conf_dir], None
+            conf = os.path.join(conf_dir, "haproxy.cfg")
+            with open(conf, "w") as f:
+                f.write(haproxy_config("h1", port, app_port, conf_dir))
+            return [find("haproxy"), "-db", "-f", conf], None
+        return command
+
+    def timed(command, until_ok):
         port = free_port()
+        argv, env = command(port)
         t0 = time.monotonic()
-        proc = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 0, port),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_listening(port)
-        listening.append((time.monotonic() - t0) * 1000)
-        proc.kill()
-        proc.wait()
-        port = free_port()
-        t0 = time.monotonic()
-        proc = subprocess.Popen([os.path.join(BIN, "queue-proxy")], env=qp_env(app_port, 0, port),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while first_status(port) != 200:
-            if time.monotonic() - t0 > 10:
-                raise RuntimeError("the queue-proxy never proxied a 200")
-            time.sleep(0.0002)
-        first_ok.append((time.monotonic() - t0) * 1000)
-        proc.kill()
-        proc.wait()
-    return median(listening), median(first_ok)
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if until_ok:
+                while first_status(port) != 200:
+                    if time.monotonic() - t0 > 10:
+                        raise RuntimeError(f"{argv[0]} never proxied a 200")
+                    time.sleep(0.0002)
+            else:
+                wait_listening(port)
+            return (time.monotonic() - t0) * 1000
+        finally:
+            proc.kill()
+            proc.wait()
+
+    figures = {}
+    for name, command in (("queue-proxy", queue_proxy), ("nginx", reference("nginx")),
+                          ("HAProxy", reference("haproxy"))):
+        listening = [timed(command, False) for _ in range(samples)]
+        first_ok = [timed(command, True) for _ in range(samples)]
+        figures[name] = (median(listening), median(first_ok))
+    return figures
 
 
 def median(values):
@@ -406,8 +433,9 @@ def print_table(results, args, start):
             print(f"{r['name']}: second hop {r['cpu_us'][1]:.1f} µs/req (user {r['user_us'][1]:.1f}, sys "
                   f"{r['sys_us'][1]:.1f}), RSS {r['idle_rss_mb'][1]:.1f} idle / {r['load_rss_mb'][1]:.1f} MB load; "
                   f"chain total {sum(r['cpu_us']):.1f} µs/req")
-    print(f"queue-proxy start (fork/exec) to listening: {start[0]:.1f} ms, to the first proxied 200: "
-          f"{start[1]:.1f} ms (medians of 5)")
+    for name, (listening, first_ok) in start.items():
+        print(f"{name} start (fork/exec) to listening: {listening:.1f} ms, to the first proxied 200: "
+              f"{first_ok:.1f} ms (medians of 5)")
     for r in results:
         if r["errors"]:
             print(f"WARNING {r['name']}: {r['errors']} failed or non-2xx requests", file=sys.stderr)
@@ -457,7 +485,7 @@ def main():
                 result["direct_rps"] = direct_rps
                 samples.setdefault(name, []).append(result)
                 print(f"round {round_no + 1}: {name}: {result['rps']:.0f} req/s", file=sys.stderr, flush=True)
-        start = startup_ms(app_port)
+        start = startup_ms(app_port, workdir)
     finally:
         if app:
             app.kill()

@@ -85,6 +85,8 @@ pub async fn serve_connection<I, S, B>(
     // it has completed (draining then leaves the select).
     let stop = shutdown.wait_for(|stop| *stop);
     tokio::pin!(stop);
+    // A stream was just accepted, and the connection has not been touched since.
+    let mut just_accepted = false;
     loop {
         let next = if draining {
             conn.accept().await
@@ -94,7 +96,7 @@ pub async fn serve_connection<I, S, B>(
             let event = tokio::select! {
                 biased;
                 _ = &mut stop => Event::Stop,
-                next = conn.accept() => Event::Next(next),
+                next = accept_next(&mut conn, &mut just_accepted) => Event::Next(next),
                 () = &mut idle, if idle_state != Idle::Released => Event::Idle,
             };
             match event {
@@ -136,6 +138,7 @@ pub async fn serve_connection<I, S, B>(
                 let request = request.map(|recv| IncomingBody::h2(recv, length));
                 let future = service.clone().call(request);
                 tokio::spawn(H2Stream::new(future, reply));
+                just_accepted = !draining;
             }
             Some(Err(error)) => {
                 tracing::debug!(%error, "HTTP/2 connection failed");
@@ -145,6 +148,33 @@ pub async fn serve_connection<I, S, B>(
         }
     }
 }
+
+/// The connection's next stream. Right after a stream was accepted (`just_accepted`), the
+/// connection has been polled to `Pending` and its wake-ups are registered for this task
+/// (`next_accepted`, a method of the patched `h2`): then only a stream already received is
+/// taken, and when there is none the task waits for the connection's next wake-up instead of
+/// polling it once more for nothing (a whole connection poll per stream). Otherwise the
+/// connection is polled (`poll_accept`).
+fn accept_next<'a, T>(
+    conn: &'a mut h2::server::Connection<T, Bytes>,
+    just_accepted: &'a mut bool,
+) -> impl Future<Output = Option<AcceptResult>> + 'a
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(move |cx| {
+        if std::mem::take(just_accepted) {
+            return match conn.next_accepted() {
+                Some(accepted) => Poll::Ready(Some(Ok(accepted))),
+                None => Poll::Pending,
+            };
+        }
+        conn.poll_accept(cx)
+    })
+}
+
+/// What the connection gives for a stream.
+type AcceptResult = Result<(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>), h2::Error>;
 
 /// What woke the connection's loop.
 enum Event<N> {
@@ -504,6 +534,82 @@ mod tests {
             .expect("the connection is closed")
             .unwrap();
         drop(sender);
+    }
+
+    /// Streams opened together (their HEADERS in one write) are all served: after the first,
+    /// the others are taken from the connection's queue without polling it again
+    /// (`accept_next`).
+    #[tokio::test]
+    async fn streams_opened_in_one_write_are_all_served() {
+        let (addr, _stop, _) = server(None).await;
+        let sender = client(addr).await;
+        for round in 0..20 {
+            let requests = (0..8).map(|i| {
+                let mut sender = sender.clone();
+                async move { get(&mut sender, &format!("/{round}-{i}"), 0, 0).await }
+            });
+            let answers = futures_util::future::join_all(requests).await;
+            for (i, answer) in answers.iter().enumerate() {
+                assert_eq!(answer, &format!("/{round}-{i} 0 0"));
+            }
+        }
+    }
+
+    /// A graceful shutdown waits for the open stream, and the connection closes as soon as
+    /// that stream has ended (the patched h2 wakes a connection for an ended stream only when
+    /// it may have to close, as after a GOAWAY).
+    #[tokio::test]
+    async fn after_a_goaway_the_connection_closes_when_its_last_stream_ends() {
+        let (tx, rx) = oneshot::channel();
+        let (addr, stop, served) = server(Some(rx)).await;
+        let mut sender = client(addr).await;
+        assert_eq!(get(&mut sender, "/a", 0, 0).await, "/a 0 0");
+        // The held response's head comes at once, its body when the test sends it.
+        let mut ready = sender.clone().ready().await.unwrap();
+        let request = Request::get("http://x/hold").body(()).unwrap();
+        let (response, _) = ready.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        stop.send(true).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !served.is_finished(),
+            "the open stream keeps the connection"
+        );
+        tx.send(Bytes::from_static(b"done")).unwrap();
+        assert_eq!(body.data().await.unwrap().unwrap(), "done");
+        tokio::time::timeout(std::time::Duration::from_secs(10), served)
+            .await
+            .expect("the connection closes once its last stream has ended")
+            .unwrap();
+    }
+
+    /// A client connection closes once nothing can use it any more: its last `SendRequest`
+    /// dropped while a stream was open, that stream's end wakes it (the patched h2 wakes a
+    /// client connection for an ended stream when no other reference is left).
+    #[tokio::test]
+    async fn a_client_connection_without_handles_closes_when_its_last_stream_ends() {
+        let (tx, rx) = oneshot::channel();
+        let (addr, _stop, _) = server(Some(rx)).await;
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = h2::client::handshake(stream).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let mut sender = sender.ready().await.unwrap();
+        let request = Request::get("http://x/hold").body(()).unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        drop(sender);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!conn.is_finished(), "the open stream keeps the connection");
+        tx.send(Bytes::from_static(b"done")).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        while let Some(chunk) = body.data().await {
+            chunk.unwrap();
+        }
+        drop(body);
+        tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+            .await
+            .expect("the connection closes once its last stream has ended")
+            .unwrap()
+            .unwrap();
     }
 
     /// Whole frames of the largest allowed size are served; a frame announcing one byte more

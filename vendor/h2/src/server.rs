@@ -434,18 +434,28 @@ where
             return Poll::Ready(None);
         }
 
-        if let Some(inner) = self.connection.next_incoming() {
-            tracing::trace!("received incoming");
-            let (head, _) = inner.take_request().into_parts();
-            let body = RecvStream::new(FlowControl::new(inner.clone_to_opaque()));
-
-            let request = Request::from_parts(head, body);
-            let respond = SendResponse { inner };
-
-            return Poll::Ready(Some(Ok((request, respond))));
+        if let Some(accepted) = self.next_accepted() {
+            return Poll::Ready(Some(Ok(accepted)));
         }
 
         Poll::Pending
+    }
+
+    /// (patch) The next stream already received, without polling the connection.
+    ///
+    /// [`Connection::poll_accept`] polls the connection to `Pending` before it returns a
+    /// stream, so right after it returned one the connection's wake-ups are registered for the
+    /// calling task. A caller that has touched the connection in no other way since may take
+    /// the streams queued behind that one with this method, and when there is none wait for
+    /// its next wake-up instead of polling the connection once more, which would find nothing
+    /// to do.
+    pub fn next_accepted(&mut self) -> Option<(Request<RecvStream>, SendResponse<B>)> {
+        let inner = self.connection.next_incoming()?;
+        tracing::trace!("received incoming");
+        let (head, _) = inner.take_request().into_parts();
+        let body = RecvStream::new(FlowControl::new(inner.clone_to_opaque()));
+        let request = Request::from_parts(head, body);
+        Some((request, SendResponse { inner }))
     }
 
     /// Sets the target window size for the whole connection.

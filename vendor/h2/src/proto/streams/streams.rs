@@ -93,6 +93,10 @@ struct Inner {
 
     /// The number of stream refs to this shared state.
     refs: usize,
+
+    /// (patch) A GOAWAY was sent or received: the connection closes once its last stream has
+    /// ended, so the last reference to a closed stream wakes it (`drop_stream_ref`).
+    going_away: bool,
 }
 
 #[derive(Debug)]
@@ -422,6 +426,7 @@ impl<B> DynStreams<'_, B> {
 
     pub fn recv_go_away(&mut self, frame: &frame::GoAway) -> Result<(), Error> {
         let mut me = self.inner.lock();
+        me.going_away = true;
         me.recv_go_away(self.send_buffer, frame)
     }
 
@@ -456,6 +461,7 @@ impl<B> DynStreams<'_, B> {
 
     pub fn send_go_away(&mut self, last_processed_id: StreamId) {
         let mut me = self.inner.lock();
+        me.going_away = true;
         me.actions.recv.go_away(last_processed_id);
     }
 }
@@ -472,6 +478,7 @@ impl Inner {
             },
             store: Store::new(),
             refs: 1,
+            going_away: false,
         }))
     }
 
@@ -1687,7 +1694,17 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
     // closed (does not have to go through logic below
     // of canceling the stream), we should notify the task
     // (connection) so that it can close properly
-    if stream.ref_count == 0 && stream.is_closed() {
+    //
+    // (patch) Only when the connection may be waiting for its streams to end: a client's
+    // connection left without any other reference (it closes when it has no stream either), a
+    // connection after a GOAWAY either way, or one that failed. Otherwise the connection has
+    // nothing to do for a closed stream (its slot is freed below, and capacity released below
+    // wakes the connection by itself when a WINDOW_UPDATE is due), and waking it cost a whole
+    // connection poll per request.
+    let connection_may_close = (me.refs == 1 && !me.counts.peer().is_server())
+        || me.going_away
+        || actions.conn_error.is_some();
+    if stream.ref_count == 0 && stream.is_closed() && connection_may_close {
         if let Some(task) = actions.task.take() {
             task.wake();
         }
