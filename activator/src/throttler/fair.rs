@@ -106,7 +106,7 @@ impl FairQueue {
     /// newest request of a larger tenant if the cap is reached; see the module docs.
     pub(crate) fn enter<'a>(
         &'a self,
-        namespace: &str,
+        namespace: &'a str,
         revision: RevisionKey,
     ) -> Result<Ticket<'a>, Refused> {
         let mut tenants = self.lock();
@@ -137,7 +137,7 @@ impl FairQueue {
             revision,
             ticket,
             displacement,
-            namespace: namespace.to_owned(),
+            namespace,
         })
     }
 
@@ -255,7 +255,9 @@ impl NamespaceQueue {
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     queue: &'a FairQueue,
-    namespace: String,
+    /// The revision's own namespace text (the ticket lives no longer than the wait for its
+    /// revision), not a copy per waiting request.
+    namespace: &'a str,
     revision: RevisionKey,
     ticket: u64,
     displacement: Arc<Displacement>,
@@ -289,7 +291,7 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.displacement.displaced.load(Ordering::Acquire) {
             self.queue
-                .leave(&self.namespace, self.revision, self.ticket);
+                .leave(self.namespace, self.revision, self.ticket);
         }
     }
 }
