@@ -14,7 +14,7 @@ with idle parking each one resumes a parked connection).
 Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
 each `--cc` (default 0,10), and the reference proxies (reference_proxies.py; `--no-reference`
 skips them), each a single process under callgrind: nginx and HAProxy for `h1`, HAProxy h2c->h2c
-for `h2c`.
+for `h2c` and `h2c-burst`.
 
 Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000] [--cc 0,10]
 """
@@ -180,17 +180,18 @@ def main():
         app, app_port = start_sample_app(bins)
         procs.append(app)
         scenarios = args.scenarios.split(",")
-        if not args.no_reference and ("h1" in scenarios or "h2c" in scenarios):
+        if not args.no_reference and ({"h1", "h2c", "h2c-burst"} & set(scenarios)):
             reference_proxies.ensure_installed("nginx", "haproxy")
         if not args.no_reference and "h1" in scenarios:
             for name in ("nginx", "haproxy"):
                 cmd, port = reference_cmd(name, workdir, app_port)
                 ir = measure(cmd, dict(os.environ), port, "h1", args.requests, [], workdir, name)
                 print(f"h1       instructions per request: {name:18} {ir:10.0f}", flush=True)
-        if not args.no_reference and "h2c" in scenarios:
-            cmd, port = reference_cmd("haproxy", workdir, app_port, "h2c")
-            ir = measure(cmd, dict(os.environ), port, "h2c", args.requests, [], workdir, "haproxy-h2c")
-            print(f"h2c      instructions per request: {'HAProxy h2c->h2c':18} {ir:10.0f}", flush=True)
+        for scenario in ("h2c", "h2c-burst"):
+            if not args.no_reference and scenario in scenarios:
+                cmd, port = reference_cmd("haproxy", workdir, app_port, "h2c")
+                ir = measure(cmd, dict(os.environ), port, scenario, args.requests, [], workdir, "haproxy-h2c")
+                print(f"{scenario:8} instructions per request: {'HAProxy h2c->h2c':18} {ir:10.0f}", flush=True)
         for scenario in args.scenarios.split(","):
             n = args.idle_requests if scenario == "h1-idle" else args.requests
             for cc in ccs:
