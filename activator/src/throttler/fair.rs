@@ -290,8 +290,7 @@ impl Ticket<'_> {
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         if !self.displacement.displaced.load(Ordering::Acquire) {
-            self.queue
-                .leave(self.namespace, self.revision, self.ticket);
+            self.queue.leave(self.namespace, self.revision, self.ticket);
         }
     }
 }
