@@ -286,8 +286,17 @@ where
             }
 
             const MAX_WRITEV_BUFS: usize = 64;
+            // (patch) A head and up to two queued buffers (at most 7 slices, a chunked buffer
+            // giving 3) are gathered in an array of 8: making the 64 empty slices of the full
+            // array cost more than the rest of the flush. A buffer giving more slices than
+            // that is written by the next turn of the loop.
+            const FEW_WRITEV_BUFS: usize = 8;
             loop {
-                let n = {
+                let n = if self.write_buf.queue.bufs_cnt() <= 2 {
+                    let mut iovs = [IoSlice::new(&[]); FEW_WRITEV_BUFS];
+                    let len = self.write_buf.chunks_vectored(&mut iovs);
+                    ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &iovs[..len]))?
+                } else {
                     let mut iovs = [IoSlice::new(&[]); MAX_WRITEV_BUFS];
                     let len = self.write_buf.chunks_vectored(&mut iovs);
                     ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &iovs[..len]))?
@@ -920,6 +929,82 @@ mod tests {
     }
 
     #[cfg(not(miri))]
+    /// (patch) A queue flushed with vectored writes: a head and a few buffers (the small
+    /// array) or many (the full one), every byte in order, in one write.
+    #[tokio::test]
+    async fn write_buf_queue_vectored_few_and_many() {
+        #[derive(Default)]
+        struct Gather {
+            written: Vec<u8>,
+            writes: usize,
+        }
+
+        impl crate::rt::Read for Gather {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: crate::rt::ReadBufCursor<'_>,
+            ) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        impl crate::rt::Write for Gather {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.writes += 1;
+                self.written.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                self.writes += 1;
+                let mut n = 0;
+                for buf in bufs {
+                    self.written.extend_from_slice(buf);
+                    n += buf.len();
+                }
+                Poll::Ready(Ok(n))
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        for count in [0, 1, 2, 3, MAX_BUF_LIST_BUFFERS] {
+            let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(Gather::default());
+            buffered.write_buf.set_strategy(WriteStrategy::Queue);
+            buffered.headers_buf().extend(b"head;");
+            let mut expected = b"head;".to_vec();
+            for i in 0..count {
+                let part = format!("buffer {};", i).into_bytes();
+                expected.extend_from_slice(&part);
+                buffered.buffer(Cursor::new(part));
+            }
+            assert_eq!(buffered.write_buf.queue.bufs_cnt(), count);
+            buffered.flush().await.expect("flush");
+            assert_eq!(buffered.write_buf.queue.bufs_cnt(), 0);
+            assert_eq!(buffered.io.written, expected, "{} buffers", count);
+            assert_eq!(buffered.io.writes, 1, "{} buffers in one write", count);
+        }
+    }
+
     #[tokio::test]
     async fn write_buf_queue_disable_auto() {
         let _ = pretty_env_logger::try_init();
