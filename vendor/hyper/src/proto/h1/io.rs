@@ -238,7 +238,14 @@ where
                 .max()
                 .saturating_sub(self.read_buf.len()),
         );
-        if self.read_buf_remaining_mut() < next {
+        // (patch) Reserve only when less than half of `next` is free (or nothing is): the head
+        // just parsed was split off the buffer, and while the message it became is alive the
+        // buffer is shared, so reserving the full `next` allocated a new buffer for every
+        // message read, when the rest of the old one (most of it, after a small head) could
+        // take the next read. The strategy's next size grows as before, at most one read
+        // later: a read that filled the buffer leaves less than half of `next` free.
+        let remaining = self.read_buf_remaining_mut();
+        if remaining < next.div_ceil(2) || remaining == 0 {
             self.read_buf.reserve(next);
         }
 
@@ -732,6 +739,33 @@ mod tests {
             buffered.read_buf,
             b"HTTP/1.1 200 OK\r\nServer: hyper\r\n"[..]
         );
+    }
+
+    /// (patch) The next message is read into the rest of the buffer its predecessor's head
+    /// was split from, while that head is still alive: no new buffer per message.
+    #[tokio::test]
+    async fn next_message_is_read_into_the_rest_of_a_shared_buffer() {
+        let first = b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n";
+        let second = b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mock = Mock::new().read(first).read(second).build();
+        let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(Compat::new(mock));
+
+        let n = futures_util::future::poll_fn(|cx| buffered.poll_read_from_io(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, first.len());
+        // The head becomes a message that is still alive when the next read comes.
+        let head = buffered.read_buf.split_to(n).freeze();
+        let rest = buffered.read_buf.as_ptr();
+        assert_eq!(rest, head.as_ptr().wrapping_add(head.len()));
+
+        let n = futures_util::future::poll_fn(|cx| buffered.poll_read_from_io(cx))
+            .await
+            .unwrap();
+        assert_eq!(n, second.len());
+        assert_eq!(&buffered.read_buf[..], &second[..]);
+        assert_eq!(buffered.read_buf.as_ptr(), rest, "read into the same buffer");
+        assert_eq!(&head[..], &first[..]);
     }
 
     #[test]
