@@ -159,17 +159,17 @@ impl Http1Transaction for Server {
         // but we *never* read any of it until after httparse has assigned
         // values into it. By not zeroing out the stack memory, this saves
         // a good ~5% on pipeline benchmarks.
-        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]> =
-            match ctx.h1_max_headers {
-                Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
-            };
-        {
+        //
+        // (patch) Parsed first with room for at most `DEFAULT_MAX_HEADERS` fields (on the
+        // stack); only a head with more, when `h1_max_headers` allows more, is parsed again with
+        // room for them all (see `header_slots`).
+        let max_headers = ctx.h1_max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        let mut room = max_headers.min(DEFAULT_MAX_HEADERS);
+        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]>;
+        loop {
+            headers_indices = header_slots(room);
             let mut headers: SmallVec<[MaybeUninit<httparse::Header<'_>>; DEFAULT_MAX_HEADERS]> =
-                match ctx.h1_max_headers {
-                    Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                    None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
-                };
+                header_slots(room);
             trace!(bytes = buf.len(), "Request.parse");
             let mut req = httparse::Request::new(&mut []);
             let bytes = buf.as_ref();
@@ -205,8 +205,12 @@ impl Http1Transaction for Server {
 
                     record_header_indices(bytes, req.headers, &mut headers_indices)?;
                     headers_len = req.headers.len();
+                    break;
                 }
                 Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) if room < max_headers => {
+                    room = max_headers;
+                }
                 // if invalid Token, try to determine if for method or path
                 Err(httparse::Error::Token) => {
                     return Err({
@@ -220,7 +224,7 @@ impl Http1Transaction for Server {
                 }
                 Err(err) => return Err(err.into()),
             }
-        };
+        }
 
         let slice = buf.split_to(len).freeze();
         let uri = {
@@ -1079,19 +1083,17 @@ impl Http1Transaction for Client {
         debug_assert!(!buf.is_empty(), "parse called with empty buf");
 
         // Loop to skip information status code headers (100 Continue, etc).
+        // (patch) As in `Server::parse`: room for `DEFAULT_MAX_HEADERS` fields first, for all
+        // that `h1_max_headers` allows only when a head has more.
+        let max_headers = ctx.h1_max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        let mut room = max_headers.min(DEFAULT_MAX_HEADERS);
         loop {
             let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]> =
-                match ctx.h1_max_headers {
-                    Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                    None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
-                };
+                header_slots(room);
             let (len, status, reason, version, headers_len) = {
                 let mut headers: SmallVec<
                     [MaybeUninit<httparse::Header<'_>>; DEFAULT_MAX_HEADERS],
-                > = match ctx.h1_max_headers {
-                    Some(cap) => smallvec![MaybeUninit::uninit(); cap],
-                    None => smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS],
-                };
+                > = header_slots(room);
                 trace!(bytes = buf.len(), "Response.parse");
                 let mut res = httparse::Response::new(&mut []);
                 let bytes = buf.as_ref();
@@ -1129,6 +1131,10 @@ impl Http1Transaction for Client {
                         (len, status, reason, version, headers_len)
                     }
                     Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(httparse::Error::TooManyHeaders) if room < max_headers => {
+                        room = max_headers;
+                        continue;
+                    }
                     Err(httparse::Error::Version) if ctx.h09_responses => {
                         trace!("Response.parse accepted HTTP/0.9 response");
 
@@ -1611,6 +1617,17 @@ fn set_content_length(headers: &mut HeaderMap, len: u64) -> Encoder {
     }
 }
 
+/// (patch) `room` uninitialised slots for a parse: inline (on the stack) up to
+/// `DEFAULT_MAX_HEADERS`, as upstream's default; upstream allocated `h1_max_headers` slots on the
+/// heap for every message when a larger limit was set (two allocations per message parsed).
+fn header_slots<T: Copy>(room: usize) -> SmallVec<[MaybeUninit<T>; DEFAULT_MAX_HEADERS]> {
+    if room == DEFAULT_MAX_HEADERS {
+        smallvec_inline![MaybeUninit::uninit(); DEFAULT_MAX_HEADERS]
+    } else {
+        smallvec![MaybeUninit::uninit(); room]
+    }
+}
+
 #[derive(Clone, Copy)]
 struct HeaderIndices {
     name: (usize, usize),
@@ -1772,6 +1789,91 @@ mod tests {
         assert_eq!(msg.head.headers.len(), 1);
         assert_eq!(msg.head.headers["Host"], "hyper.rs");
         assert_eq!(method, Some(crate::Method::GET));
+    }
+
+    /// (patch) Heads with more fields than `DEFAULT_MAX_HEADERS` parse up to `h1_max_headers`
+    /// (again, with room for them all), and one field more fails as before; below the default,
+    /// a smaller limit holds as before.
+    #[test]
+    fn test_parse_many_headers_up_to_the_limit() {
+        fn head(first_line: &str, fields: usize) -> BytesMut {
+            let mut text = format!("{}\r\n", first_line);
+            for i in 0..fields {
+                text.push_str(&format!("x-field-{}: value {}\r\n", i, i));
+            }
+            text.push_str("\r\n");
+            BytesMut::from(text.as_str())
+        }
+        fn ctx<'a>(
+            max: Option<usize>,
+            cached: &'a mut Option<HeaderMap>,
+            method: &'a mut Option<Method>,
+            informational: &'a mut Option<crate::ext::OnInformational>,
+        ) -> ParseContext<'a> {
+            let _ = &informational;
+            ParseContext {
+                cached_headers: cached,
+                req_method: method,
+                h1_parser_config: Default::default(),
+                h1_max_headers: max,
+                h1_max_header_size: None,
+                preserve_header_case: false,
+                #[cfg(feature = "ffi")]
+                preserve_header_order: false,
+                h09_responses: false,
+                #[cfg(feature = "client")]
+                on_informational: informational,
+            }
+        }
+        for (max, fields, ok) in [
+            (None, DEFAULT_MAX_HEADERS, true),
+            (None, DEFAULT_MAX_HEADERS + 1, false),
+            (Some(500), 3, true),
+            (Some(500), DEFAULT_MAX_HEADERS + 1, true),
+            (Some(500), 500, true),
+            (Some(500), 501, false),
+            (Some(50), 50, true),
+            (Some(50), 51, false),
+        ] {
+            let (mut cached, mut informational) = (None, None);
+            let mut method = Some(Method::GET);
+            let mut raw = head("HTTP/1.1 200 OK", fields);
+            let parsed = Client::parse(
+                &mut raw,
+                ctx(max, &mut cached, &mut method, &mut informational),
+            );
+            match parsed {
+                Ok(Some(msg)) => {
+                    assert!(ok, "response with {} fields, limit {:?}", fields, max);
+                    assert_eq!(msg.head.headers.len(), fields);
+                    if fields > 0 {
+                        let last = format!("x-field-{}", fields - 1);
+                        assert_eq!(msg.head.headers[last.as_str()], format!("value {}", fields - 1));
+                    }
+                }
+                Ok(None) => panic!("a whole head is not partial"),
+                Err(_) => assert!(!ok, "response with {} fields, limit {:?}", fields, max),
+            }
+
+            #[cfg(feature = "server")]
+            {
+                let (mut cached, mut informational) = (None, None);
+                let mut method = None;
+                let mut raw = head("GET / HTTP/1.1", fields);
+                let parsed = Server::parse(
+                    &mut raw,
+                    ctx(max, &mut cached, &mut method, &mut informational),
+                );
+                match parsed {
+                    Ok(Some(msg)) => {
+                        assert!(ok, "request with {} fields, limit {:?}", fields, max);
+                        assert_eq!(msg.head.headers.len(), fields);
+                    }
+                    Ok(None) => panic!("a whole head is not partial"),
+                    Err(_) => assert!(!ok, "request with {} fields, limit {:?}", fields, max),
+                }
+            }
+        }
     }
 
     #[test]
