@@ -123,11 +123,16 @@ pub struct ProxyHold {
 /// See [`ProxyHold`].
 pub type ProxyGuards = Option<ProxyHold>;
 
+/// What a request holds, outside the timeout stage, until its response has been sent: the
+/// concurrency report's "out" event, then the in-flight count (dropped in field order). One
+/// guard for both: one move of the response less than a guard each.
+pub struct RequestHold {
+    _report: InFlightReport,
+    _in_flight: InFlightGuard,
+}
+
 /// The response body of the activation path, with every per-request guard.
-pub type InnerBody = Guarded<
-    Guarded<TimeoutBody<Guarded<ProxyBody, ProxyGuards>>, Option<InFlightReport>>,
-    Option<InFlightGuard>,
->;
+pub type InnerBody = Guarded<TimeoutBody<Guarded<ProxyBody, ProxyGuards>>, RequestHold>;
 
 /// The response body of the chain: [`InnerBody`], observed (metrics, request log) when on.
 pub type ActivatorBody = MeteredBody<InnerBody, Observed>;
@@ -298,8 +303,11 @@ fn handle(
             Ok(response) => response,
             Err(never) => match never {},
         };
-        let response = attach_guard(response, Some(report));
-        Ok(attach_guard(response, Some(in_flight)))
+        let hold = RequestHold {
+            _report: report,
+            _in_flight: in_flight,
+        };
+        Ok(attach_guard(response, hold))
     })
 }
 

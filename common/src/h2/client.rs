@@ -55,54 +55,63 @@ where
 /// relaying the 1xx responses that come before it. Dropped before the response came (the
 /// client went away, a timeout), it resets the stream (`CANCEL`) even while the request body
 /// is still being sent, as hyper does.
-pub async fn exchange(
+///
+/// The head is handed to `h2` at once, not on the first poll: the returned future then holds
+/// the stream, not the request (an `async fn` would keep the request, and its head again once
+/// taken apart, for the whole exchange). Callers await it at once.
+pub fn exchange(
     mut sender: h2::client::SendRequest<Bytes>,
     request: Request<IncomingBody>,
-) -> Result<Response<IncomingBody>, h2::Error> {
+) -> impl Future<Output = Result<Response<IncomingBody>, h2::Error>> + Send {
     let (mut parts, body) = request.into_parts();
     let is_head = parts.method == http::Method::HEAD;
     super::strip_connection_headers(&mut parts.headers, true);
     let end = body.is_end_stream();
-    let (mut response, tx) = sender.send_request(Request::from_parts(parts, ()), end)?;
-    let mut cancel = CancelOnDrop(None);
-    if !end {
-        let mut send = SendBody {
-            body,
-            tx,
-            pending: None,
-            cancel: None,
+    let started = sender.send_request(Request::from_parts(parts, ()), end);
+    async move {
+        // Held until the exchange ends, as the connection's other handles are.
+        let _sender = sender;
+        let (mut response, tx) = started?;
+        let mut cancel = CancelOnDrop(None);
+        if !end {
+            let mut send = SendBody {
+                body,
+                tx,
+                pending: None,
+                cancel: None,
+            };
+            // A body that is all there (small requests) goes at once, without a task.
+            let sent = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut send).poll(cx))).await;
+            if sent.is_pending() {
+                let shared = Arc::new(Cancel::default());
+                send.cancel = Some(Arc::clone(&shared));
+                cancel.0 = Some(shared);
+                tokio::spawn(send);
+            }
+        }
+        let mut relayed = false;
+        let response = std::future::poll_fn(|cx| {
+            while let Poll::Ready(Some(Ok(head))) = response.poll_informational(cx) {
+                relayed |= informational::relay_h2(&head);
+            }
+            Pin::new(&mut response).poll(cx)
+        })
+        .await;
+        // The response (or the stream's failure) came: the body goes on being sent.
+        cancel.0 = None;
+        if relayed {
+            // An HTTP/1 client gets the 1xx heads before the final head.
+            informational::written().await;
+        }
+        let response = response?;
+        // A `HEAD` response's `Content-Length` describes the body a `GET` would get.
+        let length = if is_head {
+            Some(0)
+        } else {
+            content_length(response.headers())
         };
-        // A body that is all there (small requests) goes at once, without a task.
-        let sent = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut send).poll(cx))).await;
-        if sent.is_pending() {
-            let shared = Arc::new(Cancel::default());
-            send.cancel = Some(Arc::clone(&shared));
-            cancel.0 = Some(shared);
-            tokio::spawn(send);
-        }
+        Ok(response.map(|recv| IncomingBody::h2(recv, length)))
     }
-    let mut relayed = false;
-    let response = std::future::poll_fn(|cx| {
-        while let Poll::Ready(Some(Ok(head))) = response.poll_informational(cx) {
-            relayed |= informational::relay_h2(&head);
-        }
-        Pin::new(&mut response).poll(cx)
-    })
-    .await;
-    // The response (or the stream's failure) came: the body goes on being sent.
-    cancel.0 = None;
-    if relayed {
-        // An HTTP/1 client gets the 1xx heads before the final head.
-        informational::written().await;
-    }
-    let response = response?;
-    // A `HEAD` response's `Content-Length` describes the body a `GET` would get.
-    let length = if is_head {
-        Some(0)
-    } else {
-        content_length(response.headers())
-    };
-    Ok(response.map(|recv| IncomingBody::h2(recv, length)))
 }
 
 /// Tells a request body's task that the exchange was abandoned.

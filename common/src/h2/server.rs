@@ -136,8 +136,7 @@ pub async fn serve_connection<I, S, B>(
                 }
                 let length = content_length(request.headers());
                 let request = request.map(|recv| IncomingBody::h2(recv, length));
-                let future = service.clone().call(request);
-                tokio::spawn(H2Stream::new(future, reply));
+                tokio::spawn(H2Stream::new(service.clone().call(request), reply));
                 just_accepted = !draining;
             }
             Some(Err(error)) => {
@@ -240,7 +239,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         loop {
-            let next = match this.state.as_mut().project() {
+            match this.state.as_mut().project() {
                 StateProj::Service { future } => {
                     let (polled, heads) = informational::collect_for_h2(|| future.poll(cx));
                     for head in heads {
@@ -277,11 +276,13 @@ where
                         }
                     }
                     match this.reply.send_response(head, false) {
-                        Ok(tx) => State::Body {
+                        // Set in place (not returned from the `match` and set after it: one
+                        // move of the response body less).
+                        Ok(tx) => this.state.set(State::Body {
                             body,
                             tx,
                             pending: None,
-                        },
+                        }),
                         Err(_) => {
                             this.reply.send_reset(h2::Reason::INTERNAL_ERROR);
                             return Poll::Ready(());
@@ -294,8 +295,7 @@ where
                         Poll::Pending => Poll::Pending,
                     };
                 }
-            };
-            this.state.set(next);
+            }
         }
     }
 }

@@ -55,100 +55,115 @@ impl ForwardFailure {
 ///
 /// The handle is taken by value so that callers can build this future at once and wrap it with
 /// combinators: awaiting it inside another `async` block would keep the request in both states.
-pub async fn forward_or_return(
+/// An `async` block rather than an `async fn`, for the same reason: an `async fn` moves its
+/// arguments into locals on the first poll and keeps both copies in its state.
+#[allow(clippy::manual_async_fn)] // See above: not the `async fn` clippy suggests.
+pub fn forward_or_return(
     upstream: UpstreamHandle,
     mut request: Request<IncomingBody>,
     upgrade: Option<UpgradeRequest>,
-) -> Result<Response<ProxyBody>, ForwardFailure> {
-    if request.method() == Method::CONNECT {
-        return Err(ForwardFailure::sent(ProxyError::UnsupportedConnect));
-    }
-    if request.version() == Version::HTTP_2 {
-        rewrite::to_h2c_form(&mut request, upstream.host_header())
-            .map_err(|e| ForwardFailure::sent(ProxyError::InvalidRequest(e)))?;
-        if upstream.is_tls() {
-            set_https(&mut request);
+) -> impl Future<Output = Result<Response<ProxyBody>, ForwardFailure>> + Send {
+    async move {
+        if request.method() == Method::CONNECT {
+            return Err(ForwardFailure::sent(ProxyError::UnsupportedConnect));
         }
-        let sender = match upstream.h2().await {
-            Ok(sender) => sender,
-            Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
-        };
-        let mut response = crate::h2::client::exchange(sender, request)
-            .await
-            .map_err(|e| ForwardFailure::sent(ProxyError::H2Exchange(e)))?;
-        rewrite::prepare_response(&mut response);
-        return Ok(response.map(|body| ProxyBody::Upstream {
-            body: PooledBody::unpooled(body),
-        }));
-    }
-
-    rewrite::to_origin_form(&mut request);
-    // Every upstream request carries a Host: an HTTP/1.0 client may have sent none (HTTP/1.1
-    // requests without one were refused by the server), and Go's proxy then names the upstream.
-    if request.version() != Version::HTTP_11 && !request.headers().contains_key(HOST) {
-        request
-            .headers_mut()
-            .insert(HOST, upstream.host_header().clone());
-    }
-    *request.version_mut() = Version::HTTP_11;
-    // A ready idle connection is taken without a future; the rest (resuming a parked one,
-    // dialing) is boxed, its state kept out of every request's future.
-    let checkout = match Upstream::take_idle(&upstream).ready() {
-        Ok(checkout) => checkout,
-        Err(taken) => match Box::pin(Upstream::checkout_http1_after(&upstream, taken)).await {
-            Ok(checkout) => checkout,
-            Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
-        },
-    };
-    let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let response = match checkout.send(&upstream, request, upgrade.is_some()).await {
-        Ok(response) => response,
-        // The keep-alive race: the idle connection was closed before a byte of the request was
-        // written. Nothing reached the app, so one retry on a new connection is safe for any method.
-        Err(pool::SendError {
-            unsent: Some(request),
-            fresh: false,
-            ..
-        }) => {
-            // A pod that died leaves its pooled connections closed: the new connection may not
-            // open either, and then the request still never left (the activator retries it
-            // on another pod).
-            let fresh = match Upstream::checkout_http1(&upstream).await {
-                Ok(fresh) => fresh,
+        if request.version() == Version::HTTP_2 {
+            rewrite::to_h2c_form(&mut request, upstream.host_header())
+                .map_err(|e| ForwardFailure::sent(ProxyError::InvalidRequest(e)))?;
+            if upstream.is_tls() {
+                set_https(&mut request);
+            }
+            let sender = match upstream.h2().await {
+                Ok(sender) => sender,
                 Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
             };
-            fresh
-                .send(&upstream, request, upgrade.is_some())
+            let mut response = crate::h2::client::exchange(sender, request)
                 .await
-                .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e.error)))?
+                .map_err(|e| ForwardFailure::sent(ProxyError::H2Exchange(e)))?;
+            rewrite::prepare_response(&mut response);
+            return Ok(response.map(|body| ProxyBody::Upstream {
+                body: PooledBody::unpooled(body),
+            }));
         }
-        Err(e) => return Err(ForwardFailure::sent(ProxyError::Exchange(e.error))),
-    };
 
-    let mut response = response;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(requested), Some(downstream)) = (upgrade, downstream_upgrade) else {
-            return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
-                requested: String::new(),
-                got: header_text(&response, UPGRADE),
-            }));
-        };
-        let got = response.headers().get(UPGRADE);
-        if !got.is_some_and(|g| {
-            g.as_bytes()
-                .eq_ignore_ascii_case(requested.protocol.as_bytes())
-        }) {
-            return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
-                requested: requested.protocol.to_str().unwrap_or("").to_owned(),
-                got: header_text(&response, UPGRADE),
-            }));
+        rewrite::to_origin_form(&mut request);
+        // Every upstream request carries a Host: an HTTP/1.0 client may have sent none (HTTP/1.1
+        // requests without one were refused by the server), and Go's proxy then names the upstream.
+        if request.version() != Version::HTTP_11 && !request.headers().contains_key(HOST) {
+            request
+                .headers_mut()
+                .insert(HOST, upstream.host_header().clone());
         }
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let scope = TunnelScope::start(downstream, upstream_upgrade);
-        response.extensions_mut().insert(scope);
+        *request.version_mut() = Version::HTTP_11;
+        // A ready idle connection is taken without a future; the rest (resuming a parked one,
+        // dialing) is boxed, its state kept out of every request's future.
+        let checkout = match Upstream::take_idle(&upstream).ready() {
+            Ok(checkout) => checkout,
+            Err(taken) => match Box::pin(Upstream::checkout_http1_after(&upstream, taken)).await {
+                Ok(checkout) => checkout,
+                Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
+            },
+        };
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let response = match checkout.send(&upstream, request, upgrade.is_some()).await {
+            Ok(response) => response,
+            // The keep-alive race: the idle connection was closed before a byte of the request was
+            // written. Nothing reached the app, so one retry on a new connection is safe for any method.
+            Err(pool::SendError {
+                unsent: Some(request),
+                fresh: false,
+                ..
+            }) => {
+                // Boxed: rare, and inline its state (a second request among it) made every
+                // request's future larger.
+                Box::pin(send_on_fresh(&upstream, request, upgrade.is_some())).await?
+            }
+            Err(e) => return Err(ForwardFailure::sent(ProxyError::Exchange(e.error))),
+        };
+
+        let mut response = response;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(requested), Some(downstream)) = (upgrade, downstream_upgrade) else {
+                return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
+                    requested: String::new(),
+                    got: header_text(&response, UPGRADE),
+                }));
+            };
+            let got = response.headers().get(UPGRADE);
+            if !got.is_some_and(|g| {
+                g.as_bytes()
+                    .eq_ignore_ascii_case(requested.protocol.as_bytes())
+            }) {
+                return Err(ForwardFailure::sent(ProxyError::UpgradeMismatch {
+                    requested: requested.protocol.to_str().unwrap_or("").to_owned(),
+                    got: header_text(&response, UPGRADE),
+                }));
+            }
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let scope = TunnelScope::start(downstream, upstream_upgrade);
+            response.extensions_mut().insert(scope);
+        }
+        rewrite::prepare_response(&mut response);
+        Ok(response.map(|body| ProxyBody::Upstream { body }))
     }
-    rewrite::prepare_response(&mut response);
-    Ok(response.map(|body| ProxyBody::Upstream { body }))
+}
+
+/// The keep-alive race's one retry: `request` on a new connection. A pod that died leaves its
+/// pooled connections closed: the new connection may not open either, and then the request still
+/// never left (the activator retries it on another pod).
+async fn send_on_fresh(
+    upstream: &UpstreamHandle,
+    request: Request<IncomingBody>,
+    upgrade: bool,
+) -> Result<Response<PooledBody>, ForwardFailure> {
+    let fresh = match Upstream::checkout_http1(upstream).await {
+        Ok(fresh) => fresh,
+        Err(error) => return Err(not_reached(error, request, upgrade)),
+    };
+    fresh
+        .send(upstream, request, upgrade)
+        .await
+        .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e.error)))
 }
 
 /// The failure for an upstream that could not be reached: the request is handed back when no
