@@ -144,20 +144,9 @@ def activator_cmd(bins, workdir, qp_port, cc):
 
 
 def reference_cmd(name, workdir, app_port, scenario="h1"):
-    """nginx (no master process, HTTP/1.1) or HAProxy (`scenario`: HTTP/1.1 or h2c both sides),
-    one process."""
+    """nginx (HTTP/1.1) or HAProxy (`scenario`: HTTP/1.1 or h2c both sides), one process."""
     port = free_port()
-    conf_dir = os.path.join(workdir, f"{name}-{port}")
-    os.makedirs(conf_dir, exist_ok=True)
-    if name == "nginx":
-        conf = os.path.join(conf_dir, "nginx.conf")
-        with open(conf, "w") as f:
-            f.write(reference_proxies.nginx_config("h1", port, app_port, conf_dir, master=False))
-        return [reference_proxies.find("nginx"), "-c", conf, "-p", conf_dir], port
-    conf = os.path.join(conf_dir, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(reference_proxies.haproxy_config(scenario, port, app_port, conf_dir))
-    return [reference_proxies.find("haproxy"), "-db", "-f", conf], port
+    return reference_proxies.single_process_command(name, scenario, port, app_port, workdir), port
 
 
 def main():

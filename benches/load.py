@@ -276,24 +276,14 @@ def startup_ms(app_port, workdir, samples=5):
     and nginx (one process, no master) and HAProxy started the same way with this benchmark's
     configurations, as the reference for what the method itself costs: Python's fork/exec and
     its polling are in every figure."""
-    from reference_proxies import find, haproxy_config, nginx_config  # noqa: PLC0415
+    from reference_proxies import single_process_command  # noqa: PLC0415
 
     def queue_proxy(port):
         return [os.path.join(BIN, "queue-proxy")], qp_env(app_port, 0, port)
 
     def reference(name):
         def command(port):
-            conf_dir = os.path.join(workdir, f"start-{name}-{port}")
-            os.makedirs(conf_dir, exist_ok=True)
-            if name == "nginx":
-                conf = os.path.join(conf_dir, "nginx.conf")
-                with open(conf, "w") as f:
-                    f.write(nginx_config("h1", port, app_port, conf_dir, master=False))
-                return [find("nginx"), "-c", conf, "-p", conf_dir], None
-            conf = os.path.join(conf_dir, "haproxy.cfg")
-            with open(conf, "w") as f:
-                f.write(haproxy_config("h1", port, app_port, conf_dir))
-            return [find("haproxy"), "-db", "-f", conf], None
+            return single_process_command(name, "h1", port, app_port, os.path.join(workdir, "start")), None
         return command
 
     def timed(command, until_ok):

@@ -165,6 +165,22 @@ backend app
 """
 
 
+def single_process_command(name, scenario, port, upstream_port, base_dir):
+    """The command line of nginx (no master process, HTTP/1.1) or HAProxy (`scenario`: HTTP/1.1
+    or h2c both sides), one process proxying `port` to `upstream_port`, its configuration
+    written under `base_dir` (for callgrind, and for timing a start)."""
+    workdir = _workdir(base_dir, f"{name}-{port}")
+    if name == "nginx":
+        conf = os.path.join(workdir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_config(scenario, port, upstream_port, workdir, master=False))
+        return [find("nginx"), "-c", conf, "-p", workdir]
+    conf = os.path.join(workdir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(haproxy_config(scenario, port, upstream_port, workdir))
+    return [find("haproxy"), "-db", "-f", conf]
+
+
 def _workdir(base, name):
     path = os.path.join(base, name)
     os.makedirs(path, exist_ok=True)
