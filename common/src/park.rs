@@ -120,8 +120,17 @@ struct ParkTimer {
     delay: Duration,
 }
 
+/// When a head-read timer wakes first and when it completes (see [`ParkTimer::plan`]).
+struct Plan {
+    deadline: Instant,
+    parking: bool,
+    first: Instant,
+}
+
 impl ParkTimer {
-    fn sleep_at(&self, deadline: Instant) -> ParkSleep {
+    /// A head wait ending at `deadline` starts now: when its timer wakes first (the park time,
+    /// unless the deadline comes first) and when it completes.
+    fn plan(&self, deadline: Instant) -> Plan {
         // The first head timer of a resumed connection ends at the deadline of the wait that
         // was parked, not later.
         let deadline = match self.state.take_carried() {
@@ -132,10 +141,19 @@ impl ParkTimer {
         let park_at = self.now() + self.delay;
         let parking = park_at < deadline;
         let first = if parking { park_at } else { deadline };
-        ParkSleep {
-            sleep: tokio::time::sleep_until(first.into()),
+        Plan {
             deadline,
             parking,
+            first,
+        }
+    }
+
+    fn sleep_at(&self, deadline: Instant) -> ParkSleep {
+        let plan = self.plan(deadline);
+        ParkSleep {
+            sleep: tokio::time::sleep_until(plan.first.into()),
+            deadline: plan.deadline,
+            parking: plan.parking,
             state: Arc::clone(&self.state),
         }
     }
@@ -149,11 +167,25 @@ impl hyper::rt::Timer for ParkTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        #[cfg(test)]
+        tests::HEAD_TIMERS_MADE.with(|made| made.set(made.get() + 1));
         Box::pin(self.sleep_at(deadline))
     }
 
+    /// The patched hyper keeps a connection's head-read timer between heads and resets it for
+    /// each: the tokio timer inside is moved, which for a later time is an atomic update of the
+    /// registered entry (no allocation, no timer-wheel insert or removal).
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-        *sleep = self.sleep_until(new_deadline);
+        match sleep.as_mut().downcast_mut_pin::<ParkSleep>() {
+            Some(park) => {
+                let plan = self.plan(new_deadline);
+                let this = park.project();
+                *this.deadline = plan.deadline;
+                *this.parking = plan.parking;
+                this.sleep.reset(plan.first.into());
+            }
+            None => *sleep = self.sleep_until(new_deadline),
+        }
     }
 
     fn now(&self) -> Instant {
@@ -468,6 +500,8 @@ mod tests {
     thread_local! {
         /// Connections parked by tasks of this thread's (current-thread) test runtime.
         pub(super) static PARKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        /// Head-read timers made by this thread's connections (each then reset per head).
+        pub(super) static HEAD_TIMERS_MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
@@ -618,6 +652,38 @@ mod tests {
         assert_eq!(n, 0, "closed without a response");
         // Idle after the response, then again with the stalled part of the head kept.
         assert_eq!(parks(), 2);
+        let waited = idle_from.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_head_timer_serves_a_connections_requests() {
+        // The kept timer is reset for each head: one made per hyper connection, and after a
+        // run of requests it still parks the connection and still ends the idle wait at the
+        // deadline counted from the last response.
+        let timeout = Duration::from_secs(10);
+        let (addr, _stop, _) = server(timeout).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        for i in 1..=5 {
+            client
+                .write_all(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            assert!(read_response(&mut client)
+                .await
+                .ends_with(&format!("/r {i}")));
+            tokio::time::sleep(PARK_DELAY / 2).await;
+        }
+        assert_eq!(parks(), 0, "never idle for the park delay");
+        assert_eq!(HEAD_TIMERS_MADE.with(|made| made.get()), 1);
+        let idle_from = tokio::time::Instant::now() - PARK_DELAY / 2;
+        let mut buf = [0u8; 64];
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(n, 0, "closed at the head deadline");
+        assert_eq!(parks(), 1);
         let waited = idle_from.elapsed();
         assert!(
             waited >= timeout && waited < timeout + Duration::from_secs(1),

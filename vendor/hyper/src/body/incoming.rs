@@ -42,6 +42,9 @@ pub struct Incoming {
 
 enum Kind {
     Empty,
+    /// (patch) An HTTP/1 body whose bytes all came with its head (`None` once taken).
+    #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+    Full(Option<Bytes>),
     #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
     Chan {
         content_length: DecodedLength,
@@ -91,6 +94,18 @@ impl Incoming {
         let rx = Incoming::new(Kind::Chan { content_length, rx });
 
         (tx, rx)
+    }
+
+    /// (patch) An HTTP/1 body whose bytes all came with its head.
+    #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+    pub(crate) fn full(data: Bytes) -> Incoming {
+        Incoming::new(Kind::Full(Some(data)))
+    }
+
+    /// (patch) Whether the body came whole with its head (no channel).
+    #[cfg(all(test, feature = "http1", any(feature = "client", feature = "server")))]
+    pub(crate) fn is_full(&self) -> bool {
+        matches!(self.kind, Kind::Full(_))
     }
 
     fn new(kind: Kind) -> Incoming {
@@ -165,6 +180,8 @@ impl Body for Incoming {
         match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+            Kind::Full(data) => Poll::Ready(data.take().map(|data| Ok(Frame::data(data)))),
+            #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan {
                 content_length: len,
                 rx,
@@ -235,6 +252,8 @@ impl Body for Incoming {
         match &self.kind {
             Kind::Empty => true,
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+            Kind::Full(data) => data.is_none(),
+            #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan { content_length, .. } => *content_length == DecodedLength::ZERO,
             #[cfg(all(feature = "http2", any(feature = "client", feature = "server")))]
             Kind::H2 { recv: h2, .. } => h2.is_end_stream(),
@@ -258,6 +277,10 @@ impl Body for Incoming {
 
         match self.kind {
             Kind::Empty => SizeHint::with_exact(0),
+            #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
+            Kind::Full(ref data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan { content_length, .. } => opt_len(content_length),
             #[cfg(all(feature = "http2", any(feature = "client", feature = "server")))]

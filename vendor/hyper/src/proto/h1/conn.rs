@@ -276,10 +276,13 @@ where
             }
         };
 
+        // (patch) The timer is kept, stopped, for the next head: that one resets it
+        // (`Timer::reset`), which for a timer moved later needs no new allocation and no
+        // timer-wheel insert and removal per message. A kept timer that fires while a message is
+        // being handled only wakes the connection once; nothing polls it until the next head.
         #[cfg(feature = "server")]
         {
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -426,6 +429,30 @@ where
         self.state.reading = reading;
         self.try_keep_alive(cx);
         ret
+    }
+
+    /// (patch) The whole body of the message whose head was just read, when its length is
+    /// known and all of it has already been read with the head: the body is then done (as
+    /// `poll_read_body` leaves it after its last chunk) and the message needs no body channel.
+    /// `None` (and nothing changed) otherwise.
+    pub(crate) fn take_whole_body(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
+        let Reading::Body(decoder) = &self.state.reading else {
+            return None;
+        };
+        let len = usize::try_from(decoder.remaining_length()?).ok()?;
+        if len == 0 || self.io.read_buf().len() < len {
+            return None;
+        }
+        let data = self.io.split_read_buf(len);
+        debug!("incoming body completed with its head");
+        self.state.reading = Reading::KeepAlive;
+        self.try_keep_alive(cx);
+        Some(data)
+    }
+
+    /// (patch) A new poll of the connection begins: see `Buffered::start_poll`.
+    pub(crate) fn start_poll(&mut self) {
+        self.io.start_poll();
     }
 
     pub(crate) fn wants_read_again(&mut self) -> bool {
@@ -1335,6 +1362,10 @@ mod tests {
             handle.read(b"GET / HTTP");
             assert!(conn.poll_read_head(cx).is_pending());
             handle.read(b"/1.1\r\nHost: foo.bar\r\n\r\n");
+            // (patch) The data's arrival wakes the task, whose next poll starts anew (the
+            // dispatcher calls `start_poll`); within the first poll the read is not retried.
+            assert!(conn.poll_read_head(cx).is_pending());
+            conn.start_poll();
             assert!(conn.poll_read_head(cx).is_ready());
         });
     }

@@ -129,6 +129,15 @@ impl Decoder {
 
     // methods
 
+    /// (patch) The bytes still to read of a body of known length (`None`: chunked or read to
+    /// the connection's end).
+    pub(crate) fn remaining_length(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Length(remaining) => Some(remaining),
+            _ => None,
+        }
+    }
+
     pub(crate) fn is_eof(&self) -> bool {
         matches!(
             self.kind,

@@ -147,6 +147,8 @@ where
     ) -> Poll<crate::Result<Dispatched>> {
         T::update_date();
 
+        // (patch) reads that found nothing are not retried within this poll.
+        self.conn.start_poll();
         ready!(self.poll_loop(cx))?;
 
         if self.is_done() {
@@ -310,9 +312,16 @@ where
         // dispatch is ready for a message, try to read one
         match ready!(self.conn.poll_read_head(cx)) {
             Some(Ok((mut head, body_len, wants))) => {
-                let body = match body_len {
-                    DecodedLength::ZERO => IncomingBody::empty(),
-                    other => {
+                let whole = if wants.contains(Wants::EXPECT) || wants.contains(Wants::UPGRADE) {
+                    None
+                } else {
+                    // (patch) a body that came whole with its head needs no channel.
+                    self.conn.take_whole_body(cx)
+                };
+                let body = match (body_len, whole) {
+                    (DecodedLength::ZERO, _) => IncomingBody::empty(),
+                    (_, Some(data)) => IncomingBody::full(data),
+                    (other, None) => {
                         let (tx, rx) =
                             IncomingBody::new_channel(other, wants.contains(Wants::EXPECT));
                         self.body_tx.set(tx);
@@ -807,6 +816,58 @@ mod tests {
                 _ => panic!("expected Canceled, got {:?}", err),
             }
         });
+    }
+
+    /// (patch) A response body read with its head is handed over whole, without a channel; one
+    /// that arrives later streams through the channel as before. Both give the same bytes,
+    /// and the connection serves the next request after each.
+    #[cfg(not(miri))]
+    #[tokio::test]
+    async fn client_body_read_with_its_head_comes_whole() {
+        use http_body::Body as _;
+        use http_body_util::BodyExt;
+
+        let (io, _handle) = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .write(b"GET /b HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhe")
+            .read(b"llo")
+            .write(b"GET /c HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .build_with_handle();
+        let (mut tx, rx) = crate::client::dispatch::channel();
+        let conn = Conn::<_, bytes::Bytes, ClientTransaction>::new(Compat::new(io));
+        let dispatcher = Dispatcher::new(Client::new(rx), conn);
+        let _dispatcher = tokio::spawn(dispatcher);
+
+        let get = |path: &str| {
+            crate::Request::builder()
+                .uri(path)
+                .body(IncomingBody::empty())
+                .unwrap()
+        };
+        for (path, whole) in [("/a", true), ("/b", false)] {
+            futures_util::future::poll_fn(|cx| tx.poll_ready(cx))
+                .await
+                .expect("connection ready");
+            let Ok(Ok(res)) = tx.try_send(get(path)).unwrap().await else {
+                panic!("no response to {path}");
+            };
+            let body = res.into_body();
+            assert_eq!(body.is_full(), whole, "{path}");
+            assert_eq!(body.size_hint().exact(), Some(5), "{path}");
+            assert!(!body.is_end_stream());
+            let bytes = body.collect().await.expect("body").to_bytes();
+            assert_eq!(&bytes[..], b"hello", "{path}");
+        }
+        futures_util::future::poll_fn(|cx| tx.poll_ready(cx))
+            .await
+            .expect("connection ready");
+        let Ok(Ok(res)) = tx.try_send(get("/c")).unwrap().await else {
+            panic!("no response to /c");
+        };
+        assert!(res.into_body().is_end_stream());
     }
 
     #[cfg(not(miri))]

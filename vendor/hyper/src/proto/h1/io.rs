@@ -34,6 +34,9 @@ pub(crate) struct Buffered<T, B> {
     io: T,
     partial_len: Option<usize>,
     read_blocked: bool,
+    /// (patch) A read of the transport returned `Pending` during the current poll of the
+    /// connection (see `start_poll`).
+    read_pending_in_poll: bool,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
@@ -68,6 +71,7 @@ where
             io,
             partial_len: None,
             read_blocked: false,
+            read_pending_in_poll: false,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
@@ -109,6 +113,11 @@ where
         // so this assert is here to catch myself
         debug_assert_eq!(self.write_buf.queue.bufs_cnt(), 0);
         self.write_buf.set_strategy(WriteStrategy::Queue);
+    }
+
+    /// (patch) The first `len` bytes read and not yet parsed (`len` at most as many as are).
+    pub(crate) fn split_read_buf(&mut self, len: usize) -> Bytes {
+        self.read_buf.split_to(len).freeze()
     }
 
     pub(crate) fn read_buf(&self) -> &[u8] {
@@ -228,7 +237,22 @@ where
         }
     }
 
+    /// (patch) A new poll of the connection begins (with a new `Context`).
+    ///
+    /// Within one poll, a read that found nothing is not tried again: that read registered the
+    /// poll's waker for the transport's readiness, so anything arriving after it wakes the
+    /// connection for another poll, which reads it. The dispatcher used to ask the transport up
+    /// to four times per poll (for the next head, for end of stream while idle or waiting, after
+    /// a message ended), each time through every layer of it (about 150 instructions each).
+    pub(crate) fn start_poll(&mut self) {
+        self.read_pending_in_poll = false;
+    }
+
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read_pending_in_poll {
+            self.read_blocked = true;
+            return Poll::Pending;
+        }
         self.read_blocked = false;
         // Get the next amount to allocate, but make sure we don't go over
         // the max read buf size configured.
@@ -268,6 +292,7 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
+                self.read_pending_in_poll = true;
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -696,6 +721,75 @@ mod tests {
         // io_buf.flush().await.expect("should short-circuit flush");
     }
 
+    /// (patch) Within one poll a read that found nothing is not retried; the next poll reads.
+    #[test]
+    fn a_pending_read_is_not_retried_within_a_poll() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        struct CountingIo {
+            reads: Arc<AtomicUsize>,
+            data: Option<&'static [u8]>,
+        }
+        impl crate::rt::Read for CountingIo {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                mut buf: crate::rt::ReadBufCursor<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                match self.data.take() {
+                    Some(data) => {
+                        buf.put_slice(data);
+                        Poll::Ready(Ok(()))
+                    }
+                    None => Poll::Pending,
+                }
+            }
+        }
+        impl crate::rt::Write for CountingIo {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        let reads = Arc::new(AtomicUsize::new(0));
+        let io = CountingIo {
+            reads: Arc::clone(&reads),
+            data: None,
+        };
+        let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(io);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        buffered.start_poll();
+        assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+        assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+        assert!(buffered.is_read_blocked());
+        assert_eq!(
+            reads.load(Ordering::Relaxed),
+            1,
+            "not retried in the same poll"
+        );
+        buffered.io.data = Some(b"abc");
+        buffered.start_poll();
+        match buffered.poll_read_from_io(&mut cx) {
+            Poll::Ready(Ok(3)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reads.load(Ordering::Relaxed), 2);
+        assert!(!buffered.is_read_blocked());
+        assert_eq!(buffered.read_buf(), b"abc");
+    }
+
     #[cfg(not(miri))]
     #[tokio::test]
     async fn parse_reads_until_blocked() {
@@ -764,7 +858,11 @@ mod tests {
             .unwrap();
         assert_eq!(n, second.len());
         assert_eq!(&buffered.read_buf[..], &second[..]);
-        assert_eq!(buffered.read_buf.as_ptr(), rest, "read into the same buffer");
+        assert_eq!(
+            buffered.read_buf.as_ptr(),
+            rest,
+            "read into the same buffer"
+        );
         assert_eq!(&head[..], &first[..]);
     }
 

@@ -17,6 +17,8 @@ mod decode;
 pub(crate) mod dispatch;
 mod encode;
 mod io;
+// (patch) recently parsed header names, per thread.
+mod name_cache;
 mod role;
 
 cfg_client! {

@@ -36,7 +36,8 @@ const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 macro_rules! header_name {
     ($bytes:expr) => {{
         {
-            match HeaderName::from_bytes($bytes) {
+            // (patch) through the per-thread cache of recent names (`name_cache.rs`).
+            match super::name_cache::header_name($bytes) {
                 Ok(name) => name,
                 Err(e) => maybe_panic!(e),
             }
