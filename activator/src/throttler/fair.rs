@@ -266,9 +266,25 @@ pub(crate) struct Ticket<'a> {
 impl Ticket<'_> {
     /// Waits for `acquire` unless the request is displaced first. A slot granted at the same
     /// time as the displacement wins: the request no longer waits, so nothing is lost.
+    #[cfg(test)]
     pub(crate) async fn wait<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
         let mut acquire = std::pin::pin!(acquire);
         std::future::poll_fn(|cx: &mut Context<'_>| self.poll(acquire.as_mut(), cx)).await
+    }
+
+    /// [`Ticket::wait`] for an `acquire` that the caller polled in this same task poll and found
+    /// pending: the first poll here only registers for displacement, since `acquire` already
+    /// holds the task's waker (a slot granted in between wakes the task, which polls again).
+    pub(crate) async fn wait_pending<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
+        let mut acquire = std::pin::pin!(acquire);
+        let mut just_polled = true;
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            if std::mem::take(&mut just_polled) {
+                return self.poll_displaced(cx).map(Err);
+            }
+            self.poll(acquire.as_mut(), cx)
+        })
+        .await
     }
 
     fn poll<F: Future>(
@@ -279,9 +295,14 @@ impl Ticket<'_> {
         if let Poll::Ready(out) = acquire.poll(cx) {
             return Poll::Ready(Ok(out));
         }
+        self.poll_displaced(cx).map(Err)
+    }
+
+    /// Ready with [`Refused::Displaced`] once displaced; registers the task otherwise.
+    fn poll_displaced(&self, cx: &mut Context<'_>) -> Poll<Refused> {
         self.displacement.waker.register(cx.waker());
         if self.displacement.displaced.load(Ordering::Acquire) {
-            return Poll::Ready(Err(Refused::Displaced));
+            return Poll::Ready(Refused::Displaced);
         }
         Poll::Pending
     }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
 use super::fair::{FairQueue, Refused};
 use super::infinite::InfiniteBreaker;
@@ -40,10 +42,12 @@ pub(super) enum RevisionBreaker {
 }
 
 impl RevisionBreaker {
-    async fn acquire(&self) -> Result<(), QueueFull> {
+    /// The breaker's own future, without an `async` layer around it (one state machine less
+    /// to resume on every poll of a waiting request).
+    fn acquire(&self) -> impl Future<Output = Result<(), QueueFull>> + '_ {
         match self {
-            RevisionBreaker::Finite(b) => b.acquire().await,
-            RevisionBreaker::Infinite(b) => b.acquire().await,
+            RevisionBreaker::Finite(b) => Either::Left(b.acquire()),
+            RevisionBreaker::Infinite(b) => Either::Right(b.acquire()),
         }
     }
 
@@ -225,7 +229,7 @@ impl RevisionThrottler {
                     .map_err(|refused| self.refuse(Some(refused)))?;
                 self.waiter_arrived.notify_one();
                 ticket
-                    .wait(acquire)
+                    .wait_pending(acquire)
                     .await
                     .map_err(|refused| self.refuse(Some(refused)))?
             }
