@@ -24,16 +24,17 @@
 //! requests and the revisions of one namespace; both are bounded by the cap and the scan only
 //! happens once the cap is reached.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
-
-use futures_util::task::AtomicWaker;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use crate::FastHash;
+
+/// End-of-list / empty marker for the slab links.
+const NIL: usize = usize::MAX;
 
 /// The activator-wide cap on waiting requests, shared fairly between namespaces and revisions.
 #[derive(Debug)]
@@ -48,11 +49,31 @@ pub(crate) struct FairQueue {
 /// address of its throttler, which every waiting request keeps alive.
 pub(crate) type RevisionKey = usize;
 
-#[derive(Debug, Default)]
+/// Everything behind the queue's one lock.
+///
+/// Every waiting request has an entry in one slab; a revision's entries are linked oldest to
+/// newest (`prev` towards the older), so admitting, leaving and displacing the newest are O(1)
+/// without a per-request allocation.
+#[derive(Debug)]
 struct Tenants {
     total: usize,
-    next_ticket: u64,
     namespaces: HashMap<String, NamespaceQueue, FastHash>,
+    entries: Vec<Entry>,
+    free_head: usize,
+    /// Entries not vacant (waiting or displaced).
+    occupied: usize,
+}
+
+impl Default for Tenants {
+    fn default() -> Self {
+        Tenants {
+            total: 0,
+            namespaces: HashMap::default(),
+            entries: Vec::new(),
+            free_head: NIL,
+            occupied: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,17 +82,32 @@ struct NamespaceQueue {
     revisions: HashMap<RevisionKey, RevisionQueue, FastHash>,
 }
 
-/// One revision's waiting requests, oldest first (tickets increase).
-#[derive(Debug, Default)]
+/// One revision's waiting requests: how many, and the newest (the one a displacement takes).
+#[derive(Debug)]
 struct RevisionQueue {
-    waiters: VecDeque<(u64, Arc<Displacement>)>,
+    len: usize,
+    tail: usize,
 }
 
-/// Set when the request was displaced by a newcomer of a smaller tenant.
-#[derive(Debug, Default)]
-struct Displacement {
-    displaced: AtomicBool,
-    waker: AtomicWaker,
+impl Default for RevisionQueue {
+    fn default() -> Self {
+        RevisionQueue { len: 0, tail: NIL }
+    }
+}
+
+/// A slot of the waiting requests' slab.
+#[derive(Debug)]
+enum Entry {
+    /// Unused; `next_free` links the free list.
+    Vacant { next_free: usize },
+    /// Waiting; `prev`/`next` link the revision's requests (older / newer).
+    Waiting {
+        waker: Waker,
+        prev: usize,
+        next: usize,
+    },
+    /// Displaced by a newcomer (no longer counted), until its ticket is dropped.
+    Displaced,
 }
 
 /// Why a request may not wait.
@@ -103,66 +139,67 @@ impl FairQueue {
     }
 
     /// Admits one more waiting request of `namespace`'s revision `revision`, displacing the
-    /// newest request of a larger tenant if the cap is reached; see the module docs.
+    /// newest request of a larger tenant if the cap is reached; see the module docs. A
+    /// displacement wakes `waker` (the waiting task's; `FairQueue::poll_displaced` replaces it).
     pub(crate) fn enter<'a>(
         &'a self,
         namespace: &'a str,
         revision: RevisionKey,
+        waker: &Waker,
     ) -> Result<Ticket<'a>, Refused> {
         let mut tenants = self.lock();
+        let mut displaced = None;
         if self.max.is_some_and(|max| tenants.total >= max) {
             let max = self.max.unwrap_or(usize::MAX);
             let victim = tenants.choose_victim(max, namespace, revision)?;
-            tenants.displace(victim);
+            displaced = tenants.displace(&victim);
+            if displaced.is_none() {
+                // Inconsistent counts (cannot happen): admit nobody rather than overfill.
+                return Err(Refused::OverShare);
+            }
         } else {
             tenants.total += 1;
         }
-        let ticket = tenants.next_ticket;
-        tenants.next_ticket += 1;
-        let displacement = Arc::new(Displacement::default());
-        let ns = match tenants.namespaces.get_mut(namespace) {
-            Some(ns) => ns,
-            None => tenants.namespaces.entry(namespace.to_owned()).or_default(),
-        };
-        ns.waiting += 1;
-        ns.revisions
-            .entry(revision)
-            .or_default()
-            .waiters
-            .push_back((ticket, Arc::clone(&displacement)));
+        let index = tenants.insert(namespace, revision, waker.clone());
         self.waiting.store(tenants.total, Ordering::Relaxed);
         drop(tenants);
+        if let Some(waker) = displaced {
+            waker.wake();
+        }
         Ok(Ticket {
             queue: self,
             revision,
-            ticket,
-            displacement,
+            index,
             namespace,
         })
     }
 
-    fn leave(&self, namespace: &str, revision: RevisionKey, ticket: u64) {
+    /// Removes the ticket's entry, uncounting it unless it was displaced (which did that).
+    fn leave(&self, namespace: &str, revision: RevisionKey, index: usize) {
         let mut tenants = self.lock();
-        let Some(ns) = tenants.namespaces.get_mut(namespace) else {
-            return;
-        };
-        let Some(rev) = ns.revisions.get_mut(&revision) else {
-            return;
-        };
-        // Usually the oldest (served first), so the search ends at the front.
-        let Ok(index) = rev.waiters.binary_search_by_key(&ticket, |(t, _)| *t) else {
-            return;
-        };
-        rev.waiters.remove(index);
-        if rev.waiters.is_empty() {
-            ns.revisions.remove(&revision);
+        let waker = tenants.unlink(namespace, revision, index);
+        if waker.is_some() {
+            tenants.total -= 1;
+            self.waiting.store(tenants.total, Ordering::Relaxed);
         }
-        ns.waiting -= 1;
-        if ns.waiting == 0 {
-            tenants.namespaces.remove(namespace);
+        tenants.free(index);
+        drop(tenants);
+        drop(waker);
+    }
+
+    /// Ready with [`Refused::Displaced`] once the ticket's request was displaced; otherwise
+    /// keeps the task's current waker for a displacement.
+    fn poll_displaced(&self, index: usize, cx: &mut Context<'_>) -> Poll<Refused> {
+        let mut tenants = self.lock();
+        match tenants.entries.get_mut(index) {
+            Some(Entry::Waiting { waker, .. }) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(Refused::Displaced),
         }
-        tenants.total -= 1;
-        self.waiting.store(tenants.total, Ordering::Relaxed);
     }
 }
 
@@ -202,7 +239,7 @@ impl Tenants {
         let ns = own_ns.ok_or(Refused::OverShare)?;
         let revisions = ns.revisions.len() + usize::from(!ns.revisions.contains_key(&revision));
         let rev_share = ns.waiting / revisions;
-        let rev_waiting = ns.revisions.get(&revision).map_or(0, |r| r.waiters.len());
+        let rev_waiting = ns.revisions.get(&revision).map_or(0, |r| r.len);
         if rev_waiting >= rev_share {
             return Err(Refused::OverShare);
         }
@@ -215,27 +252,112 @@ impl Tenants {
         })
     }
 
-    /// Removes the victim's newest waiting request and wakes it. The total is unchanged: the
-    /// newcomer takes the place.
-    fn displace(&mut self, victim: Victim) {
-        let Some(ns) = self.namespaces.get_mut(&victim.namespace) else {
-            return;
+    /// Marks the victim's newest waiting request displaced and returns its waker (to be woken
+    /// once the lock is dropped). The total is unchanged: the newcomer takes the place.
+    fn displace(&mut self, victim: &Victim) -> Option<Waker> {
+        let tail = self
+            .namespaces
+            .get(&victim.namespace)?
+            .revisions
+            .get(&victim.revision)?
+            .tail;
+        self.unlink(&victim.namespace, victim.revision, tail)
+    }
+
+    /// Links a new waiting request as its revision's newest; returns its slab index.
+    fn insert(&mut self, namespace: &str, revision: RevisionKey, waker: Waker) -> usize {
+        let ns = match self.namespaces.get_mut(namespace) {
+            Some(ns) => ns,
+            None => self.namespaces.entry(namespace.to_owned()).or_default(),
         };
-        let Some(rev) = ns.revisions.get_mut(&victim.revision) else {
-            return;
+        ns.waiting += 1;
+        let rev = ns.revisions.entry(revision).or_default();
+        let prev = rev.tail;
+        let entry = Entry::Waiting {
+            waker,
+            prev,
+            next: NIL,
         };
-        let Some((_, displacement)) = rev.waiters.pop_back() else {
-            return;
+        self.occupied += 1;
+        let index = match self.entries.get_mut(self.free_head) {
+            Some(vacant) => {
+                let index = self.free_head;
+                self.free_head = match vacant {
+                    Entry::Vacant { next_free } => *next_free,
+                    _ => NIL,
+                };
+                *vacant = entry;
+                index
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
         };
-        if rev.waiters.is_empty() {
-            ns.revisions.remove(&victim.revision);
+        rev.tail = index;
+        rev.len += 1;
+        if let Some(Entry::Waiting { next, .. }) = self.entries.get_mut(prev) {
+            *next = index;
         }
-        ns.waiting -= 1;
-        if ns.waiting == 0 {
-            self.namespaces.remove(&victim.namespace);
+        index
+    }
+
+    /// Takes the waiting request at `index` out of its revision's list, leaving the entry
+    /// displaced, and uncounts it from the revision and the namespace (not from the total);
+    /// drops emptied revisions and namespaces. Returns its waker; `None` if it was not waiting.
+    fn unlink(&mut self, namespace: &str, revision: RevisionKey, index: usize) -> Option<Waker> {
+        let entry = self.entries.get_mut(index)?;
+        if !matches!(entry, Entry::Waiting { .. }) {
+            return None;
         }
-        displacement.displaced.store(true, Ordering::Release);
-        displacement.waker.wake();
+        let Entry::Waiting { waker, prev, next } = std::mem::replace(entry, Entry::Displaced)
+        else {
+            return None;
+        };
+        if let Some(Entry::Waiting { next: n, .. }) = self.entries.get_mut(prev) {
+            *n = next;
+        }
+        if let Some(Entry::Waiting { prev: p, .. }) = self.entries.get_mut(next) {
+            *p = prev;
+        }
+        if let Some(ns) = self.namespaces.get_mut(namespace) {
+            if let Some(rev) = ns.revisions.get_mut(&revision) {
+                if rev.tail == index {
+                    rev.tail = prev;
+                }
+                rev.len -= 1;
+                if rev.len == 0 {
+                    ns.revisions.remove(&revision);
+                }
+            }
+            ns.waiting -= 1;
+            if ns.waiting == 0 {
+                self.namespaces.remove(namespace);
+            }
+        }
+        Some(waker)
+    }
+
+    /// Returns an entry to the free list; drops the storage when no entry is in use.
+    fn free(&mut self, index: usize) {
+        let Some(entry) = self.entries.get_mut(index) else {
+            return;
+        };
+        if matches!(entry, Entry::Vacant { .. }) {
+            return;
+        }
+        *entry = Entry::Vacant {
+            next_free: self.free_head,
+        };
+        self.free_head = index;
+        self.occupied -= 1;
+        if self.occupied == 0 {
+            self.entries.clear();
+            if self.entries.capacity() > 64 {
+                self.entries.shrink_to_fit();
+            }
+            self.free_head = NIL;
+        }
     }
 }
 
@@ -245,13 +367,13 @@ impl NamespaceQueue {
         self.revisions
             .iter()
             .filter(|(key, _)| Some(**key) != except)
-            .max_by_key(|(_, rev)| rev.waiters.len())
+            .max_by_key(|(_, rev)| rev.len)
             .map(|(key, _)| *key)
     }
 }
 
-/// One admitted waiting request. Leaves the queue when dropped (unless it was displaced, which
-/// already removed it).
+/// One admitted waiting request. Leaves the queue when dropped (a displaced one is no longer
+/// counted; its entry is freed then).
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     queue: &'a FairQueue,
@@ -259,8 +381,8 @@ pub(crate) struct Ticket<'a> {
     /// revision), not a copy per waiting request.
     namespace: &'a str,
     revision: RevisionKey,
-    ticket: u64,
-    displacement: Arc<Displacement>,
+    /// Its entry in the slab, owned until the ticket is dropped.
+    index: usize,
 }
 
 impl Ticket<'_> {
@@ -272,15 +394,16 @@ impl Ticket<'_> {
         std::future::poll_fn(|cx: &mut Context<'_>| self.poll(acquire.as_mut(), cx)).await
     }
 
-    /// [`Ticket::wait`] for an `acquire` that the caller polled in this same task poll and found
-    /// pending: the first poll here only registers for displacement, since `acquire` already
-    /// holds the task's waker (a slot granted in between wakes the task, which polls again).
+    /// [`Ticket::wait`] for an `acquire` that the caller polled in this same task poll, just
+    /// before [`FairQueue::enter`] with the task's waker, and found pending: the first poll
+    /// here does nothing (a slot granted or a displacement in between wakes the task, which
+    /// polls again), and later ones look at the displacement only while `acquire` is pending.
     pub(crate) async fn wait_pending<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
         let mut acquire = std::pin::pin!(acquire);
         let mut just_polled = true;
         std::future::poll_fn(|cx: &mut Context<'_>| {
             if std::mem::take(&mut just_polled) {
-                return self.poll_displaced(cx).map(Err);
+                return Poll::Pending;
             }
             self.poll(acquire.as_mut(), cx)
         })
@@ -295,30 +418,20 @@ impl Ticket<'_> {
         if let Poll::Ready(out) = acquire.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        self.poll_displaced(cx).map(Err)
-    }
-
-    /// Ready with [`Refused::Displaced`] once displaced; registers the task otherwise.
-    fn poll_displaced(&self, cx: &mut Context<'_>) -> Poll<Refused> {
-        self.displacement.waker.register(cx.waker());
-        if self.displacement.displaced.load(Ordering::Acquire) {
-            return Poll::Ready(Refused::Displaced);
-        }
-        Poll::Pending
+        self.queue.poll_displaced(self.index, cx).map(Err)
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if !self.displacement.displaced.load(Ordering::Acquire) {
-            self.queue.leave(self.namespace, self.revision, self.ticket);
-        }
+        self.queue.leave(self.namespace, self.revision, self.index);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn holders(queue: &FairQueue) -> Vec<(String, RevisionKey, usize)> {
         let tenants = queue.lock();
@@ -328,17 +441,26 @@ mod tests {
             .flat_map(|(ns, q)| {
                 q.revisions
                     .iter()
-                    .map(move |(rev, r)| (ns.clone(), *rev, r.waiters.len()))
+                    .map(move |(rev, r)| (ns.clone(), *rev, r.len))
             })
             .collect();
         out.sort();
         out
     }
 
+    fn is_displaced(queue: &FairQueue, ticket: &Ticket<'_>) -> bool {
+        matches!(
+            queue.lock().entries.get(ticket.index),
+            Some(Entry::Displaced)
+        )
+    }
+
     #[test]
     fn below_the_cap_everyone_waits() {
         let queue = FairQueue::new(Some(3));
-        let tickets: Vec<_> = (0..3).map(|_| queue.enter("ns", 1).unwrap()).collect();
+        let tickets: Vec<_> = (0..3)
+            .map(|_| queue.enter("ns", 1, Waker::noop()).unwrap())
+            .collect();
         assert_eq!(queue.waiting(), 3);
         drop(tickets);
         assert_eq!(queue.waiting(), 0);
@@ -349,7 +471,7 @@ mod tests {
     fn unbounded_only_counts() {
         let queue = FairQueue::new(None);
         let tickets: Vec<_> = (0..1000)
-            .map(|i| queue.enter("ns", i % 7).unwrap())
+            .map(|i| queue.enter("ns", i % 7, Waker::noop()).unwrap())
             .collect();
         assert_eq!(queue.waiting(), 1000);
         drop(tickets);
@@ -359,21 +481,29 @@ mod tests {
     #[test]
     fn a_newcomer_displaces_the_newest_request_of_the_largest_revision() {
         let queue = FairQueue::new(Some(4));
-        let noisy: Vec<_> = (0..4).map(|_| queue.enter("ns", 1).unwrap()).collect();
-        assert_eq!(queue.enter("ns", 1).unwrap_err(), Refused::OverShare);
-        let victim = queue.enter("ns", 2).unwrap();
-        assert_eq!(queue.waiting(), 4);
-        let displaced: Vec<bool> = noisy
-            .iter()
-            .map(|t| t.displacement.displaced.load(Ordering::Acquire))
+        let noisy: Vec<_> = (0..4)
+            .map(|_| queue.enter("ns", 1, Waker::noop()).unwrap())
             .collect();
+        assert_eq!(
+            queue.enter("ns", 1, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
+        let victim = queue.enter("ns", 2, Waker::noop()).unwrap();
+        assert_eq!(queue.waiting(), 4);
+        let displaced: Vec<bool> = noisy.iter().map(|t| is_displaced(&queue, t)).collect();
         assert_eq!(displaced, [false, false, false, true], "the newest one");
         assert_eq!(holders(&queue), [("ns".into(), 1, 3), ("ns".into(), 2, 1)]);
         // The second newcomer of `2` is still under the share (4 / 2 = 2).
-        let _victim2 = queue.enter("ns", 2).unwrap();
+        let _victim2 = queue.enter("ns", 2, Waker::noop()).unwrap();
         assert_eq!(holders(&queue), [("ns".into(), 1, 2), ("ns".into(), 2, 2)]);
-        assert_eq!(queue.enter("ns", 2).unwrap_err(), Refused::OverShare);
-        assert_eq!(queue.enter("ns", 1).unwrap_err(), Refused::OverShare);
+        assert_eq!(
+            queue.enter("ns", 2, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
+        assert_eq!(
+            queue.enter("ns", 1, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         drop(victim);
         drop(noisy);
         assert_eq!(holders(&queue), [("ns".into(), 2, 1)]);
@@ -384,9 +514,16 @@ mod tests {
     fn namespaces_share_before_revisions() {
         // One namespace with many revisions gets no more than a namespace with one.
         let queue = FairQueue::new(Some(6));
-        let _many: Vec<_> = (0..6).map(|i| queue.enter("big", i).unwrap()).collect();
-        let _small: Vec<_> = (0..3).map(|_| queue.enter("small", 100).unwrap()).collect();
-        assert_eq!(queue.enter("small", 100).unwrap_err(), Refused::OverShare);
+        let _many: Vec<_> = (0..6)
+            .map(|i| queue.enter("big", i, Waker::noop()).unwrap())
+            .collect();
+        let _small: Vec<_> = (0..3)
+            .map(|_| queue.enter("small", 100, Waker::noop()).unwrap())
+            .collect();
+        assert_eq!(
+            queue.enter("small", 100, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         let counts: usize = holders(&queue)
             .iter()
             .filter(|(ns, _, _)| ns == "big")
@@ -396,26 +533,41 @@ mod tests {
         assert_eq!(queue.waiting(), 6);
         // Inside `big`, a revision with nothing waiting still under the namespace's share of
         // revisions is refused: the namespace is at its share and its 3 revisions hold 1 each.
-        assert_eq!(queue.enter("big", 50).unwrap_err(), Refused::OverShare);
+        assert_eq!(
+            queue.enter("big", 50, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
     }
 
     #[test]
     fn a_share_grows_back_when_others_drain() {
         let queue = FairQueue::new(Some(4));
-        let a: Vec<_> = (0..2).map(|_| queue.enter("a", 1).unwrap()).collect();
-        let _b: Vec<_> = (0..2).map(|_| queue.enter("b", 1).unwrap()).collect();
-        assert_eq!(queue.enter("a", 1).unwrap_err(), Refused::OverShare);
+        let a: Vec<_> = (0..2)
+            .map(|_| queue.enter("a", 1, Waker::noop()).unwrap())
+            .collect();
+        let _b: Vec<_> = (0..2)
+            .map(|_| queue.enter("b", 1, Waker::noop()).unwrap())
+            .collect();
+        assert_eq!(
+            queue.enter("a", 1, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         drop(a);
-        let _more: Vec<_> = (0..2).map(|_| queue.enter("b", 1).unwrap()).collect();
+        let _more: Vec<_> = (0..2)
+            .map(|_| queue.enter("b", 1, Waker::noop()).unwrap())
+            .collect();
         assert_eq!(holders(&queue), [("b".into(), 1, 4)]);
     }
 
     #[test]
     fn more_tenants_than_slots_refuses_newcomers() {
         let queue = FairQueue::new(Some(2));
-        let _a = queue.enter("a", 1).unwrap();
-        let _b = queue.enter("b", 1).unwrap();
-        assert_eq!(queue.enter("c", 1).unwrap_err(), Refused::OverShare);
+        let _a = queue.enter("a", 1, Waker::noop()).unwrap();
+        let _b = queue.enter("b", 1, Waker::noop()).unwrap();
+        assert_eq!(
+            queue.enter("c", 1, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         assert_eq!(queue.waiting(), 2);
     }
 
@@ -426,14 +578,14 @@ mod tests {
         let waiter = {
             let queue = Arc::clone(&queue);
             tokio::spawn(async move {
-                let _older = queue.enter("ns", 1).unwrap();
-                let newest = queue.enter("ns", 1).unwrap();
+                let _older = queue.enter("ns", 1, Waker::noop()).unwrap();
+                let newest = queue.enter("ns", 1, Waker::noop()).unwrap();
                 entered_tx.send(()).unwrap();
                 newest.wait(std::future::pending::<()>()).await
             })
         };
         entered_rx.await.unwrap();
-        let _newcomer = queue.enter("other", 2).unwrap();
+        let _newcomer = queue.enter("other", 2, Waker::noop()).unwrap();
         assert_eq!(waiter.await.unwrap(), Err(Refused::Displaced));
         assert_eq!(
             queue.waiting(),
@@ -445,9 +597,9 @@ mod tests {
     #[tokio::test]
     async fn a_granted_slot_wins_over_displacement() {
         let queue = FairQueue::new(Some(2));
-        let older = queue.enter("ns", 1).unwrap();
-        let newest = queue.enter("ns", 1).unwrap();
-        let _newcomer = queue.enter("other", 2).unwrap();
+        let older = queue.enter("ns", 1, Waker::noop()).unwrap();
+        let newest = queue.enter("ns", 1, Waker::noop()).unwrap();
+        let _newcomer = queue.enter("other", 2, Waker::noop()).unwrap();
         assert_eq!(newest.wait(std::future::ready(7)).await, Ok(7));
         drop(newest);
         assert_eq!(

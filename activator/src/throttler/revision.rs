@@ -218,15 +218,22 @@ impl RevisionThrottler {
     /// be refused or displaced there when the cap is reached.
     async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
         let mut acquire = std::pin::pin!(self.breaker.acquire());
-        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+        // The first poll, and on `Pending` the admission with the task's waker, in one go.
+        let first = std::future::poll_fn(|cx| {
+            Poll::Ready(match acquire.as_mut().poll(cx) {
+                Poll::Ready(acquired) => Ok(acquired),
+                Poll::Pending => Err(self.gate.enter(
+                    &self.id.namespace,
+                    std::ptr::from_ref(self) as usize,
+                    cx.waker(),
+                )),
+            })
+        })
+        .await;
         let acquired = match first {
-            Poll::Ready(acquired) => acquired,
-            Poll::Pending => {
-                let key = std::ptr::from_ref(self) as usize;
-                let ticket = self
-                    .gate
-                    .enter(&self.id.namespace, key)
-                    .map_err(|refused| self.refuse(Some(refused)))?;
+            Ok(acquired) => acquired,
+            Err(entered) => {
+                let ticket = entered.map_err(|refused| self.refuse(Some(refused)))?;
                 self.waiter_arrived.notify_one();
                 ticket
                     .wait_pending(acquire)
