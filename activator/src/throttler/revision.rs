@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::Either;
 
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
-use super::fair::{FairQueue, Refused};
+use super::fair::{self, FairQueue, Refused};
 use super::infinite::InfiniteBreaker;
 use super::policy::Policy;
 use super::subset::{assign_slice, infer_index};
@@ -103,6 +103,8 @@ pub struct RevisionThrottler {
     control: Mutex<Control>,
     /// The activator-wide cap on waiting requests, shared fairly by all revisions.
     gate: Arc<FairQueue>,
+    /// Where `gate` counts this revision's waiting requests (see [`FairQueue::enter`]).
+    gate_hint: AtomicUsize,
     /// When a refused request was last logged ([`monotonic_millis`]; 0 = never).
     refusal_logged_at: AtomicU64,
     /// Notified (`notify_one`) whenever a request starts to wait for a revision slot. In its own
@@ -173,6 +175,7 @@ impl RevisionThrottler {
                 backend_count: 0,
             }),
             gate,
+            gate_hint: AtomicUsize::new(fair::NIL),
             refusal_logged_at: AtomicU64::new(0),
             waiter_arrived: Arc::new(tokio::sync::Notify::new()),
             // Creation counts as use: a revision is evicted only after a whole idle period.
@@ -225,6 +228,7 @@ impl RevisionThrottler {
                 Poll::Pending => Err(self.gate.enter(
                     &self.id.namespace,
                     std::ptr::from_ref(self) as usize,
+                    &self.gate_hint,
                     cx.waker(),
                 )),
             })
