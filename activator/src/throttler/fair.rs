@@ -58,7 +58,7 @@ pub(crate) struct FairQueue {
 pub(crate) type RevisionKey = usize;
 
 /// Everything behind the queue's one lock.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Tenants {
     total: usize,
     /// Namespaces with waiting requests: name → slot in `namespaces`.
@@ -69,19 +69,6 @@ struct Tenants {
     revisions: Slab<RevisionQueue>,
     /// One per waiting (or displaced, not yet dropped) request.
     entries: Slab<Entry>,
-}
-
-impl Default for Tenants {
-    fn default() -> Self {
-        Tenants {
-            total: 0,
-            by_name: HashMap::default(),
-            by_key: HashMap::default(),
-            namespaces: Slab::default(),
-            revisions: Slab::default(),
-            entries: Slab::default(),
-        }
-    }
 }
 
 #[derive(Debug)]
