@@ -33,8 +33,6 @@
 //! which makes leaving and displacing O(1).
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
@@ -462,36 +460,31 @@ impl Ticket<'_> {
     /// Waits for `acquire` unless the request is displaced first. A slot granted at the same
     /// time as the displacement wins: the request no longer waits, so nothing is lost.
     #[cfg(test)]
-    pub(crate) async fn wait<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
+    pub(crate) async fn wait<F: std::future::Future>(
+        &self,
+        acquire: F,
+    ) -> Result<F::Output, Refused> {
         let mut acquire = std::pin::pin!(acquire);
         std::future::poll_fn(|cx: &mut Context<'_>| self.poll(acquire.as_mut(), cx)).await
     }
 
-    /// [`Ticket::wait`] for an `acquire` that the caller polled in this same task poll, just
-    /// before [`FairQueue::enter`] with the task's waker, and found pending: the first poll
-    /// here does nothing (a slot granted or a displacement in between wakes the task, which
-    /// polls again), and later ones look at the displacement only while `acquire` is pending.
-    pub(crate) async fn wait_pending<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
-        let mut acquire = std::pin::pin!(acquire);
-        let mut just_polled = true;
-        std::future::poll_fn(|cx: &mut Context<'_>| {
-            if std::mem::take(&mut just_polled) {
-                return Poll::Pending;
-            }
-            self.poll(acquire.as_mut(), cx)
-        })
-        .await
+    /// Ready with [`Refused::Displaced`] once the request was displaced; otherwise keeps the
+    /// task's current waker for a displacement. For a caller that polls its `acquire` first
+    /// (a slot granted at the same time as the displacement wins, as in [`Ticket::wait`]).
+    pub(crate) fn poll_displaced(&self, cx: &mut Context<'_>) -> Poll<Refused> {
+        self.queue.poll_displaced(self.index, cx)
     }
 
-    fn poll<F: Future>(
+    #[cfg(test)]
+    fn poll<F: std::future::Future>(
         &self,
-        acquire: Pin<&mut F>,
+        acquire: std::pin::Pin<&mut F>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<F::Output, Refused>> {
         if let Poll::Ready(out) = acquire.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        self.queue.poll_displaced(self.index, cx).map(Err)
+        self.poll_displaced(cx).map(Err)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::Either;
 
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
-use super::fair::{self, FairQueue, Refused};
+use super::fair::{self, FairQueue, Refused, Ticket};
 use super::infinite::InfiniteBreaker;
 use super::policy::Policy;
 use super::subset::{assign_slice, infer_index};
@@ -221,31 +221,34 @@ impl RevisionThrottler {
     /// be refused or displaced there when the cap is reached.
     async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
         let mut acquire = std::pin::pin!(self.breaker.acquire());
-        // The first poll, and on `Pending` the admission with the task's waker, in one go.
-        let first = std::future::poll_fn(|cx| {
-            Poll::Ready(match acquire.as_mut().poll(cx) {
-                Poll::Ready(acquired) => Ok(acquired),
-                Poll::Pending => Err(self.gate.enter(
+        let mut ticket: Option<Ticket<'_>> = None;
+        // One poll function for the whole wait: the first `Pending` admits the request to the
+        // gate with the task's waker (and returns at once: the breaker has that waker too);
+        // later polls look at the displacement only while the slot is still not granted.
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(acquired) = acquire.as_mut().poll(cx) {
+                return Poll::Ready(acquired.map_err(|QueueFull| None));
+            }
+            match &ticket {
+                Some(ticket) => ticket.poll_displaced(cx).map(|refused| Err(Some(refused))),
+                None => match self.gate.enter(
                     &self.id.namespace,
                     std::ptr::from_ref(self) as usize,
                     &self.gate_hint,
                     cx.waker(),
-                )),
-            })
+                ) {
+                    Ok(entered) => {
+                        ticket = Some(entered);
+                        self.waiter_arrived.notify_one();
+                        Poll::Pending
+                    }
+                    Err(refused) => Poll::Ready(Err(Some(refused))),
+                },
+            }
         })
         .await;
-        let acquired = match first {
-            Ok(acquired) => acquired,
-            Err(entered) => {
-                let ticket = entered.map_err(|refused| self.refuse(Some(refused)))?;
-                self.waiter_arrived.notify_one();
-                ticket
-                    .wait_pending(acquire)
-                    .await
-                    .map_err(|refused| self.refuse(Some(refused)))?
-            }
-        };
-        acquired.map_err(|QueueFull| self.refuse(None))
+        drop(ticket);
+        outcome.map_err(|fair| self.refuse(fair))
     }
 
     /// The error for a refused request, logged at most once per [`REFUSAL_LOG_INTERVAL`] per
