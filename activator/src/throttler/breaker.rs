@@ -285,23 +285,54 @@ impl Breaker {
     }
 
     /// Hands free slots to queued waiters, in FIFO order, one slot per waiter, and wakes them.
+    ///
+    /// A release frees one slot, so the usual case grants one waiter: that takes one lock and
+    /// no batch; only when a second slot is free too (a capacity increase) do the batches run.
     fn grant(&self) {
+        let worker = crate::worker::current();
+        let mut list = self.lock();
+        let Some(first) = self.grant_one(&mut list, worker) else {
+            return;
+        };
+        let second = self.grant_one(&mut list, worker);
+        drop(list);
+        first.wake();
+        if let Some(second) = second {
+            second.wake();
+            self.grant_batches(worker);
+        }
+    }
+
+    /// Hands one free slot to the waiter [`WaitList::grant_next`] chooses and returns its waker;
+    /// `None` when nobody waits or no slot is free.
+    #[inline]
+    fn grant_one(&self, list: &mut WaitList, worker: u32) -> Option<Waker> {
+        if list.len == 0 || !self.try_take() {
+            return None;
+        }
+        let Some(waker) = list.grant_next(worker) else {
+            // Inconsistent list (cannot happen): return the slot and stop.
+            self.give_back_slot();
+            return None;
+        };
+        // Every change of `waiting` happens under the lock, and the granted waiter was
+        // counted: no underflow.
+        self.waiting.fetch_sub(1, SeqCst);
+        Some(waker)
+    }
+
+    /// [`Breaker::grant`] for many free slots: wakes up to [`WAKE_BATCH`] waiters per lock.
+    #[cold]
+    fn grant_batches(&self, worker: u32) {
         loop {
             let mut wakers: [Option<Waker>; WAKE_BATCH] = Default::default();
             let mut granted = 0;
-            let worker = crate::worker::current();
             {
                 let mut list = self.lock();
-                while granted < WAKE_BATCH && list.len > 0 {
-                    if !self.try_take() {
-                        break;
-                    }
-                    let Some(waker) = list.grant_next(worker) else {
-                        // Inconsistent list (cannot happen): return the slot and stop.
-                        self.give_back_slot();
+                while granted < WAKE_BATCH {
+                    let Some(waker) = self.grant_one(&mut list, worker) else {
                         break;
                     };
-                    decrement(&self.waiting);
                     if let Some(slot) = wakers.get_mut(granted) {
                         *slot = Some(waker);
                     }

@@ -23,17 +23,24 @@
 //! once never takes the lock. Choosing whom to displace scans the namespaces with waiting
 //! requests and the revisions of one namespace; both are bounded by the cap and the scan only
 //! happens once the cap is reached.
+//!
+//! # Cost per waiting request
+//! One lock to enter and one to leave, and no allocation and no hashing in the steady state:
+//! namespaces and revisions with waiting requests live in slabs, each waiting request's entry
+//! names its revision's slot, and a revision remembers its slot in a hint
+//! ([`FairQueue::enter`]), so only a revision's first waiting request (or its namespace's) looks
+//! anything up by name. The per-revision lists are linked through the entries (newest = tail),
+//! which makes leaving and displacing O(1).
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
-
-use futures_util::task::AtomicWaker;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use crate::FastHash;
+
+/// End-of-list / empty marker for the slab links; also the initial revision hint.
+pub(crate) const NIL: usize = usize::MAX;
 
 /// The activator-wide cap on waiting requests, shared fairly between namespaces and revisions.
 #[derive(Debug)]
@@ -44,34 +51,116 @@ pub(crate) struct FairQueue {
     tenants: Mutex<Tenants>,
 }
 
-/// Identifies a revision inside one namespace for as long as it has waiting requests: the
+/// Identifies a revision (across namespaces) for as long as it has waiting requests: the
 /// address of its throttler, which every waiting request keeps alive.
 pub(crate) type RevisionKey = usize;
 
+/// Everything behind the queue's one lock.
 #[derive(Debug, Default)]
 struct Tenants {
     total: usize,
-    next_ticket: u64,
-    namespaces: HashMap<String, NamespaceQueue, FastHash>,
+    /// Namespaces with waiting requests: name → slot in `namespaces`.
+    by_name: HashMap<String, usize, FastHash>,
+    /// Revisions with waiting requests: key → slot in `revisions` (used when a hint misses).
+    by_key: HashMap<RevisionKey, usize, FastHash>,
+    namespaces: Slab<NamespaceQueue>,
+    revisions: Slab<RevisionQueue>,
+    /// One per waiting (or displaced, not yet dropped) request.
+    entries: Slab<Entry>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NamespaceQueue {
+    name: String,
     waiting: usize,
-    revisions: HashMap<RevisionKey, RevisionQueue, FastHash>,
+    /// Its revisions with waiting requests (slots in `Tenants::revisions`).
+    revisions: Vec<usize>,
 }
 
-/// One revision's waiting requests, oldest first (tickets increase).
-#[derive(Debug, Default)]
+/// One revision's waiting requests: how many, and the newest (the one a displacement takes).
+#[derive(Debug)]
 struct RevisionQueue {
-    waiters: VecDeque<(u64, Arc<Displacement>)>,
+    key: RevisionKey,
+    /// Slot of its namespace.
+    namespace: usize,
+    /// Its position in the namespace's `revisions`.
+    position: usize,
+    len: usize,
+    tail: usize,
 }
 
-/// Set when the request was displaced by a newcomer of a smaller tenant.
-#[derive(Debug, Default)]
-struct Displacement {
-    displaced: AtomicBool,
-    waker: AtomicWaker,
+/// A waiting request's entry.
+#[derive(Debug)]
+enum Entry {
+    /// Waiting; `prev`/`next` link the revision's requests (older / newer).
+    Waiting {
+        waker: Waker,
+        /// Slot of its revision.
+        revision: usize,
+        prev: usize,
+        next: usize,
+    },
+    /// Displaced by a newcomer (no longer counted), until its ticket is dropped.
+    Displaced,
+}
+
+/// A vector with reusable slots: stable indices, O(1) insert and remove.
+#[derive(Debug)]
+struct Slab<T> {
+    items: Vec<Option<T>>,
+    free: Vec<usize>,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<T> Slab<T> {
+    fn insert(&mut self, value: T) -> usize {
+        if let Some(index) = self.free.pop() {
+            if let Some(slot) = self.items.get_mut(index) {
+                *slot = Some(value);
+                return index;
+            }
+        }
+        self.items.push(Some(value));
+        self.items.len() - 1
+    }
+
+    fn remove(&mut self, index: usize) -> Option<T> {
+        let value = self.items.get_mut(index)?.take()?;
+        self.free.push(index);
+        if self.free.len() == self.items.len() {
+            // Empty: start over, giving large storage back.
+            self.items.clear();
+            self.free.clear();
+            if self.items.capacity() > 64 {
+                self.items.shrink_to_fit();
+                self.free.shrink_to_fit();
+            }
+        }
+        Some(value)
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        self.items.get(index)?.as_ref()
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.items.get_mut(index)?.as_mut()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| Some((index, item.as_ref()?)))
+    }
 }
 
 /// Why a request may not wait.
@@ -103,232 +192,461 @@ impl FairQueue {
     }
 
     /// Admits one more waiting request of `namespace`'s revision `revision`, displacing the
-    /// newest request of a larger tenant if the cap is reached; see the module docs.
+    /// newest request of a larger tenant if the cap is reached; see the module docs. A
+    /// displacement wakes `waker` (the waiting task's; `FairQueue::poll_displaced` replaces it).
+    ///
+    /// `hint` is the revision's own (start: [`NIL`]): the slot its waiting requests were last
+    /// counted in, read and written only under the lock. A wrong or stale hint costs a lookup,
+    /// never correctness (the slot's key is checked).
     pub(crate) fn enter<'a>(
         &'a self,
-        namespace: &'a str,
+        namespace: &str,
         revision: RevisionKey,
+        hint: &AtomicUsize,
+        waker: &Waker,
     ) -> Result<Ticket<'a>, Refused> {
         let mut tenants = self.lock();
+        let mut slot = tenants.find_revision(revision, hint.load(Ordering::Relaxed));
+        let mut displaced = None;
         if self.max.is_some_and(|max| tenants.total >= max) {
             let max = self.max.unwrap_or(usize::MAX);
-            let victim = tenants.choose_victim(max, namespace, revision)?;
-            tenants.displace(victim);
+            let victim = tenants.choose_victim(max, namespace, slot)?;
+            displaced = tenants.unlink_newest(victim);
+            if displaced.is_none() {
+                // Inconsistent counts (cannot happen): admit nobody rather than overfill.
+                return Err(Refused::OverShare);
+            }
+            // The victim may have been this revision's last request elsewhere: look again.
+            slot = tenants.find_revision(revision, slot.unwrap_or(NIL));
         } else {
             tenants.total += 1;
         }
-        let ticket = tenants.next_ticket;
-        tenants.next_ticket += 1;
-        let displacement = Arc::new(Displacement::default());
-        let ns = match tenants.namespaces.get_mut(namespace) {
-            Some(ns) => ns,
-            None => tenants.namespaces.entry(namespace.to_owned()).or_default(),
-        };
-        ns.waiting += 1;
-        ns.revisions
-            .entry(revision)
-            .or_default()
-            .waiters
-            .push_back((ticket, Arc::clone(&displacement)));
+        let slot = slot.unwrap_or_else(|| tenants.add_revision(namespace, revision));
+        hint.store(slot, Ordering::Relaxed);
+        let index = tenants.link(slot, waker.clone());
         self.waiting.store(tenants.total, Ordering::Relaxed);
         drop(tenants);
-        Ok(Ticket {
-            queue: self,
-            revision,
-            ticket,
-            displacement,
-            namespace,
-        })
+        if let Some(waker) = displaced {
+            waker.wake();
+        }
+        Ok(Ticket { queue: self, index })
     }
 
-    fn leave(&self, namespace: &str, revision: RevisionKey, ticket: u64) {
+    /// Removes the ticket's entry, uncounting it unless it was displaced (which did that).
+    fn leave(&self, index: usize) {
         let mut tenants = self.lock();
-        let Some(ns) = tenants.namespaces.get_mut(namespace) else {
-            return;
-        };
-        let Some(rev) = ns.revisions.get_mut(&revision) else {
-            return;
-        };
-        // Usually the oldest (served first), so the search ends at the front.
-        let Ok(index) = rev.waiters.binary_search_by_key(&ticket, |(t, _)| *t) else {
-            return;
-        };
-        rev.waiters.remove(index);
-        if rev.waiters.is_empty() {
-            ns.revisions.remove(&revision);
+        let waker = tenants.unlink(index);
+        if waker.is_some() {
+            tenants.total -= 1;
+            self.waiting.store(tenants.total, Ordering::Relaxed);
         }
-        ns.waiting -= 1;
-        if ns.waiting == 0 {
-            tenants.namespaces.remove(namespace);
-        }
-        tenants.total -= 1;
-        self.waiting.store(tenants.total, Ordering::Relaxed);
+        tenants.entries.remove(index);
+        drop(tenants);
+        drop(waker);
     }
-}
 
-/// The revision that gives up its newest waiting request.
-#[derive(Debug)]
-struct Victim {
-    namespace: String,
-    revision: RevisionKey,
+    /// Ready with [`Refused::Displaced`] once the ticket's request was displaced; otherwise
+    /// keeps the task's current waker for a displacement.
+    fn poll_displaced(&self, index: usize, cx: &mut Context<'_>) -> Poll<Refused> {
+        let mut tenants = self.lock();
+        match tenants.entries.get_mut(index) {
+            Some(Entry::Waiting { waker, .. }) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(Refused::Displaced),
+        }
+    }
 }
 
 impl Tenants {
-    /// The fair-share decision of the module docs, taken when `max` requests wait.
+    /// The slot of `revision` if it has waiting requests: `hint` if that slot is its, else
+    /// by key.
+    fn find_revision(&self, revision: RevisionKey, hint: usize) -> Option<usize> {
+        match self.revisions.get(hint) {
+            Some(queue) if queue.key == revision => Some(hint),
+            _ => self.by_key.get(&revision).copied(),
+        }
+    }
+
+    /// A slot for `revision`, which has no waiting request yet (nor its namespace, maybe).
+    fn add_revision(&mut self, namespace: &str, revision: RevisionKey) -> usize {
+        let ns_slot = match self.by_name.get(namespace) {
+            Some(&slot) => slot,
+            None => {
+                let slot = self.namespaces.insert(NamespaceQueue {
+                    name: namespace.to_owned(),
+                    waiting: 0,
+                    revisions: Vec::new(),
+                });
+                self.by_name.insert(namespace.to_owned(), slot);
+                slot
+            }
+        };
+        let position = self
+            .namespaces
+            .get(ns_slot)
+            .map_or(0, |ns| ns.revisions.len());
+        let slot = self.revisions.insert(RevisionQueue {
+            key: revision,
+            namespace: ns_slot,
+            position,
+            len: 0,
+            tail: NIL,
+        });
+        if let Some(ns) = self.namespaces.get_mut(ns_slot) {
+            ns.revisions.push(slot);
+        }
+        self.by_key.insert(revision, slot);
+        slot
+    }
+
+    /// Links a new waiting request as the newest of the revision in `slot`; returns its entry.
+    fn link(&mut self, slot: usize, waker: Waker) -> usize {
+        let (prev, ns_slot) = self
+            .revisions
+            .get(slot)
+            .map_or((NIL, NIL), |rev| (rev.tail, rev.namespace));
+        let index = self.entries.insert(Entry::Waiting {
+            waker,
+            revision: slot,
+            prev,
+            next: NIL,
+        });
+        if let Some(Entry::Waiting { next, .. }) = self.entries.get_mut(prev) {
+            *next = index;
+        }
+        if let Some(rev) = self.revisions.get_mut(slot) {
+            rev.tail = index;
+            rev.len += 1;
+        }
+        if let Some(ns) = self.namespaces.get_mut(ns_slot) {
+            ns.waiting += 1;
+        }
+        index
+    }
+
+    /// Takes the waiting request at `index` out of its revision's list, leaving the entry
+    /// displaced, and uncounts it from the revision and the namespace (not from the total);
+    /// drops emptied revisions and namespaces. Returns its waker; `None` if it was not waiting.
+    fn unlink(&mut self, index: usize) -> Option<Waker> {
+        let entry = self.entries.get_mut(index)?;
+        if !matches!(entry, Entry::Waiting { .. }) {
+            return None;
+        }
+        let Entry::Waiting {
+            waker,
+            revision,
+            prev,
+            next,
+        } = std::mem::replace(entry, Entry::Displaced)
+        else {
+            return None;
+        };
+        if let Some(Entry::Waiting { next: n, .. }) = self.entries.get_mut(prev) {
+            *n = next;
+        }
+        if let Some(Entry::Waiting { prev: p, .. }) = self.entries.get_mut(next) {
+            *p = prev;
+        }
+        let mut ns_slot = NIL;
+        let mut emptied = false;
+        if let Some(rev) = self.revisions.get_mut(revision) {
+            if rev.tail == index {
+                rev.tail = prev;
+            }
+            rev.len -= 1;
+            ns_slot = rev.namespace;
+            emptied = rev.len == 0;
+        }
+        if emptied {
+            self.remove_revision(revision);
+        }
+        if let Some(ns) = self.namespaces.get_mut(ns_slot) {
+            ns.waiting -= 1;
+            if ns.waiting == 0 {
+                if let Some(ns) = self.namespaces.remove(ns_slot) {
+                    self.by_name.remove(&ns.name);
+                }
+            }
+        }
+        Some(waker)
+    }
+
+    /// Forgets the revision in `slot` (no request of it waits any more).
+    fn remove_revision(&mut self, slot: usize) {
+        let Some(rev) = self.revisions.remove(slot) else {
+            return;
+        };
+        self.by_key.remove(&rev.key);
+        let Some(ns) = self.namespaces.get_mut(rev.namespace) else {
+            return;
+        };
+        if rev.position < ns.revisions.len() {
+            ns.revisions.swap_remove(rev.position);
+            if let Some(&moved) = ns.revisions.get(rev.position) {
+                if let Some(moved) = self.revisions.get_mut(moved) {
+                    moved.position = rev.position;
+                }
+            }
+        }
+    }
+
+    /// Unlinks the newest waiting request of the revision in `slot` (see [`Tenants::unlink`]).
+    fn unlink_newest(&mut self, slot: usize) -> Option<Waker> {
+        let tail = self.revisions.get(slot)?.tail;
+        self.unlink(tail)
+    }
+
+    /// The fair-share decision of the module docs, taken when `max` requests wait: the slot of
+    /// the revision that gives up its newest request. `own` is the newcomer's revision's slot.
     fn choose_victim(
         &self,
         max: usize,
         namespace: &str,
-        revision: RevisionKey,
-    ) -> Result<Victim, Refused> {
-        let own_ns = self.namespaces.get(namespace);
-        let namespaces = self.namespaces.len() + usize::from(own_ns.is_none());
+        own: Option<usize>,
+    ) -> Result<usize, Refused> {
+        let own_ns_slot = self.by_name.get(namespace).copied();
+        let own_ns = own_ns_slot.and_then(|slot| self.namespaces.get(slot));
+        let namespaces = self.by_name.len() + usize::from(own_ns.is_none());
         let ns_share = max / namespaces;
         let ns_waiting = own_ns.map_or(0, |ns| ns.waiting);
         if ns_waiting < ns_share {
             // Some other namespace holds more than its share: the largest one gives up.
-            let (victim_ns, queue) = self
+            let (_, queue) = self
                 .namespaces
                 .iter()
-                .filter(|(name, _)| name.as_str() != namespace)
+                .filter(|(slot, _)| Some(*slot) != own_ns_slot)
                 .max_by_key(|(_, ns)| ns.waiting)
                 .ok_or(Refused::OverShare)?;
-            let revision = queue.largest_revision(None).ok_or(Refused::OverShare)?;
-            return Ok(Victim {
-                namespace: victim_ns.clone(),
-                revision,
-            });
+            return self.largest_revision(queue, None).ok_or(Refused::OverShare);
         }
         let ns = own_ns.ok_or(Refused::OverShare)?;
-        let revisions = ns.revisions.len() + usize::from(!ns.revisions.contains_key(&revision));
+        let revisions = ns.revisions.len() + usize::from(own.is_none());
         let rev_share = ns.waiting / revisions;
-        let rev_waiting = ns.revisions.get(&revision).map_or(0, |r| r.waiters.len());
+        let rev_waiting = own
+            .and_then(|slot| self.revisions.get(slot))
+            .map_or(0, |rev| rev.len);
         if rev_waiting >= rev_share {
             return Err(Refused::OverShare);
         }
-        let victim = ns
-            .largest_revision(Some(revision))
-            .ok_or(Refused::OverShare)?;
-        Ok(Victim {
-            namespace: namespace.to_owned(),
-            revision: victim,
-        })
+        self.largest_revision(ns, own).ok_or(Refused::OverShare)
     }
 
-    /// Removes the victim's newest waiting request and wakes it. The total is unchanged: the
-    /// newcomer takes the place.
-    fn displace(&mut self, victim: Victim) {
-        let Some(ns) = self.namespaces.get_mut(&victim.namespace) else {
-            return;
-        };
-        let Some(rev) = ns.revisions.get_mut(&victim.revision) else {
-            return;
-        };
-        let Some((_, displacement)) = rev.waiters.pop_back() else {
-            return;
-        };
-        if rev.waiters.is_empty() {
-            ns.revisions.remove(&victim.revision);
-        }
-        ns.waiting -= 1;
-        if ns.waiting == 0 {
-            self.namespaces.remove(&victim.namespace);
-        }
-        displacement.displaced.store(true, Ordering::Release);
-        displacement.waker.wake();
-    }
-}
-
-impl NamespaceQueue {
-    /// The revision with the most waiting requests, other than `except`.
-    fn largest_revision(&self, except: Option<RevisionKey>) -> Option<RevisionKey> {
-        self.revisions
+    /// The slot of `ns`'s revision with the most waiting requests, other than `except`.
+    fn largest_revision(&self, ns: &NamespaceQueue, except: Option<usize>) -> Option<usize> {
+        ns.revisions
             .iter()
-            .filter(|(key, _)| Some(**key) != except)
-            .max_by_key(|(_, rev)| rev.waiters.len())
-            .map(|(key, _)| *key)
+            .copied()
+            .filter(|&slot| Some(slot) != except)
+            .filter_map(|slot| Some((slot, self.revisions.get(slot)?.len)))
+            .max_by_key(|&(_, len)| len)
+            .map(|(slot, _)| slot)
     }
 }
 
-/// One admitted waiting request. Leaves the queue when dropped (unless it was displaced, which
-/// already removed it).
+/// One admitted waiting request. Leaves the queue when dropped (a displaced one is no longer
+/// counted; its entry is freed then).
 #[derive(Debug)]
 pub(crate) struct Ticket<'a> {
     queue: &'a FairQueue,
-    /// The revision's own namespace text (the ticket lives no longer than the wait for its
-    /// revision), not a copy per waiting request.
-    namespace: &'a str,
-    revision: RevisionKey,
-    ticket: u64,
-    displacement: Arc<Displacement>,
+    /// Its entry, owned until the ticket is dropped.
+    index: usize,
 }
 
 impl Ticket<'_> {
     /// Waits for `acquire` unless the request is displaced first. A slot granted at the same
     /// time as the displacement wins: the request no longer waits, so nothing is lost.
-    pub(crate) async fn wait<F: Future>(&self, acquire: F) -> Result<F::Output, Refused> {
+    #[cfg(test)]
+    pub(crate) async fn wait<F: std::future::Future>(
+        &self,
+        acquire: F,
+    ) -> Result<F::Output, Refused> {
         let mut acquire = std::pin::pin!(acquire);
         std::future::poll_fn(|cx: &mut Context<'_>| self.poll(acquire.as_mut(), cx)).await
     }
 
-    fn poll<F: Future>(
+    /// Ready with [`Refused::Displaced`] once the request was displaced; otherwise keeps the
+    /// task's current waker for a displacement. For a caller that polls its `acquire` first
+    /// (a slot granted at the same time as the displacement wins, as in [`Ticket::wait`]).
+    pub(crate) fn poll_displaced(&self, cx: &mut Context<'_>) -> Poll<Refused> {
+        self.queue.poll_displaced(self.index, cx)
+    }
+
+    #[cfg(test)]
+    fn poll<F: std::future::Future>(
         &self,
-        acquire: Pin<&mut F>,
+        acquire: std::pin::Pin<&mut F>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<F::Output, Refused>> {
         if let Poll::Ready(out) = acquire.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        self.displacement.waker.register(cx.waker());
-        if self.displacement.displaced.load(Ordering::Acquire) {
-            return Poll::Ready(Err(Refused::Displaced));
-        }
-        Poll::Pending
+        self.poll_displaced(cx).map(Err)
     }
 }
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        if !self.displacement.displaced.load(Ordering::Acquire) {
-            self.queue.leave(self.namespace, self.revision, self.ticket);
-        }
+        self.queue.leave(self.index);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// Tests share one revision hint for all revisions: a hint is never trusted blindly.
+    static HINT: AtomicUsize = AtomicUsize::new(NIL);
 
     fn holders(queue: &FairQueue) -> Vec<(String, RevisionKey, usize)> {
         let tenants = queue.lock();
         let mut out: Vec<_> = tenants
-            .namespaces
+            .revisions
             .iter()
-            .flat_map(|(ns, q)| {
-                q.revisions
-                    .iter()
-                    .map(move |(rev, r)| (ns.clone(), *rev, r.waiters.len()))
+            .map(|(_, rev)| {
+                let ns = tenants.namespaces.get(rev.namespace).unwrap();
+                (ns.name.clone(), rev.key, rev.len)
             })
             .collect();
         out.sort();
         out
     }
 
+    fn is_displaced(queue: &FairQueue, ticket: &Ticket<'_>) -> bool {
+        matches!(
+            queue.lock().entries.get(ticket.index),
+            Some(Entry::Displaced)
+        )
+    }
+
+    /// Nothing counted and no namespace, revision or entry left behind.
+    fn assert_empty(queue: &FairQueue) {
+        let tenants = queue.lock();
+        assert_eq!(tenants.total, 0);
+        assert!(tenants.by_name.is_empty() && tenants.by_key.is_empty());
+        assert_eq!(tenants.namespaces.iter().count(), 0);
+        assert_eq!(tenants.revisions.iter().count(), 0);
+        assert_eq!(tenants.entries.iter().count(), 0);
+    }
+
+    /// The revisions' counts and lists agree with each other and with the namespaces' counts
+    /// and the total.
+    fn assert_consistent(queue: &FairQueue) {
+        let tenants = queue.lock();
+        let mut total = 0;
+        for (ns_slot, ns) in tenants.namespaces.iter() {
+            assert_eq!(tenants.by_name.get(&ns.name), Some(&ns_slot));
+            let mut waiting = 0;
+            for (position, &slot) in ns.revisions.iter().enumerate() {
+                let rev = tenants.revisions.get(slot).unwrap();
+                assert_eq!((rev.namespace, rev.position), (ns_slot, position));
+                assert_eq!(tenants.by_key.get(&rev.key), Some(&slot));
+                // Walk the list from the newest: `len` entries, all of this revision.
+                let (mut index, mut len) = (rev.tail, 0);
+                while let Some(Entry::Waiting { revision, prev, .. }) = tenants.entries.get(index) {
+                    assert_eq!(*revision, slot);
+                    len += 1;
+                    index = *prev;
+                }
+                assert_eq!(len, rev.len);
+                waiting += rev.len;
+            }
+            assert_eq!(waiting, ns.waiting);
+            total += waiting;
+        }
+        assert_eq!(total, tenants.total);
+        assert_eq!(tenants.revisions.iter().count(), tenants.by_key.len());
+        assert_eq!(queue.waiting(), total);
+    }
+
+    #[test]
+    fn counts_stay_exact_as_requests_leave_in_any_order() {
+        let queue = FairQueue::new(Some(1000));
+        let hints: Vec<AtomicUsize> = (0..6).map(|_| AtomicUsize::new(NIL)).collect();
+        let namespaces = ["a", "b", "c"];
+        let mut tickets: Vec<(usize, Ticket<'_>)> = (0..120)
+            .map(|i| {
+                let rev = i % 6;
+                let ticket = queue
+                    .enter(namespaces[rev % 3], rev, &hints[rev], Waker::noop())
+                    .unwrap();
+                (rev, ticket)
+            })
+            .collect();
+        assert_consistent(&queue);
+        // Leave from the middle, the front and the back, re-entering some in between (slots
+        // of emptied revisions are reused by others).
+        let mut step = 0;
+        while !tickets.is_empty() {
+            let at = (step * 7) % tickets.len();
+            let (rev, ticket) = tickets.remove(at);
+            drop(ticket);
+            if step % 5 == 0 {
+                let other = (rev + step) % 6;
+                let ticket = queue
+                    .enter(namespaces[other % 3], other, &hints[other], Waker::noop())
+                    .unwrap();
+                tickets.push((other, ticket));
+            }
+            step += 1;
+            assert_consistent(&queue);
+        }
+        assert_empty(&queue);
+    }
+
+    #[test]
+    fn the_cap_displaces_the_newest_after_slots_were_reused() {
+        let queue = FairQueue::new(Some(4));
+        let (h1, h2, h3) = (
+            AtomicUsize::new(NIL),
+            AtomicUsize::new(NIL),
+            AtomicUsize::new(NIL),
+        );
+        // Revision 3 takes slots first and leaves: 1 and 2 reuse them, the hints of 3 go stale.
+        drop(queue.enter("ns", 3, &h3, Waker::noop()).unwrap());
+        let old: Vec<_> = (0..3)
+            .map(|_| queue.enter("ns", 1, &h1, Waker::noop()).unwrap())
+            .collect();
+        let newest = queue.enter("ns", 1, &h1, Waker::noop()).unwrap();
+        assert_consistent(&queue);
+        // A stale hint pointing at revision 1's slot is not trusted.
+        h3.store(h1.load(Ordering::Relaxed), Ordering::Relaxed);
+        let newcomer = queue.enter("ns", 3, &h3, Waker::noop()).unwrap();
+        assert!(is_displaced(&queue, &newest), "the newest of revision 1");
+        assert!(old.iter().all(|t| !is_displaced(&queue, t)));
+        assert_eq!(holders(&queue), [("ns".into(), 1, 3), ("ns".into(), 3, 1)]);
+        assert_consistent(&queue);
+        // Another namespace under its share displaces from the larger one: revision 1 again.
+        let other = queue.enter("other", 2, &h2, Waker::noop()).unwrap();
+        assert!(is_displaced(&queue, &old[2]));
+        assert_eq!(queue.waiting(), 4);
+        assert_consistent(&queue);
+        drop((newest, newcomer, other));
+        drop(old);
+        assert_empty(&queue);
+    }
+
     #[test]
     fn below_the_cap_everyone_waits() {
         let queue = FairQueue::new(Some(3));
-        let tickets: Vec<_> = (0..3).map(|_| queue.enter("ns", 1).unwrap()).collect();
+        let tickets: Vec<_> = (0..3)
+            .map(|_| queue.enter("ns", 1, &HINT, Waker::noop()).unwrap())
+            .collect();
         assert_eq!(queue.waiting(), 3);
         drop(tickets);
         assert_eq!(queue.waiting(), 0);
-        assert!(queue.lock().namespaces.is_empty(), "no state left behind");
+        assert_empty(&queue);
     }
 
     #[test]
     fn unbounded_only_counts() {
         let queue = FairQueue::new(None);
         let tickets: Vec<_> = (0..1000)
-            .map(|i| queue.enter("ns", i % 7).unwrap())
+            .map(|i| queue.enter("ns", i % 7, &HINT, Waker::noop()).unwrap())
             .collect();
         assert_eq!(queue.waiting(), 1000);
         drop(tickets);
@@ -338,21 +656,29 @@ mod tests {
     #[test]
     fn a_newcomer_displaces_the_newest_request_of_the_largest_revision() {
         let queue = FairQueue::new(Some(4));
-        let noisy: Vec<_> = (0..4).map(|_| queue.enter("ns", 1).unwrap()).collect();
-        assert_eq!(queue.enter("ns", 1).unwrap_err(), Refused::OverShare);
-        let victim = queue.enter("ns", 2).unwrap();
-        assert_eq!(queue.waiting(), 4);
-        let displaced: Vec<bool> = noisy
-            .iter()
-            .map(|t| t.displacement.displaced.load(Ordering::Acquire))
+        let noisy: Vec<_> = (0..4)
+            .map(|_| queue.enter("ns", 1, &HINT, Waker::noop()).unwrap())
             .collect();
+        assert_eq!(
+            queue.enter("ns", 1, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
+        let victim = queue.enter("ns", 2, &HINT, Waker::noop()).unwrap();
+        assert_eq!(queue.waiting(), 4);
+        let displaced: Vec<bool> = noisy.iter().map(|t| is_displaced(&queue, t)).collect();
         assert_eq!(displaced, [false, false, false, true], "the newest one");
         assert_eq!(holders(&queue), [("ns".into(), 1, 3), ("ns".into(), 2, 1)]);
         // The second newcomer of `2` is still under the share (4 / 2 = 2).
-        let _victim2 = queue.enter("ns", 2).unwrap();
+        let _victim2 = queue.enter("ns", 2, &HINT, Waker::noop()).unwrap();
         assert_eq!(holders(&queue), [("ns".into(), 1, 2), ("ns".into(), 2, 2)]);
-        assert_eq!(queue.enter("ns", 2).unwrap_err(), Refused::OverShare);
-        assert_eq!(queue.enter("ns", 1).unwrap_err(), Refused::OverShare);
+        assert_eq!(
+            queue.enter("ns", 2, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
+        assert_eq!(
+            queue.enter("ns", 1, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         drop(victim);
         drop(noisy);
         assert_eq!(holders(&queue), [("ns".into(), 2, 1)]);
@@ -363,9 +689,16 @@ mod tests {
     fn namespaces_share_before_revisions() {
         // One namespace with many revisions gets no more than a namespace with one.
         let queue = FairQueue::new(Some(6));
-        let _many: Vec<_> = (0..6).map(|i| queue.enter("big", i).unwrap()).collect();
-        let _small: Vec<_> = (0..3).map(|_| queue.enter("small", 100).unwrap()).collect();
-        assert_eq!(queue.enter("small", 100).unwrap_err(), Refused::OverShare);
+        let _many: Vec<_> = (0..6)
+            .map(|i| queue.enter("big", i, &HINT, Waker::noop()).unwrap())
+            .collect();
+        let _small: Vec<_> = (0..3)
+            .map(|_| queue.enter("small", 100, &HINT, Waker::noop()).unwrap())
+            .collect();
+        assert_eq!(
+            queue.enter("small", 100, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         let counts: usize = holders(&queue)
             .iter()
             .filter(|(ns, _, _)| ns == "big")
@@ -375,26 +708,41 @@ mod tests {
         assert_eq!(queue.waiting(), 6);
         // Inside `big`, a revision with nothing waiting still under the namespace's share of
         // revisions is refused: the namespace is at its share and its 3 revisions hold 1 each.
-        assert_eq!(queue.enter("big", 50).unwrap_err(), Refused::OverShare);
+        assert_eq!(
+            queue.enter("big", 50, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
     }
 
     #[test]
     fn a_share_grows_back_when_others_drain() {
         let queue = FairQueue::new(Some(4));
-        let a: Vec<_> = (0..2).map(|_| queue.enter("a", 1).unwrap()).collect();
-        let _b: Vec<_> = (0..2).map(|_| queue.enter("b", 1).unwrap()).collect();
-        assert_eq!(queue.enter("a", 1).unwrap_err(), Refused::OverShare);
+        let a: Vec<_> = (0..2)
+            .map(|_| queue.enter("a", 1, &HINT, Waker::noop()).unwrap())
+            .collect();
+        let _b: Vec<_> = (0..2)
+            .map(|_| queue.enter("b", 2, &HINT, Waker::noop()).unwrap())
+            .collect();
+        assert_eq!(
+            queue.enter("a", 1, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         drop(a);
-        let _more: Vec<_> = (0..2).map(|_| queue.enter("b", 1).unwrap()).collect();
-        assert_eq!(holders(&queue), [("b".into(), 1, 4)]);
+        let _more: Vec<_> = (0..2)
+            .map(|_| queue.enter("b", 2, &HINT, Waker::noop()).unwrap())
+            .collect();
+        assert_eq!(holders(&queue), [("b".into(), 2, 4)]);
     }
 
     #[test]
     fn more_tenants_than_slots_refuses_newcomers() {
         let queue = FairQueue::new(Some(2));
-        let _a = queue.enter("a", 1).unwrap();
-        let _b = queue.enter("b", 1).unwrap();
-        assert_eq!(queue.enter("c", 1).unwrap_err(), Refused::OverShare);
+        let _a = queue.enter("a", 1, &HINT, Waker::noop()).unwrap();
+        let _b = queue.enter("b", 2, &HINT, Waker::noop()).unwrap();
+        assert_eq!(
+            queue.enter("c", 3, &HINT, Waker::noop()).unwrap_err(),
+            Refused::OverShare
+        );
         assert_eq!(queue.waiting(), 2);
     }
 
@@ -405,14 +753,14 @@ mod tests {
         let waiter = {
             let queue = Arc::clone(&queue);
             tokio::spawn(async move {
-                let _older = queue.enter("ns", 1).unwrap();
-                let newest = queue.enter("ns", 1).unwrap();
+                let _older = queue.enter("ns", 1, &HINT, Waker::noop()).unwrap();
+                let newest = queue.enter("ns", 1, &HINT, Waker::noop()).unwrap();
                 entered_tx.send(()).unwrap();
                 newest.wait(std::future::pending::<()>()).await
             })
         };
         entered_rx.await.unwrap();
-        let _newcomer = queue.enter("other", 2).unwrap();
+        let _newcomer = queue.enter("other", 2, &HINT, Waker::noop()).unwrap();
         assert_eq!(waiter.await.unwrap(), Err(Refused::Displaced));
         assert_eq!(
             queue.waiting(),
@@ -424,9 +772,9 @@ mod tests {
     #[tokio::test]
     async fn a_granted_slot_wins_over_displacement() {
         let queue = FairQueue::new(Some(2));
-        let older = queue.enter("ns", 1).unwrap();
-        let newest = queue.enter("ns", 1).unwrap();
-        let _newcomer = queue.enter("other", 2).unwrap();
+        let older = queue.enter("ns", 1, &HINT, Waker::noop()).unwrap();
+        let newest = queue.enter("ns", 1, &HINT, Waker::noop()).unwrap();
+        let _newcomer = queue.enter("other", 2, &HINT, Waker::noop()).unwrap();
         assert_eq!(newest.wait(std::future::ready(7)).await, Ok(7));
         drop(newest);
         assert_eq!(

@@ -4,13 +4,15 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+
 use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
-use super::fair::{FairQueue, Refused};
+use super::fair::{self, FairQueue, Refused, Ticket};
 use super::infinite::InfiniteBreaker;
 use super::policy::Policy;
 use super::subset::{assign_slice, infer_index};
@@ -40,10 +42,12 @@ pub(super) enum RevisionBreaker {
 }
 
 impl RevisionBreaker {
-    async fn acquire(&self) -> Result<(), QueueFull> {
+    /// The breaker's own future, without an `async` layer around it (one state machine less
+    /// to resume on every poll of a waiting request).
+    fn acquire(&self) -> impl Future<Output = Result<(), QueueFull>> + '_ {
         match self {
-            RevisionBreaker::Finite(b) => b.acquire().await,
-            RevisionBreaker::Infinite(b) => b.acquire().await,
+            RevisionBreaker::Finite(b) => Either::Left(b.acquire()),
+            RevisionBreaker::Infinite(b) => Either::Right(b.acquire()),
         }
     }
 
@@ -99,6 +103,8 @@ pub struct RevisionThrottler {
     control: Mutex<Control>,
     /// The activator-wide cap on waiting requests, shared fairly by all revisions.
     gate: Arc<FairQueue>,
+    /// Where `gate` counts this revision's waiting requests (see [`FairQueue::enter`]).
+    gate_hint: AtomicUsize,
     /// When a refused request was last logged ([`monotonic_millis`]; 0 = never).
     refusal_logged_at: AtomicU64,
     /// Notified (`notify_one`) whenever a request starts to wait for a revision slot. In its own
@@ -169,6 +175,7 @@ impl RevisionThrottler {
                 backend_count: 0,
             }),
             gate,
+            gate_hint: AtomicUsize::new(fair::NIL),
             refusal_logged_at: AtomicU64::new(0),
             waiter_arrived: Arc::new(tokio::sync::Notify::new()),
             // Creation counts as use: a revision is evicted only after a whole idle period.
@@ -214,23 +221,34 @@ impl RevisionThrottler {
     /// be refused or displaced there when the cap is reached.
     async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
         let mut acquire = std::pin::pin!(self.breaker.acquire());
-        let first = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
-        let acquired = match first {
-            Poll::Ready(acquired) => acquired,
-            Poll::Pending => {
-                let key = std::ptr::from_ref(self) as usize;
-                let ticket = self
-                    .gate
-                    .enter(&self.id.namespace, key)
-                    .map_err(|refused| self.refuse(Some(refused)))?;
-                self.waiter_arrived.notify_one();
-                ticket
-                    .wait(acquire)
-                    .await
-                    .map_err(|refused| self.refuse(Some(refused)))?
+        let mut ticket: Option<Ticket<'_>> = None;
+        // One poll function for the whole wait: the first `Pending` admits the request to the
+        // gate with the task's waker (and returns at once: the breaker has that waker too);
+        // later polls look at the displacement only while the slot is still not granted.
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(acquired) = acquire.as_mut().poll(cx) {
+                return Poll::Ready(acquired.map_err(|QueueFull| None));
             }
-        };
-        acquired.map_err(|QueueFull| self.refuse(None))
+            match &ticket {
+                Some(ticket) => ticket.poll_displaced(cx).map(|refused| Err(Some(refused))),
+                None => match self.gate.enter(
+                    &self.id.namespace,
+                    std::ptr::from_ref(self) as usize,
+                    &self.gate_hint,
+                    cx.waker(),
+                ) {
+                    Ok(entered) => {
+                        ticket = Some(entered);
+                        self.waiter_arrived.notify_one();
+                        Poll::Pending
+                    }
+                    Err(refused) => Poll::Ready(Err(Some(refused))),
+                },
+            }
+        })
+        .await;
+        drop(ticket);
+        outcome.map_err(|fair| self.refuse(fair))
     }
 
     /// The error for a refused request, logged at most once per [`REFUSAL_LOG_INTERVAL`] per

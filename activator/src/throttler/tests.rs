@@ -813,3 +813,71 @@ async fn fair_share_is_by_namespace_first() {
         assert!(!pair[0].is_finished());
     }
 }
+
+/// The waiting path's bookkeeping stays exact under cancellation: waiters of a cc > 0 revision
+/// aborted while waiting, or after being granted the slot but before running, leave nothing
+/// behind in the breaker or the shared cap (the granted one passes its slot on), and the cap
+/// still displaces the newest waiters afterwards.
+#[tokio::test(start_paused = true)]
+async fn waiting_counts_stay_exact_under_cancellation() {
+    let throttler = Arc::new(Throttler::with_max_queued_total(Some(4)));
+    let (a, b) = (RevisionId::new("ns-a", "a"), RevisionId::new("ns-b", "b"));
+    let settings = RevisionSettings {
+        container_concurrency: 1,
+        ..RevisionSettings::default()
+    };
+    let rt_a = throttler.ensure_revision(&a, settings);
+    throttler.ensure_revision(&b, settings);
+    throttler.update_dests(&a, &pods(&["10.0.0.1:80"])).unwrap();
+    let held = throttler.try_acquire(&a).await.unwrap();
+    for round in 0..3 {
+        let waiters = spawn_waiters(&throttler, &a, 4).await;
+        assert_eq!(
+            (throttler.queued(), rt_a.waiting()),
+            (4, 4),
+            "round {round}"
+        );
+        // Cancel from the middle first, then the rest.
+        for index in [2, 0, 3, 1] {
+            waiters[index].abort();
+        }
+        for waiter in waiters {
+            assert!(waiter.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(
+            (throttler.queued(), rt_a.waiting()),
+            (0, 0),
+            "round {round}"
+        );
+        assert_eq!(rt_a.in_flight(), 1);
+    }
+
+    // The slot goes to the head waiter, which is aborted before it runs: the next one gets it.
+    let waiters = spawn_waiters(&throttler, &a, 2).await;
+    drop(held);
+    waiters[0].abort();
+    let mut waiters = waiters.into_iter();
+    assert!(waiters.next().unwrap().await.unwrap_err().is_cancelled());
+    let lease = waiters.next().unwrap().await.unwrap().unwrap();
+    assert_eq!(lease.dest(), "10.0.0.1:80");
+    assert_eq!(
+        (throttler.queued(), rt_a.waiting(), rt_a.in_flight()),
+        (0, 0, 1)
+    );
+
+    // The cap still displaces `a`'s newest waiters for `b`'s newcomers.
+    let a_waiters = spawn_waiters(&throttler, &a, 4).await;
+    let b_waiters = spawn_waiters(&throttler, &b, 2).await;
+    assert_eq!(throttler.queued(), 4);
+    assert_eq!(finished(&a_waiters), [false, false, true, true]);
+    assert_eq!(finished(&b_waiters), [false, false]);
+    for waiter in a_waiters.iter().chain(&b_waiters) {
+        waiter.abort();
+    }
+    for waiter in a_waiters.into_iter().chain(b_waiters) {
+        let _ = waiter.await;
+    }
+    assert_eq!((throttler.queued(), rt_a.waiting()), (0, 0));
+    drop(lease);
+    assert_eq!(rt_a.in_flight(), 0);
+}
