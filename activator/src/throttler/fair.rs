@@ -37,6 +37,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+use slab::Slab;
+
 use crate::FastHash;
 
 /// End-of-list / empty marker for the slab links; also the initial revision hint.
@@ -104,63 +106,14 @@ enum Entry {
     Displaced,
 }
 
-/// A vector with reusable slots: stable indices, O(1) insert and remove.
-#[derive(Debug)]
-struct Slab<T> {
-    items: Vec<Option<T>>,
-    free: Vec<usize>,
-}
-
-impl<T> Default for Slab<T> {
-    fn default() -> Self {
-        Slab {
-            items: Vec::new(),
-            free: Vec::new(),
-        }
+/// Removes `index` from `slab` (`None` if vacant); an emptied slab gives large storage back.
+fn take<T>(slab: &mut Slab<T>, index: usize) -> Option<T> {
+    let value = slab.try_remove(index)?;
+    if slab.is_empty() && slab.capacity() > 64 {
+        slab.clear();
+        slab.shrink_to_fit();
     }
-}
-
-impl<T> Slab<T> {
-    fn insert(&mut self, value: T) -> usize {
-        if let Some(index) = self.free.pop() {
-            if let Some(slot) = self.items.get_mut(index) {
-                *slot = Some(value);
-                return index;
-            }
-        }
-        self.items.push(Some(value));
-        self.items.len() - 1
-    }
-
-    fn remove(&mut self, index: usize) -> Option<T> {
-        let value = self.items.get_mut(index)?.take()?;
-        self.free.push(index);
-        if self.free.len() == self.items.len() {
-            // Empty: start over, giving large storage back.
-            self.items.clear();
-            self.free.clear();
-            if self.items.capacity() > 64 {
-                self.items.shrink_to_fit();
-                self.free.shrink_to_fit();
-            }
-        }
-        Some(value)
-    }
-
-    fn get(&self, index: usize) -> Option<&T> {
-        self.items.get(index)?.as_ref()
-    }
-
-    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        self.items.get_mut(index)?.as_mut()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(index, item)| Some((index, item.as_ref()?)))
-    }
+    Some(value)
 }
 
 /// Why a request may not wait.
@@ -240,7 +193,7 @@ impl FairQueue {
             tenants.total -= 1;
             self.waiting.store(tenants.total, Ordering::Relaxed);
         }
-        tenants.entries.remove(index);
+        take(&mut tenants.entries, index);
         drop(tenants);
         drop(waker);
     }
@@ -367,7 +320,7 @@ impl Tenants {
         if let Some(ns) = self.namespaces.get_mut(ns_slot) {
             ns.waiting -= 1;
             if ns.waiting == 0 {
-                if let Some(ns) = self.namespaces.remove(ns_slot) {
+                if let Some(ns) = take(&mut self.namespaces, ns_slot) {
                     self.by_name.remove(&ns.name);
                 }
             }
@@ -377,7 +330,7 @@ impl Tenants {
 
     /// Forgets the revision in `slot` (no request of it waits any more).
     fn remove_revision(&mut self, slot: usize) {
-        let Some(rev) = self.revisions.remove(slot) else {
+        let Some(rev) = take(&mut self.revisions, slot) else {
             return;
         };
         self.by_key.remove(&rev.key);
