@@ -42,13 +42,19 @@ fn connection_has(value: &HeaderValue, needle: &str) -> bool {
     false
 }
 
-#[cfg(feature = "http1")]
+#[cfg(all(test, feature = "http1"))]
 pub(super) fn te_is_trailers(headers: &http::HeaderMap) -> bool {
     header_value_list_has(headers.get_all(http::header::TE).into_iter(), "trailers")
 }
 
-#[cfg(feature = "http1")]
-fn header_value_list_has(values: http::header::ValueIter<'_, HeaderValue>, needle: &str) -> bool {
+/// (patch) One `TE` field line lists `trailers` (`te_is_trailers` for one line).
+#[cfg(all(feature = "http1", feature = "server"))]
+pub(super) fn te_has_trailers(value: &HeaderValue) -> bool {
+    header_value_list_has(std::iter::once(value), "trailers")
+}
+
+#[cfg(all(feature = "http1", any(test, feature = "server")))]
+fn header_value_list_has<'a>(values: impl Iterator<Item = &'a HeaderValue>, needle: &str) -> bool {
     for value in values {
         if let Ok(line) = value.to_str() {
             for token in line.split(',') {

@@ -334,7 +334,9 @@ where
             ));
         }
 
-        self.state.allow_trailer_fields = headers::te_is_trailers(&msg.head.headers);
+        // (patch) from the parse (was a lookup of `TE` in every message, requests and
+        // responses; only a server reads it).
+        self.state.allow_trailer_fields = msg.te_trailers;
 
         Poll::Ready(Some(Ok((msg.head, msg.decode, wants))))
     }

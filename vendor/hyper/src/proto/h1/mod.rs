@@ -68,6 +68,9 @@ pub(crate) struct ParsedMessage<T> {
     expect_continue: bool,
     keep_alive: bool,
     wants_upgrade: bool,
+    /// (patch) A request's `TE` lists `trailers` (seen while its fields were parsed; always
+    /// false for a response, whose `TE` nothing reads).
+    te_trailers: bool,
 }
 
 pub(crate) struct ParseContext<'ctx> {

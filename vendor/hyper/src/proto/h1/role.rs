@@ -251,6 +251,8 @@ impl Http1Transaction for Server {
         let mut is_te = false;
         let mut is_te_chunked = false;
         let mut wants_upgrade = subject.0 == Method::CONNECT;
+        // (patch) see `ParsedMessage::te_trailers`.
+        let mut te_trailers = false;
 
         let mut header_case_map = if ctx.preserve_header_case {
             Some(HeaderCaseMap::default())
@@ -340,6 +342,10 @@ impl Http1Transaction for Server {
                     // Upgrades are only allowed with HTTP/1.1
                     wants_upgrade = is_http_11;
                 }
+                // (patch) noted here rather than looked up again after parsing.
+                header::TE => {
+                    te_trailers = te_trailers || headers::te_has_trailers(&value);
+                }
 
                 _ => (),
             }
@@ -389,6 +395,7 @@ impl Http1Transaction for Server {
             expect_continue,
             keep_alive,
             wants_upgrade,
+            te_trailers,
         }))
     }
 
@@ -1243,6 +1250,7 @@ impl Http1Transaction for Client {
                     // again, as it is definitely upgrading.
                     keep_alive: keep_alive && !is_upgrade,
                     wants_upgrade: is_upgrade,
+                    te_trailers: false,
                 }));
             }
 
@@ -1792,6 +1800,49 @@ mod tests {
         assert_eq!(method, Some(crate::Method::GET));
     }
 
+    /// (patch) `TE: trailers` is noted while a request's fields are parsed, as the lookup after
+    /// parsing (`headers::te_is_trailers`) found it; a response's is not read.
+    #[test]
+    fn test_parse_notes_te_trailers() {
+        fn parse_request(text: &str) -> bool {
+            let mut raw = BytesMut::from(text);
+            let msg = Server::parse(
+                &mut raw,
+                ParseContext {
+                    cached_headers: &mut None,
+                    req_method: &mut None,
+                    h1_parser_config: Default::default(),
+                    h1_max_headers: None,
+                    h1_max_header_size: None,
+                    preserve_header_case: false,
+                    #[cfg(feature = "ffi")]
+                    preserve_header_order: false,
+                    h09_responses: false,
+                    #[cfg(feature = "client")]
+                    on_informational: &mut None,
+                },
+            )
+            .unwrap()
+            .unwrap();
+            assert_eq!(
+                msg.te_trailers,
+                crate::headers::te_is_trailers(&msg.head.headers),
+                "{text:?}"
+            );
+            msg.te_trailers
+        }
+        assert!(!parse_request("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(parse_request("GET / HTTP/1.1\r\nTE: trailers\r\n\r\n"));
+        assert!(parse_request(
+            "GET / HTTP/1.1\r\nte: gzip, Trailers \r\n\r\n"
+        ));
+        assert!(!parse_request("GET / HTTP/1.1\r\nTE: gzip\r\n\r\n"));
+        assert!(parse_request(
+            "GET / HTTP/1.1\r\nTE: gzip\r\nHost: a\r\nTE: trailers\r\n\r\n"
+        ));
+        assert!(!parse_request("GET / HTTP/1.1\r\nTE: trailersx\r\n\r\n"));
+    }
+
     /// (patch) Heads with more fields than `DEFAULT_MAX_HEADERS` parse up to `h1_max_headers`
     /// (again, with room for them all), and one field more fails as before; below the default,
     /// a smaller limit holds as before.
@@ -1849,7 +1900,10 @@ mod tests {
                     assert_eq!(msg.head.headers.len(), fields);
                     if fields > 0 {
                         let last = format!("x-field-{}", fields - 1);
-                        assert_eq!(msg.head.headers[last.as_str()], format!("value {}", fields - 1));
+                        assert_eq!(
+                            msg.head.headers[last.as_str()],
+                            format!("value {}", fields - 1)
+                        );
                     }
                 }
                 Ok(None) => panic!("a whole head is not partial"),
@@ -3158,7 +3212,12 @@ mod tests {
             let mut dst = b"prefix ".to_vec();
             title_case(&mut dst, name);
             assert_eq!(&dst[..7], b"prefix ");
-            assert_eq!(dst[7..], upstream(name)[..], "{:?}", std::str::from_utf8(name));
+            assert_eq!(
+                dst[7..],
+                upstream(name)[..],
+                "{:?}",
+                std::str::from_utf8(name)
+            );
         }
     }
 
