@@ -1171,6 +1171,8 @@ impl Http1Transaction for Client {
 
             let mut keep_alive = version == Version::HTTP_11;
             let mut saw_connection_close = false;
+            // (patch) see `Client::decoder`.
+            let mut saw_transfer_encoding = false;
 
             let mut header_case_map = if ctx.preserve_header_case {
                 Some(HeaderCaseMap::default())
@@ -1192,6 +1194,7 @@ impl Http1Transaction for Client {
                 let name = header_name!(&slice[header.name.0..header.name.1]);
                 let value = header_value!(slice.slice(header.value.0..header.value.1));
 
+                saw_transfer_encoding |= name == header::TRANSFER_ENCODING;
                 if let header::CONNECTION = name {
                     // A message may carry more than one `Connection` line. Once
                     // any of them asks to close, a later `keep-alive` must not
@@ -1241,7 +1244,9 @@ impl Http1Transaction for Client {
                 headers,
                 extensions,
             };
-            if let Some((decode, is_upgrade)) = Client::decoder(&head, ctx.req_method)? {
+            if let Some((decode, is_upgrade)) =
+                Client::decoder(&head, ctx.req_method, saw_transfer_encoding)?
+            {
                 return Ok(Some(ParsedMessage {
                     head,
                     decode,
@@ -1333,9 +1338,12 @@ impl Client {
     /// Returns `Some(length, wants_upgrade)` if successful.
     ///
     /// Returns `None` if this message head should be skipped (like a 100 status).
+    /// (patch) `has_transfer_encoding`: the head has a `Transfer-Encoding` field (noted while
+    /// its fields were parsed, instead of a lookup here).
     fn decoder(
         inc: &MessageHead<StatusCode>,
         method: &mut Option<Method>,
+        has_transfer_encoding: bool,
     ) -> Result<Option<(DecodedLength, bool)>, Parse> {
         // According to https://tools.ietf.org/html/rfc7230#section-3.3.3
         // 1. HEAD responses, and Status 1xx, 204, and 304 cannot have a body.
@@ -1372,7 +1380,11 @@ impl Client {
             }
         }
 
-        if inc.headers.contains_key(header::TRANSFER_ENCODING) {
+        debug_assert_eq!(
+            has_transfer_encoding,
+            inc.headers.contains_key(header::TRANSFER_ENCODING)
+        );
+        if has_transfer_encoding {
             // https://tools.ietf.org/html/rfc7230#section-3.3.3
             // If Transfer-Encoding header is present, and 'chunked' is
             // not the final encoding, and this is a Request, then it is
