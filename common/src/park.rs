@@ -596,6 +596,16 @@ mod tests {
         text
     }
 
+    /// The connection idle since `idle_from` was closed at its head deadline `timeout` later
+    /// (within the test runtime's paused clock, less than a second after it).
+    fn assert_closed_at_deadline(idle_from: tokio::time::Instant, timeout: Duration) {
+        let waited = idle_from.elapsed();
+        assert!(
+            waited >= timeout && waited < timeout + Duration::from_secs(1),
+            "{waited:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn parked_connection_serves_the_next_request() {
         let (addr, _stop, _) = server(Duration::from_secs(60)).await;
@@ -652,11 +662,7 @@ mod tests {
         assert_eq!(n, 0, "closed without a response");
         // Idle after the response, then again with the stalled part of the head kept.
         assert_eq!(parks(), 2);
-        let waited = idle_from.elapsed();
-        assert!(
-            waited >= timeout && waited < timeout + Duration::from_secs(1),
-            "{waited:?}"
-        );
+        assert_closed_at_deadline(idle_from, timeout);
     }
 
     #[tokio::test(start_paused = true)]
@@ -684,11 +690,7 @@ mod tests {
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(n, 0, "closed at the head deadline");
         assert_eq!(parks(), 1);
-        let waited = idle_from.elapsed();
-        assert!(
-            waited >= timeout && waited < timeout + Duration::from_secs(1),
-            "{waited:?}"
-        );
+        assert_closed_at_deadline(idle_from, timeout);
     }
 
     #[tokio::test(start_paused = true)]

@@ -402,9 +402,8 @@ impl Future for Acquire<'_> {
                 let mut list = breaker.lock();
                 match list.slots.get_mut(index) {
                     Some(Slot::Waiting { waker, .. }) => {
-                        if !waker.will_wake(cx.waker()) {
-                            waker.clone_from(cx.waker());
-                        }
+                        // `clone_from` keeps the stored waker when it wakes the same task.
+                        waker.clone_from(cx.waker());
                         Poll::Pending
                     }
                     Some(Slot::Granted) => {

@@ -204,9 +204,8 @@ impl FairQueue {
         let mut tenants = self.lock();
         match tenants.entries.get_mut(index) {
             Some(Entry::Waiting { waker, .. }) => {
-                if !waker.will_wake(cx.waker()) {
-                    waker.clone_from(cx.waker());
-                }
+                // `clone_from` keeps the stored waker when it wakes the same task.
+                waker.clone_from(cx.waker());
                 Poll::Pending
             }
             _ => Poll::Ready(Refused::Displaced),
@@ -455,6 +454,22 @@ mod tests {
     /// Tests share one revision hint for all revisions: a hint is never trusted blindly.
     static HINT: AtomicUsize = AtomicUsize::new(NIL);
 
+    /// `n` requests of `namespace`'s revision `revision` admitted to wait (each must be).
+    fn wait_n<'a>(
+        queue: &'a FairQueue,
+        namespace: &str,
+        revision: RevisionKey,
+        n: usize,
+    ) -> Vec<Ticket<'a>> {
+        (0..n)
+            .map(|_| {
+                queue
+                    .enter(namespace, revision, &HINT, Waker::noop())
+                    .unwrap()
+            })
+            .collect()
+    }
+
     fn holders(queue: &FairQueue) -> Vec<(String, RevisionKey, usize)> {
         let tenants = queue.lock();
         let mut out: Vec<_> = tenants
@@ -586,9 +601,7 @@ mod tests {
     #[test]
     fn below_the_cap_everyone_waits() {
         let queue = FairQueue::new(Some(3));
-        let tickets: Vec<_> = (0..3)
-            .map(|_| queue.enter("ns", 1, &HINT, Waker::noop()).unwrap())
-            .collect();
+        let tickets = wait_n(&queue, "ns", 1, 3);
         assert_eq!(queue.waiting(), 3);
         drop(tickets);
         assert_eq!(queue.waiting(), 0);
@@ -609,9 +622,7 @@ mod tests {
     #[test]
     fn a_newcomer_displaces_the_newest_request_of_the_largest_revision() {
         let queue = FairQueue::new(Some(4));
-        let noisy: Vec<_> = (0..4)
-            .map(|_| queue.enter("ns", 1, &HINT, Waker::noop()).unwrap())
-            .collect();
+        let noisy = wait_n(&queue, "ns", 1, 4);
         assert_eq!(
             queue.enter("ns", 1, &HINT, Waker::noop()).unwrap_err(),
             Refused::OverShare
@@ -645,9 +656,7 @@ mod tests {
         let _many: Vec<_> = (0..6)
             .map(|i| queue.enter("big", i, &HINT, Waker::noop()).unwrap())
             .collect();
-        let _small: Vec<_> = (0..3)
-            .map(|_| queue.enter("small", 100, &HINT, Waker::noop()).unwrap())
-            .collect();
+        let _small = wait_n(&queue, "small", 100, 3);
         assert_eq!(
             queue.enter("small", 100, &HINT, Waker::noop()).unwrap_err(),
             Refused::OverShare
@@ -670,20 +679,14 @@ mod tests {
     #[test]
     fn a_share_grows_back_when_others_drain() {
         let queue = FairQueue::new(Some(4));
-        let a: Vec<_> = (0..2)
-            .map(|_| queue.enter("a", 1, &HINT, Waker::noop()).unwrap())
-            .collect();
-        let _b: Vec<_> = (0..2)
-            .map(|_| queue.enter("b", 2, &HINT, Waker::noop()).unwrap())
-            .collect();
+        let a = wait_n(&queue, "a", 1, 2);
+        let _b = wait_n(&queue, "b", 2, 2);
         assert_eq!(
             queue.enter("a", 1, &HINT, Waker::noop()).unwrap_err(),
             Refused::OverShare
         );
         drop(a);
-        let _more: Vec<_> = (0..2)
-            .map(|_| queue.enter("b", 2, &HINT, Waker::noop()).unwrap())
-            .collect();
+        let _more = wait_n(&queue, "b", 2, 2);
         assert_eq!(holders(&queue), [("b".into(), 2, 4)]);
     }
 
