@@ -166,9 +166,12 @@ impl Http1Transaction for Server {
         // room for them all (see `header_slots`).
         let max_headers = ctx.h1_max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
         let mut room = max_headers.min(DEFAULT_MAX_HEADERS);
-        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]>;
+        // (patch) Made once and resized in place: assigning a new one in the loop copied its
+        // inline array (3 KiB) for every request.
+        let mut headers_indices: SmallVec<[MaybeUninit<HeaderIndices>; DEFAULT_MAX_HEADERS]> =
+            SmallVec::new();
         loop {
-            headers_indices = header_slots(room);
+            resize_header_slots(&mut headers_indices, room);
             let mut headers: SmallVec<[MaybeUninit<httparse::Header<'_>>; DEFAULT_MAX_HEADERS]> =
                 header_slots(room);
             trace!(bytes = buf.len(), "Request.parse");
@@ -1647,6 +1650,17 @@ fn header_slots<T: Copy>(room: usize) -> SmallVec<[MaybeUninit<T>; DEFAULT_MAX_H
     } else {
         smallvec![MaybeUninit::uninit(); room]
     }
+}
+
+/// (patch) Makes `slots` hold `room` uninitialised slots, in place.
+fn resize_header_slots<T: Copy>(
+    slots: &mut SmallVec<[MaybeUninit<T>; DEFAULT_MAX_HEADERS]>,
+    room: usize,
+) {
+    slots.clear();
+    slots.reserve_exact(room);
+    // SAFETY: the capacity is at least `room`, and `MaybeUninit` slots need no initialisation.
+    unsafe { slots.set_len(room) };
 }
 
 #[derive(Clone, Copy)]
