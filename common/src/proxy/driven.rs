@@ -47,7 +47,7 @@ type UpstreamRequest = http::Request<UpstreamRequestBody>;
 
 /// What an exchange on a connection gives: the response, or why there is none (with the
 /// request when none of it was written).
-pub type Exchanged = Result<http::Response<Incoming>, TrySendError<UpstreamRequest>>;
+pub type Exchanged = Result<http::Response<Incoming>, Box<TrySendError<UpstreamRequest>>>;
 
 /// Polls in a row before a poll that keeps being notified yields to other tasks.
 const POLLS_BEFORE_YIELD: usize = 32;

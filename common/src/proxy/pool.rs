@@ -687,9 +687,12 @@ impl Checkout {
             fresh,
         } = self;
         info.exchange_started();
-        let unsent = conn.send(request).err();
+        let state = match conn.send(request) {
+            Ok(()) => SendState::Waiting,
+            Err(request) => SendState::Refused(Some(Box::new(request))),
+        };
         SendFuture {
-            state: SendState::Waiting { unsent },
+            state,
             conn: Some(ReturnToPool {
                 upstream: upstream.clone(),
                 conn,
@@ -715,11 +718,11 @@ pub struct SendFuture {
 }
 
 enum SendState {
-    /// Waiting for the response; `unsent` holds a request the connection refused outright
-    /// (it was not ready: never expected for a checked-out connection).
-    Waiting {
-        unsent: Option<http::Request<UpstreamRequestBody>>,
-    },
+    /// Waiting for the response.
+    Waiting,
+    /// The connection refused the request outright (it was not ready: never expected for a
+    /// checked-out connection). Boxed: the common states stay small to move.
+    Refused(Option<Box<http::Request<UpstreamRequestBody>>>),
     /// The response (or failure), held until the relayed 1xx heads are written.
     Held { sent: Option<Exchanged> },
 }
@@ -732,15 +735,15 @@ impl std::future::Future for SendFuture {
         let this = self.get_mut();
         loop {
             let sent = match &mut this.state {
-                SendState::Waiting { unsent } => {
-                    if let Some(request) = unsent.take() {
-                        this.conn.take();
-                        return Poll::Ready(Err(SendError {
-                            unsent: Some(request),
-                            error: None,
-                            fresh: this.fresh,
-                        }));
-                    }
+                SendState::Refused(request) => {
+                    this.conn.take();
+                    return Poll::Ready(Err(SendError {
+                        unsent: request.take().map(|request| *request),
+                        error: None,
+                        fresh: this.fresh,
+                    }));
+                }
+                SendState::Waiting => {
                     let conn = this.conn.as_mut().expect("polled after completion");
                     let polled = conn.conn.poll_response(cx);
                     crate::informational::relay_after_poll(
@@ -772,7 +775,7 @@ impl std::future::Future for SendFuture {
                 }
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
-                    error: Some(e.into_error()),
+                    error: Some((*e).into_error()),
                     fresh: this.fresh,
                 }),
             });

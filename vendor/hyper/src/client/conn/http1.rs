@@ -373,7 +373,7 @@ where
     /// `None` after an upgrade took the IO.
     inner: Option<DirectDispatcher<T, B>>,
     /// The outcome of the last request, moved out of the dispatch when the connection ended.
-    outcome: Option<Result<Response<IncomingBody>, TrySendError<Request<B>>>>,
+    outcome: Option<Result<Response<IncomingBody>, Box<TrySendError<Request<B>>>>>,
 }
 
 // Nothing in it is ever pinned but the dispatcher, which is `Unpin` over an `Unpin` IO; requests
@@ -417,10 +417,11 @@ where
     /// The response to the request handed over, once a poll received it, or why there is none
     /// (a request the connection ended without is answered with an error once it ended). When
     /// the connection ended before writing the request, the error holds the request
-    /// ([`TrySendError::take_message`]), as [`SendRequest::try_send_request`]'s does.
+    /// ([`TrySendError::take_message`]), as [`SendRequest::try_send_request`]'s does. The error
+    /// is boxed: the outcome is moved a few times, and failures are rare.
     pub fn take_response(
         &mut self,
-    ) -> Option<Result<Response<IncomingBody>, TrySendError<Request<B>>>> {
+    ) -> Option<Result<Response<IncomingBody>, Box<TrySendError<Request<B>>>>> {
         if let Some(outcome) = self.outcome.take() {
             return Some(outcome);
         }
@@ -872,7 +873,7 @@ mod direct_tests {
     /// Polls `conn` until its response is in.
     async fn response(
         conn: &mut DirectConnection<Mock, IncomingBody>,
-    ) -> Result<Response<IncomingBody>, TrySendError<Request<IncomingBody>>> {
+    ) -> Result<Response<IncomingBody>, Box<TrySendError<Request<IncomingBody>>>> {
         crate::common::future::poll_fn(|cx| {
             let ended = Pin::new(&mut *conn).poll(cx);
             if let Some(outcome) = conn.take_response() {

@@ -801,7 +801,7 @@ cfg_client! {
         /// A request was written and its response is not in yet.
         in_flight: bool,
         /// The response of the request written, or why there is none.
-        outcome: Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>>,
+        outcome: Option<Result<http::Response<IncomingBody>, Box<TrySendError<Request<B>>>>>,
         /// The last poll asked for a request and found none (`SendRequest::is_ready`'s sense).
         wanting: bool,
         /// The user will send nothing more: the connection ends once idle.
@@ -845,7 +845,7 @@ cfg_client! {
 
         pub(crate) fn take_outcome(
             &mut self,
-        ) -> Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>> {
+        ) -> Option<Result<http::Response<IncomingBody>, Box<TrySendError<Request<B>>>>> {
             self.outcome.take()
         }
 
@@ -854,23 +854,23 @@ cfg_client! {
         /// (its envelope's drop); one in flight without a response is incomplete.
         pub(crate) fn end(
             &mut self,
-        ) -> Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>> {
+        ) -> Option<Result<http::Response<IncomingBody>, Box<TrySendError<Request<B>>>>> {
             self.wanting = false;
             self.closed = true;
             if let Some(outcome) = self.outcome.take() {
                 return Some(outcome);
             }
             if let Some(req) = self.pending.take() {
-                return Some(Err(TrySendError {
+                return Some(Err(Box::new(TrySendError {
                     error: crate::Error::new_canceled().with("connection closed"),
                     message: Some(req),
-                }));
+                })));
             }
             if std::mem::take(&mut self.in_flight) {
-                return Some(Err(TrySendError {
+                return Some(Err(Box::new(TrySendError {
                     error: crate::Error::new_incomplete(),
                     message: None,
-                }));
+                })));
             }
             None
         }
@@ -933,17 +933,17 @@ cfg_client! {
                 Err(err) => {
                     if self.in_flight {
                         self.in_flight = false;
-                        self.outcome = Some(Err(TrySendError {
+                        self.outcome = Some(Err(Box::new(TrySendError {
                             error: err,
                             message: None,
-                        }));
+                        })));
                         Ok(())
                     } else if let Some(req) = self.pending.take() {
                         // Never started: safe to hand back, as `Client` does with a queued one.
-                        self.outcome = Some(Err(TrySendError {
+                        self.outcome = Some(Err(Box::new(TrySendError {
                             error: crate::Error::new_canceled().with(err),
                             message: Some(req),
-                        }));
+                        })));
                         Ok(())
                     } else {
                         Err(err)
