@@ -1173,6 +1173,7 @@ impl Http1Transaction for Client {
             let mut saw_connection_close = false;
             // (patch) see `Client::decoder`.
             let mut saw_transfer_encoding = false;
+            let mut content_lengths = headers::ContentLengths::Absent;
 
             let mut header_case_map = if ctx.preserve_header_case {
                 Some(HeaderCaseMap::default())
@@ -1194,18 +1195,22 @@ impl Http1Transaction for Client {
                 let name = header_name!(&slice[header.name.0..header.name.1]);
                 let value = header_value!(slice.slice(header.value.0..header.value.1));
 
-                saw_transfer_encoding |= name == header::TRANSFER_ENCODING;
-                if let header::CONNECTION = name {
-                    // A message may carry more than one `Connection` line. Once
-                    // any of them asks to close, a later `keep-alive` must not
-                    // undo it.
-                    if saw_connection_close || headers::connection_close(&value) {
-                        saw_connection_close = true;
-                        keep_alive = false;
-                    } else if !keep_alive {
-                        // HTTP/1.0, which defaults to close
-                        keep_alive = headers::connection_keep_alive(&value);
+                match name {
+                    header::TRANSFER_ENCODING => saw_transfer_encoding = true,
+                    header::CONTENT_LENGTH => content_lengths.add(&value),
+                    header::CONNECTION => {
+                        // A message may carry more than one `Connection` line. Once
+                        // any of them asks to close, a later `keep-alive` must not
+                        // undo it.
+                        if saw_connection_close || headers::connection_close(&value) {
+                            saw_connection_close = true;
+                            keep_alive = false;
+                        } else if !keep_alive {
+                            // HTTP/1.0, which defaults to close
+                            keep_alive = headers::connection_keep_alive(&value);
+                        }
                     }
+                    _ => {}
                 }
 
                 if let Some(header_case_map) = &mut header_case_map {
@@ -1244,9 +1249,12 @@ impl Http1Transaction for Client {
                 headers,
                 extensions,
             };
-            if let Some((decode, is_upgrade)) =
-                Client::decoder(&head, ctx.req_method, saw_transfer_encoding)?
-            {
+            if let Some((decode, is_upgrade)) = Client::decoder(
+                &head,
+                ctx.req_method,
+                saw_transfer_encoding,
+                content_lengths,
+            )? {
                 return Ok(Some(ParsedMessage {
                     head,
                     decode,
@@ -1338,12 +1346,14 @@ impl Client {
     /// Returns `Some(length, wants_upgrade)` if successful.
     ///
     /// Returns `None` if this message head should be skipped (like a 100 status).
-    /// (patch) `has_transfer_encoding`: the head has a `Transfer-Encoding` field (noted while
-    /// its fields were parsed, instead of a lookup here).
+    /// (patch) `has_transfer_encoding`: the head has a `Transfer-Encoding` field, and
+    /// `content_lengths`: its `Content-Length` fields (both taken while its fields were parsed,
+    /// instead of lookups here).
     fn decoder(
         inc: &MessageHead<StatusCode>,
         method: &mut Option<Method>,
         has_transfer_encoding: bool,
+        content_lengths: headers::ContentLengths,
     ) -> Result<Option<(DecodedLength, bool)>, Parse> {
         // According to https://tools.ietf.org/html/rfc7230#section-3.3.3
         // 1. HEAD responses, and Status 1xx, 204, and 304 cannot have a body.
@@ -1398,14 +1408,24 @@ impl Client {
                 trace!("not chunked, read till eof");
                 Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
             }
-        } else if let Some(len) = headers::content_length_parse_all(&inc.headers) {
-            Ok(Some((DecodedLength::checked_new(len)?, false)))
-        } else if inc.headers.contains_key(header::CONTENT_LENGTH) {
-            debug!("illegal Content-Length header");
-            Err(Parse::content_length_invalid())
         } else {
-            trace!("neither Transfer-Encoding nor Content-Length");
-            Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
+            debug_assert_eq!(
+                content_lengths.get(),
+                headers::content_length_parse_all(&inc.headers)
+            );
+            debug_assert_eq!(
+                content_lengths.is_present(),
+                inc.headers.contains_key(header::CONTENT_LENGTH)
+            );
+            if let Some(len) = content_lengths.get() {
+                Ok(Some((DecodedLength::checked_new(len)?, false)))
+            } else if content_lengths.is_present() {
+                debug!("illegal Content-Length header");
+                Err(Parse::content_length_invalid())
+            } else {
+                trace!("neither Transfer-Encoding nor Content-Length");
+                Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
+            }
         }
     }
     fn set_length(head: &mut RequestHead, body: Option<BodyLength>) -> Encoder {
@@ -2589,6 +2609,80 @@ mod tests {
              content-length: +8\r\n\
              \r\n\
              ",
+        );
+
+        // (patch) lengths taken while the fields are parsed (`Client::decoder`): lists, repeated
+        // lines, and invalid lengths where no length is read.
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: 8, 8\r\n\
+                 x-other: 9\r\n\
+                 content-length: 8\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::new(8)
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 8\r\n\
+             content-length: 8, 9\r\n\
+             \r\n\
+             ",
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 8\r\n\
+             content-length: \r\n\
+             \r\n\
+             ",
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 18446744073709551615\r\n\
+             \r\n\
+             ",
+        );
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: x\r\n\
+                 transfer-encoding: chunked\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::CHUNKED
+        );
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 204 No Content\r\n\
+                 content-length: 8, 9\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::ZERO
+        );
+        assert_eq!(
+            parse_with_method(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: x\r\n\
+                 \r\n\
+                 ",
+                Method::HEAD
+            )
+            .decode,
+            DecodedLength::ZERO
         );
 
         // transfer-encoding: chunked
