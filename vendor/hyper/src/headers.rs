@@ -22,7 +22,8 @@ pub(super) fn connection_close(value: &HeaderValue) -> bool {
 // Returns true if any `Connection` header field carries a `close` token.
 // A message may have more than one `Connection` header line, so all of them
 // must be inspected (`get`/`connection_close` alone only sees the first).
-#[cfg(feature = "http1")]
+// (patch) Only the client uses it.
+#[cfg(all(feature = "http1", feature = "client"))]
 pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::CONNECTION)

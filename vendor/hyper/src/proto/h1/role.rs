@@ -1290,6 +1290,9 @@ impl Http1Transaction for Client {
 
         *msg.req_method = Some(msg.head.subject.0.clone());
 
+        // (patch) A request without a body is written without its `Transfer-Encoding` lines:
+        // `set_length` removed them (a lookup per request); the writer now skips them.
+        let skip_transfer_encoding = msg.body.is_none();
         let body = Client::set_length(msg.head, msg.body);
 
         let init_cap = 30 + msg.head.headers.len() * AVERAGE_HEADER_SIZE;
@@ -1313,6 +1316,10 @@ impl Http1Transaction for Client {
         extend(dst, b"\r\n");
 
         if let Some(orig_headers) = msg.head.extensions.get::<HeaderCaseMap>() {
+            if skip_transfer_encoding {
+                msg.head.headers.remove(header::TRANSFER_ENCODING);
+            }
+            *msg.close_requested = headers::connection_any_close(&msg.head.headers);
             write_headers_original_case(
                 &msg.head.headers,
                 orig_headers,
@@ -1320,9 +1327,11 @@ impl Http1Transaction for Client {
                 msg.title_case_headers,
             );
         } else if msg.title_case_headers {
-            write_headers_title_case(&msg.head.headers, dst);
+            *msg.close_requested =
+                write_request_headers::<true>(&msg.head.headers, dst, skip_transfer_encoding);
         } else {
-            write_headers(&msg.head.headers, dst);
+            *msg.close_requested =
+                write_request_headers::<false>(&msg.head.headers, dst, skip_transfer_encoding);
         }
 
         extend(dst, b"\r\n");
@@ -1428,11 +1437,12 @@ impl Client {
             }
         }
     }
+    /// (patch) Without a body, the `Transfer-Encoding` lines are left in place: `encode` does
+    /// not write them.
     fn set_length(head: &mut RequestHead, body: Option<BodyLength>) -> Encoder {
         let body = if let Some(body) = body {
             body
         } else {
-            head.headers.remove(header::TRANSFER_ENCODING);
             return Encoder::length(0);
         };
 
@@ -1723,6 +1733,34 @@ pub(crate) fn write_headers_title_case(headers: &HeaderMap, dst: &mut Vec<u8>) {
         extend(dst, value.as_bytes());
         extend(dst, b"\r\n");
     }
+}
+
+/// (patch) `Client::encode`'s writer: `write_headers_title_case` (`TITLE_CASE`) or
+/// `write_headers`, leaving out the `Transfer-Encoding` lines if `skip_transfer_encoding`.
+/// Returns whether a `Connection` line lists `close` (`headers::connection_any_close`).
+#[cfg(feature = "client")]
+fn write_request_headers<const TITLE_CASE: bool>(
+    headers: &HeaderMap,
+    dst: &mut Vec<u8>,
+    skip_transfer_encoding: bool,
+) -> bool {
+    let mut close = false;
+    for (name, value) in headers {
+        if *name == header::CONNECTION {
+            close = close || headers::connection_close(value);
+        } else if skip_transfer_encoding && *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if TITLE_CASE {
+            title_case(dst, name.as_str().as_bytes());
+        } else {
+            extend(dst, name.as_str().as_bytes());
+        }
+        extend(dst, b": ");
+        extend(dst, value.as_bytes());
+        extend(dst, b"\r\n");
+    }
+    close
 }
 
 pub(crate) fn write_headers(headers: &HeaderMap, dst: &mut Vec<u8>) {
@@ -3045,6 +3083,112 @@ mod tests {
         assert_eq!(unfold("obs\r\n fold\r\n\t line"), "obs fold line",);
     }
 
+    /// (patch) `Client::encode` leaves out a body-less request's `Transfer-Encoding` lines while
+    /// writing (was a removal in `set_length`) and notes a `Connection: close` (was
+    /// `connection_any_close` in `Conn::encode_head`): the same bytes as removing the lines
+    /// and writing with `write_headers`/`write_headers_title_case`, and the same answer as
+    /// `connection_any_close`, for several heads, with and without a body and title case.
+    #[cfg(feature = "client")]
+    #[test]
+    fn test_client_request_encode_skips_transfer_encoding_and_notes_close() {
+        use crate::proto::BodyLength;
+        use http::header::HeaderValue;
+
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("x-a", "1"),
+            ],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("connection", "close")],
+            &[("connection", "keep-alive"), ("connection", "Close ")],
+            &[("connection", "keep-alive, upgrade"), ("upgrade", "foo")],
+            &[
+                ("connection", "foo,close,bar"),
+                ("transfer-encoding", "gzip"),
+                ("x-b", "2"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[
+                ("x-connection", "close"),
+                ("x-transfer-encoding", "chunked"),
+            ],
+            &[("content-length", "3"), ("connection", "closed")],
+        ];
+        for fields in heads {
+            for body_kind in 0..3 {
+                let body = || match body_kind {
+                    0 => None,
+                    1 => Some(BodyLength::Known(3)),
+                    _ => Some(BodyLength::Unknown),
+                };
+                for title_case_headers in [false, true] {
+                    let new_head = || {
+                        let mut head = RequestHead::default();
+                        head.subject.0 = Method::POST;
+                        for (name, value) in *fields {
+                            head.headers.append(*name, HeaderValue::from_static(value));
+                        }
+                        head
+                    };
+                    let mut head = new_head();
+
+                    // What upstream wrote and found.
+                    let mut expected_head = new_head();
+                    let expected_close = headers::connection_any_close(&expected_head.headers);
+                    let expected_encoder = if body().is_none() {
+                        expected_head.headers.remove(header::TRANSFER_ENCODING);
+                        Encoder::length(0)
+                    } else {
+                        Client::set_length(&mut expected_head, body())
+                    };
+                    let mut expected = b"POST / HTTP/1.1\r\n".to_vec();
+                    if title_case_headers {
+                        write_headers_title_case(&expected_head.headers, &mut expected);
+                    } else {
+                        write_headers(&expected_head.headers, &mut expected);
+                    }
+                    expected.extend_from_slice(b"\r\n");
+
+                    let mut vec = Vec::new();
+                    let mut close_requested = !expected_close;
+                    let encoder = Client::encode(
+                        Encode {
+                            head: &mut head,
+                            body: body(),
+                            #[cfg(feature = "server")]
+                            keep_alive: true,
+                            req_method: &mut None,
+                            title_case_headers,
+                            #[cfg(feature = "server")]
+                            date_header: true,
+                            close_requested: &mut close_requested,
+                        },
+                        &mut vec,
+                    )
+                    .unwrap();
+
+                    let case = format!(
+                        "{fields:?}, body {:?}, title case {title_case_headers}",
+                        body()
+                    );
+                    assert_eq!(encoder, expected_encoder, "{case}");
+                    assert_eq!(
+                        String::from_utf8(vec).unwrap(),
+                        String::from_utf8(expected).unwrap(),
+                        "{case}"
+                    );
+                    assert_eq!(close_requested, expected_close, "{case}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn test_client_request_encode_explicit_transfer_encoding_removes_content_length() {
         use crate::proto::BodyLength;
@@ -3083,6 +3227,8 @@ mod tests {
                             title_case_headers: false,
                             #[cfg(feature = "server")]
                             date_header: true,
+                            #[cfg(feature = "client")]
+                            close_requested: &mut false,
                         },
                         &mut vec,
                     )
@@ -3139,6 +3285,8 @@ mod tests {
                     title_case_headers: false,
                     #[cfg(feature = "server")]
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
@@ -3180,6 +3328,8 @@ mod tests {
                 title_case_headers: true,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3214,6 +3364,8 @@ mod tests {
                 title_case_headers: false,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3251,6 +3403,8 @@ mod tests {
                 title_case_headers: true,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3277,6 +3431,8 @@ mod tests {
                 req_method: &mut Some(Method::CONNECT),
                 title_case_headers: false,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3350,6 +3506,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3386,6 +3544,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: false,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3422,6 +3582,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3459,6 +3621,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: false,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3923,6 +4087,8 @@ mod tests {
                     req_method: &mut Some(Method::GET),
                     title_case_headers: false,
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
@@ -3952,6 +4118,8 @@ mod tests {
                     req_method: &mut Some(Method::GET),
                     title_case_headers: false,
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
