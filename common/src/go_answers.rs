@@ -135,19 +135,13 @@ pub fn check_http1<B>(request: &mut Request<B>) -> Http1Check {
     }
     if request.version() == Version::HTTP_11
         && request.method() != Method::CONNECT
-        && !has_host(request.headers())
+        && !crate::header_scan::has_host(request.headers())
     {
         return Http1Check::MissingHost;
     }
     Http1Check::Serve
 }
 
-/// `headers.contains_key(HOST)`, answered without hashing when `Host` is the first name (a
-/// parsed map holds its names in the order they arrived).
-#[inline]
-fn has_host(headers: &http::HeaderMap) -> bool {
-    headers.keys().next() == Some(&HOST) || headers.contains_key(HOST)
-}
 
 pin_project_lite::pin_project! {
     /// The connection's IO as hyper sees it; see the module documentation.
