@@ -142,7 +142,6 @@ pub fn check_http1<B>(request: &mut Request<B>) -> Http1Check {
     Http1Check::Serve
 }
 
-
 pin_project_lite::pin_project! {
     /// The connection's IO as hyper sees it; see the module documentation.
     pub struct GoAnswers<S> {

@@ -202,7 +202,11 @@ mod tests {
                 headers
             };
             let (mut by_insert, mut by_replace) = (map(), map());
-            assert_eq!(has_host(&by_replace), by_insert.contains_key(HOST), "{pairs:?}");
+            assert_eq!(
+                has_host(&by_replace),
+                by_insert.contains_key(HOST),
+                "{pairs:?}"
+            );
             let new = HeaderValue::from_static("10.0.0.1:8012");
             assert_eq!(
                 replace_host(&mut by_replace, new.clone()),
