@@ -23,6 +23,10 @@ pub enum ProxyError {
     /// The exchange failed before a response head arrived.
     #[error("{text}", text = describe_hyper(.0))]
     Exchange(#[source] hyper::Error),
+    /// A pooled HTTP/1.1 connection refused a request handed to it (it was not ready for
+    /// one; checkouts hand out ready connections only, so this is not expected).
+    #[error("upstream connection not ready for a request")]
+    NotReady,
     /// The HTTP/2 connection could not be set up.
     #[error("http2 error: {1}")]
     H2Handshake(SocketAddr, #[source] h2::Error),

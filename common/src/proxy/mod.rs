@@ -2,6 +2,7 @@
 //! mirroring the inbound protocol (HTTP/1.x → HTTP/1.1, HTTP/2 → h2c prior knowledge), streaming
 //! bodies both ways with no buffering, relaying trailers, and tunnelling protocol switches.
 
+mod driven;
 pub mod error;
 mod parked;
 pub mod pool;
@@ -118,7 +119,7 @@ pub fn forward_or_return(
                 // request's future larger.
                 Box::pin(send_on_fresh(&upstream, request, upgrade.is_some())).await?
             }
-            Err(e) => return Err(ForwardFailure::sent(ProxyError::Exchange(e.error))),
+            Err(e) => return Err(ForwardFailure::sent(exchange_error(e))),
         };
 
         let mut response = response;
@@ -163,7 +164,14 @@ async fn send_on_fresh(
     fresh
         .send(upstream, request, upgrade)
         .await
-        .map_err(|e| ForwardFailure::sent(ProxyError::Exchange(e.error)))
+        .map_err(|e| ForwardFailure::sent(exchange_error(e)))
+}
+
+/// The error of a failed exchange.
+fn exchange_error(failed: pool::SendError) -> ProxyError {
+    failed
+        .error
+        .map_or(ProxyError::NotReady, ProxyError::Exchange)
 }
 
 /// The failure for an upstream that could not be reached: the request is handed back when no

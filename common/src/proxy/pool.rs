@@ -25,10 +25,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::driven::{DrivenConn, Exchanged};
 use super::error::ProxyError;
 use super::parked::{self, ParkSlot, ParkableStream, ParkedCount, PARK_DELAY};
 use crate::body::BodyError;
@@ -125,7 +125,7 @@ enum Idle {
 }
 
 struct IdleConn {
-    sender: http1::SendRequest<UpstreamRequestBody>,
+    conn: Box<DrivenConn>,
     info: Arc<UpstreamInfo>,
     /// `Some` for plain-text connections, which can be parked.
     park: Option<Arc<ParkSlot>>,
@@ -144,13 +144,13 @@ impl Idle {
     /// A parked connection whose socket is gone (closed by the app, an error or its idle time).
     fn is_dead(&self) -> bool {
         match self {
-            Idle::Live(conn) => conn.sender.is_closed(),
+            Idle::Live(conn) => conn.conn.has_ended(),
             Idle::Parked(parked) => !parked.slot.holds_socket(),
         }
     }
 
-    /// Drops the entry, closing a parked socket at once (a live connection closes when hyper
-    /// sees its `SendRequest` go).
+    /// Drops the entry, closing a parked socket at once (a live connection closes with hyper's
+    /// connection).
     fn close(self) {
         if let Idle::Parked(parked) = self {
             parked.slot.close();
@@ -201,7 +201,8 @@ impl std::fmt::Debug for Upstream {
 
 /// An HTTP/1.1 connection checked out of the pool, returned when its response completes.
 pub struct Checkout {
-    sender: http1::SendRequest<UpstreamRequestBody>,
+    /// hyper's connection, driven by the request ([`super::driven`]).
+    conn: Box<DrivenConn>,
     /// What the connection's IO reports of 1xx heads ([`crate::informational`]).
     info: Arc<UpstreamInfo>,
     park: Option<Arc<ParkSlot>>,
@@ -292,31 +293,23 @@ impl Upstream {
                 Idle::Live(conn) => conn,
                 Idle::Parked(parked) => return TakenIdle(Some(Taken::Parked(parked))),
             };
-            if conn.since.elapsed() >= IDLE_TIMEOUT || conn.sender.is_closed() {
+            if conn.since.elapsed() >= IDLE_TIMEOUT || conn.conn.has_ended() {
                 continue;
             }
-            if conn.sender.is_ready() {
+            if conn.conn.is_ready() {
                 return TakenIdle(Some(Taken::Ready(Checkout {
-                    sender: conn.sender,
+                    conn: conn.conn,
                     info: conn.info,
                     park: conn.park,
                     fresh: false,
                 })));
             }
-            // Its connection task has not caught up with the end of the last exchange (or the
-            // request body is still being sent). Let it finish on its own, then return it.
+            // Not ready (only ready connections are pooled, so this is not expected): let a
+            // task finish its exchange, then return it.
             let IdleConn {
-                mut sender,
-                info,
-                park,
-                ..
+                conn, info, park, ..
             } = conn;
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    give_back(&handle, sender, info, park);
-                }
-            });
+            settle_then_give_back(handle.clone(), conn, info, park);
         }
         TakenIdle(None)
     }
@@ -350,26 +343,26 @@ impl Upstream {
         let this = self;
         let stream = this.dial().await?.into_inner();
         let info = Arc::new(UpstreamInfo::default());
-        let (sender, park) = match &this.tls {
+        let (conn, park) = match &this.tls {
             None => {
                 let slot = ParkSlot::new(Arc::clone(&this.parked));
                 let io = Sniff::new(
                     ParkableStream::new(stream, Arc::clone(&slot)),
                     Arc::clone(&info),
                 );
-                let sender = this
-                    .handshake_http1(TokioIo::new(io), Some(Arc::clone(&slot)))
-                    .await?;
-                (sender, Some(slot))
+                (
+                    DrivenConn::plain(&http1_builder(), TokioIo::new(io)),
+                    Some(slot),
+                )
             }
             Some(tls) => {
                 let stream = this.tls_connect(tls, stream).await?;
                 let io = Sniff::new(stream, Arc::clone(&info));
-                (this.handshake_http1(TokioIo::new(io), None).await?, None)
+                (DrivenConn::tls(&http1_builder(), TokioIo::new(io)), None)
             }
         };
         Ok(Checkout {
-            sender,
+            conn,
             info,
             park,
             fresh: true,
@@ -389,12 +382,8 @@ impl Upstream {
             ParkableStream::new(stream, Arc::clone(&slot)),
             Arc::clone(&info),
         );
-        let sender = self
-            .handshake_http1(TokioIo::new(io), Some(Arc::clone(&slot)))
-            .await
-            .ok()?;
         Some(Checkout {
-            sender,
+            conn: DrivenConn::plain(&http1_builder(), TokioIo::new(io)),
             info,
             park: Some(slot),
             fresh: false,
@@ -414,16 +403,28 @@ impl Upstream {
             let entry = match entry {
                 Idle::Live(conn) => {
                     let idle_for = now.saturating_duration_since(conn.since);
-                    if idle_for >= IDLE_TIMEOUT || conn.sender.is_closed() {
+                    if idle_for >= IDLE_TIMEOUT || conn.conn.has_ended() {
                         continue;
                     }
                     match conn.park.clone() {
-                        Some(slot) if idle_for >= PARK_DELAY && conn.sender.is_ready() => {
+                        Some(slot) if idle_for >= PARK_DELAY && conn.conn.is_ready() => {
                             slot.request(conn.since + IDLE_TIMEOUT);
-                            let IdleConn { sender, since, .. } = conn;
+                            let IdleConn {
+                                conn: driven,
+                                since,
+                                ..
+                            } = conn;
                             // hyper ends the idle connection; its shutdown hands the socket
-                            // to `slot`.
-                            drop(sender);
+                            // to `slot`. hyper's connection and its buffers are gone then,
+                            // and the task goes on as the parked socket's (much smaller)
+                            // watcher.
+                            let watched = Arc::clone(&slot);
+                            tokio::spawn(async move {
+                                driven.finish().await;
+                                if watched.holds_socket() {
+                                    parked::watch(watched).await;
+                                }
+                            });
                             Idle::Parked(ParkedConn { slot, since })
                         }
                         Some(_) => {
@@ -518,31 +519,6 @@ impl Upstream {
             .map_err(|e| ProxyError::H2Handshake(self.addr, e))
     }
 
-    async fn handshake_http1<I>(
-        &self,
-        io: I,
-        park: Option<Arc<ParkSlot>>,
-    ) -> Result<http1::SendRequest<UpstreamRequestBody>, ProxyError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let (sender, conn) = http1::Builder::new()
-            .title_case_headers(true)
-            .max_headers(MAX_RESPONSE_HEADERS)
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::Handshake(self.addr, e))?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-            // hyper's connection and its buffers are gone; a parked socket is watched by a
-            // task of its own, much smaller than this one.
-            if let Some(slot) = park.filter(|slot| slot.holds_socket()) {
-                tokio::spawn(parked::watch(slot));
-            }
-        });
-        Ok(sender)
-    }
-
     /// The TLS handshake on a new TCP connection.
     async fn tls_connect(
         &self,
@@ -576,18 +552,58 @@ impl Upstream {
     }
 }
 
-/// Returns an idle connection to `handle`'s pool, starting the sweeper if it is parkable and
-/// none runs.
+/// hyper's HTTP/1.1 client settings for every upstream connection.
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .title_case_headers(true)
+        .max_headers(MAX_RESPONSE_HEADERS);
+    builder
+}
+
+/// Returns a connection whose exchange is over to `handle`'s pool: at once when it is ready
+/// for the next request, else once a task has driven it there (a request body still going out
+/// after the response ended).
 fn give_back(
     handle: &UpstreamHandle,
-    sender: http1::SendRequest<UpstreamRequestBody>,
+    conn: Box<DrivenConn>,
+    info: Arc<UpstreamInfo>,
+    park: Option<Arc<ParkSlot>>,
+) {
+    conn.release();
+    if conn.is_ready() {
+        pool_idle(handle, conn, info, park);
+    } else if !conn.has_ended() {
+        settle_then_give_back(handle.clone(), conn, info, park);
+    }
+}
+
+/// Drives `conn` to the end of its exchange in a task of its own, then pools it.
+fn settle_then_give_back(
+    handle: UpstreamHandle,
+    mut conn: Box<DrivenConn>,
+    info: Arc<UpstreamInfo>,
+    park: Option<Arc<ParkSlot>>,
+) {
+    tokio::spawn(async move {
+        if conn.settle().await {
+            pool_idle(&handle, conn, info, park);
+        }
+    });
+}
+
+/// Puts a ready idle connection into `handle`'s queue, starting the sweeper if it is parkable
+/// and none runs.
+fn pool_idle(
+    handle: &UpstreamHandle,
+    conn: Box<DrivenConn>,
     info: Arc<UpstreamInfo>,
     park: Option<Arc<ParkSlot>>,
 ) {
     let this: &Upstream = handle;
     let parkable = park.is_some();
     let conn = Idle::Live(IdleConn {
-        sender,
+        conn,
         info,
         park,
         since: Instant::now(),
@@ -654,115 +670,110 @@ impl Checkout {
     /// Sends `request`; if the connection turned out to be unusable before anything was written,
     /// the request comes back in the error so it can be retried on another connection.
     ///
-    /// The request goes into the connection's queue at once (hyper's `try_send_request` enqueues
-    /// when called); the future only waits for the response, so it never holds the request.
+    /// The request is handed to the connection at once; the future drives the connection and
+    /// waits for the response, so it never holds the request. A protocol upgrade's connection
+    /// is not pooled again: it ends with the exchange (handing its IO to the tunnel on a
+    /// `101`).
     pub fn send(
         self,
         upstream: &UpstreamHandle,
         request: http::Request<UpstreamRequestBody>,
         upgrade: bool,
-    ) -> SendFuture<impl std::future::Future<Output = HyperSent> + Send> {
+    ) -> SendFuture {
         let Checkout {
-            mut sender,
+            mut conn,
             info,
             park,
             fresh,
         } = self;
         info.exchange_started();
-        let response = sender.try_send_request(request);
+        let unsent = conn.send(request).err();
         SendFuture {
-            state: SendState::Waiting { response },
+            state: SendState::Waiting { unsent },
             conn: Some(ReturnToPool {
                 upstream: upstream.clone(),
-                sender,
+                conn,
                 info,
                 park,
+                keep: !upgrade,
             }),
             fresh,
-            upgrade,
             relayed: false,
         }
     }
 }
 
-/// What hyper's `try_send_request` gives.
-pub type HyperSent = Result<
-    http::Response<Incoming>,
-    hyper::client::conn::TrySendError<http::Request<UpstreamRequestBody>>,
->;
-
-pin_project! {
-    /// The response future of [`Checkout::send`]: waits for the response, relaying the 1xx heads
-    /// that come before it ([`crate::informational::Relay`]'s work) and, when it relayed any,
-    /// holds the response until they are written. A plain struct rather than an `async` block:
-    /// built in place, with no first-poll move of hyper's future.
-    pub struct SendFuture<F> {
-        #[pin]
-        state: SendState<F>,
-        // The connection (`None` once the future has completed).
-        conn: Option<ReturnToPool>,
-        fresh: bool,
-        upgrade: bool,
-        relayed: bool,
-    }
+/// The response future of [`Checkout::send`]: drives the connection until the response is in,
+/// relaying the 1xx heads that come before it ([`crate::informational::Relay`]'s work) and,
+/// when it relayed any, holds the response until they are written.
+pub struct SendFuture {
+    state: SendState,
+    /// The connection (`None` once the future has completed).
+    conn: Option<ReturnToPool>,
+    fresh: bool,
+    relayed: bool,
 }
 
-pin_project! {
-    #[project = SendStateProj]
-    enum SendState<F> {
-        // Waiting for the response.
-        Waiting { #[pin] response: F },
-        // The response (or failure), held until the relayed 1xx heads are written.
-        Held { sent: Option<HyperSent> },
-    }
+enum SendState {
+    /// Waiting for the response; `unsent` holds a request the connection refused outright
+    /// (it was not ready: never expected for a checked-out connection).
+    Waiting {
+        unsent: Option<http::Request<UpstreamRequestBody>>,
+    },
+    /// The response (or failure), held until the relayed 1xx heads are written.
+    Held { sent: Option<Exchanged> },
 }
 
-impl<F> std::future::Future for SendFuture<F>
-where
-    F: std::future::Future<Output = HyperSent>,
-{
+impl std::future::Future for SendFuture {
     type Output = Result<http::Response<PooledBody>, SendError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.get_mut();
         loop {
-            let sent = match this.state.as_mut().project() {
-                SendStateProj::Waiting { response } => {
-                    let polled = response.poll(cx);
-                    let conn = this.conn.as_ref().expect("polled after completion");
+            let sent = match &mut this.state {
+                SendState::Waiting { unsent } => {
+                    if let Some(request) = unsent.take() {
+                        this.conn.take();
+                        return Poll::Ready(Err(SendError {
+                            unsent: Some(request),
+                            error: None,
+                            fresh: this.fresh,
+                        }));
+                    }
+                    let conn = this.conn.as_mut().expect("polled after completion");
+                    let polled = conn.conn.poll_response(cx);
                     crate::informational::relay_after_poll(
                         polled.is_pending(),
                         &conn.info,
-                        this.relayed,
+                        &mut this.relayed,
                         cx,
                     );
                     let Poll::Ready(sent) = polled else {
                         return Poll::Pending;
                     };
-                    if *this.relayed {
+                    if this.relayed {
                         // The 1xx heads go out before the final head.
-                        this.state.set(SendState::Held { sent: Some(sent) });
+                        this.state = SendState::Held { sent: Some(sent) };
                         continue;
                     }
                     sent
                 }
-                SendStateProj::Held { sent } => {
+                SendState::Held { sent } => {
                     std::task::ready!(crate::informational::poll_written(cx));
                     sent.take().expect("polled after completion")
                 }
             };
-            let conn = this.conn.take().expect("polled after completion");
+            let mut conn = this.conn.take().expect("polled after completion");
             return Poll::Ready(match sent {
                 Ok(response) => {
-                    let keep = !*this.upgrade
-                        && response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
-                    Ok(response.map(|body| PooledBody::new(body, keep.then_some(conn))))
+                    conn.keep &= response.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+                    Ok(response.map(|body| PooledBody::new(body, conn)))
                 }
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message(),
-                    error: e.into_error(),
-                    fresh: *this.fresh,
+                    error: Some(e.into_error()),
+                    fresh: this.fresh,
                 }),
             });
         }
@@ -774,46 +785,55 @@ where
 pub struct SendError {
     /// The request, when the connection failed before any of it was written.
     pub unsent: Option<http::Request<UpstreamRequestBody>>,
-    /// What hyper reported.
-    pub error: hyper::Error,
+    /// What hyper reported; `None` when the connection was not ready to take the request.
+    pub error: Option<hyper::Error>,
     /// Whether the connection was new.
     pub fresh: bool,
 }
 
+/// A connection in use, and where it goes when its exchange is over.
 struct ReturnToPool {
     upstream: UpstreamHandle,
-    sender: http1::SendRequest<UpstreamRequestBody>,
+    conn: Box<DrivenConn>,
     info: Arc<UpstreamInfo>,
     park: Option<Arc<ParkSlot>>,
+    /// Back to the pool after the response; else (a protocol upgrade, asked for or answered)
+    /// the connection ends, an upgrade taking its IO.
+    keep: bool,
 }
 
 impl ReturnToPool {
-    fn give_back(self) {
-        give_back(&self.upstream, self.sender, self.info, self.park);
+    /// The response has been read to its end.
+    fn done(self) {
+        if self.keep {
+            give_back(&self.upstream, self.conn, self.info, self.park);
+        } else {
+            tokio::spawn(self.conn.finish());
+        }
     }
 }
 
-pin_project! {
-    /// The upstream response body; hands its connection back to the pool at the end.
-    pub struct PooledBody {
-        #[pin]
-        body: crate::h2::IncomingBody,
-        back: Option<ReturnToPool>,
-    }
+/// The upstream response body; drives its connection (HTTP/1.1) while it is read, and hands
+/// the connection back to the pool at the end.
+pub struct PooledBody {
+    body: crate::h2::IncomingBody,
+    back: Option<ReturnToPool>,
 }
 
 impl PooledBody {
-    fn new(body: Incoming, mut back: Option<ReturnToPool>) -> Self {
+    fn new(body: Incoming, back: ReturnToPool) -> Self {
         let body = crate::h2::IncomingBody::from(body);
         if body.is_end_stream() {
-            if let Some(b) = back.take() {
-                b.give_back();
-            }
+            back.done();
+            return PooledBody { body, back: None };
         }
-        PooledBody { body, back }
+        PooledBody {
+            body,
+            back: Some(back),
+        }
     }
 
-    /// A body with no pooled connection behind it (h2, upgrades).
+    /// A body with no pooled connection behind it (h2).
     pub fn unpooled(body: crate::h2::IncomingBody) -> Self {
         PooledBody { body, back: None }
     }
@@ -828,12 +848,25 @@ impl Body for PooledBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let mut this = this;
-        match this.body.as_mut().poll_frame(cx) {
+        let this = self.get_mut();
+        let body = &mut this.body;
+        let polled = match this.back.as_mut() {
+            Some(back) => {
+                // What the connection's last poll read (the whole of a small body, mostly) is
+                // taken without driving the connection again.
+                match Pin::new(&mut *body).poll_frame(&mut back.conn.context()) {
+                    Poll::Pending => back
+                        .conn
+                        .poll_with(cx, |_, conn_cx, _| Pin::new(&mut *body).poll_frame(conn_cx)),
+                    ready => ready,
+                }
+            }
+            None => Pin::new(&mut *body).poll_frame(cx),
+        };
+        match polled {
             Poll::Ready(None) => {
                 if let Some(b) = this.back.take() {
-                    b.give_back();
+                    b.done();
                 }
                 Poll::Ready(None)
             }
@@ -846,7 +879,7 @@ impl Body for PooledBody {
                 // back as soon as the last frame is out, not on a final `None` that never comes.
                 if this.body.is_end_stream() {
                     if let Some(b) = this.back.take() {
-                        b.give_back();
+                        b.done();
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))

@@ -215,3 +215,96 @@ async fn a_request_racing_the_close_of_a_parked_connection_is_not_lost() {
         app.closed.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// An idle connection is not polled while it waits in the pool (its request's task drove it),
+/// so one the app closes before it is parked is found closed only when the next request takes
+/// it: that request comes back unwritten and goes once on a new connection, never lost or sent
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_live_connection_the_app_closed_goes_on_a_new_one() {
+    let app = App::start().await;
+    let (proxy, upstream) = proxy(app.addr).await;
+    for round in 1..=5 {
+        assert_eq!(get(proxy).await, OK);
+        assert_eq!(upstream.parked_connections(), 0, "too young to park");
+        app.close.notify_waiters();
+        wait_until("app closed", || app.closed.load(Ordering::SeqCst) == round).await;
+        assert_eq!(get(proxy).await, OK, "round {round}");
+        assert_eq!(app.requests.load(Ordering::SeqCst), 2 * round, "each once");
+        assert_eq!(app.accepts.load(Ordering::SeqCst), round + 1);
+        app.close.notify_waiters();
+        wait_until("app closed", || {
+            app.closed.load(Ordering::SeqCst) == round + 1
+        })
+        .await;
+        app.closed.fetch_sub(1, Ordering::SeqCst);
+        app.accepts.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An app that answers before reading the request body: the connection goes back to the pool
+/// only once the body is out (a task drives it there), and the next request reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_answered_before_its_upload_ended_is_pooled_after_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let uploads = Arc::new(AtomicUsize::new(0));
+    let (counted, uploaded) = (Arc::clone(&accepts), Arc::clone(&uploads));
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let uploaded = Arc::clone(&uploaded);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // A head, answered at once; then its 6-byte body, read after.
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let posted = buf[..end].starts_with(b"POST");
+                    buf.drain(..end);
+                    stream.write_all(RESPONSE).await.unwrap();
+                    if posted {
+                        while buf.len() < 6 {
+                            if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        buf.drain(..6);
+                        uploaded.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let (proxy, upstream) = proxy(app).await;
+
+    // The client sends the head, then the body only after the response is in.
+    let mut client = TcpStream::connect(proxy).await.unwrap();
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; RESPONSE.len()];
+    tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut head))
+        .await
+        .expect("the response before the body")
+        .unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 OK"));
+    assert_eq!(
+        upstream.idle_connections(),
+        0,
+        "not idle while the body is due"
+    );
+    client.write_all(b"upload").await.unwrap();
+    wait_until("uploaded", || uploads.load(Ordering::SeqCst) == 1).await;
+    wait_until("pooled", || upstream.idle_connections() == 1).await;
+
+    assert_eq!(get(proxy).await, OK);
+    assert_eq!(accepts.load(Ordering::SeqCst), 1, "the same connection");
+}

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::rt::{Read, Write};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures_core::ready;
 use http::{Request, Response};
 use httparse::ParserConfig;
@@ -18,6 +18,14 @@ use crate::proto;
 
 type Dispatcher<T, B> =
     proto::dispatch::Dispatcher<proto::dispatch::Client<B>, B, T, proto::h1::ClientTransaction>;
+
+/// (patch) The dispatcher of a [`DirectConnection`].
+type DirectDispatcher<T, B> = proto::dispatch::Dispatcher<
+    proto::dispatch::DirectClient<B>,
+    B,
+    T,
+    proto::h1::ClientTransaction,
+>;
 
 /// The sender side of an established connection.
 pub struct SendRequest<B> {
@@ -340,6 +348,134 @@ where
     }
 }
 
+/// (patch) An HTTP/1 client connection driven by its user, with no [`SendRequest`]: made by
+/// [`Builder::direct`].
+///
+/// [`Connection`] and [`SendRequest`] talk through a channel, so that the connection can run as
+/// a task of its own; every request then crosses that channel and its response comes back
+/// through a one-shot channel. Here the user hands a request over with [`Self::send`], polls
+/// the connection (it is a future, ending when the connection does) and takes the response
+/// with [`Self::take_response`]; the response body is fed by the same polls. Nothing wakes the
+/// user for a request handed over: poll the connection after [`Self::send`].
+///
+/// Protocol upgrades are handled as [`Connection::with_upgrades`] does: when the connection
+/// ends with one, the IO goes to the response's pending upgrade.
+///
+/// # Drop behavior
+///
+/// As [`Connection`]: dropping closes the IO, interrupting a request in flight.
+#[must_use = "futures do nothing unless polled"]
+pub struct DirectConnection<T, B>
+where
+    T: Read + Write,
+    B: Body + 'static,
+{
+    /// `None` after an upgrade took the IO.
+    inner: Option<DirectDispatcher<T, B>>,
+    /// The outcome of the last request, moved out of the dispatch when the connection ended.
+    outcome: Option<Result<Response<IncomingBody>, TrySendError<Request<B>>>>,
+}
+
+// Nothing in it is ever pinned but the dispatcher, which is `Unpin` over an `Unpin` IO; requests
+// and responses are only moved.
+impl<T: Read + Write + Unpin, B: Body + 'static> Unpin for DirectConnection<T, B> {}
+
+impl<T, B> fmt::Debug for DirectConnection<T, B>
+where
+    T: Read + Write + fmt::Debug,
+    B: Body + 'static,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectConnection").finish()
+    }
+}
+
+impl<T, B> DirectConnection<T, B>
+where
+    T: Read + Write + Unpin,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    /// Hands `request` over, to be written at the next poll; gives it back when the connection
+    /// is not ready for a request (see [`Self::is_ready`]).
+    pub fn send(&mut self, request: Request<B>) -> Result<(), Request<B>> {
+        match self.inner.as_mut() {
+            Some(inner) => inner.dispatch_mut().send(request),
+            None => Err(request),
+        }
+    }
+
+    /// Whether the connection is ready for a request, as [`SendRequest::is_ready`]: a new
+    /// connection is; after a request, once a poll finished its exchange and asked for the
+    /// next (and its response was taken).
+    pub fn is_ready(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|inner| inner.dispatch().is_ready())
+    }
+
+    /// The response to the request handed over, once a poll received it, or why there is none
+    /// (a request the connection ended without is answered with an error once it ended). When
+    /// the connection ended before writing the request, the error holds the request
+    /// ([`TrySendError::take_message`]), as [`SendRequest::try_send_request`]'s does.
+    pub fn take_response(
+        &mut self,
+    ) -> Option<Result<Response<IncomingBody>, TrySendError<Request<B>>>> {
+        if let Some(outcome) = self.outcome.take() {
+            return Some(outcome);
+        }
+        self.inner.as_mut()?.dispatch_mut().take_outcome()
+    }
+
+    /// No more requests: the connection ends (after shutting the IO down) once idle, as a
+    /// [`Connection`] does when its [`SendRequest`] is dropped.
+    pub fn close(&mut self) {
+        if let Some(inner) = self.inner.as_mut() {
+            inner.dispatch_mut().close();
+        }
+    }
+
+    /// The IO and the bytes read but not processed; `None` after an upgrade took them.
+    pub fn into_parts(self) -> Option<Parts<T>> {
+        let (io, read_buf, _) = self.inner?.into_inner();
+        Some(Parts { io, read_buf })
+    }
+}
+
+impl<T, B> Future for DirectConnection<T, B>
+where
+    T: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Output = crate::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            // Polled again after an upgrade took the IO: it stays ended.
+            return Poll::Ready(Ok(()));
+        };
+        let ended = ready!(Pin::new(&mut *inner).poll(cx));
+        // The request in flight or handed over gets its answer now, kept beyond the dispatch.
+        this.outcome = inner.dispatch_mut().end();
+        match ended {
+            Ok(proto::Dispatched::Shutdown) => Poll::Ready(Ok(())),
+            Ok(proto::Dispatched::Upgrade(pending)) => {
+                let (io, read_buf, _) = this
+                    .inner
+                    .take()
+                    .expect("direct client connection missing after upgrade")
+                    .into_inner();
+                pending.fulfill(crate::upgrade::Upgraded::new(io, read_buf));
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
 // ===== impl Builder
 
 impl Builder {
@@ -587,8 +723,42 @@ impl Builder {
             trace!("client handshake HTTP/1");
 
             let (tx, rx) = dispatch::channel();
+            let conn = opts.configured_conn(io);
+            let cd = proto::h1::dispatch::Client::new(rx);
+            let proto = proto::h1::Dispatcher::new(cd, conn);
+
+            Ok((SendRequest { dispatch: tx }, Connection { inner: proto }))
+        }
+    }
+
+    /// (patch) A connection over `io` with the configured options, driven by its user: see
+    /// [`DirectConnection`]. There is no handshake to wait for (as with [`Self::handshake`]).
+    pub fn direct<T, B>(&self, io: T) -> DirectConnection<T, B>
+    where
+        T: Read + Write + Unpin,
+        B: Body + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let conn = self.configured_conn(io);
+        let cd = proto::h1::dispatch::DirectClient::new();
+        DirectConnection {
+            inner: Some(proto::h1::Dispatcher::new(cd, conn)),
+            outcome: None,
+        }
+    }
+
+    /// (patch) The protocol state over `io` with the configured options (the part of
+    /// [`Self::handshake`] that both kinds of connection share).
+    fn configured_conn<T, B>(&self, io: T) -> proto::Conn<T, B, proto::h1::ClientTransaction>
+    where
+        T: Read + Write + Unpin,
+        B: Buf,
+    {
+        let opts = self;
+        {
             let mut conn = proto::Conn::new(io);
-            conn.set_h1_parser_config(opts.h1_parser_config);
+            conn.set_h1_parser_config(opts.h1_parser_config.clone());
             if let Some(writev) = opts.h1_writev {
                 if writev {
                     conn.set_write_strategy_queue();
@@ -623,10 +793,7 @@ impl Builder {
             if let Some(max) = opts.h1_max_buf_size {
                 conn.set_max_buf_size(max);
             }
-            let cd = proto::h1::dispatch::Client::new(rx);
-            let proto = proto::h1::Dispatcher::new(cd, conn);
-
-            Ok((SendRequest { dispatch: tx }, Connection { inner: proto }))
+            conn
         }
     }
 }
@@ -683,5 +850,162 @@ mod upgrades {
                 Err(e) => Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+/// (patch) Tests of [`DirectConnection`].
+#[cfg(all(test, not(miri)))]
+mod direct_tests {
+    use super::*;
+    use crate::common::io::Compat;
+    use http_body_util::BodyExt;
+
+    type Mock = Compat<tokio_test::io::Mock>;
+
+    fn get(path: &str) -> Request<IncomingBody> {
+        Request::builder()
+            .uri(path)
+            .body(IncomingBody::empty())
+            .unwrap()
+    }
+
+    /// Polls `conn` until its response is in.
+    async fn response(
+        conn: &mut DirectConnection<Mock, IncomingBody>,
+    ) -> Result<Response<IncomingBody>, TrySendError<Request<IncomingBody>>> {
+        crate::common::future::poll_fn(|cx| {
+            let ended = Pin::new(&mut *conn).poll(cx);
+            if let Some(outcome) = conn.take_response() {
+                return Poll::Ready(outcome);
+            }
+            assert!(ended.is_pending(), "ended without an outcome");
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Polls `conn` until it has ended.
+    async fn end(conn: &mut DirectConnection<Mock, IncomingBody>) -> crate::Result<()> {
+        crate::common::future::poll_fn(|cx| Pin::new(&mut *conn).poll(cx)).await
+    }
+
+    #[tokio::test]
+    async fn requests_go_and_responses_come_in_place() {
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            .write(b"GET /b HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nwo")
+            .read(b"rld")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        assert!(conn.is_ready(), "a new connection takes a request");
+
+        conn.send(get("/a")).unwrap();
+        assert!(!conn.is_ready());
+        let refused = conn.send(get("/again")).unwrap_err();
+        assert_eq!(refused.uri(), "/again");
+        let first = response(&mut conn).await.unwrap();
+        assert_eq!(first.status(), 200);
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        // The poll that brought the whole response also readied the connection.
+        assert!(conn.is_ready());
+
+        conn.send(get("/b")).unwrap();
+        let second = response(&mut conn).await.unwrap();
+        assert_eq!(second.status(), 201);
+        // The rest of this body comes with later polls of the connection.
+        let mut body = second.into_body();
+        let mut read = Vec::new();
+        crate::common::future::poll_fn(|cx| loop {
+            let _ = Pin::new(&mut conn).poll(cx);
+            match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Ready(Some(frame)) => {
+                    read.extend_from_slice(&frame.unwrap().into_data().unwrap());
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        assert_eq!(read, b"world");
+        assert!(conn.take_response().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_the_connection_never_wrote_comes_back() {
+        // The app closed the idle connection: the end of stream is read before the request
+        // is written.
+        let io = tokio_test::io::Builder::new().build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/x")).unwrap();
+        let mut error = response(&mut conn).await.unwrap_err();
+        assert!(error.error().is_canceled(), "{error:?}");
+        assert_eq!(error.take_message().unwrap().uri(), "/x");
+        assert!(!conn.is_ready());
+        assert!(conn.send(get("/y")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_mid_exchange_fails_the_request_without_it() {
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /x HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\n")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/x")).unwrap();
+        let mut error = response(&mut conn).await.unwrap_err();
+        assert!(error.take_message().is_none(), "written: not to be retried");
+        assert!(error.error().is_incomplete_message(), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn close_ends_an_idle_connection() {
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/a")).unwrap();
+        assert_eq!(response(&mut conn).await.unwrap().status(), 204);
+        conn.close();
+        assert!(!conn.is_ready());
+        end(&mut conn).await.unwrap();
+        assert!(conn.take_response().is_none());
+        assert!(conn.into_parts().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_takes_the_connection_io() {
+        use crate::rt::{Read as _, ReadBufCursor};
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            .read(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\nframe")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        let request = Request::builder()
+            .uri("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(IncomingBody::empty())
+            .unwrap();
+        conn.send(request).unwrap();
+        let mut switched = response(&mut conn).await.unwrap();
+        assert_eq!(switched.status(), 101);
+        let on_upgrade = crate::upgrade::on(&mut switched);
+        end(&mut conn).await.unwrap();
+        let mut upgraded = on_upgrade.await.expect("the IO goes to the upgrade");
+        // The bytes that came with the head are the upgraded IO's first.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 5];
+        let mut read = crate::rt::ReadBuf::uninit(&mut buf);
+        crate::common::future::poll_fn(|cx| {
+            let cursor: ReadBufCursor<'_> = read.unfilled();
+            Pin::new(&mut upgraded).poll_read(cx, cursor)
+        })
+        .await
+        .unwrap();
+        assert_eq!(read.filled(), b"frame");
+        assert!(conn.into_parts().is_none());
     }
 }

@@ -99,6 +99,18 @@ where
         }
     }
 
+    /// (patch) The dispatch, for a user driving the connection itself.
+    #[cfg(feature = "client")]
+    pub(crate) fn dispatch(&self) -> &D {
+        &self.dispatch
+    }
+
+    /// (patch) See [`Self::dispatch`].
+    #[cfg(feature = "client")]
+    pub(crate) fn dispatch_mut(&mut self) -> &mut D {
+        &mut self.dispatch
+    }
+
     pub(crate) fn into_inner(self) -> (I, Bytes, D) {
         let (io, buf) = self.conn.into_inner();
         (io, buf, self.dispatch)
@@ -772,6 +784,184 @@ cfg_client! {
 
         fn should_poll(&self) -> bool {
             self.callback.is_none()
+        }
+    }
+}
+
+// ===== impl DirectClient =====
+
+cfg_client! {
+    /// (patch) The dispatch of a client connection driven by its user (see
+    /// `client::conn::http1::DirectConnection`): the request is handed over in place and its
+    /// response kept in place, with no channel, no callback and no waker between them. The user
+    /// polls the connection after handing a request over; nothing wakes it for one.
+    pub(crate) struct DirectClient<B> {
+        /// The request to write next.
+        pending: Option<Request<B>>,
+        /// A request was written and its response is not in yet.
+        in_flight: bool,
+        /// The response of the request written, or why there is none.
+        outcome: Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>>,
+        /// The last poll asked for a request and found none (`SendRequest::is_ready`'s sense).
+        wanting: bool,
+        /// The user will send nothing more: the connection ends once idle.
+        closed: bool,
+    }
+
+    impl<B> Unpin for DirectClient<B> {}
+
+    impl<B> DirectClient<B> {
+        pub(crate) fn new() -> Self {
+            DirectClient {
+                pending: None,
+                in_flight: false,
+                outcome: None,
+                // A new connection takes its first request at once.
+                wanting: true,
+                closed: false,
+            }
+        }
+
+        /// Takes `request` to be written at the next poll; hands it back when the connection is
+        /// not ready for one (see [`Self::is_ready`]).
+        pub(crate) fn send(&mut self, request: Request<B>) -> Result<(), Request<B>> {
+            if !self.is_ready() {
+                return Err(request);
+            }
+            self.wanting = false;
+            self.pending = Some(request);
+            Ok(())
+        }
+
+        /// Whether the connection asked for a request since the last one (as
+        /// `SendRequest::is_ready`), with nothing waiting and nothing in flight.
+        pub(crate) fn is_ready(&self) -> bool {
+            self.wanting
+                && !self.closed
+                && self.pending.is_none()
+                && !self.in_flight
+                && self.outcome.is_none()
+        }
+
+        pub(crate) fn take_outcome(
+            &mut self,
+        ) -> Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>> {
+            self.outcome.take()
+        }
+
+        /// The connection ended: the outcome of the request handed over, if there is one. A
+        /// request never written comes back in the error, as a queued one does from `Client`
+        /// (its envelope's drop); one in flight without a response is incomplete.
+        pub(crate) fn end(
+            &mut self,
+        ) -> Option<Result<http::Response<IncomingBody>, TrySendError<Request<B>>>> {
+            self.wanting = false;
+            self.closed = true;
+            if let Some(outcome) = self.outcome.take() {
+                return Some(outcome);
+            }
+            if let Some(req) = self.pending.take() {
+                return Some(Err(TrySendError {
+                    error: crate::Error::new_canceled().with("connection closed"),
+                    message: Some(req),
+                }));
+            }
+            if std::mem::take(&mut self.in_flight) {
+                return Some(Err(TrySendError {
+                    error: crate::Error::new_incomplete(),
+                    message: None,
+                }));
+            }
+            None
+        }
+
+        pub(crate) fn close(&mut self) {
+            self.closed = true;
+            self.wanting = false;
+        }
+    }
+
+    impl<B> Dispatch for DirectClient<B>
+    where
+        B: Body,
+    {
+        type PollItem = RequestHead;
+        type PollBody = B;
+        type PollError = Infallible;
+        type RecvItem = crate::proto::ResponseHead;
+
+        fn poll_msg(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<(Self::PollItem, Self::PollBody), Infallible>>> {
+            let this = self.as_mut().get_mut();
+            match this.pending.take() {
+                Some(req) => {
+                    let (parts, body) = req.into_parts();
+                    let head = RequestHead {
+                        version: parts.version,
+                        subject: crate::proto::RequestLine(parts.method, parts.uri),
+                        headers: parts.headers,
+                        extensions: parts.extensions,
+                    };
+                    this.in_flight = true;
+                    Poll::Ready(Some(Ok((head, body))))
+                }
+                None if this.closed => Poll::Ready(None),
+                None => {
+                    this.wanting = true;
+                    Poll::Pending
+                }
+            }
+        }
+
+        fn recv_msg(
+            &mut self,
+            msg: crate::Result<(Self::RecvItem, IncomingBody)>,
+        ) -> crate::Result<()> {
+            match msg {
+                Ok((msg, body)) => {
+                    if self.in_flight {
+                        self.in_flight = false;
+                        self.outcome = Some(Ok(msg.into_response(body)));
+                        Ok(())
+                    } else {
+                        // As `Client`: a response with no request is refused earlier.
+                        Err(crate::Error::new_unexpected_message())
+                    }
+                }
+                Err(err) => {
+                    if self.in_flight {
+                        self.in_flight = false;
+                        self.outcome = Some(Err(TrySendError {
+                            error: err,
+                            message: None,
+                        }));
+                        Ok(())
+                    } else if let Some(req) = self.pending.take() {
+                        // Never started: safe to hand back, as `Client` does with a queued one.
+                        self.outcome = Some(Err(TrySendError {
+                            error: crate::Error::new_canceled().with(err),
+                            message: Some(req),
+                        }));
+                        Ok(())
+                    } else {
+                        Err(err)
+                    }
+                }
+            }
+        }
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            if self.in_flight {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Ready(Err(()))
+            }
+        }
+
+        fn should_poll(&self) -> bool {
+            !self.in_flight
         }
     }
 }
