@@ -3,6 +3,7 @@
 
 use std::task::{Context, Poll};
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -23,10 +24,19 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
     }
     // Go's header parsing drops surrounding spaces and tabs; h2 clients can still send them.
     // Without the trim a whitespace-only `X-Forwarded-For` gave an empty `Forwarded` (fuzz find).
-    let ows: &[char] = &[' ', '\t'];
-    let xff = first_str(headers, &X_FORWARDED_FOR).trim_matches(ows);
-    let proto = first_str(headers, &X_FORWARDED_PROTO).trim_matches(ows);
-    let host = first_str(headers, &X_FORWARDED_HOST).trim_matches(ows);
+    let xff = first_trimmed(headers, present, Present::X_FORWARDED_FOR, &X_FORWARDED_FOR);
+    let proto = first_trimmed(
+        headers,
+        present,
+        Present::X_FORWARDED_PROTO,
+        &X_FORWARDED_PROTO,
+    );
+    let host = first_trimmed(
+        headers,
+        present,
+        Present::X_FORWARDED_HOST,
+        &X_FORWARDED_HOST,
+    );
     if xff.is_empty() && proto.is_empty() && host.is_empty() {
         return None;
     }
@@ -63,6 +73,20 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
         push_node(&mut out, node);
     }
     Some(out)
+}
+
+/// `first_str` of `name` without surrounding spaces and tabs; not looked up when `present` (the
+/// scan of `headers`) lacks its `bit` (`first_str` would give "").
+fn first_trimmed<'a>(
+    headers: &'a HeaderMap,
+    present: Present,
+    bit: Present,
+    name: &HeaderName,
+) -> &'a str {
+    if !present.any(bit) {
+        return "";
+    }
+    first_str(headers, name).trim_matches(&[' ', '\t'][..])
 }
 
 fn push_node(out: &mut String, node: &str) {

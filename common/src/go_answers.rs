@@ -123,8 +123,8 @@ pub enum Http1Check {
 
 /// Go's server rules for an HTTP/1.x request head (`readRequest`): an absolute-form target's
 /// authority replaces `Host` (RFC 9112 §3.2.2), and an HTTP/1.1 request must carry a `Host`
-/// (`CONNECT` is exempt). Costs one URI field check and, for origin-form targets, one header
-/// lookup.
+/// (`CONNECT` is exempt). Costs one URI field check and, for origin-form targets, a look at the
+/// first header (user agents send `Host` first: RFC 9110 §7.2), else one header lookup.
 #[inline]
 pub fn check_http1<B>(request: &mut Request<B>) -> Http1Check {
     if let Some(authority) = request.uri().authority() {
@@ -135,7 +135,7 @@ pub fn check_http1<B>(request: &mut Request<B>) -> Http1Check {
     }
     if request.version() == Version::HTTP_11
         && request.method() != Method::CONNECT
-        && !request.headers().contains_key(HOST)
+        && !crate::header_scan::has_host(request.headers())
     {
         return Http1Check::MissingHost;
     }
@@ -459,6 +459,28 @@ mod tests {
         assert_eq!(check_http1(&mut old), Http1Check::Serve);
         let mut connect = Request::connect("/").body(()).unwrap();
         assert_eq!(check_http1(&mut connect), Http1Check::Serve);
+
+        // `Host` first, later, repeated, or only a name like it.
+        for (names, present) in [
+            (&["host"][..], true),
+            (&["host", "accept"][..], true),
+            (&["accept", "host"][..], true),
+            (&["accept", "x-a", "host", "host"][..], true),
+            (&["accept"][..], false),
+            (&["x-host", "hostname", "accept"][..], false),
+        ] {
+            let mut request = Request::get("/");
+            for name in names {
+                request = request.header(*name, "h");
+            }
+            let mut request = request.body(()).unwrap();
+            let expected = if present {
+                Http1Check::Serve
+            } else {
+                Http1Check::MissingHost
+            };
+            assert_eq!(check_http1(&mut request), expected, "{names:?}");
+        }
     }
 
     #[tokio::test]

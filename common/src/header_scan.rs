@@ -7,8 +7,8 @@
 //! the request path would otherwise make. The request path scans once per stage and looks up (or
 //! removes) only what the scan found.
 
-use http::header::HeaderName;
-use http::HeaderMap;
+use http::header::{HeaderName, HOST};
+use http::{HeaderMap, HeaderValue};
 
 /// A set of the header names below; see the module documentation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +135,26 @@ impl std::ops::BitOr for Present {
     }
 }
 
+/// `headers.contains_key(HOST)`, answered without hashing when `Host` is the first name: user
+/// agents send it first (RFC 9110 §7.2), and a parsed map keeps its names in arrival order.
+#[inline]
+pub fn has_host(headers: &HeaderMap) -> bool {
+    headers.keys().next() == Some(&HOST) || headers.contains_key(HOST)
+}
+
+/// `headers.insert(HOST, value)` (the `Host` values replaced where the first one stands, the
+/// first returned), without hashing when `Host` is the first name and has one value.
+#[inline]
+pub fn replace_host(headers: &mut HeaderMap, value: HeaderValue) -> Option<HeaderValue> {
+    let mut fields = headers.iter_mut();
+    if let Some((name, first)) = fields.next() {
+        if *name == HOST && fields.next().is_none_or(|(next, _)| *next != HOST) {
+            return Some(std::mem::replace(first, value));
+        }
+    }
+    headers.insert(HOST, value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +176,50 @@ mod tests {
         assert!(!present.any(Present::CONNECTION | Present::FORWARDED_FAMILY));
         let rest = present.without(Present::TE | Present::CONNECTION);
         assert!(!rest.any(Present::TE) && rest.any(Present::K_NETWORK_PROBE));
+    }
+
+    /// `has_host` and `replace_host` agree with `contains_key` and `insert` (value returned,
+    /// names and values in the same order after) wherever `Host` stands, however many times.
+    #[test]
+    fn host_shortcuts_agree_with_lookups() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("host", "a")],
+            &[("host", "a"), ("accept", "*/*")],
+            &[("host", "a"), ("host", "b"), ("accept", "*/*")],
+            &[("host", "a"), ("accept", "*/*"), ("host", "b")],
+            &[("accept", "*/*"), ("host", "a")],
+            &[("accept", "*/*"), ("x-a", "1"), ("host", "a"), ("x-b", "2")],
+            &[("accept", "*/*"), ("x-host", "a")],
+            &[("x-a", "1"), ("x-a", "2"), ("host", "a")],
+        ];
+        for pairs in cases {
+            let map = || {
+                let mut headers = HeaderMap::new();
+                for (name, value) in *pairs {
+                    headers.append(*name, HeaderValue::from_static(value));
+                }
+                headers
+            };
+            let (mut by_insert, mut by_replace) = (map(), map());
+            assert_eq!(
+                has_host(&by_replace),
+                by_insert.contains_key(HOST),
+                "{pairs:?}"
+            );
+            let new = HeaderValue::from_static("10.0.0.1:8012");
+            assert_eq!(
+                replace_host(&mut by_replace, new.clone()),
+                by_insert.insert(HOST, new),
+                "{pairs:?}"
+            );
+            let fields = |h: &HeaderMap| {
+                h.iter()
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(fields(&by_replace), fields(&by_insert), "{pairs:?}");
+        }
     }
 
     #[test]

@@ -410,9 +410,7 @@ where
                 return Served::local(LocalAnswer::MissingHost);
             }
             if let Some(h2c) = &self.h2c {
-                if request.version() == http::Version::HTTP_11
-                    && request.headers().contains_key(http::header::UPGRADE)
-                {
+                if request.version() == http::Version::HTTP_11 && may_upgrade(&request) {
                     if let Some(answer) = self.h2c_upgrade(h2c, &mut request) {
                         return Served::local(answer);
                     }
@@ -423,6 +421,19 @@ where
             future: self.inner.clone().call(request.map(IncomingBody::from)),
         }
     }
+}
+
+/// Whether an HTTP/1.1 request from hyper's server may carry `Upgrade`, without a header lookup:
+/// hyper gives every such request an upgrade handle (`OnUpgrade`, as it does for `CONNECT`), so
+/// a request without one has no `Upgrade` (`h2c_upgrade::classify` looks it up for the rest).
+#[inline]
+fn may_upgrade<B>(request: &Request<B>) -> bool {
+    let handle = request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some();
+    debug_assert!(handle || !request.headers().contains_key(http::header::UPGRADE));
+    handle
 }
 
 impl<S, B> HyperService<S>

@@ -23,7 +23,7 @@ use knative_common::body::{
 };
 use knative_common::drain::{InFlightCounter, InFlightGuard};
 use knative_common::h2::IncomingBody;
-use knative_common::header_scan::Present;
+use knative_common::header_scan::{self, Present};
 use knative_common::headers::{
     KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_NETWORK_HASH, K_ORIGINAL_HOST,
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
@@ -678,8 +678,8 @@ fn direct_to(request: &mut Request<IncomingBody>, dest: Dest<'_>, seen: Seen) {
     let original = if !seen.host {
         None
     } else if let Some(value) = host.take() {
-        // One lookup replaces `Host` where it stands and gives the original.
-        request.headers_mut().insert(HOST, value)
+        // Replaces `Host` where it stands and gives the original (no lookup when it is first).
+        header_scan::replace_host(request.headers_mut(), value)
     } else {
         request.headers().get(HOST).cloned()
     };

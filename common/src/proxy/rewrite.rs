@@ -1,6 +1,7 @@
 //! Header and URI changes between the inbound request and the upstream one (queue-proxy §3.9,
 //! activator §2.13), and hop-by-hop removal on responses.
 
+use http::header::Entry;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
     TRANSFER_ENCODING, UPGRADE,
@@ -155,22 +156,27 @@ pub fn prepare_request_scanned<B>(
     upgrade
 }
 
+/// The prior `X-Forwarded-For` values joined with the peer's address into one value, in the
+/// first one's place (one lookup of the name for reading and replacing them).
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &PeerIp) {
-    let mut prior = headers.get_all(X_FORWARDED_FOR).iter();
-    let Some(first) = prior.next() else {
-        headers.insert(X_FORWARDED_FOR, peer.0.clone());
-        return;
+    let mut prior = match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(prior) => prior,
+        Entry::Vacant(vacant) => {
+            vacant.insert(peer.0.clone());
+            return;
+        }
     };
-    let mut joined = Vec::with_capacity(first.len() + peer.0.len() + 2);
-    joined.extend_from_slice(first.as_bytes());
-    for more in prior {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(more.as_bytes());
+    let mut joined = Vec::with_capacity(prior.get().len() + peer.0.len() + 2);
+    for (i, value) in prior.iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
     }
     joined.extend_from_slice(b", ");
     joined.extend_from_slice(peer.0.as_bytes());
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
-        headers.insert(X_FORWARDED_FOR, value);
+        prior.insert(value);
     }
 }
 
@@ -197,7 +203,7 @@ pub fn restore_original_host<B>(request: &mut Request<B>) {
             }
         }
     } else {
-        request.headers_mut().insert(HOST, original);
+        crate::header_scan::replace_host(request.headers_mut(), original);
     }
 }
 
@@ -325,6 +331,30 @@ mod tests {
         assert_eq!(
             req.headers()["x-forwarded-for"],
             "1.1.1.1, 2.2.2.2, 3.3.3.3, ::1"
+        );
+
+        // One value, where the first one stood; an empty first value is kept as one.
+        let mut req = Request::builder()
+            .uri("/")
+            .header("x-a", "1")
+            .header("x-forwarded-for", "")
+            .header("x-b", "2")
+            .header("x-forwarded-for", "2.2.2.2")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &peer());
+        let fields: Vec<_> = req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("x-a", "1"),
+                ("x-forwarded-for", ", 2.2.2.2, 10.0.0.9"),
+                ("x-b", "2")
+            ]
         );
     }
 

@@ -22,7 +22,8 @@ pub(super) fn connection_close(value: &HeaderValue) -> bool {
 // Returns true if any `Connection` header field carries a `close` token.
 // A message may have more than one `Connection` header line, so all of them
 // must be inspected (`get`/`connection_close` alone only sees the first).
-#[cfg(feature = "http1")]
+// (patch) Only the client uses it.
+#[cfg(all(feature = "http1", feature = "client"))]
 pub(super) fn connection_any_close(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::CONNECTION)
@@ -101,6 +102,76 @@ pub(super) fn content_length_parse_all_values(values: ValueIter<'_, HeaderValue>
         }
     }
 
+    content_length
+}
+
+/// (patch) The `Content-Length` field lines of a response, taken one line at a time while its
+/// head is parsed: `get` gives what `content_length_parse_all` gives for the same lines in the
+/// same order, and `is_present` whether there was any.
+#[cfg(all(feature = "client", feature = "http1"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ContentLengths {
+    /// No `Content-Length` line.
+    Absent,
+    /// Every length listed so far is valid and equal to this one.
+    Valid(u64),
+    /// A line is not a list of valid lengths, or two lengths differ.
+    Invalid,
+}
+
+#[cfg(all(feature = "client", feature = "http1"))]
+impl ContentLengths {
+    /// Takes the next `Content-Length` line.
+    pub(super) fn add(&mut self, value: &HeaderValue) {
+        let prev = match *self {
+            ContentLengths::Absent => None,
+            ContentLengths::Valid(len) => Some(len),
+            ContentLengths::Invalid => return,
+        };
+        // A line of digits only is one length: what the list walk below gives for it.
+        let next = match from_digits(value.as_bytes()) {
+            Some(len) if prev.is_none() || prev == Some(len) => Some(len),
+            Some(_) => None,
+            None => content_length_add_line(prev, value),
+        };
+        *self = match next {
+            Some(len) => ContentLengths::Valid(len),
+            None => ContentLengths::Invalid,
+        };
+    }
+
+    /// `content_length_parse_all` of the lines taken.
+    pub(super) fn get(self) -> Option<u64> {
+        match self {
+            ContentLengths::Valid(len) => Some(len),
+            ContentLengths::Absent | ContentLengths::Invalid => None,
+        }
+    }
+
+    /// A `Content-Length` line was taken.
+    pub(super) fn is_present(self) -> bool {
+        self != ContentLengths::Absent
+    }
+}
+
+/// (patch) One turn of `content_length_parse_all_values`'s loop: the length so far after `line`,
+/// or `None` where that loop returns `None`.
+#[cfg(all(feature = "client", feature = "http1"))]
+fn content_length_add_line(prev: Option<u64>, line: &HeaderValue) -> Option<u64> {
+    let mut content_length = prev;
+    if let Ok(line) = line.to_str() {
+        for v in line.split(',') {
+            let n = from_digits(v.trim().as_bytes())?;
+
+            if content_length.is_none() {
+                content_length = Some(n);
+            } else if content_length != Some(n) {
+                return None;
+            }
+        }
+    } else {
+        return None;
+    }
     content_length
 }
 
@@ -214,6 +285,78 @@ mod tests {
         headers.append(TE, HeaderValue::from_static("trailers"));
 
         assert!(te_is_trailers(&headers));
+    }
+
+    /// (patch) `ContentLengths` taken line by line agrees with `content_length_parse_all` and
+    /// `contains_key` over every sequence of up to three lines from a set of valid, invalid,
+    /// repeated, listed, padded, overflowing and non-ASCII values.
+    #[cfg(feature = "client")]
+    #[test]
+    fn content_lengths_agree_with_parse_all() {
+        use super::{content_length_parse_all, ContentLengths};
+        use http::header::CONTENT_LENGTH;
+
+        let lines: &[&[u8]] = &[
+            b"8",
+            b"08",
+            b"9",
+            b"0",
+            b"8,8",
+            b"8, 8",
+            b" 8 ",
+            b"\t8\t",
+            b"8,9",
+            b"8,",
+            b",8",
+            b",",
+            b"",
+            b" ",
+            b"+8",
+            b"-8",
+            b"8 8",
+            b"0x8",
+            b"a",
+            b"8;",
+            b"18446744073709551615",
+            b"18446744073709551615, 18446744073709551615",
+            b"18446744073709551616",
+            b"99999999999999999999999",
+            b"8\x80",
+            b"\xc2\xa08",
+        ];
+        let mut checked = 0;
+        let mut sequences: Vec<Vec<&[u8]>> = vec![vec![]];
+        let mut longest: Vec<Vec<&[u8]>> = vec![vec![]];
+        for _ in 0..3 {
+            longest = longest
+                .iter()
+                .flat_map(|seq| {
+                    lines.iter().map(move |line| {
+                        let mut next = seq.clone();
+                        next.push(*line);
+                        next
+                    })
+                })
+                .collect();
+            sequences.extend(longest.iter().cloned());
+        }
+        for seq in &sequences {
+            let mut headers = HeaderMap::new();
+            let mut taken = ContentLengths::Absent;
+            for line in seq {
+                let value = HeaderValue::from_bytes(line).expect("valid field value");
+                taken.add(&value);
+                headers.append(CONTENT_LENGTH, value);
+            }
+            assert_eq!(
+                taken.get(),
+                content_length_parse_all(&headers),
+                "lines {seq:?}"
+            );
+            assert_eq!(taken.is_present(), headers.contains_key(CONTENT_LENGTH));
+            checked += 1;
+        }
+        assert_eq!(checked, 1 + 26 + 26 * 26 + 26 * 26 * 26);
     }
 
     #[test]

@@ -647,6 +647,14 @@ where
     ) -> Option<Encoder> {
         debug_assert!(self.can_write_head());
 
+        // (patch) Whether the request's `Connection` lines list `close`: `Client::encode` finds
+        // it while writing them, where upstream looked it up here first. Only to an HTTP/1.0
+        // peer does it change `enforce_version` (whose `fix_keep_alive` adds `keep-alive` while
+        // keep-alive is wanted), so that case still looks it up first.
+        #[cfg(feature = "client")]
+        let mut close_requested = false;
+        #[cfg(feature = "client")]
+        let mut close_after_encode = false;
         if !T::should_read_first() {
             self.state.busy();
             // A client request carrying `Connection: close` must not be pooled or
@@ -655,8 +663,13 @@ where
             // `Connection: close` in its response) would leave the connection in
             // the pool. Disable keep-alive up front so the connection is evicted
             // regardless of the response.
-            if headers::connection_any_close(&head.headers) {
-                self.state.disable_keep_alive();
+            #[cfg(feature = "client")]
+            if self.state.version == Version::HTTP_10 {
+                if headers::connection_any_close(&head.headers) {
+                    self.state.disable_keep_alive();
+                }
+            } else {
+                close_after_encode = true;
             }
         }
 
@@ -673,10 +686,17 @@ where
                 title_case_headers: self.state.title_case_headers,
                 #[cfg(feature = "server")]
                 date_header: self.state.date_header,
+                #[cfg(feature = "client")]
+                close_requested: &mut close_requested,
             },
             buf,
         ) {
             Ok(encoder) => {
+                // (patch) see `close_requested` above. (`Client::encode` does not fail.)
+                #[cfg(feature = "client")]
+                if close_after_encode && close_requested {
+                    self.state.disable_keep_alive();
+                }
                 debug_assert!(self.state.cached_headers.is_none());
                 debug_assert!(head.headers.is_empty());
                 self.state.cached_headers = Some(head.headers);
@@ -1311,6 +1331,84 @@ mod tests {
             !remains_reusable_after_get(&["keep-alive", "close"]),
             "a `close` in any Connection header line must disable keep-alive"
         );
+    }
+
+    // (patch) `Client::encode` finds a request's `Connection: close` while writing the head
+    // (`encode_head`); to an HTTP/1.0 peer it is still looked up first, since there keep-alive
+    // decides whether `enforce_version` adds `Connection: keep-alive`. The head written and the
+    // keep-alive left are checked for both peer versions.
+    #[cfg(feature = "client")]
+    #[test]
+    fn client_request_connection_close_by_peer_version() {
+        use super::*;
+        use crate::common::io::Compat;
+        use crate::proto::RequestLine;
+
+        fn get(peer: Version, connection_values: &[&'static str]) -> (String, bool) {
+            let io = Compat(tokio_test::io::Builder::new().build());
+            let mut conn = Conn::<_, bytes::Bytes, crate::proto::h1::ClientTransaction>::new(io);
+            conn.state.version = peer;
+            let mut headers = HeaderMap::new();
+            for value in connection_values {
+                headers.append(CONNECTION, HeaderValue::from_static(value));
+            }
+            let head = MessageHead {
+                version: Version::HTTP_11,
+                subject: RequestLine(Method::GET, "/".parse().unwrap()),
+                headers,
+                extensions: http::Extensions::new(),
+            };
+            conn.write_head(head, None);
+            let written = String::from_utf8(conn.io.headers_buf().clone()).unwrap();
+            (written, conn.state.wants_keep_alive())
+        }
+
+        let cases: &[(Version, &[&'static str], &str, bool)] = &[
+            (Version::HTTP_11, &[], "GET / HTTP/1.1\r\n\r\n", true),
+            (
+                Version::HTTP_11,
+                &["close"],
+                "GET / HTTP/1.1\r\nconnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                Version::HTTP_11,
+                &["keep-alive", "Close"],
+                "GET / HTTP/1.1\r\nconnection: keep-alive\r\nconnection: Close\r\n\r\n",
+                false,
+            ),
+            (
+                Version::HTTP_11,
+                &["upgrade"],
+                "GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n",
+                true,
+            ),
+            (
+                Version::HTTP_10,
+                &[],
+                "GET / HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+                true,
+            ),
+            (
+                Version::HTTP_10,
+                &["close"],
+                "GET / HTTP/1.0\r\nconnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                Version::HTTP_10,
+                &["upgrade, close"],
+                "GET / HTTP/1.0\r\nconnection: upgrade, close\r\n\r\n",
+                false,
+            ),
+        ];
+        for (peer, values, head, keep_alive) in cases {
+            assert_eq!(
+                get(*peer, values),
+                (head.to_string(), *keep_alive),
+                "peer {peer:?}, connection {values:?}"
+            );
+        }
     }
 
     use super::*;

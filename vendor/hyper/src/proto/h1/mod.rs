@@ -97,6 +97,10 @@ pub(crate) struct Encode<'encode, T> {
     title_case_headers: bool,
     #[cfg(feature = "server")]
     date_header: bool,
+    /// (patch) Set by `Client::encode` when a `Connection` line of the request lists `close`
+    /// (`headers::connection_any_close`), found while the lines are written.
+    #[cfg(feature = "client")]
+    close_requested: &'encode mut bool,
 }
 
 /// Extra flags that a request "wants", like expect-continue or upgrades.

@@ -1176,6 +1176,7 @@ impl Http1Transaction for Client {
             let mut saw_connection_close = false;
             // (patch) see `Client::decoder`.
             let mut saw_transfer_encoding = false;
+            let mut content_lengths = headers::ContentLengths::Absent;
 
             let mut header_case_map = if ctx.preserve_header_case {
                 Some(HeaderCaseMap::default())
@@ -1197,18 +1198,22 @@ impl Http1Transaction for Client {
                 let name = header_name!(&slice[header.name.0..header.name.1]);
                 let value = header_value!(slice.slice(header.value.0..header.value.1));
 
-                saw_transfer_encoding |= name == header::TRANSFER_ENCODING;
-                if let header::CONNECTION = name {
-                    // A message may carry more than one `Connection` line. Once
-                    // any of them asks to close, a later `keep-alive` must not
-                    // undo it.
-                    if saw_connection_close || headers::connection_close(&value) {
-                        saw_connection_close = true;
-                        keep_alive = false;
-                    } else if !keep_alive {
-                        // HTTP/1.0, which defaults to close
-                        keep_alive = headers::connection_keep_alive(&value);
+                match name {
+                    header::TRANSFER_ENCODING => saw_transfer_encoding = true,
+                    header::CONTENT_LENGTH => content_lengths.add(&value),
+                    header::CONNECTION => {
+                        // A message may carry more than one `Connection` line. Once
+                        // any of them asks to close, a later `keep-alive` must not
+                        // undo it.
+                        if saw_connection_close || headers::connection_close(&value) {
+                            saw_connection_close = true;
+                            keep_alive = false;
+                        } else if !keep_alive {
+                            // HTTP/1.0, which defaults to close
+                            keep_alive = headers::connection_keep_alive(&value);
+                        }
                     }
+                    _ => {}
                 }
 
                 if let Some(header_case_map) = &mut header_case_map {
@@ -1247,9 +1252,12 @@ impl Http1Transaction for Client {
                 headers,
                 extensions,
             };
-            if let Some((decode, is_upgrade)) =
-                Client::decoder(&head, ctx.req_method, saw_transfer_encoding)?
-            {
+            if let Some((decode, is_upgrade)) = Client::decoder(
+                &head,
+                ctx.req_method,
+                saw_transfer_encoding,
+                content_lengths,
+            )? {
                 return Ok(Some(ParsedMessage {
                     head,
                     decode,
@@ -1285,6 +1293,9 @@ impl Http1Transaction for Client {
 
         *msg.req_method = Some(msg.head.subject.0.clone());
 
+        // (patch) A request without a body is written without its `Transfer-Encoding` lines:
+        // `set_length` removed them (a lookup per request); the writer now skips them.
+        let skip_transfer_encoding = msg.body.is_none();
         let body = Client::set_length(msg.head, msg.body);
 
         let init_cap = 30 + msg.head.headers.len() * AVERAGE_HEADER_SIZE;
@@ -1308,6 +1319,10 @@ impl Http1Transaction for Client {
         extend(dst, b"\r\n");
 
         if let Some(orig_headers) = msg.head.extensions.get::<HeaderCaseMap>() {
+            if skip_transfer_encoding {
+                msg.head.headers.remove(header::TRANSFER_ENCODING);
+            }
+            *msg.close_requested = headers::connection_any_close(&msg.head.headers);
             write_headers_original_case(
                 &msg.head.headers,
                 orig_headers,
@@ -1315,9 +1330,11 @@ impl Http1Transaction for Client {
                 msg.title_case_headers,
             );
         } else if msg.title_case_headers {
-            write_headers_title_case(&msg.head.headers, dst);
+            *msg.close_requested =
+                write_request_headers::<true>(&msg.head.headers, dst, skip_transfer_encoding);
         } else {
-            write_headers(&msg.head.headers, dst);
+            *msg.close_requested =
+                write_request_headers::<false>(&msg.head.headers, dst, skip_transfer_encoding);
         }
 
         extend(dst, b"\r\n");
@@ -1341,12 +1358,14 @@ impl Client {
     /// Returns `Some(length, wants_upgrade)` if successful.
     ///
     /// Returns `None` if this message head should be skipped (like a 100 status).
-    /// (patch) `has_transfer_encoding`: the head has a `Transfer-Encoding` field (noted while
-    /// its fields were parsed, instead of a lookup here).
+    /// (patch) `has_transfer_encoding`: the head has a `Transfer-Encoding` field, and
+    /// `content_lengths`: its `Content-Length` fields (both taken while its fields were parsed,
+    /// instead of lookups here).
     fn decoder(
         inc: &MessageHead<StatusCode>,
         method: &mut Option<Method>,
         has_transfer_encoding: bool,
+        content_lengths: headers::ContentLengths,
     ) -> Result<Option<(DecodedLength, bool)>, Parse> {
         // According to https://tools.ietf.org/html/rfc7230#section-3.3.3
         // 1. HEAD responses, and Status 1xx, 204, and 304 cannot have a body.
@@ -1401,21 +1420,32 @@ impl Client {
                 trace!("not chunked, read till eof");
                 Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
             }
-        } else if let Some(len) = headers::content_length_parse_all(&inc.headers) {
-            Ok(Some((DecodedLength::checked_new(len)?, false)))
-        } else if inc.headers.contains_key(header::CONTENT_LENGTH) {
-            debug!("illegal Content-Length header");
-            Err(Parse::content_length_invalid())
         } else {
-            trace!("neither Transfer-Encoding nor Content-Length");
-            Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
+            debug_assert_eq!(
+                content_lengths.get(),
+                headers::content_length_parse_all(&inc.headers)
+            );
+            debug_assert_eq!(
+                content_lengths.is_present(),
+                inc.headers.contains_key(header::CONTENT_LENGTH)
+            );
+            if let Some(len) = content_lengths.get() {
+                Ok(Some((DecodedLength::checked_new(len)?, false)))
+            } else if content_lengths.is_present() {
+                debug!("illegal Content-Length header");
+                Err(Parse::content_length_invalid())
+            } else {
+                trace!("neither Transfer-Encoding nor Content-Length");
+                Ok(Some((DecodedLength::CLOSE_DELIMITED, false)))
+            }
         }
     }
+    /// (patch) Without a body, the `Transfer-Encoding` lines are left in place: `encode` does
+    /// not write them.
     fn set_length(head: &mut RequestHead, body: Option<BodyLength>) -> Encoder {
         let body = if let Some(body) = body {
             body
         } else {
-            head.headers.remove(header::TRANSFER_ENCODING);
             return Encoder::length(0);
         };
 
@@ -1717,6 +1747,34 @@ pub(crate) fn write_headers_title_case(headers: &HeaderMap, dst: &mut Vec<u8>) {
         extend(dst, value.as_bytes());
         extend(dst, b"\r\n");
     }
+}
+
+/// (patch) `Client::encode`'s writer: `write_headers_title_case` (`TITLE_CASE`) or
+/// `write_headers`, leaving out the `Transfer-Encoding` lines if `skip_transfer_encoding`.
+/// Returns whether a `Connection` line lists `close` (`headers::connection_any_close`).
+#[cfg(feature = "client")]
+fn write_request_headers<const TITLE_CASE: bool>(
+    headers: &HeaderMap,
+    dst: &mut Vec<u8>,
+    skip_transfer_encoding: bool,
+) -> bool {
+    let mut close = false;
+    for (name, value) in headers {
+        if *name == header::CONNECTION {
+            close = close || headers::connection_close(value);
+        } else if skip_transfer_encoding && *name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if TITLE_CASE {
+            title_case(dst, name.as_str().as_bytes());
+        } else {
+            extend(dst, name.as_str().as_bytes());
+        }
+        extend(dst, b": ");
+        extend(dst, value.as_bytes());
+        extend(dst, b"\r\n");
+    }
+    close
 }
 
 pub(crate) fn write_headers(headers: &HeaderMap, dst: &mut Vec<u8>) {
@@ -2605,6 +2663,80 @@ mod tests {
              ",
         );
 
+        // (patch) lengths taken while the fields are parsed (`Client::decoder`): lists, repeated
+        // lines, and invalid lengths where no length is read.
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: 8, 8\r\n\
+                 x-other: 9\r\n\
+                 content-length: 8\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::new(8)
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 8\r\n\
+             content-length: 8, 9\r\n\
+             \r\n\
+             ",
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 8\r\n\
+             content-length: \r\n\
+             \r\n\
+             ",
+        );
+        parse_err(
+            "\
+             HTTP/1.1 200 OK\r\n\
+             content-length: 18446744073709551615\r\n\
+             \r\n\
+             ",
+        );
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: x\r\n\
+                 transfer-encoding: chunked\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::CHUNKED
+        );
+        assert_eq!(
+            parse(
+                "\
+                 HTTP/1.1 204 No Content\r\n\
+                 content-length: 8, 9\r\n\
+                 \r\n\
+                 "
+            )
+            .decode,
+            DecodedLength::ZERO
+        );
+        assert_eq!(
+            parse_with_method(
+                "\
+                 HTTP/1.1 200 OK\r\n\
+                 content-length: x\r\n\
+                 \r\n\
+                 ",
+                Method::HEAD
+            )
+            .decode,
+            DecodedLength::ZERO
+        );
+
         // transfer-encoding: chunked
         assert_eq!(
             parse(
@@ -2965,6 +3097,112 @@ mod tests {
         assert_eq!(unfold("obs\r\n fold\r\n\t line"), "obs fold line",);
     }
 
+    /// (patch) `Client::encode` leaves out a body-less request's `Transfer-Encoding` lines while
+    /// writing (was a removal in `set_length`) and notes a `Connection: close` (was
+    /// `connection_any_close` in `Conn::encode_head`): the same bytes as removing the lines
+    /// and writing with `write_headers`/`write_headers_title_case`, and the same answer as
+    /// `connection_any_close`, for several heads, with and without a body and title case.
+    #[cfg(feature = "client")]
+    #[test]
+    fn test_client_request_encode_skips_transfer_encoding_and_notes_close() {
+        use crate::proto::BodyLength;
+        use http::header::HeaderValue;
+
+        let heads: &[&[(&str, &str)]] = &[
+            &[],
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "chunked"),
+                ("x-a", "1"),
+            ],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[("connection", "close")],
+            &[("connection", "keep-alive"), ("connection", "Close ")],
+            &[("connection", "keep-alive, upgrade"), ("upgrade", "foo")],
+            &[
+                ("connection", "foo,close,bar"),
+                ("transfer-encoding", "gzip"),
+                ("x-b", "2"),
+                ("transfer-encoding", "chunked"),
+            ],
+            &[
+                ("x-connection", "close"),
+                ("x-transfer-encoding", "chunked"),
+            ],
+            &[("content-length", "3"), ("connection", "closed")],
+        ];
+        for fields in heads {
+            for body_kind in 0..3 {
+                let body = || match body_kind {
+                    0 => None,
+                    1 => Some(BodyLength::Known(3)),
+                    _ => Some(BodyLength::Unknown),
+                };
+                for title_case_headers in [false, true] {
+                    let new_head = || {
+                        let mut head = RequestHead::default();
+                        head.subject.0 = Method::POST;
+                        for (name, value) in *fields {
+                            head.headers.append(*name, HeaderValue::from_static(value));
+                        }
+                        head
+                    };
+                    let mut head = new_head();
+
+                    // What upstream wrote and found.
+                    let mut expected_head = new_head();
+                    let expected_close = headers::connection_any_close(&expected_head.headers);
+                    let expected_encoder = if body().is_none() {
+                        expected_head.headers.remove(header::TRANSFER_ENCODING);
+                        Encoder::length(0)
+                    } else {
+                        Client::set_length(&mut expected_head, body())
+                    };
+                    let mut expected = b"POST / HTTP/1.1\r\n".to_vec();
+                    if title_case_headers {
+                        write_headers_title_case(&expected_head.headers, &mut expected);
+                    } else {
+                        write_headers(&expected_head.headers, &mut expected);
+                    }
+                    expected.extend_from_slice(b"\r\n");
+
+                    let mut vec = Vec::new();
+                    let mut close_requested = !expected_close;
+                    let encoder = Client::encode(
+                        Encode {
+                            head: &mut head,
+                            body: body(),
+                            #[cfg(feature = "server")]
+                            keep_alive: true,
+                            req_method: &mut None,
+                            title_case_headers,
+                            #[cfg(feature = "server")]
+                            date_header: true,
+                            close_requested: &mut close_requested,
+                        },
+                        &mut vec,
+                    )
+                    .unwrap();
+
+                    let case = format!(
+                        "{fields:?}, body {:?}, title case {title_case_headers}",
+                        body()
+                    );
+                    assert_eq!(encoder, expected_encoder, "{case}");
+                    assert_eq!(
+                        String::from_utf8(vec).unwrap(),
+                        String::from_utf8(expected).unwrap(),
+                        "{case}"
+                    );
+                    assert_eq!(close_requested, expected_close, "{case}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn test_client_request_encode_explicit_transfer_encoding_removes_content_length() {
         use crate::proto::BodyLength;
@@ -3003,6 +3241,8 @@ mod tests {
                             title_case_headers: false,
                             #[cfg(feature = "server")]
                             date_header: true,
+                            #[cfg(feature = "client")]
+                            close_requested: &mut false,
                         },
                         &mut vec,
                     )
@@ -3059,6 +3299,8 @@ mod tests {
                     title_case_headers: false,
                     #[cfg(feature = "server")]
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
@@ -3100,6 +3342,8 @@ mod tests {
                 title_case_headers: true,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3134,6 +3378,8 @@ mod tests {
                 title_case_headers: false,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3171,6 +3417,8 @@ mod tests {
                 title_case_headers: true,
                 #[cfg(feature = "server")]
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3197,6 +3445,8 @@ mod tests {
                 req_method: &mut Some(Method::CONNECT),
                 title_case_headers: false,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3270,6 +3520,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3306,6 +3558,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: false,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3342,6 +3596,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: true,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3379,6 +3635,8 @@ mod tests {
                 req_method: &mut None,
                 title_case_headers: true,
                 date_header: false,
+                #[cfg(feature = "client")]
+                close_requested: &mut false,
             },
             &mut vec,
         )
@@ -3843,6 +4101,8 @@ mod tests {
                     req_method: &mut Some(Method::GET),
                     title_case_headers: false,
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
@@ -3872,6 +4132,8 @@ mod tests {
                     req_method: &mut Some(Method::GET),
                     title_case_headers: false,
                     date_header: true,
+                    #[cfg(feature = "client")]
+                    close_requested: &mut false,
                 },
                 &mut vec,
             )
