@@ -191,12 +191,8 @@ impl DrivenConn {
             if let Poll::Ready(done) = step(&mut self.conn, &mut conn_cx, self.ended) {
                 return Poll::Ready(done);
             }
-            if self.ended {
-                // Nothing will wake the task for this connection again; `step` waits on
-                // something else (a body whose end the connection already sent).
-                self.wake.task.register(cx.waker());
-                return Poll::Pending;
-            }
+            // Once the connection has ended, `step` alone is polled again (it waits on
+            // something else, such as a body whose end the connection already sent).
             self.wake.task.register(cx.waker());
             // A wake-up that came before the registration found no task: look again.
             if !self.wake.notified.swap(false, Ordering::SeqCst) {
@@ -247,5 +243,92 @@ impl DrivenConn {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::parked::ParkSlot;
+    use std::task::Waker;
+
+    /// A connection to a peer that closed at once, polled until hyper's connection has ended.
+    async fn ended_conn() -> Box<DrivenConn> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stream, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        drop(accepted.unwrap());
+        let slot = ParkSlot::new(Default::default());
+        let io = Sniff::new(
+            ParkableStream::new(stream.unwrap(), slot),
+            Default::default(),
+        );
+        let mut conn = DrivenConn::plain(&http1::Builder::new(), TokioIo::new(io));
+        let until_ended = poll_fn(|cx| {
+            conn.poll_with(cx, |_, _, ended| {
+                if ended {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), until_ended)
+            .await
+            .expect("the peer closed: the connection ends");
+        assert!(conn.has_ended());
+        conn
+    }
+
+    /// A wake-up that reaches the connection's waker while `step` is polled, after hyper's
+    /// connection ended, makes `poll_with` look again rather than wait for a wake-up that
+    /// already happened.
+    #[tokio::test]
+    async fn a_wake_during_the_step_after_the_end_is_not_lost() {
+        let mut conn = ended_conn().await;
+        let mut steps = 0;
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = conn.poll_with(&mut cx, |_, conn_cx, ended| {
+            assert!(ended);
+            steps += 1;
+            if steps == 1 {
+                // What a body's sender does from another thread between the poll and the
+                // task's registration.
+                conn_cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        });
+        assert_eq!(polled, Poll::Ready(()));
+        assert_eq!(steps, 2);
+    }
+
+    /// Without a wake-up, an ended connection's step that is not ready leaves the task
+    /// registered, so that a later wake-up reaches it.
+    #[tokio::test]
+    async fn a_later_wake_after_the_end_reaches_the_task() {
+        let mut conn = ended_conn().await;
+        let woken = Arc::new(Flag::default());
+        let waker = Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        let mut step_waker = None;
+        let polled = conn.poll_with(&mut cx, |_, conn_cx, _| {
+            step_waker = Some(conn_cx.waker().clone());
+            Poll::<()>::Pending
+        });
+        assert_eq!(polled, Poll::Pending);
+        assert!(!woken.0.load(Ordering::SeqCst));
+        step_waker.unwrap().wake();
+        assert!(woken.0.load(Ordering::SeqCst));
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 }
