@@ -57,6 +57,12 @@ impl App {
         });
         app
     }
+
+    /// Has the app close its open connections and waits until it has closed `total` in all.
+    async fn close_connections(&self, total: usize) {
+        self.close.notify_waiters();
+        wait_until("app closed", || self.closed.load(Ordering::SeqCst) == total).await;
+    }
 }
 
 async fn serve(
@@ -200,17 +206,12 @@ async fn a_request_racing_the_close_of_a_parked_connection_is_not_lost() {
     for round in 1..=5 {
         assert_eq!(get(proxy).await, OK);
         wait_until("parked", || upstream.parked_connections() == 1).await;
-        app.close.notify_waiters();
-        wait_until("app closed", || app.closed.load(Ordering::SeqCst) == round).await;
+        app.close_connections(round).await;
         // At once: the watcher may not have seen the end of stream yet.
         assert_eq!(get(proxy).await, OK, "round {round}");
         assert_eq!(app.requests.load(Ordering::SeqCst), 2 * round);
         wait_until("next round parked", || upstream.parked_connections() == 1).await;
-        app.close.notify_waiters();
-        wait_until("app closed", || {
-            app.closed.load(Ordering::SeqCst) == round + 1
-        })
-        .await;
+        app.close_connections(round + 1).await;
         wait_until("dropped", || upstream.parked_connections() == 0).await;
         app.closed.fetch_sub(1, Ordering::SeqCst);
     }
@@ -227,16 +228,11 @@ async fn a_request_on_a_live_connection_the_app_closed_goes_on_a_new_one() {
     for round in 1..=5 {
         assert_eq!(get(proxy).await, OK);
         assert_eq!(upstream.parked_connections(), 0, "too young to park");
-        app.close.notify_waiters();
-        wait_until("app closed", || app.closed.load(Ordering::SeqCst) == round).await;
+        app.close_connections(round).await;
         assert_eq!(get(proxy).await, OK, "round {round}");
         assert_eq!(app.requests.load(Ordering::SeqCst), 2 * round, "each once");
         assert_eq!(app.accepts.load(Ordering::SeqCst), round + 1);
-        app.close.notify_waiters();
-        wait_until("app closed", || {
-            app.closed.load(Ordering::SeqCst) == round + 1
-        })
-        .await;
+        app.close_connections(round + 1).await;
         app.closed.fetch_sub(1, Ordering::SeqCst);
         app.accepts.fetch_sub(1, Ordering::SeqCst);
     }
