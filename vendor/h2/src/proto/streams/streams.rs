@@ -1710,6 +1710,14 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
         }
     }
 
+    // (patch) Another handle to the stream remains and the stream is not closed: the
+    // transition below would do nothing (no cancel without the last handle, nothing to unlink,
+    // count or release for an open stream), so it is not run. Most handles of a stream (its
+    // request, response, body and send handles) are dropped this way.
+    if stream.ref_count > 0 && !stream.is_closed() {
+        return;
+    }
+
     me.counts.transition(stream, |counts, stream| {
         maybe_cancel(stream, actions, counts);
 
