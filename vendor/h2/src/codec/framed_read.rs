@@ -147,8 +147,9 @@ struct Partial {
 
 #[derive(Debug)]
 enum Continuable {
-    Headers(frame::Headers),
-    PushPromise(frame::PushPromise),
+    // (patch) Boxed: the frames `load` made in their box.
+    Headers(Box<frame::Headers>),
+    PushPromise(Box<frame::PushPromise>),
 }
 
 impl<T> FramedRead<T> {

@@ -145,7 +145,15 @@ impl Headers {
     /// Loads the header frame but doesn't actually do HPACK decoding.
     ///
     /// HPACK decoding is done in the `load_hpack` step.
-    pub fn load(head: Head, mut src: BytesMut, capacity: usize) -> Result<(Self, BytesMut), Error> {
+    ///
+    /// (patch) The frame is made in its box, the one `Frame::Headers` holds:
+    /// returned by value and boxed by the codec, its 300 bytes were copied twice
+    /// per HEADERS frame received.
+    pub fn load(
+        head: Head,
+        mut src: BytesMut,
+        capacity: usize,
+    ) -> Result<(Box<Self>, BytesMut), Error> {
         let flags = HeadersFlag(head.flag());
         let mut pad = 0;
 
@@ -194,7 +202,7 @@ impl Headers {
             src.truncate(len);
         }
 
-        let headers = Headers {
+        let headers = Box::new(Headers {
             stream_id: head.stream_id(),
             stream_dep,
             header_block: HeaderBlock {
@@ -204,7 +212,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
-        };
+        });
 
         Ok((headers, src))
     }
@@ -293,6 +301,13 @@ impl<T> From<Headers> for Frame<T> {
     fn from(src: Headers) -> Self {
         // Boxed (patch): see `Frame`.
         Frame::Headers(Box::new(src))
+    }
+}
+
+impl<T> From<Box<Headers>> for Frame<T> {
+    fn from(src: Box<Headers>) -> Self {
+        // (patch) Already boxed: see `Headers::load`.
+        Frame::Headers(src)
     }
 }
 
@@ -409,7 +424,12 @@ impl PushPromise {
     /// Loads the push promise frame but doesn't actually do HPACK decoding.
     ///
     /// HPACK decoding is done in the `load_hpack` step.
-    pub fn load(head: Head, mut src: BytesMut, capacity: usize) -> Result<(Self, BytesMut), Error> {
+    /// (patch) Made in its box, as `Headers::load`.
+    pub fn load(
+        head: Head,
+        mut src: BytesMut,
+        capacity: usize,
+    ) -> Result<(Box<Self>, BytesMut), Error> {
         let flags = PushPromiseFlag(head.flag());
         let mut pad = 0;
 
@@ -447,7 +467,7 @@ impl PushPromise {
             src.truncate(len);
         }
 
-        let frame = PushPromise {
+        let frame = Box::new(PushPromise {
             flags,
             header_block: HeaderBlock {
                 fields: HeaderMap::with_capacity(capacity),
@@ -457,7 +477,7 @@ impl PushPromise {
             },
             promised_id,
             stream_id: head.stream_id(),
-        };
+        });
         Ok((frame, src))
     }
 
@@ -522,6 +542,13 @@ impl<T> From<PushPromise> for Frame<T> {
     fn from(src: PushPromise) -> Self {
         // Boxed (patch): see `Frame`.
         Frame::PushPromise(Box::new(src))
+    }
+}
+
+impl<T> From<Box<PushPromise>> for Frame<T> {
+    fn from(src: Box<PushPromise>) -> Self {
+        // (patch) Already boxed: see `PushPromise::load`.
+        Frame::PushPromise(src)
     }
 }
 
@@ -955,22 +982,22 @@ impl HeaderBlock {
             status,
         } = self.pseudo;
         if let Some(method) = method {
-            encoder.encode_named(hpack::Header::Method(method), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Method(method), &mut hpack);
         }
         if let Some(scheme) = scheme {
-            encoder.encode_named(hpack::Header::Scheme(scheme), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Scheme(scheme), &mut hpack);
         }
         if let Some(authority) = authority {
-            encoder.encode_named(hpack::Header::Authority(authority), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Authority(authority), &mut hpack);
         }
         if let Some(path) = path {
-            encoder.encode_named(hpack::Header::Path(path), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Path(path), &mut hpack);
         }
         if let Some(protocol) = protocol {
-            encoder.encode_named(hpack::Header::Protocol(protocol), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Protocol(protocol), &mut hpack);
         }
         if let Some(status) = status {
-            encoder.encode_named(hpack::Header::Status(status), &mut hpack);
+            encoder.encode_pseudo(hpack::Header::Status(status), &mut hpack);
         }
         let mut last = None;
         for (name, value) in self.fields {

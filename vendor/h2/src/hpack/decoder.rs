@@ -501,7 +501,15 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // remove bytes from the internal BytesMut when they have been successfully
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
-    take(buf, 0);
+    //
+    // (patch) The decoded bytes are skipped in place (`advance` moves the
+    // buffer's start), not split off into a `Bytes` that is dropped at once
+    // (`take(buf, 0)`): that made the buffer shared (an allocation, at its
+    // first split) and cost a reference count increment and decrement per
+    // field decoded.
+    let pos = buf.position() as usize;
+    buf.get_mut().advance(pos);
+    buf.set_position(0);
 }
 
 // ===== impl Table =====

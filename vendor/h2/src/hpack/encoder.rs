@@ -143,6 +143,20 @@ impl Encoder {
     /// of `Header<Option<HeaderName>>` that `encode` takes (each item was moved
     /// through it and re-wrapped by `reify`).
     #[inline]
+    /// (patch) Encodes a pseudo-header: one whose name and value are both an
+    /// entry of the static table (`GET`, `http`, `/`, `200`...) is that
+    /// entry's index, one byte, as `encode_named` would write it, without
+    /// going through the dynamic table's lookup; the others go through
+    /// `encode_named`.
+    pub(crate) fn encode_pseudo(&mut self, header: Header, dst: &mut BytesMut) {
+        match super::table::static_full_match(&header) {
+            Some(idx) => dst.put_u8(0x80 | idx),
+            None => {
+                self.encode_named(header, dst);
+            }
+        }
+    }
+
     pub(crate) fn encode_named(&mut self, header: Header, dst: &mut BytesMut) -> Index {
         let index = self.table.index(header);
         self.encode_header(&index, dst);

@@ -305,20 +305,31 @@ impl Counts {
             self.num_send_streams
         );
 
-        if stream.is_closed() {
-            if !stream.is_pending_reset_expiration() {
-                stream.unlink();
-            }
+        // (patch) The stream is resolved in the store once for all the checks below: each
+        // field read through `Ptr` resolved it again (a slab lookup and an id check), about
+        // ten times per call, and this runs after every change of a stream's state. A stream
+        // that is not closed is neither unlinked, counted down nor released.
+        let s: &mut Stream = &mut stream;
+        if !s.is_closed() {
+            return;
+        }
+        let unlink = !s.is_pending_reset_expiration();
 
-            if !stream.state.is_scheduled_reset() && stream.is_counted {
-                tracing::trace!("dec_num_streams; stream={:?}", stream.id);
-                // Decrement the number of active streams.
-                self.dec_num_streams(&mut stream);
-            }
+        if !s.state.is_scheduled_reset() && s.is_counted {
+            tracing::trace!("dec_num_streams; stream={:?}", s.id);
+            // Decrement the number of active streams.
+            self.dec_num_streams(s);
         }
 
-        // Release the stream if it requires releasing
-        if stream.is_released() {
+        // Release the stream if it requires releasing (unlinking it below does not change
+        // what this reads).
+        let released = s.is_released();
+
+        if unlink {
+            stream.unlink();
+        }
+
+        if released {
             stream.remove();
         }
     }
@@ -335,7 +346,7 @@ impl Counts {
         self.max_recv_streams
     }
 
-    fn dec_num_streams(&mut self, stream: &mut store::Ptr) {
+    fn dec_num_streams(&mut self, stream: &mut Stream) {
         assert!(stream.is_counted);
 
         if self.peer.is_local_init(stream.id) {

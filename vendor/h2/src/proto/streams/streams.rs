@@ -1686,7 +1686,13 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
     tracing::trace!("drop_stream_ref; stream={:?}", stream);
 
     // decrement the stream's ref count by 1.
-    stream.ref_dec();
+    //
+    // (patch) The stream is resolved once for the reads below (each through `Ptr` looked it
+    // up again).
+    let s: &mut Stream = &mut stream;
+    s.ref_dec();
+    let referenced = s.ref_count > 0;
+    let closed = s.is_closed();
 
     let actions = &mut me.actions;
 
@@ -1704,10 +1710,18 @@ fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
     let connection_may_close = (me.refs == 1 && !me.counts.peer().is_server())
         || me.going_away
         || actions.conn_error.is_some();
-    if stream.ref_count == 0 && stream.is_closed() && connection_may_close {
+    if !referenced && closed && connection_may_close {
         if let Some(task) = actions.task.take() {
             task.wake();
         }
+    }
+
+    // (patch) Another handle to the stream remains and the stream is not closed: the
+    // transition below would do nothing (no cancel without the last handle, nothing to unlink,
+    // count or release for an open stream), so it is not run. Most handles of a stream (its
+    // request, response, body and send handles) are dropped this way.
+    if referenced && !closed {
+        return;
     }
 
     me.counts.transition(stream, |counts, stream| {
