@@ -346,8 +346,10 @@ impl ActivatorConfig {
     /// connections. Ports chosen by the harness are re-picked if another process grabbed one.
     pub fn start(self) -> Activator {
         let discovery_file = unique_path("discovery", "json");
-        write_atomically(&discovery_file, &self.discovery);
         for _attempt in 0..5 {
+            // Written for each attempt: a lost port race drops that attempt's `Activator`,
+            // whose `Drop` removes the file, and the next attempt would start without it.
+            write_atomically(&discovery_file, &self.discovery);
             let config = self.with_free_ports();
             let (child, stdout, stderr) = config.spawn(&discovery_file);
             let mut activator = Activator {
