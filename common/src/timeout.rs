@@ -57,13 +57,11 @@ impl TimeoutLayer {
 
 impl<S> Layer<S> for TimeoutLayer {
     type Service = TimeoutService<S>;
-    /// Called for each connection, from the runtime that serves it ([`TimerReuse::current`]).
     fn layer(&self, inner: S) -> Self::Service {
         TimeoutService {
             inner,
             timeouts: self.timeouts,
             message: self.message,
-            timers: TimerReuse::current(),
         }
     }
 }
@@ -74,140 +72,6 @@ pub struct TimeoutService<S> {
     inner: S,
     timeouts: Timeouts,
     message: &'static str,
-    timers: TimerReuse,
-}
-
-/// Request timers kept for reuse: each thread keeps the last few timers its requests gave back.
-///
-/// A new tokio timer is inserted into the timer wheel when first polled and removed from it when
-/// dropped (a lock of the time driver each time), and every request arms one as it waits for its
-/// response. A timer given back stays registered: the next request moves its deadline later,
-/// which is an atomic update of the registered entry (or not even that: [`REARM_SLACK`]). Timers
-/// are kept per thread and for one runtime at a time (the one whose requests last gave some
-/// back), so a timer is only reused by requests of the runtime it belongs to.
-#[derive(Clone, Copy, Debug)]
-pub struct TimerReuse(Option<tokio::runtime::Id>);
-
-impl TimerReuse {
-    /// Reuse among the requests of the runtime this is called from; none outside a runtime.
-    pub fn current() -> Self {
-        TimerReuse(tokio::runtime::Handle::try_current().ok().map(|h| h.id()))
-    }
-
-    /// No reuse: each request makes its own timer.
-    pub const NONE: TimerReuse = TimerReuse(None);
-}
-
-/// Timers a thread keeps: at most this many, enough for the requests one thread has in flight
-/// under load to find one (each holds the waker, and so the task allocation, of the last request
-/// that waited on it until it is reused: a bounded amount per thread).
-const SPARE_TIMERS: usize = 64;
-
-struct SpareTimers {
-    runtime: Option<tokio::runtime::Id>,
-    sleeps: Vec<Pin<Box<Sleep>>>,
-}
-
-thread_local! {
-    static SPARES: std::cell::RefCell<SpareTimers> = const {
-        std::cell::RefCell::new(SpareTimers {
-            runtime: None,
-            sleeps: Vec::new(),
-        })
-    };
-}
-
-impl SpareTimers {
-    fn take(runtime: tokio::runtime::Id) -> Option<Pin<Box<Sleep>>> {
-        SPARES
-            .try_with(|spares| {
-                let mut spares = spares.try_borrow_mut().ok()?;
-                if spares.runtime != Some(runtime) {
-                    return None;
-                }
-                spares.sleeps.pop()
-            })
-            .ok()
-            .flatten()
-    }
-
-    fn put(runtime: tokio::runtime::Id, sleep: Pin<Box<Sleep>>) {
-        let _ = SPARES.try_with(|spares| {
-            let Ok(mut spares) = spares.try_borrow_mut() else {
-                return;
-            };
-            if spares.runtime != Some(runtime) {
-                // Another runtime's timers (tests run one runtime after another): dropped.
-                spares.sleeps.clear();
-                spares.runtime = Some(runtime);
-            }
-            if spares.sleeps.len() < SPARE_TIMERS {
-                spares.sleeps.push(sleep);
-            }
-        });
-    }
-}
-
-/// How much earlier than a request's deadline a reused timer may stay armed. Moving a registered
-/// tokio timer costs a clock conversion and an atomic update; a timer left armed a little early
-/// wakes, finds the deadline not reached and is moved then, so a deadline still fires on time.
-const REARM_SLACK: Duration = Duration::from_secs(1);
-
-/// A request's timer: none until it is needed, then the connection's spare one or a new one;
-/// given back to the connection when the request is over.
-struct Timer {
-    sleep: Option<Pin<Box<Sleep>>>,
-    reuse: TimerReuse,
-}
-
-impl Timer {
-    fn new(reuse: TimerReuse) -> Self {
-        Timer { sleep: None, reuse }
-    }
-
-    /// Ready once `deadline` has passed. The timer is moved only when it is armed later than
-    /// `deadline`, or more than [`REARM_SLACK`] earlier.
-    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let sleep = match &mut self.sleep {
-            Some(sleep) => sleep,
-            empty => empty.insert(match self.reuse.0.and_then(SpareTimers::take) {
-                Some(spare) => spare,
-                None => {
-                    #[cfg(test)]
-                    tests::TIMERS_MADE.with(|made| made.set(made.get() + 1));
-                    Box::pin(sleep_until(deadline))
-                }
-            }),
-        };
-        loop {
-            let armed = sleep.deadline();
-            if armed > deadline || armed + REARM_SLACK <= deadline {
-                sleep.as_mut().reset(deadline);
-            }
-            ready!(sleep.as_mut().poll(cx));
-            if sleep.deadline() >= deadline || Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            // Woken early: armed for a time before the deadline.
-            sleep.as_mut().reset(deadline);
-        }
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        if let (Some(sleep), Some(runtime)) = (self.sleep.take(), self.reuse.0) {
-            SpareTimers::put(runtime, sleep);
-        }
-    }
-}
-
-impl std::fmt::Debug for Timer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Timer")
-            .field("armed", &self.sleep.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 impl<S> TimeoutService<S> {
@@ -222,13 +86,7 @@ impl<S> TimeoutService<S> {
         S: Service<Request<ReqB>, Response = Response<B>>,
     {
         let start = Instant::now();
-        TimeoutFuture::new(
-            start,
-            self.inner.call(request),
-            timeouts,
-            self.message,
-            self.timers,
-        )
+        TimeoutFuture::new(start, self.inner.call(request), timeouts, self.message)
     }
 }
 
@@ -236,18 +94,12 @@ impl<F> TimeoutFuture<F> {
     /// The timers of one request started at `start` (taken before the request was handed on),
     /// around the inner response `future`: what [`TimeoutService::call_with`] makes, for a
     /// caller that builds the inner future itself (e.g. from a handler it owns, with no
-    /// service to clone). `timers`: where its timer may come from and go back to.
-    pub fn new(
-        start: Instant,
-        future: F,
-        timeouts: Timeouts,
-        message: &'static str,
-        timers: TimerReuse,
-    ) -> Self {
+    /// service to clone).
+    pub fn new(start: Instant, future: F, timeouts: Timeouts, message: &'static str) -> Self {
         TimeoutFuture {
             future: Some(future),
             clock: Clock::new(start, timeouts),
-            timer: Timer::new(timers),
+            sleep: None,
             message,
         }
     }
@@ -318,7 +170,8 @@ pin_project! {
         #[pin]
         future: Option<F>,
         clock: Clock,
-        timer: Timer,
+        #[pin]
+        sleep: Option<Sleep>,
         message: &'static str,
     }
 }
@@ -354,16 +207,15 @@ where
             } else {
                 clock.start
             };
-            // The body's timer, when it needs one, is the one that waited for the head.
-            let timer = Timer {
-                sleep: this.timer.sleep.take(),
-                reuse: this.timer.reuse,
-            };
-            return Poll::Ready(Ok(response.map(|body| {
-                TimeoutBody::running(body, clock, written, this.message, timer)
-            })));
+            return Poll::Ready(Ok(
+                response.map(|body| TimeoutBody::running(body, clock, written, this.message))
+            ));
         }
-        ready!(this.timer.poll_until(this.clock.head_deadline(), cx));
+        if this.sleep.is_none() {
+            let deadline = this.clock.head_deadline();
+            this.sleep.set(Some(sleep_until(deadline)));
+        }
+        ready!(this.sleep.as_pin_mut().expect("just set").poll(cx));
         // Timed out before the head: cancel the inner work and answer 504.
         this.future.set(None);
         Poll::Ready(Ok(
@@ -378,9 +230,9 @@ pin_project! {
         #[pin]
         body: B,
         state: BodyState,
-        // Boxed (inside): most bodies end without ever waiting, and the response, with this body
-        // inside, is moved by every layer it passes on its way out.
-        timer: Timer,
+        // Boxed: most bodies end without ever waiting (no timer), and the response, with this
+        // body inside, is moved by every layer it passes on its way out.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -401,13 +253,7 @@ enum BodyState {
 }
 
 impl<B> TimeoutBody<B> {
-    fn running(
-        body: B,
-        clock: Clock,
-        written: Instant,
-        message: &'static str,
-        timer: Timer,
-    ) -> Self {
+    fn running(body: B, clock: Clock, written: Instant, message: &'static str) -> Self {
         TimeoutBody {
             body,
             state: BodyState::Running {
@@ -415,7 +261,7 @@ impl<B> TimeoutBody<B> {
                 last_write: written,
                 message,
             },
-            timer,
+            sleep: None,
         }
     }
 
@@ -423,7 +269,7 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             body,
             state: BodyState::Unlimited,
-            timer: Timer::new(TimerReuse::NONE),
+            sleep: None,
         }
     }
 }
@@ -468,16 +314,30 @@ where
                 } => {
                     if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
                         match &frame {
-                            // The timer follows when the body next waits.
                             Some(Ok(f)) if f.is_data() && clock.idle.is_some() => {
                                 *last_write = Instant::now();
+                                if let Some(sleep) = this.sleep.as_mut() {
+                                    sleep.as_mut().reset(clock.body_deadline(*last_write));
+                                }
                             }
                             None => *this.state = BodyState::Done,
                             _ => {}
                         }
                         return Poll::Ready(frame);
                     }
-                    ready!(this.timer.poll_until(clock.body_deadline(*last_write), cx));
+                    let deadline = clock.body_deadline(*last_write);
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+                    ready!(sleep.as_mut().poll(cx));
+                    let now = Instant::now();
+                    if now < clock.total_deadline
+                        && clock.idle.is_some_and(|idle| now < *last_write + idle)
+                    {
+                        // A write happened meanwhile: sleep for the rest of the idle window.
+                        sleep.as_mut().reset(clock.body_deadline(*last_write));
+                        continue;
+                    }
                     *this.state = BodyState::Appending { message };
                 }
             }
@@ -568,44 +428,6 @@ mod tests {
         ProxyBody::full(Bytes::from_static(b"hi"))
     }
 
-    thread_local! {
-        /// Timers made for requests (not taken from the spares) on this thread.
-        pub(super) static TIMERS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-
-    /// Answers 504 after `delay_ms` of upstream time against a total timeout of `total_ms`,
-    /// and returns how long that took.
-    async fn timed_out_after(total_ms: u64, delay_ms: u64) -> Duration {
-        let start = Instant::now();
-        let (status, body) = run(timeouts(total_ms, None, None), delay_ms, hi).await;
-        assert_eq!(
-            (status, body.as_str()),
-            (StatusCode::GATEWAY_TIMEOUT, "request timeout")
-        );
-        Instant::now() - start
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_reused_timer_fires_at_each_requests_deadline() {
-        let made = || TIMERS_MADE.with(|made| made.get());
-        // The first request's timer, armed for 1 s from its start, is given back when it ends.
-        assert_eq!(
-            run(timeouts(1000, None, None), 10, hi).await.0,
-            StatusCode::OK
-        );
-        assert_eq!(made(), 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // Reused while armed (310 ms) early: it wakes early and is moved to the deadline.
-        let waited = timed_out_after(1000, 5000).await;
-        assert!(waited >= Duration::from_millis(1000), "{waited:?}");
-        assert!(waited <= Duration::from_millis(1001), "{waited:?}");
-        // Reused while armed later than a shorter deadline: moved before waiting.
-        let waited = timed_out_after(200, 5000).await;
-        assert!(waited >= Duration::from_millis(200), "{waited:?}");
-        assert!(waited <= Duration::from_millis(201), "{waited:?}");
-        assert_eq!(made(), 1, "one timer for the three requests");
-    }
-
     #[tokio::test(start_paused = true)]
     async fn fast_handler_passes() {
         assert_eq!(
@@ -671,13 +493,7 @@ mod tests {
             sleep: Box::pin(sleep_until(Instant::now())),
         };
         let clock = Clock::new(Instant::now(), t);
-        let body = TimeoutBody::running(
-            body,
-            clock,
-            Instant::now(),
-            "request timeout",
-            Timer::new(TimerReuse::NONE),
-        );
+        let body = TimeoutBody::running(body, clock, Instant::now(), "request timeout");
         let bytes = body.collect().await.unwrap().to_bytes();
         (StatusCode::OK, String::from_utf8(bytes.to_vec()).unwrap())
     }

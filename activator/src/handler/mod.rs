@@ -29,7 +29,7 @@ use knative_common::headers::{
     K_PASSTHROUGH_LB, K_PROXY_REQUEST,
 };
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
-use knative_common::timeout::{TimeoutBody, TimeoutFuture, Timeouts, TimerReuse};
+use knative_common::timeout::{TimeoutBody, TimeoutFuture, Timeouts};
 use knative_telemetry::metrics::{MeteredBody, MeteredFuture};
 use knative_telemetry::trace::Span;
 use tower_service::Service;
@@ -90,8 +90,6 @@ pub struct ActivatorService {
     pools: &'static DestPools,
     peer: PeerIp,
     remote: std::net::SocketAddr,
-    /// Where its requests' timers come from (the runtime serving the connection).
-    timers: TimerReuse,
 }
 
 impl ActivatorService {
@@ -108,7 +106,6 @@ impl ActivatorService {
             pools,
             peer: PeerIp::new(peer),
             remote: peer,
-            timers: TimerReuse::current(),
         }
     }
 }
@@ -197,7 +194,9 @@ impl Service<Request<IncomingBody>> for ActivatorService {
         let head = request.method() == http::Method::HEAD;
         // `handle` directly (no wrapping async block, which would store the request twice in
         // every queued request's future).
-        let handled = handle(self, request, revision, metrics, seen);
+        let handled = handle(
+            state, self.pools, &self.peer, request, revision, metrics, seen,
+        );
         Box::pin(MeteredFuture::new(handled, observed, head))
     }
 }
@@ -260,13 +259,14 @@ fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'
 /// the throttler carries that state. Here the timeout stage's future (and, inside it, the boxed
 /// activation) is created at once, and only it and two guards are carried.
 fn handle(
-    service: &ActivatorService,
+    state: &'static ActivatorState,
+    pools: &'static DestPools,
+    peer: &PeerIp,
     mut request: Request<IncomingBody>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
     seen: Seen,
 ) -> impl Future<Output = Result<Response<InnerBody>, Infallible>> + Send + use<> {
-    let (state, pools, peer) = (service.state, service.pools, &service.peer);
     let in_flight = state.in_flight.enter();
     let report = state.reporter.handle_in(&revision.id);
     let timeouts = Timeouts {
@@ -297,7 +297,6 @@ fn handle(
         activation.run(request, upgrade),
         timeouts,
         TIMEOUT_BODY,
-        service.timers,
     )
     .map(move |timed| {
         let response = match timed {
