@@ -136,18 +136,12 @@ impl Encoder {
         }
     }
 
-    /// (patch) Encodes one header with a name; returns its index, which a
-    /// following value of the same field
-    /// ([`Encoder::encode_header_without_name`]) refers to. Header blocks are
-    /// encoded field by field with it (`frame::headers`), without the iterator
-    /// of `Header<Option<HeaderName>>` that `encode` takes (each item was moved
-    /// through it and re-wrapped by `reify`).
-    #[inline]
     /// (patch) Encodes a pseudo-header: one whose name and value are both an
     /// entry of the static table (`GET`, `http`, `/`, `200`...) is that
     /// entry's index, one byte, as `encode_named` would write it, without
     /// going through the dynamic table's lookup; the others go through
     /// `encode_named`.
+    #[inline]
     pub(crate) fn encode_pseudo(&mut self, header: Header, dst: &mut BytesMut) {
         match super::table::static_full_match(&header) {
             Some(idx) => dst.put_u8(0x80 | idx),
@@ -157,6 +151,13 @@ impl Encoder {
         }
     }
 
+    /// (patch) Encodes one header with a name; returns its index, which a
+    /// following value of the same field
+    /// ([`Encoder::encode_header_without_name`]) refers to. Header blocks are
+    /// encoded field by field with it (`frame::headers`), without the iterator
+    /// of `Header<Option<HeaderName>>` that `encode` takes (each item was moved
+    /// through it and re-wrapped by `reify`).
+    #[inline]
     pub(crate) fn encode_named(&mut self, header: Header, dst: &mut BytesMut) -> Index {
         let index = self.table.index(header);
         self.encode_header(&index, dst);
