@@ -1,49 +1,143 @@
 //! Request classification predicates (queue-proxy §3.2). Header names are matched
 //! case-insensitively and only the first value counts.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::header_scan::Present;
 
 use crate::headers::{
-    first_str, ACTIVATOR_PROBE_UA_PREFIX, AUTOSCALING_PROBE_UA_PREFIX, KUBE_PROBE_UA_PREFIX,
-    K_KUBELET_PROBE, K_NETWORK_PROBE, K_PROXY_REQUEST, PROBE_NETWORK, PROXY_REQUEST_ACTIVATOR,
+    ACTIVATOR_PROBE_UA_PREFIX, AUTOSCALING_PROBE_UA_PREFIX, KUBE_PROBE_UA_PREFIX, K_KUBELET_PROBE,
+    K_NETWORK_PROBE, K_PROXY_REQUEST, PROBE_NETWORK, PROXY_REQUEST_ACTIVATOR,
 };
 
-#[inline]
-fn user_agent(headers: &HeaderMap) -> &str {
-    first_str(headers, &http::header::USER_AGENT)
+/// The first values of the headers that classify a request, found in one pass over the map.
+///
+/// Each `HeaderMap` lookup of a custom name (`k-kubelet-probe`, `k-network-probe`) hashes the
+/// name byte by byte, absent or not, and a request asks several of these questions on its way
+/// (metrics, request log, spans, drain): one pass over the few names a request carries answers
+/// them all. Values are compared as bytes, as Go compares header strings (`strings.HasPrefix`,
+/// `==`): a value with non-ASCII bytes is not treated as absent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeHeaders<'a> {
+    user_agent: Option<&'a HeaderValue>,
+    kubelet_probe: Option<&'a HeaderValue>,
+    network_probe: Option<&'a HeaderValue>,
+}
+
+impl<'a> ProbeHeaders<'a> {
+    /// Scans `headers` once.
+    #[inline]
+    pub fn of(headers: &'a HeaderMap) -> Self {
+        Self::scan_with(headers, |_, _| {})
+    }
+
+    /// Scans `headers` once, handing every other (name, value) to `other` (e.g. to pick up
+    /// more first values in the same pass).
+    #[inline]
+    pub fn scan_with(
+        headers: &'a HeaderMap,
+        mut other: impl FnMut(&'a HeaderName, &'a HeaderValue),
+    ) -> Self {
+        let mut found = ProbeHeaders::default();
+        for (name, value) in headers {
+            let slot = if *name == http::header::USER_AGENT {
+                &mut found.user_agent
+            } else if *name == K_KUBELET_PROBE {
+                &mut found.kubelet_probe
+            } else if *name == K_NETWORK_PROBE {
+                &mut found.network_probe
+            } else {
+                other(name, value);
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+
+    fn user_agent(&self) -> &'a [u8] {
+        self.user_agent.map_or(&b""[..], HeaderValue::as_bytes)
+    }
+
+    /// `User-Agent` starts with `kube-probe/`.
+    #[inline]
+    pub fn is_kubelet_user_agent(&self) -> bool {
+        self.user_agent()
+            .starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
+    }
+
+    /// A health check: kubelet, activator or autoscaler probe user agent.
+    #[inline]
+    pub fn is_health_check(&self) -> bool {
+        let ua = self.user_agent();
+        ua.starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
+            || ua.starts_with(ACTIVATOR_PROBE_UA_PREFIX.as_bytes())
+            || ua.starts_with(AUTOSCALING_PROBE_UA_PREFIX.as_bytes())
+    }
+
+    /// An ingress network probe: `K-Network-Probe: probe`.
+    #[inline]
+    pub fn is_network_probe(&self) -> bool {
+        self.network_probe
+            .is_some_and(|v| v.as_bytes() == PROBE_NETWORK.as_bytes())
+    }
+
+    /// Kubelet UA, or a non-empty `K-Kubelet-Probe`.
+    #[inline]
+    pub fn is_kubelet_probe(&self) -> bool {
+        self.is_kubelet_user_agent() || self.kubelet_probe.is_some_and(|v| !v.is_empty())
+    }
+
+    /// Any probe: a kubelet probe or any non-empty `K-Network-Probe`.
+    #[inline]
+    pub fn is_probe(&self) -> bool {
+        self.is_kubelet_probe() || self.network_probe.is_some_and(|v| !v.is_empty())
+    }
 }
 
 /// `User-Agent` starts with `kube-probe/`.
 #[inline]
 pub fn is_kubelet_user_agent(headers: &HeaderMap) -> bool {
-    user_agent(headers).starts_with(KUBE_PROBE_UA_PREFIX)
+    headers
+        .get(http::header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes().starts_with(KUBE_PROBE_UA_PREFIX.as_bytes()))
 }
 
 /// A health check: kubelet, activator or autoscaler probe user agent.
 #[inline]
 pub fn is_health_check(headers: &HeaderMap) -> bool {
-    let ua = user_agent(headers);
-    ua.starts_with(KUBE_PROBE_UA_PREFIX)
-        || ua.starts_with(ACTIVATOR_PROBE_UA_PREFIX)
-        || ua.starts_with(AUTOSCALING_PROBE_UA_PREFIX)
+    ProbeHeaders {
+        user_agent: headers.get(http::header::USER_AGENT),
+        ..ProbeHeaders::default()
+    }
+    .is_health_check()
 }
 
 /// An ingress network probe: `K-Network-Probe: probe`.
 #[inline]
 pub fn is_network_probe(headers: &HeaderMap) -> bool {
-    first_str(headers, &K_NETWORK_PROBE) == PROBE_NETWORK
+    ProbeHeaders::of(headers).is_network_probe()
 }
 
 /// Kubelet UA, or a non-empty `K-Kubelet-Probe`.
 #[inline]
 pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
-    is_kubelet_user_agent(headers) || headers.get(&K_KUBELET_PROBE).is_some_and(|v| !v.is_empty())
+    ProbeHeaders::of(headers).is_kubelet_probe()
+}
+
+/// [`is_kubelet_probe`] for a caller that already scanned the names (`present`): only the
+/// names that are there are looked up.
+#[inline]
+pub fn is_kubelet_probe_scanned(headers: &HeaderMap, present: Present) -> bool {
+    (present.any(Present::USER_AGENT) && is_kubelet_user_agent(headers))
+        || (present.any(Present::K_KUBELET_PROBE)
+            && headers.get(&K_KUBELET_PROBE).is_some_and(|v| !v.is_empty()))
 }
 
 /// Any probe: a kubelet probe or any non-empty `K-Network-Probe`.
 #[inline]
 pub fn is_probe(headers: &HeaderMap) -> bool {
-    is_kubelet_probe(headers) || headers.get(&K_NETWORK_PROBE).is_some_and(|v| !v.is_empty())
+    ProbeHeaders::of(headers).is_probe()
 }
 
 /// Proxied by the activator: `K-Proxy-Request: activator` (exact, case-sensitive).
@@ -90,5 +184,43 @@ mod tests {
             ("k-proxy-request", "x"),
             ("k-proxy-request", "activator")
         ])));
+    }
+
+    /// The one-pass classification answers as the lookups would, for the first value of each
+    /// name, and compares bytes as Go compares header strings: a kubelet user agent with
+    /// non-ASCII bytes after the prefix is still a kubelet probe.
+    #[test]
+    fn one_pass_matches_first_values_and_compares_bytes() {
+        let mut map = h(&[
+            ("accept", "*/*"),
+            ("user-agent", "curl/8"),
+            ("user-agent", "kube-probe/1.29"),
+            ("k-network-probe", "probe"),
+            ("k-network-probe", ""),
+        ]);
+        let found = ProbeHeaders::of(&map);
+        assert!(!found.is_health_check() && !found.is_kubelet_probe());
+        assert!(found.is_network_probe() && found.is_probe());
+
+        map.insert(
+            "user-agent",
+            HeaderValue::from_bytes(b"kube-probe/1.29 \xff").unwrap(),
+        );
+        assert!(ProbeHeaders::of(&map).is_kubelet_probe());
+        assert!(is_kubelet_probe_scanned(&map, Present::scan(&map)));
+        assert!(!is_kubelet_probe_scanned(&map, Present::default()));
+        assert!(is_health_check(&map) && is_kubelet_user_agent(&map));
+
+        let mut others = Vec::new();
+        let map = h(&[("k-kubelet-probe", "1"), ("x-a", "1"), ("x-a", "2")]);
+        let found = ProbeHeaders::scan_with(&map, |name, value| {
+            others.push((name.as_str().to_owned(), value.clone()))
+        });
+        assert!(found.is_kubelet_probe() && !found.is_health_check());
+        assert_eq!(
+            others.len(),
+            2,
+            "every other value is handed on: {others:?}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use http::{Request, Response};
 use knative_common::body::{attach_guard, Guarded, LocalBody};
 use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Execution};
-use knative_common::classify::{is_kubelet_probe, is_proxied};
+use knative_common::classify::{is_kubelet_probe_scanned, is_proxied};
 use knative_common::header_scan::Present;
 use knative_common::proxy::rewrite::restore_original_host;
 use knative_common::stats::{InFlight, RequestStats};
@@ -105,9 +105,7 @@ where
     #[inline]
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let present = Present::scan(request.headers());
-        if present.any(Present::USER_AGENT | Present::K_KUBELET_PROBE)
-            && is_kubelet_probe(request.headers())
-        {
+        if is_kubelet_probe_scanned(request.headers(), present) {
             return QueueHandlerFuture {
                 future: self.breaker.call_unlimited(request),
                 guard: None,

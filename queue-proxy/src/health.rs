@@ -8,9 +8,8 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use knative_common::body::{empty, text_error, text_error_bytes, text_plain, LocalBody};
-use knative_common::classify::{is_health_check, is_network_probe};
+use knative_common::classify::ProbeHeaders;
 use knative_common::drain::Drainer;
-use knative_common::header_scan::Present;
 use knative_common::headers::{first_str, K_NETWORK_HASH, K_NETWORK_PROBE, PROBE_QUEUE};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -73,8 +72,8 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let headers = request.headers();
-        let present = Present::scan(headers);
-        if present.any(Present::USER_AGENT) && is_health_check(headers) {
+        let probe_headers = ProbeHeaders::of(headers);
+        if probe_headers.is_health_check() {
             if self.drainer.is_draining() {
                 return HealthFuture::answer(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -93,7 +92,7 @@ where
                 check: Box::pin(self.readiness.check()),
             };
         }
-        if present.any(Present::K_NETWORK_PROBE) && is_network_probe(headers) {
+        if probe_headers.is_network_probe() {
             if self.drainer.is_draining() {
                 return HealthFuture::answer(text_error(
                     StatusCode::SERVICE_UNAVAILABLE,

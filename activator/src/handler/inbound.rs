@@ -63,7 +63,8 @@ impl<'a> Inbound<'a> {
     /// `K-Kubelet-Probe`.
     #[inline]
     pub fn is_kubelet_probe(&self) -> bool {
-        text(self.user_agent).starts_with(KUBE_PROBE_UA_PREFIX)
+        self.user_agent
+            .is_some_and(|v| v.as_bytes().starts_with(KUBE_PROBE_UA_PREFIX.as_bytes()))
             || self.kubelet_probe.is_some_and(|v| !v.is_empty())
     }
 }

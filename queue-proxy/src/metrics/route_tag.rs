@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use knative_common::headers::{KNATIVE_SERVING_DEFAULT_ROUTE, KNATIVE_SERVING_TAG};
 
 /// Label value when neither header is set: tag-based routing is off.
@@ -62,12 +62,21 @@ impl RouteTag<'_> {
 /// A tag that is not valid UTF-8 is kept with replacement characters (label values are text).
 #[inline]
 pub fn route_tag(headers: &HeaderMap) -> RouteTag<'_> {
-    let tag = headers
-        .get(&KNATIVE_SERVING_TAG)
-        .map_or(&b""[..], |v| v.as_bytes());
-    let default_route = headers
-        .get(&KNATIVE_SERVING_DEFAULT_ROUTE)
-        .map_or(&b""[..], |v| v.as_bytes());
+    route_tag_of(
+        headers.get(&KNATIVE_SERVING_TAG),
+        headers.get(&KNATIVE_SERVING_DEFAULT_ROUTE),
+    )
+}
+
+/// [`route_tag`] from the first values of `Knative-Serving-Tag` and
+/// `Knative-Serving-Default-Route`, for a caller that found them itself.
+#[inline]
+pub fn route_tag_of<'a>(
+    tag: Option<&'a HeaderValue>,
+    default_route: Option<&'a HeaderValue>,
+) -> RouteTag<'a> {
+    let tag = tag.map_or(&b""[..], HeaderValue::as_bytes);
+    let default_route = default_route.map_or(&b""[..], HeaderValue::as_bytes);
     if tag.is_empty() {
         return if default_route.is_empty() {
             RouteTag::Disabled

@@ -29,7 +29,8 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Body;
-use knative_common::classify::{is_health_check, is_probe};
+use knative_common::classify::ProbeHeaders;
+use knative_common::headers::{KNATIVE_SERVING_DEFAULT_ROUTE, KNATIVE_SERVING_TAG};
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder,
 };
@@ -41,7 +42,7 @@ use tower_service::Service;
 use super::body::{Completion, MeteredBody, MeteredFuture};
 use super::histogram::{AtomicHistogram, HistogramSnapshot};
 use super::otlp::{bool_kv, int_kv, string_kv, KeyValue};
-use super::route_tag::{route_tag, RouteTag};
+use super::route_tag::{route_tag_of, RouteTag};
 use super::status_table::StatusTable;
 use super::{label, Metrics, Scope, DURATION_BUCKETS, SIZE_BUCKETS};
 
@@ -394,12 +395,21 @@ impl ServerInstruments {
         scheme: UrlScheme,
     ) -> Option<ServerCompletion> {
         let headers = request.headers();
-        if is_probe(headers) || (request.method() == Method::OPTIONS && request.uri() == "*") {
+        // One pass over the names for the probe questions and the route tag's two headers.
+        let (mut tag, mut default_route) = (None, None);
+        let probe = ProbeHeaders::scan_with(headers, |name, value| {
+            if *name == KNATIVE_SERVING_TAG {
+                tag.get_or_insert(value);
+            } else if *name == KNATIVE_SERVING_DEFAULT_ROUTE {
+                default_route.get_or_insert(value);
+            }
+        });
+        if probe.is_probe() || (request.method() == Method::OPTIONS && request.uri() == "*") {
             return None;
         }
         let start = Instant::now();
         // Health checks are answered by the drainer, before the route-tag stage.
-        let tag = (!is_health_check(headers)).then(|| route_tag(headers));
+        let tag = (!probe.is_health_check()).then(|| route_tag_of(tag, default_route));
         let host = match request.uri().authority() {
             Some(authority) => authority.as_str(),
             None => headers
