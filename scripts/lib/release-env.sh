@@ -6,7 +6,16 @@
 #                       carries a time; the SBOMs and provenance statements use this one.
 #   CARGO_ENCODED_RUSTFLAGS  --remap-path-prefix for the checkout (/knative-rs), $CARGO_HOME (/cargo)
 #                       and the toolchain's sysroot (/rust): debug info and panic locations name
-#                       these fixed prefixes, never the build machine's paths.
+#                       these fixed prefixes, never the build machine's paths. Plus
+#                       -Ctarget-feature=+crt-static: static-pie binaries (glibc, libgcc and libm
+#                       linked in; still position-independent, RELRO and BIND_NOW). A start then
+#                       skips the dynamic loader's work (opening and mapping libc, libm and
+#                       libgcc_s, binding their symbols, libgcc_s's CPUID probing): queue-proxy
+#                       start to the first proxied 200 0.5 ms less CPU (2.61 -> 2.13 ms) and 37
+#                       fewer page faults (medians of 25 alternating starts), idle RSS 7.0 -> 5.9
+#                       MB (docs/supply-chain.md "Images"). The flags reach only the target's
+#                       crates (release-build passes --target): build scripts and proc macros
+#                       stay dynamic, as rustc cannot build a proc macro with crt-static.
 #   CFLAGS, CXXFLAGS    the same remapping for C code built by build scripts (ring).
 #   RELEASE_TARGET      the target triple, the host's unless set.
 # Any RUSTFLAGS / CARGO_ENCODED_RUSTFLAGS / CFLAGS / CXXFLAGS from the caller are replaced, not extended:
@@ -54,7 +63,7 @@ release_add_remap "$release_cargo_home" /cargo
 release_add_remap "$REPO_ROOT" /knative-rs
 
 unset RUSTFLAGS CARGO_BUILD_RUSTFLAGS
-CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${release_remap[*]}")
+CARGO_ENCODED_RUSTFLAGS=$(IFS=$'\x1f'; echo "${release_remap[*]}"$'\x1f'"-Ctarget-feature=+crt-static")
 CFLAGS="${release_cmap[*]}"
 CXXFLAGS=$CFLAGS
 export CARGO_ENCODED_RUSTFLAGS CFLAGS CXXFLAGS
