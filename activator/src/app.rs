@@ -211,6 +211,7 @@ pub async fn run(config: Config) -> ExitCode {
         Err(error) => return fatal(format!("cannot start the worker threads: {error}")),
     };
     let tls_pools = pools[0];
+    tls_pools.serve_on(&tokio::runtime::Handle::current());
     // The TLS listener (8112) runs next to the plaintext ones, with the same chain.
     let https = match &system_tls {
         None => None,
@@ -296,6 +297,7 @@ fn spawn_workers(
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        pools.serve_on(runtime.handle());
         // Registered with the worker's own reactor.
         let listeners = {
             let _context = runtime.enter();

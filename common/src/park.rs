@@ -181,8 +181,18 @@ impl hyper::rt::Timer for ParkTimer {
                 let plan = self.plan(new_deadline);
                 let this = park.project();
                 *this.deadline = plan.deadline;
+                // A park time a little early (the wake set for the previous head, later than
+                // now) is kept: the connection then parks up to `delay / 8` sooner, which no
+                // client sees, and a busy connection's timer is not moved for every request.
+                let current = this.sleep.deadline().into_std();
+                let keep = *this.parking
+                    && plan.parking
+                    && current <= plan.first
+                    && plan.first - current < self.delay / 8;
                 *this.parking = plan.parking;
-                this.sleep.reset(plan.first.into());
+                if !keep {
+                    this.sleep.reset(plan.first.into());
+                }
             }
             None => *sleep = self.sleep_until(new_deadline),
         }

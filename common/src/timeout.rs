@@ -57,11 +57,13 @@ impl TimeoutLayer {
 
 impl<S> Layer<S> for TimeoutLayer {
     type Service = TimeoutService<S>;
+    /// Called for each connection, from the runtime that serves it ([`TimerReuse::current`]).
     fn layer(&self, inner: S) -> Self::Service {
         TimeoutService {
             inner,
             timeouts: self.timeouts,
             message: self.message,
+            timers: TimerReuse::current(),
         }
     }
 }
@@ -72,6 +74,166 @@ pub struct TimeoutService<S> {
     inner: S,
     timeouts: Timeouts,
     message: &'static str,
+    timers: TimerReuse,
+}
+
+/// Request timers kept for reuse: each thread keeps the last few timers its requests gave back.
+///
+/// A new tokio timer is inserted into the timer wheel when first polled and removed from it when
+/// dropped (a lock of the time driver each time), and every request arms one as it waits for its
+/// response. A timer given back stays registered: the next request moves its deadline later,
+/// which is an atomic update of the registered entry (or not even that: [`REARM_SLACK`]). Timers
+/// are kept per thread and for one runtime at a time (the one whose requests last gave some
+/// back), so a timer is only reused by requests of the runtime it belongs to.
+///
+/// A timer is given back only from a poll of its request (the response head ready, the body at
+/// its end), after one more poll with a no-op waker: the waker of the task that waited on it, and
+/// with it that task's allocation, is released then, not when the timer is next reused (see
+/// `Timer::give_back`). A request dropped unfinished (cancelled, or its runtime shutting down)
+/// drops its timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerReuse(Option<tokio::runtime::Id>);
+
+impl TimerReuse {
+    /// Reuse among the requests of the runtime this is called from; none outside a runtime.
+    pub fn current() -> Self {
+        TimerReuse(tokio::runtime::Handle::try_current().ok().map(|h| h.id()))
+    }
+
+    /// Reuse among the requests of `runtime`.
+    pub fn of(runtime: &tokio::runtime::Handle) -> Self {
+        TimerReuse(Some(runtime.id()))
+    }
+
+    /// No reuse: each request makes its own timer.
+    pub const NONE: TimerReuse = TimerReuse(None);
+}
+
+/// Timers a thread keeps: at most this many, enough for the requests one thread has in flight
+/// under load to find one. A spare holds no waker, only itself (a 112-byte allocation, and its
+/// entry in the timer wheel until its deadline passes): 7 KiB a thread when all are kept.
+const SPARE_TIMERS: usize = 64;
+
+struct SpareTimers {
+    runtime: Option<tokio::runtime::Id>,
+    sleeps: Vec<Pin<Box<Sleep>>>,
+}
+
+thread_local! {
+    static SPARES: std::cell::RefCell<SpareTimers> = const {
+        std::cell::RefCell::new(SpareTimers {
+            runtime: None,
+            sleeps: Vec::new(),
+        })
+    };
+}
+
+impl SpareTimers {
+    fn take(runtime: tokio::runtime::Id) -> Option<Pin<Box<Sleep>>> {
+        SPARES
+            .try_with(|spares| {
+                let mut spares = spares.try_borrow_mut().ok()?;
+                if spares.runtime != Some(runtime) {
+                    return None;
+                }
+                spares.sleeps.pop()
+            })
+            .ok()
+            .flatten()
+    }
+
+    fn put(runtime: tokio::runtime::Id, sleep: Pin<Box<Sleep>>) {
+        let _ = SPARES.try_with(|spares| {
+            let Ok(mut spares) = spares.try_borrow_mut() else {
+                return;
+            };
+            if spares.runtime != Some(runtime) {
+                // Another runtime's timers (tests run one runtime after another): dropped.
+                spares.sleeps.clear();
+                spares.runtime = Some(runtime);
+            }
+            if spares.sleeps.len() < SPARE_TIMERS {
+                spares.sleeps.push(sleep);
+            }
+        });
+    }
+}
+
+/// How much earlier than a request's deadline a reused timer may stay armed. Moving a registered
+/// tokio timer costs a clock conversion and an atomic update; a timer left armed a little early
+/// wakes, finds the deadline not reached and is moved then, so a deadline still fires on time.
+const REARM_SLACK: Duration = Duration::from_secs(1);
+
+/// A request's timer: none until it is needed, then a spare one or a new one; given back to the
+/// spares when the request is over ([`Timer::give_back`]), dropped if it is dropped unfinished.
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    reuse: TimerReuse,
+}
+
+impl Timer {
+    fn new(reuse: TimerReuse) -> Self {
+        Timer { sleep: None, reuse }
+    }
+
+    /// Ready once `deadline` has passed. The timer is moved only when it is armed later than
+    /// `deadline`, or more than [`REARM_SLACK`] earlier.
+    fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => sleep,
+            empty => empty.insert(match self.reuse.0.and_then(SpareTimers::take) {
+                Some(spare) => spare,
+                None => {
+                    #[cfg(test)]
+                    tests::TIMERS_MADE.with(|made| made.set(made.get() + 1));
+                    // The new timer belongs to the runtime polling it: given back only if that
+                    // is the one whose spares it would join (a check only when one is made).
+                    if self.reuse.0.is_some() && self.reuse != TimerReuse::current() {
+                        self.reuse = TimerReuse::NONE;
+                    }
+                    Box::pin(sleep_until(deadline))
+                }
+            }),
+        };
+        loop {
+            let armed = sleep.deadline();
+            if armed > deadline || armed + REARM_SLACK <= deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= deadline || Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // Woken early: armed for a time before the deadline.
+            sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Gives the timer back to this thread's spares. Called only while a task of the timer's
+    /// runtime is being polled (so its time driver is running: tokio panics when a timer of a
+    /// shut-down driver is polled).
+    ///
+    /// The timer still holds the waker it was last polled with (tokio stores it at each poll,
+    /// before looking whether the timer fired, and only a firing takes it out): the task of the
+    /// request that waited, which would stay allocated as long as the spare does. One poll with
+    /// a no-op waker replaces it (about 80 instructions). The poll is unconstrained: out of coop
+    /// budget, tokio returns before storing the waker.
+    fn give_back(&mut self) {
+        if let (Some(mut sleep), Some(runtime)) = (self.sleep.take(), self.reuse.0) {
+            let mut noop = Context::from_waker(std::task::Waker::noop());
+            let _ =
+                std::pin::pin!(tokio::task::coop::unconstrained(sleep.as_mut())).poll(&mut noop);
+            SpareTimers::put(runtime, sleep);
+        }
+    }
+}
+
+impl std::fmt::Debug for Timer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timer")
+            .field("armed", &self.sleep.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> TimeoutService<S> {
@@ -86,7 +248,13 @@ impl<S> TimeoutService<S> {
         S: Service<Request<ReqB>, Response = Response<B>>,
     {
         let start = Instant::now();
-        TimeoutFuture::new(start, self.inner.call(request), timeouts, self.message)
+        TimeoutFuture::new(
+            start,
+            self.inner.call(request),
+            timeouts,
+            self.message,
+            self.timers,
+        )
     }
 }
 
@@ -94,12 +262,18 @@ impl<F> TimeoutFuture<F> {
     /// The timers of one request started at `start` (taken before the request was handed on),
     /// around the inner response `future`: what [`TimeoutService::call_with`] makes, for a
     /// caller that builds the inner future itself (e.g. from a handler it owns, with no
-    /// service to clone).
-    pub fn new(start: Instant, future: F, timeouts: Timeouts, message: &'static str) -> Self {
+    /// service to clone). `timers`: where its timer may come from and go back to.
+    pub fn new(
+        start: Instant,
+        future: F,
+        timeouts: Timeouts,
+        message: &'static str,
+        timers: TimerReuse,
+    ) -> Self {
         TimeoutFuture {
             future: Some(future),
             clock: Clock::new(start, timeouts),
-            sleep: None,
+            timer: Timer::new(timers),
             message,
         }
     }
@@ -170,8 +344,7 @@ pin_project! {
         #[pin]
         future: Option<F>,
         clock: Clock,
-        #[pin]
-        sleep: Option<Sleep>,
+        timer: Timer,
         message: &'static str,
     }
 }
@@ -199,6 +372,7 @@ where
             // A locally built answer (a 502's text, ...) is written at once and keeps its exact
             // length, so it goes out with `Content-Length` as upstream's do.
             if response.body().is_fixed() {
+                this.timer.give_back();
                 return Poll::Ready(Ok(response.map(TimeoutBody::local)));
             }
             // The response head is the first write (its time matters to the idle timer only).
@@ -207,16 +381,19 @@ where
             } else {
                 clock.start
             };
-            return Poll::Ready(Ok(
-                response.map(|body| TimeoutBody::running(body, clock, written, this.message))
-            ));
+            // The body's timer, when it needs one, is the one that waited for the head (given
+            // back when the body ends).
+            let timer = Timer {
+                sleep: this.timer.sleep.take(),
+                reuse: this.timer.reuse,
+            };
+            return Poll::Ready(Ok(response.map(|body| {
+                TimeoutBody::running(body, clock, written, this.message, timer)
+            })));
         }
-        if this.sleep.is_none() {
-            let deadline = this.clock.head_deadline();
-            this.sleep.set(Some(sleep_until(deadline)));
-        }
-        ready!(this.sleep.as_pin_mut().expect("just set").poll(cx));
+        ready!(this.timer.poll_until(this.clock.head_deadline(), cx));
         // Timed out before the head: cancel the inner work and answer 504.
+        this.timer.give_back();
         this.future.set(None);
         Poll::Ready(Ok(
             text_plain(StatusCode::GATEWAY_TIMEOUT, this.message).map(TimeoutBody::local)
@@ -230,9 +407,9 @@ pin_project! {
         #[pin]
         body: B,
         state: BodyState,
-        // Boxed: most bodies end without ever waiting (no timer), and the response, with this
-        // body inside, is moved by every layer it passes on its way out.
-        sleep: Option<Pin<Box<Sleep>>>,
+        // Boxed (inside): most bodies end without ever waiting, and the response, with this body
+        // inside, is moved by every layer it passes on its way out.
+        timer: Timer,
     }
 }
 
@@ -253,7 +430,13 @@ enum BodyState {
 }
 
 impl<B> TimeoutBody<B> {
-    fn running(body: B, clock: Clock, written: Instant, message: &'static str) -> Self {
+    fn running(
+        body: B,
+        clock: Clock,
+        written: Instant,
+        message: &'static str,
+        timer: Timer,
+    ) -> Self {
         TimeoutBody {
             body,
             state: BodyState::Running {
@@ -261,7 +444,7 @@ impl<B> TimeoutBody<B> {
                 last_write: written,
                 message,
             },
-            sleep: None,
+            timer,
         }
     }
 
@@ -269,7 +452,7 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             body,
             state: BodyState::Unlimited,
-            sleep: None,
+            timer: Timer::new(TimerReuse::NONE),
         }
     }
 }
@@ -314,30 +497,24 @@ where
                 } => {
                     if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
                         match &frame {
+                            // The timer follows when the body next waits.
                             Some(Ok(f)) if f.is_data() && clock.idle.is_some() => {
                                 *last_write = Instant::now();
-                                if let Some(sleep) = this.sleep.as_mut() {
-                                    sleep.as_mut().reset(clock.body_deadline(*last_write));
-                                }
                             }
                             None => *this.state = BodyState::Done,
                             _ => {}
                         }
+                        // At the end (hyper stops polling a body once it says so, and drops
+                        // it), the timer goes back to the spares from here.
+                        if this.timer.sleep.is_some()
+                            && (matches!(this.state, BodyState::Done) || this.body.is_end_stream())
+                        {
+                            this.timer.give_back();
+                        }
                         return Poll::Ready(frame);
                     }
-                    let deadline = clock.body_deadline(*last_write);
-                    let sleep = this
-                        .sleep
-                        .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-                    ready!(sleep.as_mut().poll(cx));
-                    let now = Instant::now();
-                    if now < clock.total_deadline
-                        && clock.idle.is_some_and(|idle| now < *last_write + idle)
-                    {
-                        // A write happened meanwhile: sleep for the rest of the idle window.
-                        sleep.as_mut().reset(clock.body_deadline(*last_write));
-                        continue;
-                    }
+                    ready!(this.timer.poll_until(clock.body_deadline(*last_write), cx));
+                    this.timer.give_back();
                     *this.state = BodyState::Appending { message };
                 }
             }
@@ -377,6 +554,8 @@ mod tests {
     use crate::body::ProxyBody;
     use http_body_util::BodyExt;
     use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::task::Waker;
 
     fn timeouts(total_ms: u64, rs_ms: Option<u64>, idle_ms: Option<u64>) -> Timeouts {
         Timeouts {
@@ -426,6 +605,172 @@ mod tests {
 
     fn hi() -> ProxyBody {
         ProxyBody::full(Bytes::from_static(b"hi"))
+    }
+
+    thread_local! {
+        /// Timers made for requests (not taken from the spares) on this thread.
+        pub(super) static TIMERS_MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Answers 504 after `delay_ms` of upstream time against a total timeout of `total_ms`,
+    /// and returns how long that took.
+    async fn timed_out_after(total_ms: u64, delay_ms: u64) -> Duration {
+        let start = Instant::now();
+        let (status, body) = run(timeouts(total_ms, None, None), delay_ms, hi).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::GATEWAY_TIMEOUT, "request timeout")
+        );
+        Instant::now() - start
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_timer_fires_at_each_requests_deadline() {
+        let before = timers_made();
+        let made = || timers_made() - before;
+        // The first request's timer, armed for 1 s from its start, is given back when it ends.
+        assert_eq!(
+            run(timeouts(1000, None, None), 10, hi).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(made(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Reused while armed (310 ms) early: it wakes early and is moved to the deadline.
+        let waited = timed_out_after(1000, 5000).await;
+        assert!(waited >= Duration::from_millis(1000), "{waited:?}");
+        assert!(waited <= Duration::from_millis(1001), "{waited:?}");
+        // Reused while armed later than a shorter deadline: moved before waiting.
+        let waited = timed_out_after(200, 5000).await;
+        assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        assert!(waited <= Duration::from_millis(201), "{waited:?}");
+        assert_eq!(made(), 1, "one timer for the three requests");
+    }
+
+    /// A task's waker whose clones can be counted (`Arc::strong_count`).
+    struct Task;
+
+    impl std::task::Wake for Task {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    fn task() -> (Arc<Task>, Waker) {
+        let task = Arc::new(Task);
+        let waker = Waker::from(Arc::clone(&task));
+        (task, waker)
+    }
+
+    fn timers_made() -> usize {
+        TIMERS_MADE.with(|made| made.get())
+    }
+
+    /// A service answering "hi" after 10 ms, with a total timeout of 1 s.
+    fn ten_ms_service() -> TimeoutService<Delayed<fn() -> ProxyBody>> {
+        TimeoutLayer::new(timeouts(1000, None, None), "request timeout").layer(Delayed {
+            delay: Duration::from_millis(10),
+            body: hi,
+        })
+    }
+
+    /// Spare timers of this thread for the current runtime.
+    fn spares() -> usize {
+        let runtime = TimerReuse::current().0;
+        SPARES.with(|spares| {
+            let spares = spares.borrow();
+            if spares.runtime == runtime {
+                spares.sleeps.len()
+            } else {
+                0
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spare_timer_keeps_no_waker_of_a_finished_request() {
+        let made = timers_made();
+        let (task, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        let mut call = Box::pin(ten_ms_service().call(Request::new(())));
+        // Waiting for the head: the request timer (and the handler's sleep) hold the waker.
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        assert!(Arc::strong_count(&task) >= 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Poll::Ready(Ok(response)) = call.as_mut().poll(&mut cx) else {
+            panic!("no response")
+        };
+        drop((call, response, waker));
+        assert_eq!(spares(), 1, "the timer was given back");
+        assert_eq!(
+            Arc::strong_count(&task),
+            1,
+            "a spare timer holds the finished task"
+        );
+        // And the spare serves the next request.
+        assert_eq!(
+            run(timeouts(1000, None, None), 10, hi).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(timers_made() - made, 1);
+    }
+
+    // A body that is never a local answer, as an upstream body.
+    impl LocalBody for Trickle {
+        fn full(_: Bytes) -> Self {
+            unreachable!("never a local answer")
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_gives_its_timer_back_without_the_waker() {
+        let made = timers_made();
+        let (task, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        let upstream = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok::<_, Infallible>(Response::new(Trickle {
+                chunks: vec!["a", "b"],
+                gap: Duration::from_millis(50),
+                sleep: Box::pin(sleep_until(Instant::now())),
+            }))
+        };
+        let t = timeouts(1000, None, Some(100));
+        let reuse = TimerReuse::current();
+        let mut call = Box::pin(TimeoutFuture::new(Instant::now(), upstream, t, "x", reuse));
+        assert!(call.as_mut().poll(&mut cx).is_pending());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Poll::Ready(Ok(response)) = call.as_mut().poll(&mut cx) else {
+            panic!("no response")
+        };
+        drop(call);
+        let mut body = response.into_body();
+        let mut frame = || Pin::new(&mut body).poll_frame(&mut cx).map(|f| f.is_some());
+        assert_eq!(frame(), Poll::Ready(true));
+        // Waiting for the next chunk on the timer that waited for the head.
+        assert_eq!(frame(), Poll::Pending);
+        assert_eq!(spares(), 0);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(frame(), Poll::Ready(true));
+        assert_eq!(frame(), Poll::Ready(false));
+        assert_eq!(spares(), 1, "the timer was given back at the end");
+        drop((body, waker));
+        assert_eq!(
+            Arc::strong_count(&task),
+            1,
+            "a spare timer holds the finished task"
+        );
+        assert_eq!(timers_made() - made, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_request_drops_its_timer() {
+        let (task, waker) = task();
+        let mut call = Box::pin(ten_ms_service().call(Request::new(())));
+        assert!(call
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        drop((call, waker));
+        assert_eq!(spares(), 0);
+        assert_eq!(Arc::strong_count(&task), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -493,7 +838,13 @@ mod tests {
             sleep: Box::pin(sleep_until(Instant::now())),
         };
         let clock = Clock::new(Instant::now(), t);
-        let body = TimeoutBody::running(body, clock, Instant::now(), "request timeout");
+        let body = TimeoutBody::running(
+            body,
+            clock,
+            Instant::now(),
+            "request timeout",
+            Timer::new(TimerReuse::NONE),
+        );
         let bytes = body.collect().await.unwrap().to_bytes();
         (StatusCode::OK, String::from_utf8(bytes.to_vec()).unwrap())
     }

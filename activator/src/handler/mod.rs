@@ -297,6 +297,7 @@ fn handle(
         activation.run(request, upgrade),
         timeouts,
         TIMEOUT_BODY,
+        pools.timers(),
     )
     .map(move |timed| {
         let response = match timed {

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use http::uri::Authority;
 use knative_common::proxy::{Upstream, UpstreamHandle};
+use knative_common::timeout::TimerReuse;
 
 use crate::tls::UpstreamTrust;
 
@@ -49,6 +50,10 @@ pub struct DestPools {
     pools: DashMap<SocketAddr, DestPool, crate::FastHash>,
     max_idle_per_host: usize,
     tls: Option<TlsTargets>,
+    /// The runtime whose requests these pools serve, for their timers' reuse: kept here, once
+    /// per worker, rather than in each connection's service (8 more bytes in every connection's
+    /// task took it to a larger allocation class: 0.35 KiB more per idle connection).
+    timers: OnceLock<TimerReuse>,
 }
 
 /// Where a request goes in TLS mode.
@@ -69,7 +74,21 @@ impl DestPools {
             pools: DashMap::default(),
             max_idle_per_host,
             tls: None,
+            timers: OnceLock::new(),
         }
+    }
+
+    /// Requests served with these pools run on `runtime` (a worker's, or the main one for the
+    /// TLS listener): their timers are reused among them.
+    pub fn serve_on(&self, runtime: &tokio::runtime::Handle) {
+        let _ = self.timers.set(TimerReuse::of(runtime));
+    }
+
+    /// Where the timers of requests served with these pools come from ([`DestPools::serve_on`];
+    /// none: each request makes its own).
+    #[inline]
+    pub fn timers(&self) -> TimerReuse {
+        self.timers.get().copied().unwrap_or(TimerReuse::NONE)
     }
 
     /// Pools for TLS mode: requests go to `pod_port` of pods (8112) or 443 of cluster IPs,
