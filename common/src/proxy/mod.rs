@@ -249,8 +249,12 @@ impl Service<Request<IncomingBody>> for ReverseProxy {
         let upstream = UpstreamHandle::Static(self.upstream);
         let upgrade = rewrite::prepare_request(&mut request, &self.peer);
         // A combinator over `forward_or_return`'s future, not an `async` block awaiting it: one
-        // state machine less holding (and copying) the request.
-        Box::pin(
+        // state machine less holding (and copying) the request. The box is allocated first and
+        // the future written into it: `Box::pin(future)` built the future (the request in it) on
+        // the stack and then copied it into the allocation.
+        let slot = Box::new_uninit();
+        let future = Box::write(
+            slot,
             forward_or_return(upstream, request, upgrade).map(|forwarded| {
                 Ok(match forwarded {
                     Ok(response) => response,
@@ -260,6 +264,7 @@ impl Service<Request<IncomingBody>> for ReverseProxy {
                     }
                 })
             }),
-        )
+        );
+        Box::into_pin(future)
     }
 }

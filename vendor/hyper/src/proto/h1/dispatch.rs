@@ -36,6 +36,25 @@ pub(crate) trait Dispatch {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<(Self::PollItem, Self::PollBody), Self::PollError>>>;
+    /// (patch) [`Dispatch::poll_msg`], with the message's body put straight into `body` (which
+    /// is `None` when called) instead of being returned with its head: the dispatcher keeps
+    /// the body there anyway, and returning it made each message's body (a server's response
+    /// body, with the service's state for the rest of the exchange) be copied on its way.
+    #[inline(always)]
+    fn poll_msg_into(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        body: &mut Pin<Box<Option<Self::PollBody>>>,
+    ) -> Poll<Option<Result<Self::PollItem, Self::PollError>>> {
+        Poll::Ready(match ready!(self.poll_msg(cx)) {
+            Some(Ok((head, polled))) => {
+                body.set(Some(polled));
+                Some(Ok(head))
+            }
+            Some(Err(error)) => Some(Err(error)),
+            None => None,
+        })
+    }
     fn recv_msg(&mut self, msg: crate::Result<(Self::RecvItem, IncomingBody)>)
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
@@ -382,22 +401,26 @@ where
                 && self.conn.can_write_head()
                 && self.dispatch.should_poll()
             {
-                if let Some(msg) = ready!(Pin::new(&mut self.dispatch).poll_msg(cx)) {
-                    let (head, body) = msg.map_err(crate::Error::new_user_service)?;
+                // (patch) The body goes straight into `body_rx` (see `poll_msg_into`).
+                if let Some(msg) =
+                    ready!(Pin::new(&mut self.dispatch).poll_msg_into(cx, &mut self.body_rx))
+                {
+                    let head = msg.map_err(crate::Error::new_user_service)?;
 
-                    let body_type = if body.is_end_stream() {
-                        self.body_rx.set(None);
-                        None
-                    } else {
-                        let btype = body
-                            .size_hint()
-                            .exact()
-                            .map(BodyLength::Known)
-                            .or(Some(BodyLength::Unknown));
-                        self.body_rx.set(Some(body));
-                        btype
+                    let body_type = match self.body_rx.as_ref().get_ref() {
+                        Some(body) if !body.is_end_stream() => Some(
+                            body.size_hint()
+                                .exact()
+                                .map_or(BodyLength::Unknown, BodyLength::Known),
+                        ),
+                        _ => None,
                     };
+                    let ended = body_type.is_none();
                     self.conn.write_head(head, body_type);
+                    if ended {
+                        // An ended body is not polled: dropped after the head, as before.
+                        self.body_rx.set(None);
+                    }
                 } else {
                     self.close();
                     return Poll::Ready(Ok(()));
@@ -614,6 +637,29 @@ cfg_server! {
         type PollBody = Bs;
         type PollError = S::Error;
         type RecvItem = RequestHead;
+
+        #[inline]
+        fn poll_msg_into(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            body: &mut Pin<Box<Option<Self::PollBody>>>,
+        ) -> Poll<Option<Result<Self::PollItem, Self::PollError>>> {
+            let mut this = self.as_mut();
+            let Some(fut) = this.in_flight.as_mut().as_pin_mut() else {
+                unreachable!("poll_msg shouldn't be called if no inflight");
+            };
+            let resp = ready!(fut.poll(cx)?);
+            let (parts, polled) = resp.into_parts();
+            body.set(Some(polled));
+            // Since in_flight finished, remove it
+            this.in_flight.set(None);
+            Poll::Ready(Some(Ok(MessageHead {
+                version: parts.version,
+                subject: parts.status,
+                headers: parts.headers,
+                extensions: parts.extensions,
+            })))
+        }
 
         fn poll_msg(
             mut self: Pin<&mut Self>,
