@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tower_service::Service;
 
 use super::Upstream;
@@ -24,7 +24,10 @@ struct App {
     accepts: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
-    close: Arc<Notify>,
+    /// Bumped to close the connections open at that moment: a connection's receiver sees a
+    /// bump made while it was busy writing too (a `Notify::notify_waiters` reaches only the
+    /// tasks waiting at that instant, and a close could be lost under load).
+    close: Arc<watch::Sender<u64>>,
 }
 
 impl App {
@@ -35,7 +38,7 @@ impl App {
             accepts: Arc::default(),
             requests: Arc::default(),
             closed: Arc::default(),
-            close: Arc::default(),
+            close: Arc::new(watch::Sender::new(0)),
         };
         let (accepts, requests, closed, close) = (
             Arc::clone(&app.accepts),
@@ -50,7 +53,7 @@ impl App {
                 let (requests, closed, close) = (
                     Arc::clone(&requests),
                     Arc::clone(&closed),
-                    Arc::clone(&close),
+                    close.subscribe(),
                 );
                 tokio::spawn(serve(stream, requests, closed, close));
             }
@@ -60,7 +63,7 @@ impl App {
 
     /// Has the app close its open connections and waits until it has closed `total` in all.
     async fn close_connections(&self, total: usize) {
-        self.close.notify_waiters();
+        self.close.send_modify(|generation| *generation += 1);
         wait_until("app closed", || self.closed.load(Ordering::SeqCst) == total).await;
     }
 }
@@ -69,7 +72,7 @@ async fn serve(
     mut stream: TcpStream,
     requests: Arc<AtomicUsize>,
     closed: Arc<AtomicUsize>,
-    close: Arc<Notify>,
+    mut close: watch::Receiver<u64>,
 ) {
     let mut buf = Vec::new();
     loop {
@@ -79,7 +82,7 @@ async fn serve(
                     return;
                 }
             }
-            () = close.notified() => {
+            _ = close.changed() => {
                 drop(stream);
                 closed.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -187,7 +190,7 @@ async fn a_parked_connection_the_app_closes_is_dropped_and_not_handed_out() {
     assert_eq!(get(proxy).await, OK);
     wait_until("parked", || upstream.parked_connections() == 1).await;
 
-    app.close.notify_waiters();
+    app.close.send_modify(|generation| *generation += 1);
     wait_until("closed by the watcher", || {
         upstream.parked_connections() == 0
     })
