@@ -64,6 +64,12 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
                 .trim()
                 .to_owned();
             record.lock().unwrap().push(id);
+            // Corked: the response and the close leave in one segment, so the proxy has the
+            // connection's end by the time it has the response. Without it, a test thread
+            // preempted between the write and the close (a loaded machine) let the proxy write
+            // the next POST into a connection that then closed under it; that POST must then
+            // be a 502, not retried, as nothing tells the proxy whether the app read it.
+            let _ = socket2::SockRef::from(&stream).set_cork(true);
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await;
