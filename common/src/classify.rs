@@ -95,22 +95,25 @@ impl<'a> ProbeHeaders<'a> {
     }
 }
 
+/// Only `User-Agent` looked up: what the user-agent questions need.
+#[inline]
+fn user_agent_only(headers: &HeaderMap) -> ProbeHeaders<'_> {
+    ProbeHeaders {
+        user_agent: headers.get(http::header::USER_AGENT),
+        ..ProbeHeaders::default()
+    }
+}
+
 /// `User-Agent` starts with `kube-probe/`.
 #[inline]
 pub fn is_kubelet_user_agent(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::USER_AGENT)
-        .is_some_and(|v| v.as_bytes().starts_with(KUBE_PROBE_UA_PREFIX.as_bytes()))
+    user_agent_only(headers).is_kubelet_user_agent()
 }
 
 /// A health check: kubelet, activator or autoscaler probe user agent.
 #[inline]
 pub fn is_health_check(headers: &HeaderMap) -> bool {
-    ProbeHeaders {
-        user_agent: headers.get(http::header::USER_AGENT),
-        ..ProbeHeaders::default()
-    }
-    .is_health_check()
+    user_agent_only(headers).is_health_check()
 }
 
 /// An ingress network probe: `K-Network-Probe: probe`.
@@ -129,9 +132,14 @@ pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
 /// names that are there are looked up.
 #[inline]
 pub fn is_kubelet_probe_scanned(headers: &HeaderMap, present: Present) -> bool {
-    (present.any(Present::USER_AGENT) && is_kubelet_user_agent(headers))
-        || (present.any(Present::K_KUBELET_PROBE)
-            && headers.get(&K_KUBELET_PROBE).is_some_and(|v| !v.is_empty()))
+    let lookup =
+        |bit: Present, name: &HeaderName| present.any(bit).then(|| headers.get(name)).flatten();
+    ProbeHeaders {
+        user_agent: lookup(Present::USER_AGENT, &http::header::USER_AGENT),
+        kubelet_probe: lookup(Present::K_KUBELET_PROBE, &K_KUBELET_PROBE),
+        network_probe: None,
+    }
+    .is_kubelet_probe()
 }
 
 /// Any probe: a kubelet probe or any non-empty `K-Network-Probe`.
