@@ -271,7 +271,7 @@ def first_status(port, headers=()):
     return int(m.group(1)) if m else 0
 
 
-def startup_ms(app_port, workdir, samples=5):
+def startup_ms(app_port, workdir, samples=5, queue_proxy_bin=None):
     """Start (fork/exec) to listening, and to the first proxied 200, medians (ms): the queue-proxy,
     and nginx (one process, no master) and HAProxy started the same way with this benchmark's
     configurations, as the reference for what the method itself costs: Python's fork/exec and
@@ -279,7 +279,7 @@ def startup_ms(app_port, workdir, samples=5):
     from reference_proxies import single_process_command  # noqa: PLC0415
 
     def queue_proxy(port):
-        return [os.path.join(BIN, "queue-proxy")], qp_env(app_port, 0, port)
+        return [queue_proxy_bin or os.path.join(BIN, "queue-proxy")], qp_env(app_port, 0, port)
 
     def reference(name):
         def command(port):
@@ -424,7 +424,10 @@ def print_table(results, args, start):
                   f"{r['sys_us'][1]:.1f}), RSS {r['idle_rss_mb'][1]:.1f} idle / {r['load_rss_mb'][1]:.1f} MB load; "
                   f"chain total {sum(r['cpu_us']):.1f} µs/req")
     for name, (listening, first_ok) in start.items():
-        print(f"{name} start (fork/exec) to listening: {listening:.1f} ms, to the first proxied 200: "
+        built = ""
+        if name == "queue-proxy":
+            built = f" [{args.startup_bin}]" if args.startup_bin else " [the binary measured above]"
+        print(f"{name}{built} start (fork/exec) to listening: {listening:.1f} ms, to the first proxied 200: "
               f"{first_ok:.1f} ms (medians of 5)")
     for r in results:
         if r["errors"]:
@@ -444,6 +447,9 @@ def main():
                         help="ACTIVATOR_WORKER_THREADS (default 1, as the references' one worker and the activator's "
                              "automatic choice under upstream's one-CPU limit; 0: automatic)")
     parser.add_argument("--only", default="", help="comma list of scenario name prefixes to run (direct always runs)")
+    parser.add_argument("--startup-bin", default="",
+                        help="the queue-proxy binary whose start is measured (load.sh passes the static-pie "
+                             "build, as scripts/release-build ships it; default: the one measured under load)")
     parser.add_argument("--two-threads", action="store_true",
                         help="also measure the queue-proxy with two runtime threads (QUEUE_WORKER_THREADS=2)")
     args = parser.parse_args()
@@ -475,7 +481,7 @@ def main():
                 result["direct_rps"] = direct_rps
                 samples.setdefault(name, []).append(result)
                 print(f"round {round_no + 1}: {name}: {result['rps']:.0f} req/s", file=sys.stderr, flush=True)
-        start = startup_ms(app_port, workdir)
+        start = startup_ms(app_port, workdir, queue_proxy_bin=args.startup_bin or None)
     finally:
         if app:
             app.kill()

@@ -2,7 +2,8 @@
 # Load benchmark, HTTP/1.1: the sample app directly, through a bare hyper hop, nginx, HAProxy, the
 # queue-proxy (CC=0 and CC=10), activator -> queue-proxy -> app and nginx -> nginx -> app,
 # measured in one run. load.py installs nginx, HAProxy and h2load (Debian packages) if missing;
-# this script builds the release binaries first.
+# this script builds the release binaries first (and the queue-proxy static-pie, as shipped, for
+# its start-up figure).
 # Usage: benches/load.sh [--requests 100000] [--connections 50] [--rounds 3] [--only NAME,...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +26,10 @@ if [ "${1:-}" = "--h2c" ]; then
   exec python3 benches/load_h2c.py "$@"
 fi
 cargo build --release -q -p queue-proxy -p activator -p sample-app -p benches --bins
-exec python3 benches/load.py "$@"
+# The start-up figure is taken on the queue-proxy as release images ship it: static-pie
+# (-Ctarget-feature=+crt-static, scripts/lib/release-env.sh), built for the host triple so that
+# the flag reaches the target only, not build scripts or proc macros.
+host=$(rustc -vV | sed -n 's/^host: //p')
+flags_var="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
+env "$flags_var=-Ctarget-feature=+crt-static" cargo build --release -q --target "$host" -p queue-proxy
+exec python3 benches/load.py --startup-bin "target/$host/release/queue-proxy" "$@"
