@@ -13,7 +13,8 @@
 //! Requests that find no free slot join a FIFO list (a slab with index links behind a mutex that is
 //! only taken on the slow path). A freed slot is *handed over*: whoever frees capacity (a release,
 //! a capacity increase, a granted waiter that is cancelled) takes the slot on behalf of the head
-//! waiter with the same CAS as the fast path, marks it granted and wakes it. A waiter is therefore
+//! waiter with the same CAS as the fast path, marks it granted and wakes it. A release that finds
+//! waiters passes its own slot on under the lock, without giving it back and taking it again. A waiter is therefore
 //! only ever woken when it already owns a slot: growing the capacity by `k` wakes at most `k`
 //! waiters, a release wakes at most one, and nobody wakes up to find the slot gone (no re-check
 //! loops, no spinning). A waiter dropped after being granted hands its slot to the next waiter, so a
@@ -255,11 +256,43 @@ impl Breaker {
     /// if a waiter is queued and the slot is really free (capacity not shrunk below), the slot is
     /// handed to it.
     pub(crate) fn release(&self) {
+        if self.waiting.load(SeqCst) > 0 && self.hand_over() {
+            return;
+        }
         self.give_back_slot();
         decrement(&self.pending);
         if self.waiting.load(SeqCst) > 0 {
             self.grant();
         }
+    }
+
+    /// [`Breaker::release`] when requests wait: the releasing request's slot goes straight to
+    /// the waiter [`WaitList::grant_next`] chooses, without leaving `in_flight` (the slot a
+    /// release would free and the grant take again at once). Not when the capacity was shrunk
+    /// to `in_flight` or below it: then the slot goes away and nobody is granted, as in
+    /// [`Breaker::grant`]. Returns whether the slot was handed over (and its `pending` entry
+    /// released).
+    ///
+    /// Waiters are linked, and counted in `waiting`, under the lock: one that is not linked
+    /// yet has not retried its slot and will either take it or be seen by the release's
+    /// second look at `waiting`.
+    fn hand_over(&self) -> bool {
+        let worker = crate::worker::current();
+        let mut list = self.lock();
+        let slots = self.slots.load(SeqCst);
+        if list.len == 0 || in_flight_of(slots) == 0 || in_flight_of(slots) > capacity_of(slots) {
+            return false;
+        }
+        let Some(waker) = list.grant_next(worker) else {
+            return false;
+        };
+        // Every change of `waiting` happens under the lock, and the granted waiter was
+        // counted: no underflow.
+        self.waiting.fetch_sub(1, SeqCst);
+        drop(list);
+        decrement(&self.pending);
+        waker.wake();
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, WaitList> {
