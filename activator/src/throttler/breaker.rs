@@ -13,12 +13,12 @@
 //! Requests that find no free slot join a FIFO list (a slab with index links behind a mutex that is
 //! only taken on the slow path). A freed slot is *handed over*: whoever frees capacity (a release,
 //! a capacity increase, a granted waiter that is cancelled) takes the slot on behalf of the head
-//! waiter with the same CAS as the fast path, marks it granted and wakes it. A release that finds
-//! waiters passes its own slot on under the lock, without giving it back and taking it again. A waiter is therefore
-//! only ever woken when it already owns a slot: growing the capacity by `k` wakes at most `k`
-//! waiters, a release wakes at most one, and nobody wakes up to find the slot gone (no re-check
-//! loops, no spinning). A waiter dropped after being granted hands its slot to the next waiter, so a
-//! consumed wake-up is never lost.
+//! waiter with the same CAS as the fast path, marks it granted and wakes it (a release that finds
+//! waiters passes its own slot on under the lock, without giving it back and taking it again). A
+//! waiter is therefore only ever woken when it already owns a slot: growing the capacity by `k`
+//! wakes at most `k` waiters, a release wakes at most one, and nobody wakes up to find the slot
+//! gone (no re-check loops, no spinning). A waiter dropped after being granted hands its slot to
+//! the next waiter, so a consumed wake-up is never lost.
 //!
 //! Lost wake-ups between the fast path and the list are excluded by a Dekker-style handshake on the
 //! `waiting` counter (all `SeqCst`): a waiter increments `waiting` under the lock *before* retrying
@@ -269,7 +269,7 @@ impl Breaker {
     /// [`Breaker::release`] when requests wait: the releasing request's slot goes straight to
     /// the waiter [`WaitList::grant_next`] chooses, without leaving `in_flight` (the slot a
     /// release would free and the grant take again at once). Not when the capacity was shrunk
-    /// to `in_flight` or below it: then the slot goes away and nobody is granted, as in
+    /// below `in_flight`: then the slot goes away and nobody is granted, as in
     /// [`Breaker::grant`]. Returns whether the slot was handed over (and its `pending` entry
     /// released).
     ///
