@@ -1,19 +1,39 @@
 //! The forwarded shim (queue-proxy §3.7): synthesizes an RFC 7239 `Forwarded` header from the
 //! de-facto `X-Forwarded-*` headers when the request has none.
 
-use std::task::{Context, Poll};
-
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Request};
-use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::header_scan::Present;
 use crate::headers::{first_str, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The `Forwarded` value to set, or `None` to leave the request unchanged.
 pub fn synthesize(headers: &HeaderMap) -> Option<String> {
-    let present = Present::scan(headers);
+    synthesize_scanned(headers, Present::scan(headers))
+}
+
+/// Adds the `Forwarded` header [`synthesize`] gives, if any. `present`: [`Present::scan`] of the
+/// headers. The queue-proxy calls this from its handler stage (spec §3.7's shim), on the scan
+/// that stage makes anyway.
+#[inline]
+pub fn add_forwarded<B>(request: &mut Request<B>, present: Present) {
+    if present
+        .any(Present::X_FORWARDED_FOR | Present::X_FORWARDED_PROTO | Present::X_FORWARDED_HOST)
+    {
+        add_forwarded_slow(request.headers_mut(), present);
+    }
+}
+
+#[inline(never)]
+fn add_forwarded_slow(headers: &mut HeaderMap, present: Present) {
+    if let Some(value) = synthesize_scanned(headers, present) {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(FORWARDED, value);
+        }
+    }
+}
+
+fn synthesize_scanned(headers: &HeaderMap, present: Present) -> Option<String> {
     if !present
         .any(Present::X_FORWARDED_FOR | Present::X_FORWARDED_PROTO | Present::X_FORWARDED_HOST)
     {
@@ -97,46 +117,6 @@ fn push_node(out: &mut String, node: &str) {
         out.push_str("]\"");
     } else {
         out.push_str(node);
-    }
-}
-
-/// Tower layer applying [`synthesize`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ForwardedShimLayer;
-
-impl<S> Layer<S> for ForwardedShimLayer {
-    type Service = ForwardedShim<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ForwardedShim { inner }
-    }
-}
-
-/// See [`ForwardedShimLayer`].
-#[derive(Clone, Debug)]
-pub struct ForwardedShim<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for ForwardedShim<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if let Some(value) = synthesize(request.headers()) {
-            if let Ok(value) = HeaderValue::try_from(value) {
-                request.headers_mut().insert(FORWARDED, value);
-            }
-        }
-        self.inner.call(request)
     }
 }
 

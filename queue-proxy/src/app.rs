@@ -13,7 +13,6 @@ use knative_common::breaker::{Breaker, BreakerLayer};
 use knative_common::classify::is_health_check;
 use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::{Env, ProcessEnv};
-use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::h2::IncomingBody;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
 use knative_common::request_log::{RequestLogLayer, RequestLogSettings};
@@ -372,7 +371,6 @@ fn main_chain(
     let handler = QueueHandlerLayer::new(&state.stats, BreakerLayer::new(state.breaker.as_ref()))
         .with_tracer(tracer);
     let chain = handler.layer(chain);
-    let chain = ForwardedShimLayer.layer(chain);
     let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
     let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);

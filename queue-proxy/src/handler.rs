@@ -1,6 +1,9 @@
-//! Layer 9 of the main chain (spec §3.8): the kubelet-probe bypass, autoscaler accounting, the
+//! Layers 8 and 9 of the main chain (spec §3.7, §3.8): the forwarded shim
+//! ([`knative_common::forwarded`]), then the kubelet-probe bypass, autoscaler accounting, the
 //! `K-Original-Host` rewrite and the concurrency breaker, with the `kn.queueproxy.proxy` and
-//! `kn.queueproxy.wait` spans (§7.3) when tracing is on.
+//! `kn.queueproxy.wait` spans (§7.3) when tracing is on. The shim runs here, on this stage's
+//! header scan, rather than as a stage of its own that handed the request on by value (one
+//! more copy of it per request).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +13,7 @@ use http::{Request, Response};
 use knative_common::body::{attach_guard, Guarded, LocalBody};
 use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Execution};
 use knative_common::classify::{is_kubelet_probe_scanned, is_proxied};
+use knative_common::forwarded::add_forwarded;
 use knative_common::header_scan::Present;
 use knative_common::proxy::rewrite::restore_original_host;
 use knative_common::stats::{InFlight, RequestStats};
@@ -105,6 +109,7 @@ where
     #[inline]
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
         let present = Present::scan(request.headers());
+        add_forwarded(&mut request, present);
         if is_kubelet_probe_scanned(request.headers(), present) {
             return QueueHandlerFuture {
                 future: self.breaker.call_unlimited(request),

@@ -2,8 +2,8 @@
 //!
 //! [`app::run`] reads the configuration, builds the process-lifetime state, binds the listeners
 //! and runs until SIGTERM; the main chain (outermost first) is
-//! health/drain (§3.3) → in-flight tracking (§3.4) → timeouts (§3.5) → forwarded shim (§3.7) →
-//! stats + breaker (§3.8) → reverse proxy to the user container (§3.9).
+//! health/drain (§3.3) → in-flight tracking (§3.4) → timeouts (§3.5) → forwarded shim (§3.7) and
+//! stats + breaker (§3.8), one stage ([`handler`]) → reverse proxy to the user container (§3.9).
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -360,7 +360,7 @@ impl Activation {
                     request,
                     dest,
                     error,
-                } => Box::pin(this.retry(request, dest, error)),
+                } => Box::pin(this.retry(*request, dest, error)),
             };
             Ok(retry.await)
         })
@@ -417,9 +417,10 @@ struct Leased {
 enum Forwarded {
     /// A response for the client (the pod's, or the activator's own error).
     Done(ActivationResponse),
-    /// No connection to the leased pod could be opened; nothing of the request was sent.
+    /// No connection to the leased pod could be opened; nothing of the request was sent (boxed,
+    /// as the proxy hands it back: inline it made every outcome the size of a request).
     Unreached {
-        request: Request<IncomingBody>,
+        request: Box<Request<IncomingBody>>,
         dest: String,
         error: knative_common::proxy::ProxyError,
     },

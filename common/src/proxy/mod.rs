@@ -36,8 +36,9 @@ pub struct ForwardFailure {
     pub error: ProxyError,
     /// The request, handed back when no connection to the upstream could be opened: nothing of
     /// it was sent, so it may go to another upstream (any method). `None` once anything may
-    /// have reached the upstream, and for protocol upgrades.
-    pub unsent: Option<Request<IncomingBody>>,
+    /// have reached the upstream, and for protocol upgrades. Boxed: rare, and inline it made
+    /// every exchange's outcome (moved on each layer's way out) 344 bytes instead of 208.
+    pub unsent: Option<Box<Request<IncomingBody>>>,
 }
 
 impl ForwardFailure {
@@ -117,7 +118,7 @@ pub fn forward_or_return(
             }) => {
                 // Boxed: rare, and inline its state (a second request among it) made every
                 // request's future larger.
-                Box::pin(send_on_fresh(&upstream, request, upgrade.is_some())).await?
+                Box::pin(send_on_fresh(&upstream, *request, upgrade.is_some())).await?
             }
             Err(e) => return Err(ForwardFailure::sent(exchange_error(e))),
         };
@@ -180,7 +181,7 @@ fn not_reached(error: ProxyError, request: Request<IncomingBody>, upgrade: bool)
     let unsent = matches!(error, ProxyError::Dial(..) | ProxyError::DialTimeout(..)) && !upgrade;
     ForwardFailure {
         error,
-        unsent: unsent.then_some(request),
+        unsent: unsent.then(|| Box::new(request)),
     }
 }
 

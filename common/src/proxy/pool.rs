@@ -674,6 +674,11 @@ impl Checkout {
     /// waits for the response, so it never holds the request. A protocol upgrade's connection
     /// is not pooled again: it ends with the exchange (handing its IO to the tunnel on a
     /// `101`).
+    ///
+    /// Always inlined (into `forward_or_return`'s future): called, it took the request (272
+    /// bytes) as an argument copied out of the caller's state before copying it into the
+    /// connection (h1 callgrind: about −75 instructions per request, both proxies).
+    #[inline(always)]
     pub fn send(
         self,
         upstream: &UpstreamHandle,
@@ -738,7 +743,7 @@ impl std::future::Future for SendFuture {
                 SendState::Refused(request) => {
                     this.conn.take();
                     return Poll::Ready(Err(SendError {
-                        unsent: request.take().map(|request| *request),
+                        unsent: request.take(),
                         error: None,
                         fresh: this.fresh,
                     }));
@@ -774,7 +779,7 @@ impl std::future::Future for SendFuture {
                     Ok(response.map(|body| PooledBody::new(body, conn)))
                 }
                 Err(mut e) => Err(SendError {
-                    unsent: e.take_message(),
+                    unsent: e.take_message().map(Box::new),
                     error: Some((*e).into_error()),
                     fresh: this.fresh,
                 }),
@@ -787,7 +792,8 @@ impl std::future::Future for SendFuture {
 #[derive(Debug)]
 pub struct SendError {
     /// The request, when the connection failed before any of it was written.
-    pub unsent: Option<http::Request<UpstreamRequestBody>>,
+    /// Boxed: rare, and inline it made every exchange's outcome 288 bytes instead of 208.
+    pub unsent: Option<Box<http::Request<UpstreamRequestBody>>>,
     /// What hyper reported; `None` when the connection was not ready to take the request.
     pub error: Option<hyper::Error>,
     /// Whether the connection was new.

@@ -13,7 +13,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use knative_common::body::LocalBody;
 use knative_common::breaker::{Breaker, BreakerLayer};
-use knative_common::forwarded::ForwardedShimLayer;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
 use knative_common::server::{bind_addr, serve, Protocols, ServerLimits};
 use knative_common::stats::RequestStats;
@@ -81,7 +80,6 @@ fn chain(
     let chain = AppMetricsLayer::new(metrics, pod.breaker.as_ref()).layer(proxy);
     let chain =
         QueueHandlerLayer::new(&pod.stats, BreakerLayer::new(pod.breaker.as_ref())).layer(chain);
-    let chain = ForwardedShimLayer.layer(chain);
     let timeouts = Timeouts {
         total: Duration::from_secs(30),
         response_start: None,

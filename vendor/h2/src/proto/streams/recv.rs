@@ -264,14 +264,19 @@ impl Recv {
         }
 
         if !pseudo.is_informational() {
-            let message = counts
-                .peer()
-                .convert_poll_message(pseudo, fields, stream_id)?;
+            // (patch) The box is allocated first and the message written into it as it comes
+            // out of the match: through `?` and `Box::new` (whose allocation came between), the
+            // message (224 bytes) was copied twice on its way into the box.
+            let slot = Box::new_uninit();
+            let message = match counts.peer().convert_poll_message(pseudo, fields, stream_id) {
+                Ok(message) => Box::write(slot, message),
+                Err(error) => return Err(error.into()),
+            };
 
             // Push the frame onto the stream's recv buffer
             stream
                 .pending_recv
-                .push_back(&mut self.buffer, Event::Headers(Box::new(message)));
+                .push_back(&mut self.buffer, Event::Headers(message));
             stream.notify_recv();
 
             // Only servers can receive a headers frame that initiates the stream.

@@ -189,7 +189,8 @@ where
         S: Http1Transaction,
     {
         loop {
-            if let Some(msg) = super::role::parse_headers::<S>(
+            // (patch) Matched, not `?`: the `?` moved the parsed head once more.
+            let parsed = super::role::parse_headers::<S>(
                 &mut self.read_buf,
                 self.partial_len,
                 ParseContext {
@@ -205,29 +206,34 @@ where
                     #[cfg(feature = "client")]
                     on_informational: parse_ctx.on_informational,
                 },
-            )? {
-                debug!("parsed {} headers", msg.head.headers.len());
-                self.partial_len = None;
-                return Poll::Ready(Ok(msg));
-            } else {
-                let curr_len = self.read_buf.len();
-                if let Some(max_header_size) = parse_ctx.h1_max_header_size {
-                    if curr_len >= max_header_size {
-                        debug!("max_header_size ({}) reached, closing", max_header_size);
+            );
+            match parsed {
+                Ok(Some(msg)) => {
+                    debug!("parsed {} headers", msg.head.headers.len());
+                    self.partial_len = None;
+                    return Poll::Ready(Ok(msg));
+                }
+                Err(error) => return Poll::Ready(Err(error.into())),
+                Ok(None) => {
+                    let curr_len = self.read_buf.len();
+                    if let Some(max_header_size) = parse_ctx.h1_max_header_size {
+                        if curr_len >= max_header_size {
+                            debug!("max_header_size ({}) reached, closing", max_header_size);
+                            return Poll::Ready(Err(crate::Error::new_too_large()));
+                        }
+                    }
+                    let max = self.read_buf_strategy.max();
+                    if curr_len >= max {
+                        debug!("max_buf_size ({}) reached, closing", max);
                         return Poll::Ready(Err(crate::Error::new_too_large()));
                     }
-                }
-                let max = self.read_buf_strategy.max();
-                if curr_len >= max {
-                    debug!("max_buf_size ({}) reached, closing", max);
-                    return Poll::Ready(Err(crate::Error::new_too_large()));
-                }
-                if curr_len > 0 {
-                    trace!("partial headers; {} bytes so far", curr_len);
-                    self.partial_len = Some(curr_len);
-                } else {
-                    // 1xx gobled some bytes
-                    self.partial_len = None;
+                    if curr_len > 0 {
+                        trace!("partial headers; {} bytes so far", curr_len);
+                        self.partial_len = Some(curr_len);
+                    } else {
+                        // 1xx gobled some bytes
+                        self.partial_len = None;
+                    }
                 }
             }
             if ready!(self.poll_read_from_io(cx)).map_err(crate::Error::new_io)? == 0 {
