@@ -113,10 +113,8 @@ fn headers(c: &mut Criterion) {
             bench.iter_batched(
                 typical_request,
                 |mut req| {
-                    if let Some(v) = forwarded::synthesize(req.headers()) {
-                        req.headers_mut()
-                            .insert("forwarded", v.parse().expect("valid"));
-                    }
+                    let present = Present::scan(req.headers());
+                    forwarded::add_forwarded(&mut req, present);
                     restore_original_host(&mut req);
                     black_box(prepare_request(&mut req, &peer));
                     to_origin_form(&mut req);

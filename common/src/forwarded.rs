@@ -7,6 +7,11 @@ use http::{HeaderMap, HeaderValue, Request};
 use crate::header_scan::Present;
 use crate::headers::{first_str, FORWARDED, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
+/// The de-facto headers the shim builds `Forwarded` from.
+const ANY_X_FORWARDED: Present = Present::X_FORWARDED_FOR
+    .union(Present::X_FORWARDED_PROTO)
+    .union(Present::X_FORWARDED_HOST);
+
 /// The `Forwarded` value to set, or `None` to leave the request unchanged.
 pub fn synthesize(headers: &HeaderMap) -> Option<String> {
     synthesize_scanned(headers, Present::scan(headers))
@@ -17,9 +22,7 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
 /// that stage makes anyway.
 #[inline]
 pub fn add_forwarded<B>(request: &mut Request<B>, present: Present) {
-    if present
-        .any(Present::X_FORWARDED_FOR | Present::X_FORWARDED_PROTO | Present::X_FORWARDED_HOST)
-    {
+    if present.any(ANY_X_FORWARDED) {
         add_forwarded_slow(request.headers_mut(), present);
     }
 }
@@ -34,9 +37,7 @@ fn add_forwarded_slow(headers: &mut HeaderMap, present: Present) {
 }
 
 fn synthesize_scanned(headers: &HeaderMap, present: Present) -> Option<String> {
-    if !present
-        .any(Present::X_FORWARDED_FOR | Present::X_FORWARDED_PROTO | Present::X_FORWARDED_HOST)
-    {
+    if !present.any(ANY_X_FORWARDED) {
         return None;
     }
     if present.any(Present::FORWARDED) && !first_str(headers, &FORWARDED).is_empty() {

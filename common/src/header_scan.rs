@@ -126,12 +126,18 @@ impl Present {
     pub const fn without(self, names: Present) -> Present {
         Present(self.0 & !names.0)
     }
+
+    /// `self | names`, usable in a `const`.
+    #[inline]
+    pub const fn union(self, names: Present) -> Present {
+        Present(self.0 | names.0)
+    }
 }
 
 impl std::ops::BitOr for Present {
     type Output = Present;
     fn bitor(self, other: Present) -> Present {
-        Present(self.0 | other.0)
+        self.union(other)
     }
 }
 
