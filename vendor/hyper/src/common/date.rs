@@ -10,17 +10,17 @@ use httpdate::HttpDate;
 // "Sun, 06 Nov 1994 08:49:37 GMT".len()
 pub(crate) const DATE_VALUE_LENGTH: usize = 29;
 
+/// (patch) Brings the cached date up to date, then appends it: called as a response head without
+/// a `Date` is written, so the clock is read when a date is written (and at most once per such
+/// head) instead of at every poll of a server connection (upstream's `update`, called by the
+/// dispatcher: two reads of the wall clock per proxied request, whose responses carry the app's
+/// own `Date`).
 #[cfg(feature = "http1")]
 pub(crate) fn extend(dst: &mut Vec<u8>) {
     CACHED.with(|cache| {
-        dst.extend_from_slice(cache.borrow().buffer());
-    });
-}
-
-#[cfg(feature = "http1")]
-pub(crate) fn update() {
-    CACHED.with(|cache| {
-        cache.borrow_mut().check();
+        let mut cache = cache.borrow_mut();
+        cache.check();
+        dst.extend_from_slice(cache.buffer());
     });
 }
 
@@ -113,6 +113,24 @@ mod tests {
     #[test]
     fn test_date_len() {
         assert_eq!(DATE_VALUE_LENGTH, "Sun, 06 Nov 1994 08:49:37 GMT".len());
+    }
+
+    /// (patch) `extend` writes the current date even when nothing refreshed the cache since an
+    /// old date was cached (the dispatcher no longer does at each poll).
+    #[cfg(feature = "http1")]
+    #[test]
+    fn extend_refreshes_a_stale_date() {
+        CACHED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            cache.update(UNIX_EPOCH + Duration::from_secs(784_111_777));
+            assert_eq!(cache.buffer(), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        });
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let mut dst = Vec::new();
+        extend(&mut dst);
+        let after = SystemTime::now();
+        let written = httpdate::parse_http_date(std::str::from_utf8(&dst).unwrap()).unwrap();
+        assert!(before <= written && written <= after, "{:?}", std::str::from_utf8(&dst));
     }
 
     #[cfg(feature = "nightly")]

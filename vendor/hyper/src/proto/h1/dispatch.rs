@@ -176,7 +176,8 @@ where
         cx: &mut Context<'_>,
         should_shutdown: bool,
     ) -> Poll<crate::Result<Dispatched>> {
-        T::update_date();
+        // (patch) no `T::update_date()` here: the cached date is brought up to date when a
+        // response head is written with it (`date::extend`).
 
         // (patch) reads that found nothing are not retried within this poll.
         self.conn.start_poll();

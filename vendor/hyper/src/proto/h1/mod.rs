@@ -54,8 +54,7 @@ pub(crate) trait Http1Transaction {
     fn should_read_first() -> bool {
         Self::is_server()
     }
-
-    fn update_date() {}
+    // (patch) `update_date` is gone: see `common/date.rs::extend`.
 }
 
 /// Result newtype for `Http1Transaction::parse`.
