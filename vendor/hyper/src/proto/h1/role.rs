@@ -1823,8 +1823,8 @@ fn write_headers_original_case(
 }
 
 /// (patch) Writes `uri` as its `Display` does (scheme and `://`, authority, path, `?` and query,
-/// each when present), without `std::fmt`. Replaces upstream's `FastWrite`, which that `write!`
-/// was its only use of.
+/// each when present), without `std::fmt`. Replaces upstream's `FastWrite`, whose only use was
+/// that `write!`.
 #[cfg(feature = "client")]
 #[inline]
 fn write_request_target(dst: &mut Vec<u8>, uri: &http::Uri) {
