@@ -9,7 +9,9 @@ Scenarios: `h1` (N sequential keep-alive HTTP/1.1 requests on one connection), `
 sequential streams on one h2c connection), `h2c-burst` (N streams on one h2c connection, opened
 4 at a time in one write, each batch read to its end before the next: run it with `--cc 1` and 3
 of every 4 requests wait for a slot in the breaker of the proxy under callgrind), `h1-idle` (requests 1.3 s apart on one connection:
-with idle parking each one resumes a parked connection).
+with idle parking each one resumes a parked connection), `h1-proxied` (as `h1`, each request
+carrying the headers the activator adds when it forwards to a queue-proxy, `PROXIED_HEADERS`: the
+queue-proxy's cost as the chain's second hop, and what those headers cost every target).
 
 Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
 each `--cc` (default 0,10), and the reference proxies (reference_proxies.py; `--no-reference`
@@ -69,6 +71,16 @@ def h2_streams(conn, stream_ids, headers):
         if not data:
             raise RuntimeError("closed")
         conn.buf += data
+
+
+# What the activator adds to a request it forwards to a queue-proxy (and what a gateway in front of
+# any proxy adds in some form): the `h1-proxied` scenario sends them to every target.
+PROXIED_HEADERS = [("X-Forwarded-For", "127.0.0.1"), ("K-Original-Host", "hello.default.example.com"),
+                   ("K-Proxy-Request", "activator")]
+
+
+def scenario_headers(scenario):
+    return PROXIED_HEADERS if scenario == "h1-proxied" else []
 
 
 # Streams opened at once in the `h2c-burst` scenario.
@@ -169,26 +181,28 @@ def main():
         app, app_port = start_sample_app(bins)
         procs.append(app)
         scenarios = args.scenarios.split(",")
-        if not args.no_reference and ({"h1", "h2c", "h2c-burst"} & set(scenarios)):
+        if not args.no_reference and ({"h1", "h1-proxied", "h2c", "h2c-burst"} & set(scenarios)):
             reference_proxies.ensure_installed("nginx", "haproxy")
-        if not args.no_reference and "h1" in scenarios:
-            for name in ("nginx", "haproxy"):
-                cmd, port = reference_cmd(name, workdir, app_port)
-                ir = measure(cmd, dict(os.environ), port, "h1", args.requests, [], workdir, name)
-                print(f"h1       instructions per request: {name:18} {ir:10.0f}", flush=True)
+        for scenario in ("h1", "h1-proxied"):
+            if not args.no_reference and scenario in scenarios:
+                for name in ("nginx", "haproxy"):
+                    cmd, port = reference_cmd(name, workdir, app_port)
+                    ir = measure(cmd, dict(os.environ), port, scenario, args.requests,
+                                 scenario_headers(scenario), workdir, name)
+                    print(f"{scenario:10} instructions per request: {name:18} {ir:10.0f}", flush=True)
         for scenario in ("h2c", "h2c-burst"):
             if not args.no_reference and scenario in scenarios:
                 cmd, port = reference_cmd("haproxy", workdir, app_port, "h2c")
                 ir = measure(cmd, dict(os.environ), port, scenario, args.requests, [], workdir, "haproxy-h2c")
-                print(f"{scenario:8} instructions per request: {'HAProxy h2c->h2c':18} {ir:10.0f}", flush=True)
+                print(f"{scenario:10} instructions per request: {'HAProxy h2c->h2c':18} {ir:10.0f}", flush=True)
         for scenario in args.scenarios.split(","):
             n = args.idle_requests if scenario == "h1-idle" else args.requests
             for cc in ccs:
                 if "qp" in only:
                     port = free_port()
                     qp_ir = measure([os.path.join(bins, "queue-proxy")], qp_env(app_port, cc, port), port,
-                                    scenario, n, [], workdir, f"qp{cc}")
-                    print(f"{scenario:8} instructions per request: queue-proxy CC={cc:<3} {qp_ir:10.0f}", flush=True)
+                                    scenario, n, scenario_headers(scenario), workdir, f"qp{cc}")
+                    print(f"{scenario:10} instructions per request: queue-proxy CC={cc:<3} {qp_ir:10.0f}", flush=True)
                 if "act" in only:
                     # The activator in front of a queue-proxy (not under callgrind) in front of the app.
                     qp_port = free_port()
@@ -198,10 +212,10 @@ def main():
                     wait_listening(qp_port)
                     cmd, env, h1, h2 = activator_cmd(bins, workdir, qp_port, cc)
                     act_ir = measure(cmd, env, h1 if scenario.startswith("h1") else h2, scenario, n,
-                                     REVISION_HEADERS, workdir, f"act{cc}")
+                                     REVISION_HEADERS + scenario_headers(scenario), workdir, f"act{cc}")
                     qp.kill()
                     qp.wait()
-                    print(f"{scenario:8} instructions per request: activator cc={cc:<3} {act_ir:10.0f}", flush=True)
+                    print(f"{scenario:10} instructions per request: activator cc={cc:<3} {act_ir:10.0f}", flush=True)
     finally:
         for p in procs:
             p.kill()
