@@ -62,6 +62,22 @@ pub struct InvalidHeaderName {
     _priv: (),
 }
 
+/// (patch) `name` with its first byte and each byte after a `-` ASCII-upper-cased: the title
+/// case hyper writes (Go's canonical form for a valid name).
+const fn title_cased<const N: usize>(name: &[u8; N]) -> [u8; N] {
+    let mut out = *name;
+    let mut upper = true;
+    let mut i = 0;
+    while i < N {
+        if upper {
+            out[i] = out[i].to_ascii_uppercase();
+        }
+        upper = out[i] == b'-';
+        i += 1;
+    }
+    out
+}
+
 macro_rules! standard_headers {
     (
         $(
@@ -94,6 +110,20 @@ macro_rules! standard_headers {
                 }
             }
 
+            /// (patch) The name with its first letter and each letter after a `-` upper-cased
+            /// (`Content-Length`), made at compile time: see `HeaderName::standard_title_case`.
+            #[inline]
+            fn as_title_case(&self) -> &'static [u8] {
+                match *self {
+                    $(
+                    StandardHeader::$konst => {
+                        const TITLE: [u8; $name_bytes.len()] = title_cased($name_bytes);
+                        &TITLE
+                    }
+                    )+
+                }
+            }
+
             const fn from_bytes(name_bytes: &[u8]) -> Option<StandardHeader> {
                 match name_bytes {
                     $(
@@ -110,6 +140,25 @@ macro_rules! standard_headers {
             (StandardHeader::$konst, $name_bytes),
             )+
         ];
+
+        #[test]
+        fn standard_title_case_upper_cases_each_word() {
+            for &(std, name_bytes) in TEST_HEADERS {
+                let name = HeaderName::from(std);
+                let title = name.standard_title_case().expect("a standard name has one");
+                let mut expected = Vec::new();
+                let mut upper = true;
+                for &b in name_bytes {
+                    expected.push(if upper { b.to_ascii_uppercase() } else { b });
+                    upper = b == b'-';
+                }
+                assert_eq!(title, &expected[..]);
+            }
+            assert_eq!(HeaderName::from_static("x-forwarded-for").standard_title_case(), None);
+            assert_eq!(CONTENT_LENGTH.standard_title_case(), Some(&b"Content-Length"[..]));
+            assert_eq!(TE.standard_title_case(), Some(&b"Te"[..]));
+            assert_eq!(WWW_AUTHENTICATE.standard_title_case(), Some(&b"Www-Authenticate"[..]));
+        }
 
         #[test]
         fn test_parse_standard_headers() {
@@ -1267,6 +1316,18 @@ impl HeaderName {
         match self.inner {
             Repr::Standard(v) => v.as_str(),
             Repr::Custom(ref v) => &v.0,
+        }
+    }
+
+    /// (patch) For a standard name (one of this module's constants), the name in title case
+    /// (`Content-Length`), a static string made at compile time; `None` for any other name.
+    /// Lets a writer of title-cased field names (hyper's, for HTTP/1) copy the common names
+    /// instead of upper-casing them byte by byte.
+    #[inline]
+    pub fn standard_title_case(&self) -> Option<&'static [u8]> {
+        match self.inner {
+            Repr::Standard(v) => Some(v.as_title_case()),
+            Repr::Custom(_) => None,
         }
     }
 

@@ -615,7 +615,7 @@ impl Server {
                 _: &str,
                 (name, rest): (HeaderName, &str),
             ) {
-                title_case(dst, name.as_str().as_bytes());
+                title_case_name(dst, &name);
                 extend(dst, rest.as_bytes());
             }
 
@@ -626,13 +626,13 @@ impl Server {
                 _: &str,
                 name: HeaderName,
             ) {
-                title_case(dst, name.as_str().as_bytes());
+                title_case_name(dst, &name);
                 extend(dst, b": ");
             }
 
             #[inline]
             fn write_header_name(&mut self, dst: &mut Vec<u8>, name: &HeaderName) {
-                title_case(dst, name.as_str().as_bytes());
+                title_case_name(dst, &name);
             }
         }
 
@@ -694,7 +694,7 @@ impl Server {
                 if let Some(orig_name) = values.next() {
                     extend(dst, orig_name);
                 } else if *title_case_headers {
-                    title_case(dst, name.as_str().as_bytes());
+                    title_case_name(dst, &name);
                 } else {
                     extend(dst, name.as_str().as_bytes());
                 }
@@ -1739,9 +1739,19 @@ fn title_case(dst: &mut Vec<u8>, name: &[u8]) {
     }
 }
 
+/// (patch) `name` in title case: a standard name's is copied from `http`'s compile-time table
+/// (`HeaderName::standard_title_case`), any other is upper-cased by [`title_case`]. Same bytes.
+#[inline]
+fn title_case_name(dst: &mut Vec<u8>, name: &HeaderName) {
+    match name.standard_title_case() {
+        Some(title) => dst.extend_from_slice(title),
+        None => title_case(dst, name.as_str().as_bytes()),
+    }
+}
+
 pub(crate) fn write_headers_title_case(headers: &HeaderMap, dst: &mut Vec<u8>) {
     for (name, value) in headers {
-        title_case(dst, name.as_str().as_bytes());
+        title_case_name(dst, &name);
         extend(dst, b": ");
         extend(dst, value.as_bytes());
         extend(dst, b"\r\n");
@@ -1765,7 +1775,7 @@ fn write_request_headers<const TITLE_CASE: bool>(
             continue;
         }
         if TITLE_CASE {
-            title_case(dst, name.as_str().as_bytes());
+            title_case_name(dst, &name);
         } else {
             extend(dst, name.as_str().as_bytes());
         }
@@ -1805,7 +1815,7 @@ fn write_headers_original_case(
             if let Some(orig_name) = names.next() {
                 extend(dst, orig_name.as_ref());
             } else if title_case_headers {
-                title_case(dst, name.as_str().as_bytes());
+                title_case_name(dst, &name);
             } else {
                 extend(dst, name.as_str().as_bytes());
             }
@@ -3521,6 +3531,27 @@ mod tests {
                 "{:?}",
                 std::str::from_utf8(name)
             );
+        }
+    }
+
+    /// (patch) A standard name's title case comes from `http`'s table, any other name's from
+    /// `title_case`: the same bytes either way.
+    #[test]
+    fn title_case_name_matches_title_case() {
+        for name in [
+            http::header::CONTENT_LENGTH,
+            http::header::HOST,
+            http::header::TE,
+            http::header::WWW_AUTHENTICATE,
+            http::header::X_CONTENT_TYPE_OPTIONS,
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderName::from_static("k-proxy-request"),
+        ] {
+            let mut table = b"prefix ".to_vec();
+            super::title_case_name(&mut table, &name);
+            let mut bytewise = b"prefix ".to_vec();
+            title_case(&mut bytewise, name.as_str().as_bytes());
+            assert_eq!(table, bytewise, "{name}");
         }
     }
 
