@@ -8,6 +8,7 @@
 //! still inside the old one (a handful of instructions), and reads it. Sums of timestamps are kept
 //! modulo 2⁶⁴: the result is exact because the true integral is small.
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -155,7 +156,32 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// [`InFlight`] that owns what keeps the stats alive (an `Arc` or a wrapper of one): records the
+/// departure when dropped, then drops `owner`. For a guard that must be `'static` without a
+/// self-referential allocation around the stats' owner.
+#[derive(Debug)]
+pub struct OwnedInFlight<O: Deref<Target = RequestStats>> {
+    owner: O,
+    proxied: bool,
+}
+
+impl<O: Deref<Target = RequestStats>> Drop for OwnedInFlight<O> {
+    fn drop(&mut self) {
+        self.owner.record(false, self.proxied);
+    }
+}
+
 impl RequestStats {
+    /// [`RequestStats::request_in`] on the stats `owner` points to, with a guard owning it.
+    #[inline]
+    pub fn request_in_owned<O: Deref<Target = RequestStats>>(
+        owner: O,
+        proxied: bool,
+    ) -> OwnedInFlight<O> {
+        owner.record(true, proxied);
+        OwnedInFlight { owner, proxied }
+    }
+
     /// Accounting starting now.
     pub fn new() -> Self {
         RequestStats {

@@ -322,10 +322,6 @@ struct Activation {
     seen: Seen,
 }
 
-/// Response future of [`Activation::run`].
-type ActivationFuture =
-    Pin<Box<dyn Future<Output = Result<ActivationResponse, Infallible>> + Send>>;
-
 impl Activation {
     /// Beyond upstream: when the connection to the leased pod cannot even be opened (refused or
     /// timed out: typically a pod that died a moment ago and is still listed), nothing was sent,
@@ -337,7 +333,8 @@ impl Activation {
     /// (10,000 waiting requests: README "Memory per connection"): the request stays in this
     /// future's captured slot while [`Activation::lease`] borrows it (an `async fn` taking it
     /// would keep a second copy), and the proxying and the rare retry, whose futures are
-    /// large, are boxed once they start.
+    /// large, are boxed once they start. The future itself is not boxed: it lives in the
+    /// service's response future, one allocation per request for both.
     ///
     /// `request`'s headers are prepared already ([`rewrite::prepare_request_scanned`], which
     /// gave `upgrade`).
@@ -345,12 +342,12 @@ impl Activation {
         self,
         request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
-    ) -> ActivationFuture {
+    ) -> impl Future<Output = Result<ActivationResponse, Infallible>> + Send + use<> {
         let this = self;
-        Box::pin(async move {
+        async move {
             let leased = match this.lease(&request).await {
                 Ok(leased) => leased,
-                Err(refused) => return Ok(refused),
+                Err(refused) => return Ok(refused.response()),
             };
             // The retry's future is made (boxed) before it is awaited, so that the outcome it
             // comes from is not kept beside it.
@@ -363,7 +360,7 @@ impl Activation {
                 } => Box::pin(this.retry(*request, dest, error)),
             };
             Ok(retry.await)
-        })
+        }
     }
 }
 
@@ -413,6 +410,27 @@ struct Leased {
     active: Option<ActiveGuard>,
 }
 
+/// Why [`Activation::lease`] gave no pod.
+#[derive(Clone, Copy, Debug)]
+enum Refused {
+    /// The revision's (or the activator's) queue is full: 503.
+    QueueFull,
+    /// The throttler failed otherwise: 500.
+    Failed,
+}
+
+impl Refused {
+    fn response(self) -> ActivationResponse {
+        match self {
+            Refused::QueueFull => text_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "pending request queue full\n",
+            ),
+            Refused::Failed => empty(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
 /// The outcome of proxying to a leased pod.
 enum Forwarded {
     /// A response for the client (the pod's, or the activator's own error).
@@ -427,8 +445,9 @@ enum Forwarded {
 }
 
 impl Activation {
-    /// Waits for capacity and leases a pod (stage 12), or gives the refusal's response.
-    async fn lease(&self, request: &Request<IncomingBody>) -> Result<Leased, ActivationResponse> {
+    /// Waits for capacity and leases a pod (stage 12), or says why not (the response is made by
+    /// the caller: a small outcome, written and moved on every request).
+    async fn lease(&self, request: &Request<IncomingBody>) -> Result<Leased, Refused> {
         let id = &self.revision.id;
         // `kn.revision.request.queued` while waiting (§2.12), then `active` until the response
         // has been sent.
@@ -456,10 +475,7 @@ impl Activation {
                 if let Some(span) = try_span.as_mut() {
                     spans::failed(span, &ThrottlerError::QueueFull);
                 }
-                Err(text_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "pending request queue full\n",
-                ))
+                Err(Refused::QueueFull)
             }
             Err(error) => {
                 drop(queued);
@@ -467,7 +483,7 @@ impl Activation {
                     spans::failed(span, &error);
                 }
                 tracing::warn!(%error, "knative.dev/key" = %id, "throttler failed");
-                Err(empty(StatusCode::INTERNAL_SERVER_ERROR))
+                Err(Refused::Failed)
             }
         }
     }
@@ -579,7 +595,7 @@ impl Activation {
         self.wait_until_unlisted(&dest).await;
         let leased = match self.lease(&request).await {
             Ok(leased) => leased,
-            Err(refused) => return refused,
+            Err(refused) => return refused.response(),
         };
         match self.forward(leased, request, None, Seen::UNKNOWN).await {
             Forwarded::Done(response) => response,
@@ -794,6 +810,37 @@ mod tests {
                 ("x-forwarded-for", "1.2.3.4"),
             ],
             &[("x-forwarded-for", "1.2.3.4"), ("x-b", "2")],
+            &[
+                ("knative-serving-namespace", "ns"),
+                ("host", "h"),
+                ("knative-serving-revision", "rev"),
+                ("x-a", "1"),
+            ],
+            &[("knative-serving-revision", "rev"), ("host", "h")],
+            &[
+                ("host", "h"),
+                ("knative-serving-namespace", "ns"),
+                ("knative-serving-revision", "rev"),
+            ],
+            &[("knative-serving-namespace", "ns")],
+            &[
+                ("knative-serving-revision", "rev"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+            ],
+            &[
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("knative-serving-namespace", "ns"),
+                ("x-b", "2"),
+            ],
+            &[
+                ("knative-serving-namespace", "ns"),
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("x-b", "2"),
+                ("x-c", "3"),
+            ],
         ];
         for fields in cases {
             let request = || {

@@ -2,9 +2,10 @@
 //! swept once nobody has used them for a whole sweep period (pods come and go; pools must not
 //! accumulate).
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -45,15 +46,33 @@ struct TlsTargets {
     pools: DashMap<SocketAddr, TlsDestPool, crate::FastHash>,
 }
 
-/// The pools, keyed by pod (or cluster IP) address.
+/// The pools, keyed by pod (or cluster IP) address. A pool is in an `Arc` of its own so that
+/// the thread's last one can be kept without the map (see [`DestPools::with_pool`]).
 pub struct DestPools {
-    pools: DashMap<SocketAddr, DestPool, crate::FastHash>,
+    pools: DashMap<SocketAddr, Arc<DestPool>, crate::FastHash>,
+    /// These pools among all (the thread's last pool names its `DestPools`).
+    id: u64,
     max_idle_per_host: usize,
     tls: Option<TlsTargets>,
     /// The runtime whose requests these pools serve, for their timers' reuse: kept here, once
     /// per worker, rather than in each connection's service (8 more bytes in every connection's
     /// task took it to a larger allocation class: 0.35 KiB more per idle connection).
     timers: OnceLock<TimerReuse>,
+}
+
+/// Source of [`DestPools::id`].
+static DEST_POOLS: AtomicU64 = AtomicU64::new(0);
+
+/// The plaintext pool this thread's requests used last.
+struct LastPool {
+    pools: u64,
+    addr: SocketAddr,
+    /// Weak: a pool the sweep drops is not kept by the cache.
+    pool: Weak<DestPool>,
+}
+
+thread_local! {
+    static LAST_POOL: RefCell<Option<LastPool>> = const { RefCell::new(None) };
 }
 
 /// Where a request goes in TLS mode.
@@ -72,6 +91,7 @@ impl DestPools {
     pub fn new(max_idle_per_host: usize) -> Self {
         DestPools {
             pools: DashMap::default(),
+            id: DEST_POOLS.fetch_add(1, Ordering::Relaxed),
             max_idle_per_host,
             tls: None,
             timers: OnceLock::new(),
@@ -181,17 +201,50 @@ impl DestPools {
         })
     }
 
+    /// `f` of the pool for `addr`: the one this thread used last when it is `addr`'s and still
+    /// alive (no hashing, no shard lock), else the map's (which then becomes the thread's last).
+    /// A pool taken from the cache just as the sweep drops it serves this request (as one a
+    /// request holds during a sweep would) and is not used again.
     #[inline]
     fn with_pool<T>(&self, addr: SocketAddr, f: impl FnOnce(&DestPool) -> T) -> T {
-        if let Some(pool) = self.pools.get(&addr) {
+        let last = LAST_POOL
+            .try_with(|last| {
+                let last = last.borrow();
+                let last = last.as_ref()?;
+                if last.pools != self.id || last.addr != addr {
+                    return None;
+                }
+                last.pool.upgrade()
+            })
+            .ok()
+            .flatten();
+        let pool = match last {
+            Some(pool) => pool,
+            None => {
+                let pool = match self.pools.get(&addr) {
+                    Some(pool) => Arc::clone(&pool),
+                    None => Arc::clone(&self.pools.entry(addr).or_insert_with(|| {
+                        Arc::new(DestPool {
+                            upstream: Arc::new(Upstream::new(addr, self.max_idle_per_host)),
+                            used: AtomicBool::new(true),
+                            authority: Authority::try_from(addr.to_string()).ok(),
+                        })
+                    })),
+                };
+                let _ = LAST_POOL.try_with(|last| {
+                    *last.borrow_mut() = Some(LastPool {
+                        pools: self.id,
+                        addr,
+                        pool: Arc::downgrade(&pool),
+                    });
+                });
+                pool
+            }
+        };
+        // A load, and a store only on the first use after a sweep (as the revision's flag).
+        if !pool.used.load(Ordering::Relaxed) {
             pool.used.store(true, Ordering::Relaxed);
-            return f(&pool);
         }
-        let pool = self.pools.entry(addr).or_insert_with(|| DestPool {
-            upstream: Arc::new(Upstream::new(addr, self.max_idle_per_host)),
-            used: AtomicBool::new(true),
-            authority: Authority::try_from(addr.to_string()).ok(),
-        });
         f(&pool)
     }
 
@@ -248,6 +301,33 @@ mod tests {
         drop(held);
         pools.sweep();
         assert!(pools.is_empty());
+    }
+
+    /// The thread's last pool is the map's: the same pool again, a new one (in the map) once
+    /// the sweep dropped it, and never another `DestPools`' pool.
+    #[test]
+    fn the_threads_last_pool_is_the_maps() {
+        let pools = DestPools::new(4);
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let first = pools.get(a);
+        let again = pools.get(a);
+        assert!(std::ptr::eq(&*first, &*again));
+        drop((first, again));
+        pools.sweep(); // used since creation
+        assert_eq!(pools.len(), 1);
+        let kept = pools.get(a); // from the cache: marks it used
+        drop(kept);
+        pools.sweep();
+        assert_eq!(pools.len(), 1, "used through the cache, so kept");
+        pools.sweep();
+        assert!(pools.is_empty());
+        let fresh = pools.get(a);
+        assert_eq!(pools.len(), 1);
+        assert!(std::ptr::eq(&*fresh, &*pools.get(a)));
+        let other = DestPools::new(4);
+        let theirs = other.get(a);
+        assert!(!std::ptr::eq(&*fresh, &*theirs));
+        assert_eq!(other.len(), 1);
     }
 
     #[test]

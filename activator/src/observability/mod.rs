@@ -218,23 +218,26 @@ impl Observability {
         revision_metrics: Option<Arc<RevisionMetrics>>,
         remote: SocketAddr,
     ) -> Option<Observed> {
+        let log = revision.is_some() && self.request_log.load(Ordering::Acquire);
+        if self.tracer.is_none() && self.metrics.is_none() && !log {
+            // Nothing on: nothing built, moved and dropped.
+            return None;
+        }
         let span = self
             .tracer
             .map(|t| spans::server_span(t, request, revision.map(|r| &**r)));
         let measure = self.metrics.map(|m| m.start(request, revision_metrics));
-        let line = revision
-            .filter(|_| self.request_log.load(Ordering::Acquire))
-            .and_then(|revision| {
-                let settings = self.dynamic.load();
-                settings.request_log_active().then(|| {
-                    LogLine::capture(
-                        Arc::clone(&settings),
-                        self.revision_info(revision),
-                        remote,
-                        request,
-                    )
-                })
-            });
+        let line = revision.filter(|_| log).and_then(|revision| {
+            let settings = self.dynamic.load();
+            settings.request_log_active().then(|| {
+                LogLine::capture(
+                    Arc::clone(&settings),
+                    self.revision_info(revision),
+                    remote,
+                    request,
+                )
+            })
+        });
         (measure.is_some() || line.is_some() || span.is_some()).then(|| {
             Observed(Box::new(ObservedInner {
                 measure,

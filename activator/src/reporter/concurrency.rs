@@ -13,13 +13,14 @@
 //! between entry creation and its "in" event (§11 item 26) nor one that came and went while the
 //! report was being cut is lost.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
-use knative_common::stats::{InFlight, RequestStats, Stat, WireStatMessage, WireStatMessages};
+use knative_common::stats::{OwnedInFlight, RequestStats, Stat, WireStatMessage, WireStatMessages};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -38,6 +39,8 @@ type Observer = Box<dyn Fn(&RevisionId, f64) + Send + Sync>;
 /// Accounting for one revision.
 #[derive(Debug)]
 struct RevisionStats {
+    /// The revision (what a thread's cached entry is compared with).
+    id: RevisionId,
     stats: RequestStats,
     /// 1 until the first report after creation, which subtracts the poke.
     first_request: AtomicBool,
@@ -46,8 +49,9 @@ struct RevisionStats {
 }
 
 impl RevisionStats {
-    fn new() -> Self {
+    fn new(id: RevisionId) -> Self {
         RevisionStats {
+            id,
             stats: RequestStats::new(),
             first_request: AtomicBool::new(true),
             state: AtomicU64::new(ARRIVAL),
@@ -55,46 +59,39 @@ impl RevisionStats {
     }
 }
 
-/// Decrements `refs` when dropped (after the "out" event: fields drop in order).
-struct Release<'a>(&'a AtomicU64);
+/// A request's reference on its entry: reads as the entry's stats, and decrements `refs` when
+/// dropped (after the "out" event: [`OwnedInFlight`] records it before dropping its owner).
+struct Held(Arc<RevisionStats>);
 
-impl Drop for Release<'_> {
+impl std::ops::Deref for Held {
+    type Target = RequestStats;
+
+    fn deref(&self) -> &RequestStats {
+        &self.0.stats
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.state.fetch_sub(1, Ordering::AcqRel);
     }
 }
-
-/// What an in-flight request holds on its entry: first the window event, then the reference.
-struct Tracked<'a> {
-    _in_flight: InFlight<'a>,
-    _release: Release<'a>,
-}
-
-self_cell::self_cell!(
-    struct TrackedCell {
-        owner: Arc<RevisionStats>,
-        #[covariant]
-        dependent: Tracked,
-    }
-);
 
 /// Guard for one request counted by [`ConcurrencyReporter::handle_in`]; dropping it records the
 /// request's "out" event.
 ///
 /// Keep it for the whole request: throttler wait, proxying and streaming of the response body
-/// (§2.10). It is `Send + Sync + 'static`, so it can be moved into a response body.
+/// (§2.10). It is `Send + Sync + 'static`, so it can be moved into a response body. It holds the
+/// entry's `Arc` itself (no allocation per request).
 pub struct InFlightReport {
-    _cell: TrackedCell,
+    _in_flight: OwnedInFlight<Held>,
 }
 
 impl InFlightReport {
     /// Records the "in" event on an entry whose `refs` already counts this request.
     fn new(entry: Arc<RevisionStats>) -> Self {
         InFlightReport {
-            _cell: TrackedCell::new(entry, |entry| Tracked {
-                _in_flight: entry.stats.request_in(false),
-                _release: Release(&entry.state),
-            }),
+            _in_flight: RequestStats::request_in_owned(Held(entry), false),
         }
     }
 }
@@ -116,6 +113,26 @@ pub struct ConcurrencyReporter {
     sink: Sink,
     observer: Option<Observer>,
     entries: DashMap<RevisionId, Arc<RevisionStats>, crate::FastHash>,
+    /// This reporter among all (a thread's cached entry names its reporter).
+    reporter: u64,
+    /// Bumped, under the shard's write lock, before an entry is tested for deletion: an entry
+    /// cached at an older generation is looked up again (see [`ConcurrencyReporter::cached`]).
+    generation: AtomicU64,
+}
+
+/// Source of [`ConcurrencyReporter::reporter`].
+static REPORTERS: AtomicU64 = AtomicU64::new(0);
+
+/// The entry this thread's requests found last (see [`ConcurrencyReporter::cached`]).
+struct LastEntry {
+    reporter: u64,
+    /// The reporter's generation when it was found (under its shard's read lock).
+    generation: u64,
+    entry: Arc<RevisionStats>,
+}
+
+thread_local! {
+    static LAST_ENTRY: RefCell<Option<LastEntry>> = const { RefCell::new(None) };
 }
 
 impl std::fmt::Debug for ConcurrencyReporter {
@@ -138,6 +155,8 @@ impl ConcurrencyReporter {
             sink: Box::new(sink),
             observer: None,
             entries: DashMap::default(),
+            reporter: REPORTERS.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -188,12 +207,26 @@ impl ConcurrencyReporter {
     /// First half of [`handle_in`](Self::handle_in): finds or creates the entry and takes a
     /// reference on it; returns the poke batch if the entry was created.
     fn get_or_create(&self, rev: &RevisionId) -> (Arc<RevisionStats>, Option<WireStatMessages>) {
+        if let Some(entry) = self.cached(rev) {
+            return (entry, None);
+        }
         // Fast path. `map` consumes the shard guard, so no lock is held past this statement.
         let existing = self.entries.get(rev).map(|entry| {
             entry.state.fetch_add(ARRIVAL, Ordering::AcqRel);
-            Arc::clone(entry.value())
+            // Only bumped under a shard's write lock: this entry was in the map at it.
+            (
+                Arc::clone(entry.value()),
+                self.generation.load(Ordering::Relaxed),
+            )
         });
-        if let Some(entry) = existing {
+        if let Some((entry, generation)) = existing {
+            let _ = LAST_ENTRY.try_with(|last| {
+                *last.borrow_mut() = Some(LastEntry {
+                    reporter: self.reporter,
+                    generation,
+                    entry: Arc::clone(&entry),
+                });
+            });
             return (entry, None);
         }
         let created = match self.entries.entry(rev.clone()) {
@@ -202,7 +235,7 @@ impl ConcurrencyReporter {
                 return (Arc::clone(o.get()), None);
             }
             MapEntry::Vacant(v) => {
-                let entry = Arc::new(RevisionStats::new());
+                let entry = Arc::new(RevisionStats::new(rev.clone()));
                 v.insert(Arc::clone(&entry));
                 entry
             }
@@ -211,6 +244,40 @@ impl ConcurrencyReporter {
             messages: vec![self.message(rev, 1.0, 1.0)],
         };
         (created, Some(poke))
+    }
+
+    /// The entry this thread's requests found last, with this arrival counted on it, when it is
+    /// `rev`'s and no deletion test has happened since (no lock, no hashing).
+    ///
+    /// Why the arrival is then never lost: the entry was in the map at the cached generation, and
+    /// [`report`](Self::report) bumps the generation (under the shard's write lock) before it
+    /// tests an entry's counter for deletion. This adds the arrival to the counter, then, after a
+    /// SeqCst fence, reads the generation; the test bumps the generation, then, after a SeqCst
+    /// fence, reads the counter. Of two SeqCst fences one comes first: if this one does, the
+    /// test sees the arrival (the counter's arrivals never go back) and keeps the entry; if the
+    /// test's does, this sees the new generation, takes the arrival back and looks the revision
+    /// up in the map.
+    fn cached(&self, rev: &RevisionId) -> Option<Arc<RevisionStats>> {
+        LAST_ENTRY
+            .try_with(|last| {
+                let last = last.borrow();
+                let last = last.as_ref()?;
+                if last.reporter != self.reporter
+                    || last.generation != self.generation.load(Ordering::Relaxed)
+                    || last.entry.id != *rev
+                {
+                    return None;
+                }
+                last.entry.state.fetch_add(ARRIVAL, Ordering::AcqRel);
+                fence(Ordering::SeqCst);
+                if self.generation.load(Ordering::Relaxed) != last.generation {
+                    last.entry.state.fetch_sub(ARRIVAL, Ordering::AcqRel);
+                    return None;
+                }
+                Some(Arc::clone(&last.entry))
+            })
+            .ok()
+            .flatten()
     }
 
     fn message(&self, rev: &RevisionId, concurrency: f64, count: f64) -> WireStatMessage {
@@ -252,6 +319,9 @@ impl ConcurrencyReporter {
             msgs.push(self.message(&rev, concurrency, count));
             if report.average_concurrency == 0.0 && before & REFS_MASK == 0 {
                 self.entries.remove_if(&rev, |_, current| {
+                    // Cached entries are looked up again from now on (see `cached`).
+                    self.generation.fetch_add(1, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
                     Arc::ptr_eq(current, &entry) && current.state.load(Ordering::Acquire) == before
                 });
             }
@@ -619,6 +689,49 @@ mod tests {
         fn check<T: Send + Sync + 'static>() {}
         check::<InFlightReport>();
         check::<ConcurrencyReporter>();
+    }
+
+    /// A request counted through the thread's cached entry is counted on the entry in the map:
+    /// deletions racing with it (a thread cutting windows without pause) never take an entry a
+    /// request holds, and a request after a deletion gets a new entry.
+    #[test]
+    fn cached_entry_races_with_deletion() {
+        let (tx, _rx) = unbounded_channel();
+        let cr = Arc::new(ConcurrencyReporter::with_channel(POD, tx));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cutter = {
+            let (cr, stop) = (Arc::clone(&cr), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    cr.report();
+                }
+            })
+        };
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let cr = Arc::clone(&cr);
+                std::thread::spawn(move || {
+                    let mut created = 0;
+                    for _ in 0..20_000 {
+                        let (entry, poke) = cr.get_or_create(&rev("a"));
+                        created += usize::from(poke.is_some());
+                        let report = InFlightReport::new(Arc::clone(&entry));
+                        let current = cr.entries.get(&rev("a")).expect("deleted while held");
+                        assert!(Arc::ptr_eq(current.value(), &entry));
+                        drop(current);
+                        drop(report);
+                    }
+                    created
+                })
+            })
+            .collect();
+        let created: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        stop.store(true, Ordering::Release);
+        cutter.join().unwrap();
+        assert!(created >= 1);
+        for e in cr.entries.iter() {
+            assert_eq!(e.state.load(Ordering::Acquire) & REFS_MASK, 0);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,12 +38,14 @@ mod tracker;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::FastHash;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 
 use tokio::sync::mpsc;
 
@@ -151,12 +153,35 @@ impl fmt::Debug for Activation {
 }
 
 /// The registry of revision throttlers, keyed by namespace then name so that lookups borrow the
-/// caller's strings (one read lock, two hash lookups, no allocation).
+/// caller's strings (one read lock, two hash lookups, no allocation). The request path's lookup
+/// ([`Throttler::try_acquire_by`]) first tries the revision it found last on this thread (see
+/// [`Throttler::lookup`]).
 #[derive(Debug)]
 pub struct Throttler {
     revisions: RwLock<Revisions>,
     gate: Arc<fair::FairQueue>,
     activation: OnceLock<Activation>,
+    /// This registry among all (the thread's cached revision names its registry).
+    registry: u64,
+    /// Bumped, under the write lock, before a throttler is taken out of the registry (eviction,
+    /// removal): a revision cached at an older generation is looked up again.
+    generation: AtomicU64,
+}
+
+/// Source of [`Throttler::registry`].
+static REGISTRIES: AtomicU64 = AtomicU64::new(0);
+
+/// The revision this thread's request path found last (see [`Throttler::lookup`]).
+struct LastRevision {
+    registry: u64,
+    /// The registry's generation when it was found (under the read lock).
+    generation: u64,
+    /// Weak: a cached revision must not count as a user (eviction tests the strong count).
+    revision: Weak<RevisionThrottler>,
+}
+
+thread_local! {
+    static LAST_REVISION: RefCell<Option<LastRevision>> = const { RefCell::new(None) };
 }
 
 impl Default for Throttler {
@@ -181,6 +206,8 @@ impl Throttler {
             revisions: RwLock::default(),
             gate: Arc::new(fair::FairQueue::new(max)),
             activation: OnceLock::new(),
+            registry: REGISTRIES.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -211,16 +238,23 @@ impl Throttler {
 
     /// Removes the revision's throttler if the registry holds the only reference to it: no
     /// request waits for it or holds a lease, nobody else looks at it. Requests obtain
-    /// references only from the registry, under its lock, so none can start using it after the
-    /// check (the revision's watcher holds a `Weak` and only reads through it). Returns the
-    /// removed throttler (then held by the caller alone).
+    /// references from the registry under its lock, or from a thread's cached `Weak` checked
+    /// against the generation this bumps first (see [`Throttler::lookup`]), so none can start
+    /// using it after the check (the revision's watcher holds a `Weak` and only reads through
+    /// it). Returns the removed throttler (then held by the caller alone).
     pub fn evict_if_unused(&self, id: &RevisionId) -> Option<Arc<RevisionThrottler>> {
         let mut revisions = self
             .revisions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let names = revisions.get_mut(id.namespace.as_str())?;
-        if Arc::strong_count(names.get(id.name.as_str())?) != 1 {
+        let revision = names.get(id.name.as_str())?;
+        // Invalidate the cached lookups, then look at the count: a lookup that took a reference
+        // without seeing the new generation has its reference counted here (two SeqCst fences,
+        // each between a write and a read of the other side's location: see `lookup`).
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if Arc::strong_count(revision) != 1 {
             return None;
         }
         let removed = names.remove(id.name.as_str());
@@ -292,6 +326,11 @@ impl Throttler {
         let Some(names) = revisions.get_mut(id.namespace.as_str()) else {
             return false;
         };
+        if !names.contains_key(id.name.as_str()) {
+            return false;
+        }
+        // Cached lookups see it gone from now on (see `lookup`).
+        self.generation.fetch_add(1, Ordering::SeqCst);
         let removed = names.remove(id.name.as_str()).is_some();
         if names.is_empty() {
             revisions.remove(id.namespace.as_str());
@@ -302,6 +341,58 @@ impl Throttler {
     /// The revision's throttler, looked up with borrowed strings.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<RevisionThrottler>> {
         self.read().get(namespace)?.get(name).cloned()
+    }
+
+    /// [`Throttler::get`] for the request path: the revision this thread found last, when it is
+    /// the one asked for and the registry's generation has not moved since; else the registry
+    /// (which then becomes the thread's last revision). No lock and no hashing when it is.
+    ///
+    /// Why a cached revision is still in the registry when this returns it: it was found there
+    /// at generation `g`, and anything that takes a throttler out bumps the generation under the
+    /// write lock before it does (eviction: before it tests the strong count). This takes its
+    /// reference (the `Weak` upgraded: a write of the strong count), then, after a SeqCst fence,
+    /// reads the generation; eviction bumps the generation, then, after a SeqCst fence, reads
+    /// the strong count. Of two SeqCst fences one comes first: if this one does, eviction sees
+    /// the reference and gives up (the next idle sweep looks again); if eviction's does, this
+    /// sees the new generation, drops its reference and takes the registry's lock (where the
+    /// eviction, holding the write lock, is waited for).
+    fn lookup(&self, namespace: &str, name: &str) -> Option<Arc<RevisionThrottler>> {
+        let cached = LAST_REVISION
+            .try_with(|last| {
+                let last = last.borrow();
+                let last = last.as_ref()?;
+                if last.registry != self.registry
+                    || last.generation != self.generation.load(Ordering::Relaxed)
+                {
+                    return None;
+                }
+                let revision = last.revision.upgrade()?;
+                let id = revision.id();
+                if id.name != name || id.namespace != namespace {
+                    return None;
+                }
+                fence(Ordering::SeqCst);
+                (self.generation.load(Ordering::Relaxed) == last.generation).then_some(revision)
+            })
+            .ok()
+            .flatten();
+        if cached.is_some() {
+            return cached;
+        }
+        let (revision, generation) = {
+            let revisions = self.read();
+            let revision = revisions.get(namespace)?.get(name)?.clone();
+            // Only bumped under the write lock: stable while the read lock is held.
+            (revision, self.generation.load(Ordering::Relaxed))
+        };
+        let _ = LAST_REVISION.try_with(|last| {
+            *last.borrow_mut() = Some(LastRevision {
+                registry: self.registry,
+                generation,
+                revision: Arc::downgrade(&revision),
+            });
+        });
+        Some(revision)
     }
 
     /// The revision's throttler.
@@ -355,7 +446,7 @@ impl Throttler {
         name: &str,
     ) -> impl Future<Output = Result<Lease, ThrottlerError>> + Send + 'static {
         let found = self
-            .get(namespace, name)
+            .lookup(namespace, name)
             .or_else(|| self.activate(namespace, name))
             .ok_or_else(|| ThrottlerError::RevisionNotFound(name.to_owned()));
         async move { found?.acquire().await }

@@ -602,6 +602,89 @@ async fn registry_lookup_and_lifecycle() {
     assert_eq!(throttler.len(), 1);
 }
 
+/// The request path's cached lookup: it does not keep a revision from being evicted, never
+/// gives one that was evicted or removed (even while a lease keeps it alive), finds a
+/// re-created one, and keeps registries apart.
+#[tokio::test]
+async fn cached_lookup_follows_eviction_and_removal() {
+    let throttler = Throttler::new();
+    let a = RevisionId::new("ns1", "a");
+    let settings = RevisionSettings::default();
+    let first = throttler.ensure_revision(&a, settings);
+    throttler.update_dests(&a, &pods(&["10.0.0.1:80"])).unwrap();
+    drop(throttler.try_acquire(&a).await.unwrap()); // now this thread's last revision
+    let cached = throttler.lookup("ns1", "a").unwrap();
+    assert!(Arc::ptr_eq(&cached, &first));
+    // A reference taken through the cache counts: no eviction while it is held.
+    assert!(throttler.evict_if_unused(&a).is_none());
+    drop((cached, first));
+    // The cached `Weak` does not count.
+    let evicted = throttler.evict_if_unused(&a).expect("evicted");
+    assert!(throttler.lookup("ns1", "a").is_none());
+    assert_eq!(
+        throttler.try_acquire(&a).await.unwrap_err(),
+        ThrottlerError::RevisionNotFound("a".into())
+    );
+    drop(evicted);
+
+    // Re-created: the new one is found (and cached), not the old one.
+    let second = throttler.ensure_revision(&a, settings);
+    throttler.update_dests(&a, &pods(&["10.0.0.2:80"])).unwrap();
+    let lease = throttler.try_acquire(&a).await.unwrap();
+    assert_eq!(lease.dest(), "10.0.0.2:80");
+    assert!(Arc::ptr_eq(&throttler.lookup("ns1", "a").unwrap(), &second));
+    // Removed while a lease keeps it alive: no longer found.
+    assert!(throttler.remove_revision(&a));
+    assert!(throttler.lookup("ns1", "a").is_none());
+    drop(lease);
+
+    // Another registry with the same revision: its own throttler.
+    let other = Throttler::new();
+    let third = other.ensure_revision(&a, settings);
+    throttler.ensure_revision(&a, settings);
+    assert!(throttler.lookup("ns1", "a").is_some());
+    assert!(Arc::ptr_eq(&other.lookup("ns1", "a").unwrap(), &third));
+    assert!(!Arc::ptr_eq(&throttler.lookup("ns1", "a").unwrap(), &third));
+}
+
+/// Eviction racing with cached lookups on other threads: whenever a lookup returns a revision,
+/// it is the one in the registry (no request ever holds an evicted throttler while the
+/// registry has moved on).
+#[test]
+fn cached_lookup_races_with_eviction() {
+    let throttler = Arc::new(Throttler::new());
+    let a = RevisionId::new("ns1", "a");
+    throttler.ensure_revision(&a, RevisionSettings::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lookups: Vec<_> = (0..2)
+        .map(|_| {
+            let (throttler, stop) = (Arc::clone(&throttler), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut found = 0u64;
+                while !stop.load(SeqCst) {
+                    if let Some(revision) = throttler.lookup("ns1", "a") {
+                        found += 1;
+                        // Held: the registry still has this very throttler.
+                        let current = throttler.get("ns1", "a").expect("evicted while held");
+                        assert!(Arc::ptr_eq(&revision, &current));
+                    }
+                }
+                found
+            })
+        })
+        .collect();
+    let mut evictions = 0;
+    for _ in 0..20_000 {
+        if throttler.evict_if_unused(&a).is_some() {
+            evictions += 1;
+            throttler.ensure_revision(&a, RevisionSettings::default());
+        }
+    }
+    stop.store(true, SeqCst);
+    let found: u64 = lookups.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(evictions > 0 && found > 0, "{evictions} {found}");
+}
+
 /// No pod ever exceeds its cc: 200 concurrent requests, 3 pods with cc 2, while the activator
 /// set (hence the assignment and the revision capacity) keeps changing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
