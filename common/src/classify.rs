@@ -3,11 +3,11 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::header_scan::Present;
+use crate::header_scan::{Present, Scan};
 
 use crate::headers::{
     ACTIVATOR_PROBE_UA_PREFIX, AUTOSCALING_PROBE_UA_PREFIX, KUBE_PROBE_UA_PREFIX, K_KUBELET_PROBE,
-    K_NETWORK_PROBE, K_PROXY_REQUEST, PROBE_NETWORK, PROXY_REQUEST_ACTIVATOR,
+    K_PROXY_REQUEST, PROBE_NETWORK, PROXY_REQUEST_ACTIVATOR,
 };
 
 /// The first values of the headers that classify a request, found in one pass over the map.
@@ -40,11 +40,15 @@ impl<'a> ProbeHeaders<'a> {
     ) -> Self {
         let mut found = ProbeHeaders::default();
         for (name, value) in headers {
-            let slot = if *name == http::header::USER_AGENT {
+            // One word comparison per name (`Present::of`), where comparing the names compared
+            // the bytes of every 15-byte name (`x-forwarded-for`, `k-proxy-request`, ...)
+            // twice.
+            let bit = Present::of(name);
+            let slot = if bit == Present::USER_AGENT {
                 &mut found.user_agent
-            } else if *name == K_KUBELET_PROBE {
+            } else if bit == Present::K_KUBELET_PROBE {
                 &mut found.kubelet_probe
-            } else if *name == K_NETWORK_PROBE {
+            } else if bit == Present::K_NETWORK_PROBE {
                 &mut found.network_probe
             } else {
                 other(name, value);
@@ -53,6 +57,16 @@ impl<'a> ProbeHeaders<'a> {
             slot.get_or_insert(value);
         }
         found
+    }
+
+    /// The classifying headers of a map already scanned.
+    #[inline]
+    pub fn from_scan(scan: &Scan<'a>) -> Self {
+        ProbeHeaders {
+            user_agent: scan.first(Present::USER_AGENT),
+            kubelet_probe: scan.first(Present::K_KUBELET_PROBE),
+            network_probe: scan.first(Present::K_NETWORK_PROBE),
+        }
     }
 
     fn user_agent(&self) -> &'a [u8] {
@@ -151,9 +165,13 @@ pub fn is_probe(headers: &HeaderMap) -> bool {
 /// Proxied by the activator: `K-Proxy-Request: activator` (exact, case-sensitive).
 #[inline]
 pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(&K_PROXY_REQUEST)
-        .is_some_and(|v| v.as_bytes() == PROXY_REQUEST_ACTIVATOR.as_bytes())
+    is_proxied_value(headers.get(&K_PROXY_REQUEST))
+}
+
+/// [`is_proxied`] of the first `K-Proxy-Request` value (e.g. from a [`Scan`]).
+#[inline]
+pub fn is_proxied_value(value: Option<&HeaderValue>) -> bool {
+    value.is_some_and(|v| v.as_bytes() == PROXY_REQUEST_ACTIVATOR.as_bytes())
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! the request path would otherwise make. The request path scans once per stage and looks up (or
 //! removes) only what the scan found.
 
+use std::hash::Hash;
+
 use http::header::{HeaderName, HOST};
 use http::{HeaderMap, HeaderValue};
 
@@ -20,15 +22,218 @@ macro_rules! known_headers {
             $($(#[$doc])* pub const $constant: Present = Present(1 << $bit);)*
         }
 
-        /// The bit of `name`, or 0 for a name not tracked here.
+        /// The tracked names, for [`NAME_TABLE`].
+        const TRACKED: [(&str, u32); [$($bit),*].len()] = [$(($name, 1 << $bit)),*];
+
+        /// The bit of `name` (0 for a name not tracked here) by comparing strings: what
+        /// [`bit_of`] answers for names shorter than a word, and its reference in tests.
         #[inline]
-        fn bit_of(name: &HeaderName) -> u32 {
-            match name.as_str() {
+        fn bit_of_str(name: &str) -> u32 {
+            match name {
                 $($name => 1 << $bit,)*
                 _ => 0,
             }
         }
     };
+}
+
+/// Number of tracked names (bits of [`Present`]).
+const TRACKED_COUNT: usize = TRACKED.len();
+
+/// Eight bytes of `bytes` from `at`, as a little-endian word.
+#[inline]
+const fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut w = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        w |= (bytes[at + i] as u64) << (8 * i);
+        i += 1;
+    }
+    w
+}
+
+/// Slots of [`NAME_TABLE`] (a power of two, above the number of names).
+const SLOT_BITS: u32 = 6;
+
+/// A tracked name of eight bytes or more, as words: bytes `0..8`, `len-8..len`, `8..16` and
+/// `len-16..len-8` (the last two only for names over 16 bytes). Up to 32 bytes the four cover
+/// every byte, so equal words and lengths are equal names.
+#[derive(Clone, Copy)]
+struct Slot {
+    len: usize,
+    words: [u64; 4],
+    bit: u32,
+}
+
+/// The table [`bit_of`] reads: the tracked names of eight bytes or more, each in its own slot
+/// of a multiplicative hash of its first and last words, and the multiplier that separates
+/// them (found at compile time; the build fails if none of those tried does).
+struct NameTable {
+    multiplier: u64,
+    slots: [Slot; 1 << SLOT_BITS],
+}
+
+#[inline]
+const fn slot_index(first: u64, last: u64, len: usize, multiplier: u64) -> usize {
+    ((first ^ last.rotate_left(29) ^ len as u64).wrapping_mul(multiplier) >> (64 - SLOT_BITS))
+        as usize
+}
+
+const NAME_TABLE: NameTable = {
+    const EMPTY: Slot = Slot {
+        len: 0,
+        words: [0; 4],
+        bit: 0,
+    };
+    let mut multiplier: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut tries = 0;
+    loop {
+        assert!(tries < 1000, "no multiplier separates the tracked names");
+        let mut slots = [EMPTY; 1 << SLOT_BITS];
+        let mut clash = false;
+        let mut i = 0;
+        while i < TRACKED.len() && !clash {
+            let (name, bit) = TRACKED[i];
+            let b = name.as_bytes();
+            let len = b.len();
+            assert!(len <= 32, "a tracked name longer than 32 bytes");
+            if len >= 8 {
+                let (first, last) = (word(b, 0), word(b, len - 8));
+                let (mid, mid_last) = if len > 16 {
+                    (word(b, 8), word(b, len - 16))
+                } else {
+                    (0, 0)
+                };
+                let index = slot_index(first, last, len, multiplier);
+                if slots[index].len != 0 {
+                    clash = true;
+                }
+                slots[index] = Slot {
+                    len,
+                    words: [first, last, mid, mid_last],
+                    bit,
+                };
+            }
+            i += 1;
+        }
+        if !clash {
+            break NameTable { multiplier, slots };
+        }
+        multiplier = multiplier.wrapping_add(0x6a09_e667_f3bc_c909) | 1;
+        tries += 1;
+    }
+};
+
+/// The bit of `name`, or 0 for a name not tracked here. The name's representation is read
+/// through its `Hash` ([`ReprProbe`]): a standard name gives its index, looked up in
+/// [`STANDARD_BITS`] (`HeaderName::as_str` is an out-of-line call for one), a custom one its
+/// bytes, classified by [`bit_of_bytes`].
+#[inline]
+fn bit_of(name: &HeaderName) -> u32 {
+    let mut probe = ReprProbe::Start;
+    name.hash(&mut probe);
+    match probe {
+        ReprProbe::Custom(bit) => bit,
+        ReprProbe::Standard(index) => match STANDARD_BITS.get(index) {
+            Some(bits) => bits,
+            None => bit_of_str(name.as_str()),
+        },
+        _ => bit_of_str(name.as_str()),
+    }
+}
+
+/// What `HeaderName`'s derived `Hash` shows of its representation: the variant (`Standard` 0,
+/// `Custom` 1, written with `write_isize`), then a standard name's index (`write_isize`) or a
+/// custom name's bytes (`write`). Any other sequence ends in `Unknown`, and [`bit_of`] then
+/// compares the name's string: a different `http` layout costs speed, never a wrong answer
+/// (the tests check both paths are taken).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReprProbe {
+    Start,
+    StandardTag,
+    CustomTag,
+    Standard(usize),
+    Custom(u32),
+    Unknown,
+}
+
+impl std::hash::Hasher for ReprProbe {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        *self = match *self {
+            ReprProbe::CustomTag => ReprProbe::Custom(bit_of_bytes(bytes)),
+            _ => ReprProbe::Unknown,
+        };
+    }
+
+    #[inline]
+    fn write_isize(&mut self, i: isize) {
+        *self = match (*self, i) {
+            (ReprProbe::Start, 0) => ReprProbe::StandardTag,
+            (ReprProbe::Start, 1) => ReprProbe::CustomTag,
+            (ReprProbe::StandardTag, index) if index >= 0 => ReprProbe::Standard(index as usize),
+            _ => ReprProbe::Unknown,
+        };
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
+}
+
+/// The bits of the tracked names `http` has as standard names, by index (see [`ReprProbe`]).
+struct StandardBits(std::sync::LazyLock<[u32; 256]>);
+
+impl StandardBits {
+    #[inline]
+    fn get(&self, index: usize) -> Option<u32> {
+        self.0.get(index).copied()
+    }
+}
+
+static STANDARD_BITS: StandardBits = StandardBits(std::sync::LazyLock::new(|| {
+    let mut bits = [0; 256];
+    for (name, bit) in TRACKED {
+        let mut probe = ReprProbe::Start;
+        HeaderName::from_static(name).hash(&mut probe);
+        if let ReprProbe::Standard(index) = probe {
+            if let Some(slot) = bits.get_mut(index) {
+                *slot = bit;
+            }
+        }
+    }
+    bits
+}));
+
+/// The bit of a name given as (lower-case) bytes: a name of eight bytes or more is compared,
+/// a word at a time, with the one tracked name in its [`NAME_TABLE`] slot (a `match` over the
+/// strings compiled to a switch on the length and then `memcmp` calls, five of them for a
+/// 15-byte name such as `x-forwarded-for`).
+#[inline]
+fn bit_of_bytes(b: &[u8]) -> u32 {
+    let len = b.len();
+    if len < 8 {
+        return std::str::from_utf8(b).map_or(0, bit_of_str);
+    }
+    let (first, last) = (load(b, 0), load(b, len - 8));
+    let slot = &NAME_TABLE.slots[slot_index(first, last, len, NAME_TABLE.multiplier)];
+    if slot.len == len
+        && slot.words[0] == first
+        && slot.words[1] == last
+        && (len <= 16 || (slot.words[2] == load(b, 8) && slot.words[3] == load(b, len - 16)))
+    {
+        slot.bit
+    } else {
+        0
+    }
+}
+
+/// [`word`] at run time (one unaligned load).
+#[inline(always)]
+fn load(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
 }
 
 known_headers! {
@@ -134,6 +339,51 @@ impl Present {
     }
 }
 
+/// The tracked names a map holds and the first value of each, found in one pass: a stage that
+/// reads several of them (the queue-proxy's handler: the forwarded shim, the probe and proxied
+/// checks) looks none of them up.
+#[derive(Clone, Copy, Debug)]
+pub struct Scan<'a> {
+    present: Present,
+    first: [Option<&'a HeaderValue>; TRACKED_COUNT],
+}
+
+impl<'a> Scan<'a> {
+    /// Scans `headers` once.
+    #[inline]
+    pub fn of(headers: &'a HeaderMap) -> Self {
+        let mut scan = Scan {
+            present: Present(0),
+            first: [None; TRACKED_COUNT],
+        };
+        for (name, value) in headers {
+            let bit = bit_of(name);
+            // Tracked, and not seen before: the map yields a name's values in order.
+            if bit & !scan.present.0 != 0 {
+                scan.present.0 |= bit;
+                scan.first[bit.trailing_zeros() as usize] = Some(value);
+            }
+        }
+        scan
+    }
+
+    /// The tracked names found (what [`Present::scan`] gives).
+    #[inline]
+    pub fn present(&self) -> Present {
+        self.present
+    }
+
+    /// The first value of `name` (one of the [`Present`] constants), as `HeaderMap::get`
+    /// gives it.
+    #[inline]
+    pub fn first(&self, name: Present) -> Option<&'a HeaderValue> {
+        self.first
+            .get(name.0.trailing_zeros() as usize)
+            .copied()
+            .flatten()
+    }
+}
+
 impl std::ops::BitOr for Present {
     type Output = Present;
     fn bitor(self, other: Present) -> Present {
@@ -226,6 +476,118 @@ mod tests {
             };
             assert_eq!(fields(&by_replace), fields(&by_insert), "{pairs:?}");
         }
+    }
+
+    /// The word comparison answers as the string `match` does, for the tracked names, names of
+    /// the same length and words differing only in bytes the first and last words do not hold
+    /// (names over 16 bytes), standard names and names of every length.
+    #[test]
+    fn word_compare_agrees_with_string_match() {
+        let mut names: Vec<String> = TRACKED.iter().map(|(n, _)| n.to_string()).collect();
+        for (name, _) in TRACKED {
+            for at in 0..name.len() {
+                for byte in [b'a', b'z', b'-', b'0'] {
+                    let mut b = name.as_bytes().to_vec();
+                    b[at] = byte;
+                    names.push(String::from_utf8(b).unwrap());
+                }
+            }
+            names.push(format!("{name}x"));
+            names.push(name[1..].to_owned());
+            names.push(name[..name.len() - 1].to_owned());
+        }
+        for len in 1..40 {
+            names.push("x".repeat(len));
+            names.push("k-".repeat(len).chars().take(len).collect());
+        }
+        // Every standard name of `http` 1.5, and custom names seen in practice.
+        let others = concat!(
+            "accept accept-charset accept-encoding accept-language accept-ranges ",
+            "access-control-allow-credentials access-control-allow-headers ",
+            "access-control-allow-methods access-control-allow-origin ",
+            "access-control-expose-headers access-control-max-age ",
+            "access-control-request-headers access-control-request-method age allow alt-svc ",
+            "authorization cache-control cache-status cdn-cache-control connection ",
+            "content-disposition content-encoding content-language content-length ",
+            "content-location content-range content-security-policy ",
+            "content-security-policy-report-only content-type cookie dnt date etag expect ",
+            "expires forwarded from host if-match if-modified-since if-none-match if-range ",
+            "if-unmodified-since last-modified link location max-forwards origin pragma ",
+            "proxy-authenticate proxy-authorization pulic-key-pins ",
+            "pulic-key-pins-report-only range referer referrer-policy refresh retry-after ",
+            "sec-wesocket-accept sec-wesocket-extensions sec-wesocket-key ",
+            "sec-wesocket-protocol sec-wesocket-version server set-cookie ",
+            "strict-transport-security te trailer transfer-encoding user-agent upgrade ",
+            "upgrade-insecure-requests vary via warning www-authenticate ",
+            "x-content-type-options x-dns-prefetch-control x-frame-options x-xss-protection ",
+            "traceparent x-request-id x-forwarded-port k-passthrough-lb knative-serving-tag ",
+            "knative-serving-default-route ",
+        );
+        names.extend(others.split_whitespace().map(str::to_owned));
+        for name in names {
+            let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
+                continue;
+            };
+            assert_eq!(bit_of(&parsed), bit_of_str(parsed.as_str()), "{name:?}");
+        }
+    }
+
+    /// `bit_of` reads the representation of standard and custom names alike (else it still
+    /// answers right, through `as_str`, but slower).
+    #[test]
+    fn representation_probe_sees_both_kinds() {
+        let probe = |name: &HeaderName| {
+            let mut probe = ReprProbe::Start;
+            name.hash(&mut probe);
+            probe
+        };
+        assert!(matches!(probe(&HOST), ReprProbe::Standard(_)));
+        assert!(matches!(
+            probe(&http::header::USER_AGENT),
+            ReprProbe::Standard(_)
+        ));
+        assert_ne!(probe(&HOST), probe(&http::header::USER_AGENT));
+        assert_eq!(
+            probe(&HeaderName::from_static("x-forwarded-for")),
+            ReprProbe::Custom(Present::X_FORWARDED_FOR.0)
+        );
+        assert_eq!(
+            probe(&HeaderName::from_static("x-unknown")),
+            ReprProbe::Custom(0)
+        );
+        assert_eq!(STANDARD_BITS.get(999), None);
+    }
+
+    /// `Scan` finds the names `Present::scan` finds and the values `HeaderMap::get` gives.
+    #[test]
+    fn scan_gives_first_values() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "h"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("k-proxy-request", "activator"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-other", "1"),
+            ("user-agent", "ua"),
+            ("te", "trailers"),
+            ("knative-serving-namespace", "ns"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let scan = Scan::of(&headers);
+        assert_eq!(scan.present(), Present::scan(&headers));
+        for (name, bit) in TRACKED {
+            let bit = Present(bit);
+            assert_eq!(
+                scan.present().any(bit),
+                headers.contains_key(name),
+                "{name}"
+            );
+            assert_eq!(scan.first(bit), headers.get(name), "{name}");
+        }
+        assert!(TRACKED
+            .iter()
+            .all(|(_, bit)| (bit.trailing_zeros() as usize) < TRACKED_COUNT));
     }
 
     #[test]

@@ -12,9 +12,10 @@ use std::task::{ready, Context, Poll};
 use http::{Request, Response};
 use knative_common::body::{attach_guard, Guarded, LocalBody};
 use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Execution};
-use knative_common::classify::{is_kubelet_probe_scanned, is_proxied};
-use knative_common::forwarded::add_forwarded;
-use knative_common::header_scan::Present;
+use knative_common::classify::{is_proxied_value, ProbeHeaders};
+use knative_common::forwarded::forwarded_value;
+use knative_common::header_scan::{Present, Scan};
+use knative_common::headers::FORWARDED;
 use knative_common::proxy::rewrite::restore_original_host;
 use knative_common::stats::{InFlight, RequestStats};
 use knative_telemetry::trace::layer::{CarriedSpan, EndCarriedSpan};
@@ -108,9 +109,16 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<ReqB>) -> Self::Future {
-        let present = Present::scan(request.headers());
-        add_forwarded(&mut request, present);
-        if is_kubelet_probe_scanned(request.headers(), present) {
+        // One pass for the names and first values everything below reads.
+        let scan = Scan::of(request.headers());
+        let present = scan.present();
+        let forwarded = forwarded_value(&scan);
+        let kubelet_probe = ProbeHeaders::from_scan(&scan).is_kubelet_probe();
+        let proxied = is_proxied_value(scan.first(Present::K_PROXY_REQUEST));
+        if let Some(value) = forwarded {
+            request.headers_mut().insert(FORWARDED, value);
+        }
+        if kubelet_probe {
             return QueueHandlerFuture {
                 future: self.breaker.call_unlimited(request),
                 guard: None,
@@ -127,9 +135,7 @@ where
             }
             span
         });
-        let in_flight = self
-            .stats
-            .request_in(present.any(Present::K_PROXY_REQUEST) && is_proxied(request.headers()));
+        let in_flight = self.stats.request_in(proxied);
         if present.any(Present::K_ORIGINAL_HOST) {
             restore_original_host(&mut request);
         }
