@@ -10,7 +10,8 @@ use http::{Request, Version};
 use knative_common::breaker::Breaker;
 use knative_common::classify;
 use knative_common::forwarded;
-use knative_common::header_scan::Present;
+use knative_common::header_scan::{Present, Scan};
+use knative_common::headers::FORWARDED;
 use knative_common::proxy::rewrite::{
     prepare_request, restore_original_host, to_origin_form, PeerIp,
 };
@@ -113,8 +114,9 @@ fn headers(c: &mut Criterion) {
             bench.iter_batched(
                 typical_request,
                 |mut req| {
-                    let present = Present::scan(req.headers());
-                    forwarded::add_forwarded(&mut req, present);
+                    if let Some(value) = forwarded::forwarded_value(&Scan::of(req.headers())) {
+                        req.headers_mut().insert(FORWARDED, value);
+                    }
                     restore_original_host(&mut req);
                     black_box(prepare_request(&mut req, &peer));
                     to_origin_form(&mut req);

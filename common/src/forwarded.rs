@@ -1,10 +1,9 @@
 //! The forwarded shim (queue-proxy §3.7): synthesizes an RFC 7239 `Forwarded` header from the
 //! de-facto `X-Forwarded-*` headers when the request has none.
 
-use http::{HeaderMap, HeaderValue, Request};
+use http::{HeaderMap, HeaderValue};
 
 use crate::header_scan::{Present, Scan};
-use crate::headers::FORWARDED;
 
 /// The de-facto headers the shim builds `Forwarded` from.
 const ANY_X_FORWARDED: Present = Present::X_FORWARDED_FOR
@@ -21,21 +20,9 @@ pub fn synthesize(headers: &HeaderMap) -> Option<String> {
     forwarded_value(&Scan::of(headers)).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-/// Adds the `Forwarded` header [`synthesize`] gives, if any. `present`: [`Present::scan`] of the
-/// headers.
-#[inline]
-pub fn add_forwarded<B>(request: &mut Request<B>, present: Present) {
-    if present.any(ANY_X_FORWARDED) {
-        let headers = request.headers_mut();
-        if let Some(value) = forwarded_value_slow(&Scan::of(headers)) {
-            headers.insert(FORWARDED, value);
-        }
-    }
-}
-
 /// The `Forwarded` value to set for the headers `scan` describes, or `None` to leave them
 /// unchanged. The queue-proxy calls this from its handler stage (spec §3.7's shim), on the scan
-/// that stage makes anyway, and inserts the value under [`FORWARDED`].
+/// that stage makes anyway, and inserts the value under [`crate::headers::FORWARDED`].
 #[inline]
 pub fn forwarded_value(scan: &Scan<'_>) -> Option<HeaderValue> {
     if scan.present().any(ANY_X_FORWARDED) {
@@ -169,6 +156,8 @@ impl Out<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::FORWARDED;
+    use http::Request;
 
     fn case(xff: &str, xfh: &str, xfp: &str) -> Option<String> {
         let mut h = HeaderMap::new();
@@ -366,16 +355,18 @@ mod tests {
         assert!(cases > 1000);
     }
 
-    /// `add_forwarded` inserts what `synthesize` gives.
+    /// Inserting what `forwarded_value` gives (as the queue-proxy's handler does) sets what
+    /// `synthesize` gives.
     #[test]
-    fn add_forwarded_inserts_the_value() {
+    fn forwarded_value_inserts_the_value() {
         let mut req = Request::builder()
             .header("x-forwarded-for", "1.2.3.4, ::1")
             .header("x-forwarded-proto", "https")
             .body(())
             .unwrap();
-        let present = Present::scan(req.headers());
-        add_forwarded(&mut req, present);
+        if let Some(value) = forwarded_value(&Scan::of(req.headers())) {
+            req.headers_mut().insert(FORWARDED, value);
+        }
         assert_eq!(
             req.headers()["forwarded"],
             "for=1.2.3.4;proto=https, for=\"[::1]\""
