@@ -21,9 +21,8 @@ fn breaker(c: &mut Criterion) {
     let b = Breaker::for_container_concurrency(10).expect("valid breaker");
     c.bench_function("breaker/uncontended admit+execute+release", |bench| {
         bench.iter(|| {
-            let admission = b.try_admit().expect("room");
-            let execution = b.try_execute(admission).expect("slot");
-            black_box(&execution);
+            let permit = b.try_permit().expect("slot");
+            black_box(&permit);
         })
     });
 
@@ -35,9 +34,7 @@ fn breaker(c: &mut Criterion) {
         let stop = stop.clone();
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(a) = shared.try_admit() {
-                    let _ = black_box(shared.try_execute(a));
-                }
+                let _ = black_box(shared.try_permit());
             }
         })
     };
@@ -45,9 +42,7 @@ fn breaker(c: &mut Criterion) {
         "breaker/contended (2 threads) admit+execute+release",
         |bench| {
             bench.iter(|| {
-                if let Some(a) = shared.try_admit() {
-                    let _ = black_box(shared.try_execute(a));
-                }
+                let _ = black_box(shared.try_permit());
             })
         },
     );

@@ -7,7 +7,8 @@
 //! - [`proxy`]: the pooled reverse proxy with upgrades;
 //! - [`drain`], [`stats`], [`server`], [`env`](mod@env): lifecycle, accounting, listeners, configuration;
 //! - [`tls`]: system-internal TLS on the server side (settings, certificate reload, rustls config);
-//! - [`request_log`]: the request-log stage.
+//! - [`request_log`]: the request-log stage;
+//! - [`worker`]: which request-serving worker thread runs the current code.
 //!
 //! Telemetry (tracing, metrics, JSON process logs) is in the `knative-telemetry` crate, the
 //! request-log template engine in `go-text-template`.
@@ -34,3 +35,4 @@ pub mod signals;
 pub mod stats;
 pub mod timeout;
 pub mod tls;
+pub mod worker;

@@ -11,7 +11,7 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use knative_common::body::{attach_guard, Guarded, LocalBody};
-use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Execution};
+use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Permit};
 use knative_common::classify::{is_proxied_value, ProbeHeaders};
 use knative_common::forwarded::forwarded_value;
 use knative_common::header_scan::{Present, Scan};
@@ -91,7 +91,7 @@ pub struct HandlerGuard {
 }
 
 /// Response body of [`QueueHandler`].
-pub type QueueHandlerBody<B> = Guarded<Guarded<B, Option<Execution<'static>>>, HandlerGuard>;
+pub type QueueHandlerBody<B> = Guarded<Guarded<B, Option<Permit<'static>>>, HandlerGuard>;
 
 impl<S, ReqB, B> Service<Request<ReqB>> for QueueHandler<S>
 where
@@ -189,7 +189,7 @@ mod tests {
     use http::HeaderMap;
     use http_body_util::BodyExt;
     use knative_common::body::ProxyBody;
-    use knative_common::breaker::Breaker;
+    use knative_common::breaker::{Breaker, BreakerParams};
     use knative_telemetry::trace::export::memory::InMemoryExporter;
     use knative_telemetry::trace::{ClientSpanLayer, Sampler, SpanId};
 
@@ -355,9 +355,18 @@ mod tests {
     async fn a_full_queue_still_ends_the_wait_span() {
         let exporter = InMemoryExporter::new();
         let tracer = Tracer::builder(exporter.clone()).build().unwrap();
-        let breaker = leak(Breaker::new(1, 1).unwrap());
+        let breaker = leak(Breaker::new(BreakerParams {
+            queue_depth: 1,
+            max_concurrency: 1,
+            initial_capacity: 1,
+            max_waiting: None,
+        }));
         let stats = leak(RequestStats::new());
-        let _held = (breaker.try_admit().unwrap(), breaker.try_admit().unwrap());
+        // One request runs, one waits: the queue is full.
+        let _running = breaker.try_permit().unwrap();
+        let mut waiting = Box::pin(breaker.permit());
+        let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(waiting.as_mut().poll(noop).is_pending());
         let seen = std::sync::Arc::default();
         let mut handler = QueueHandlerLayer::new(stats, BreakerLayer::new(Some(breaker)))
             .with_tracer(Some(tracer))

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 
 use tokio::sync::Notify;
 
-use super::breaker::QueueFull;
+use knative_common::breaker::QueueFull;
 
 /// Open/closed gate; see the module docs.
 #[derive(Debug)]

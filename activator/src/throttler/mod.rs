@@ -27,7 +27,6 @@
 //! # }).unwrap();
 //! ```
 
-mod breaker;
 mod fair;
 mod infinite;
 mod policy;
@@ -49,8 +48,10 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 
 use tokio::sync::mpsc;
 
-pub use breaker::{Acquire, Breaker, BreakerParams, Permit, QueueFull, MAX_CAPACITY};
 pub use infinite::InfiniteBreaker;
+pub use knative_common::breaker::{
+    Acquire, Breaker, BreakerParams, Permit, QueueFull, MAX_CAPACITY,
+};
 pub use revision::{Lease, RevisionThrottler};
 
 /// A revision: (namespace, name). Displays as `namespace/name`.

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 
-use super::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
 use super::fair::{self, FairQueue, Refused, Ticket};
 use super::infinite::InfiniteBreaker;
 use super::policy::Policy;
 use super::subset::{assign_slice, infer_index};
 use super::tracker::{PodTracker, SlotKind, TrackerSlot};
 use super::{DestsUpdate, Protocol, RevisionId, RevisionSettings, ThrottlerError};
+use knative_common::breaker::{Breaker, BreakerParams, QueueFull, MAX_CAPACITY};
 
 /// Pause between attempts when the revision slot was obtained but no pod slot (spec §3.5 step 3).
 const RETRY_BACKOFF: Duration = Duration::from_millis(1);

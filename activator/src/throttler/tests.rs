@@ -1,7 +1,7 @@
 //! Registry-level and request-path tests: spec §11 items 33–35, 38, 39, plus cancellation, capacity
 //! changes under load, the per-pod limit under stress, and the empty-list cases. (Items 29–32, 36,
 //! 37, 40, 44 live in `revision.rs`; 41 in `infinite.rs`; 42–44 in `subset.rs`; 45–47 in
-//! `policy.rs`; breaker wake-up exactness in `breaker.rs`.)
+//! `policy.rs`; breaker wake-up exactness in `knative_common::breaker`.)
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

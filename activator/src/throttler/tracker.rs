@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 
-use super::breaker::{Breaker, BreakerParams};
+use knative_common::breaker::{Breaker, BreakerParams};
 
 /// A destination and its in-flight accounting.
 ///

@@ -223,7 +223,7 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let completion = self.metrics.and_then(|metrics| {
             if let Some(breaker) = self.breaker {
-                metrics.app().set_queue_depth(breaker.in_flight());
+                metrics.app().set_queue_depth(breaker.pending());
             }
             (!is_probe(request.headers())).then(|| AppCompletion {
                 metrics,
@@ -292,7 +292,7 @@ otel_scope_schema_url=\"\",otel_scope_version=\"\"";
         let m = metrics();
         let b = breaker(1);
         // The request itself holds the breaker's only slot when it reaches layer 10.
-        let _admitted = b.try_admit().unwrap();
+        let _admitted = b.try_permit().unwrap();
         let mut svc = AppMetricsLayer::new(Some(m), Some(b)).layer(app(Duration::from_secs(1)));
         let response = svc.call(Request::new(())).await.unwrap();
         assert_eq!(
@@ -529,7 +529,7 @@ otel_scope_schema_url=\"\",otel_scope_version=\"\"";
         let n = 1_000_000u32;
         let started = std::time::Instant::now();
         for _ in 0..n {
-            m.app().set_queue_depth(b.in_flight());
+            m.app().set_queue_depth(b.pending());
             let mut done = AppCompletion {
                 metrics: m,
                 start: Instant::now(),

@@ -194,7 +194,7 @@ otel_scope_schema_url=\"\",otel_scope_version=\"\"} 1"
     assert!(post.ends_with(" 7.0"), "{post}");
     assert!(!scrape.contains("K-Network-Probe"));
     // Five requests went through; the probe is in neither histogram.
-    assert_eq!(pod.breaker.as_ref().unwrap().in_flight(), 0);
+    assert_eq!(pod.breaker.as_ref().unwrap().pending(), 0);
 
     let not_found = exchange(
         metrics_addr,
