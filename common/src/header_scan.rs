@@ -7,9 +7,7 @@
 //! the request path would otherwise make. The request path scans once per stage and looks up (or
 //! removes) only what the scan found.
 
-use std::hash::Hash;
-
-use http::header::{HeaderName, HOST};
+use http::header::{Entry, HeaderName, HOST};
 use http::{HeaderMap, HeaderValue};
 
 /// A set of the header names below; see the module documentation.
@@ -124,86 +122,34 @@ const NAME_TABLE: NameTable = {
     }
 };
 
-/// The bit of `name`, or 0 for a name not tracked here. The name's representation is read
-/// through its `Hash` ([`ReprProbe`]): a standard name gives its index, looked up in
-/// [`STANDARD_BITS`] (`HeaderName::as_str` is an out-of-line call for one), a custom one its
-/// bytes, classified by [`bit_of_bytes`].
+/// The bit of `name`, or 0 for a name not tracked here: a standard name's from its index
+/// ([`STANDARD_BITS`]; `HeaderName::as_str` is an out-of-line call for one), a custom one's
+/// from its bytes ([`bit_of_bytes`]).
 #[inline]
 fn bit_of(name: &HeaderName) -> u32 {
-    let mut probe = ReprProbe::Start;
-    name.hash(&mut probe);
-    match probe {
-        ReprProbe::Custom(bit) => bit,
-        ReprProbe::Standard(index) => match STANDARD_BITS.get(index) {
-            Some(bits) => bits,
-            None => bit_of_str(name.as_str()),
-        },
-        _ => bit_of_str(name.as_str()),
+    match name.standard_index() {
+        Some(index) => STANDARD_BITS[index as usize],
+        None => bit_of_bytes(name.as_str().as_bytes()),
     }
 }
 
-/// What `HeaderName`'s derived `Hash` shows of its representation: the variant (`Standard` 0,
-/// `Custom` 1, written with `write_isize`), then a standard name's index (`write_isize`) or a
-/// custom name's bytes (`write`). Any other sequence ends in `Unknown`, and [`bit_of`] then
-/// compares the name's string: a different `http` layout costs speed, never a wrong answer
-/// (the tests check both paths are taken).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReprProbe {
-    Start,
-    StandardTag,
-    CustomTag,
-    Standard(usize),
-    Custom(u32),
-    Unknown,
-}
-
-impl std::hash::Hasher for ReprProbe {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        *self = match *self {
-            ReprProbe::CustomTag => ReprProbe::Custom(bit_of_bytes(bytes)),
-            _ => ReprProbe::Unknown,
-        };
-    }
-
-    #[inline]
-    fn write_isize(&mut self, i: isize) {
-        *self = match (*self, i) {
-            (ReprProbe::Start, 0) => ReprProbe::StandardTag,
-            (ReprProbe::Start, 1) => ReprProbe::CustomTag,
-            (ReprProbe::StandardTag, index) if index >= 0 => ReprProbe::Standard(index as usize),
-            _ => ReprProbe::Unknown,
-        };
-    }
-
-    fn finish(&self) -> u64 {
-        0
-    }
-}
-
-/// The bits of the tracked names `http` has as standard names, by index (see [`ReprProbe`]).
-struct StandardBits(std::sync::LazyLock<[u32; 256]>);
-
-impl StandardBits {
-    #[inline]
-    fn get(&self, index: usize) -> Option<u32> {
-        self.0.get(index).copied()
-    }
-}
-
-static STANDARD_BITS: StandardBits = StandardBits(std::sync::LazyLock::new(|| {
+/// The bits of the tracked names `http` has as standard names, by their index
+/// (`HeaderName::standard_index`, a patch of ours), made at compile time.
+const STANDARD_BITS: [u32; 256] = {
     let mut bits = [0; 256];
-    for (name, bit) in TRACKED {
-        let mut probe = ReprProbe::Start;
-        HeaderName::from_static(name).hash(&mut probe);
-        if let ReprProbe::Standard(index) = probe {
-            if let Some(slot) = bits.get_mut(index) {
-                *slot = bit;
-            }
+    let mut i = 0;
+    while i < TRACKED.len() {
+        let (name, bit) = TRACKED[i];
+        let name = HeaderName::from_static(name);
+        if let Some(index) = name.standard_index() {
+            bits[index as usize] = bit;
         }
+        // A `HeaderName`'s destructor cannot run in a `const`.
+        std::mem::forget(name);
+        i += 1;
     }
     bits
-}));
+};
 
 /// The bit of a name given as (lower-case) bytes: a name of eight bytes or more is compared,
 /// a word at a time, with the one tracked name in its [`NAME_TABLE`] slot (a `match` over the
@@ -307,6 +253,22 @@ impl Present {
         Present(headers.keys().fold(0, |bits, name| bits | bit_of(name)))
     }
 
+    /// [`Present::scan`], and where `name` (one of the constants) stands among the map's names
+    /// (`None` when absent), for [`entry_at`] and [`remove_at`].
+    #[inline]
+    pub fn scan_finding(headers: &HeaderMap, name: Present) -> (Present, Option<usize>) {
+        let mut bits = 0;
+        let mut at = None;
+        for (index, key) in headers.keys().enumerate() {
+            let bit = bit_of(key);
+            if bit & name.0 != 0 {
+                at = Some(index);
+            }
+            bits |= bit;
+        }
+        (Present(bits), at)
+    }
+
     /// The bit of one name (empty for a name not tracked here), for a caller that walks the
     /// map itself (e.g. to pick up values in the same pass).
     #[inline]
@@ -346,6 +308,8 @@ impl Present {
 pub struct Scan<'a> {
     present: Present,
     first: [Option<&'a HeaderValue>; TRACKED_COUNT],
+    /// Where each name found stands among the map's names (`HeaderMap::entry_at`).
+    at: [u16; TRACKED_COUNT],
 }
 
 impl<'a> Scan<'a> {
@@ -355,16 +319,27 @@ impl<'a> Scan<'a> {
         let mut scan = Scan {
             present: Present(0),
             first: [None; TRACKED_COUNT],
+            at: [0; TRACKED_COUNT],
         };
-        for (name, value) in headers {
+        // One item per name (a map holds at most 2^15), with its first value.
+        for (index, (name, value)) in headers.first_values().enumerate() {
             let bit = bit_of(name);
-            // Tracked, and not seen before: the map yields a name's values in order.
-            if bit & !scan.present.0 != 0 {
+            if bit != 0 {
                 scan.present.0 |= bit;
-                scan.first[bit.trailing_zeros() as usize] = Some(value);
+                let slot = bit.trailing_zeros() as usize;
+                scan.first[slot] = Some(value);
+                scan.at[slot] = index as u16;
             }
         }
         scan
+    }
+
+    /// Where `name` (one of the [`Present`] constants) stood among the map's names when it was
+    /// scanned, for [`remove_at`] and [`entry_at`]; `None` when it was not there.
+    #[inline]
+    pub fn index(&self, name: Present) -> Option<usize> {
+        let slot = name.0.trailing_zeros() as usize;
+        (self.present.any(name) && slot < TRACKED_COUNT).then(|| usize::from(self.at[slot]))
     }
 
     /// The tracked names found (what [`Present::scan`] gives).
@@ -388,6 +363,45 @@ impl std::ops::BitOr for Present {
     type Output = Present;
     fn bitor(self, other: Present) -> Present {
         self.union(other)
+    }
+}
+
+/// `index` if the map's `index`th name is still `name` (it is the one a scan found there,
+/// unless the map lost a name since, moving others).
+#[inline]
+fn still_at(headers: &HeaderMap, index: Option<usize>, name: &HeaderName) -> Option<usize> {
+    index.filter(|&index| headers.keys().nth(index) == Some(name))
+}
+
+/// `headers.entry(name)` for a name a scan found at `index` ([`Scan::index`]): taken by
+/// position when the name is still there (not hashed, compared once), else by name.
+#[inline]
+pub fn entry_at<'m>(
+    headers: &'m mut HeaderMap,
+    index: Option<usize>,
+    name: &HeaderName,
+) -> Entry<'m, HeaderValue> {
+    match still_at(headers, index, name) {
+        Some(index) => Entry::Occupied(
+            headers
+                .entry_at(index)
+                .expect("`still_at` found a name at `index`"),
+        ),
+        None => headers.entry(name),
+    }
+}
+
+/// `headers.remove(name)` for a name a scan found at `index` (see [`entry_at`]): the same map
+/// after, the last name moved into the removed one's place.
+#[inline]
+pub fn remove_at(
+    headers: &mut HeaderMap,
+    index: Option<usize>,
+    name: &HeaderName,
+) -> Option<HeaderValue> {
+    match still_at(headers, index, name).and_then(|index| headers.entry_at(index)) {
+        Some(entry) => Some(entry.remove()),
+        None => headers.remove(name),
     }
 }
 
@@ -532,30 +546,22 @@ mod tests {
         }
     }
 
-    /// `bit_of` reads the representation of standard and custom names alike (else it still
-    /// answers right, through `as_str`, but slower).
+    /// `STANDARD_BITS` holds the tracked names `http` has as standard ones (else `bit_of` would
+    /// miss them: the word compare is for custom names).
     #[test]
-    fn representation_probe_sees_both_kinds() {
-        let probe = |name: &HeaderName| {
-            let mut probe = ReprProbe::Start;
-            name.hash(&mut probe);
-            probe
-        };
-        assert!(matches!(probe(&HOST), ReprProbe::Standard(_)));
-        assert!(matches!(
-            probe(&http::header::USER_AGENT),
-            ReprProbe::Standard(_)
-        ));
-        assert_ne!(probe(&HOST), probe(&http::header::USER_AGENT));
-        assert_eq!(
-            probe(&HeaderName::from_static("x-forwarded-for")),
-            ReprProbe::Custom(Present::X_FORWARDED_FOR.0)
-        );
-        assert_eq!(
-            probe(&HeaderName::from_static("x-unknown")),
-            ReprProbe::Custom(0)
-        );
-        assert_eq!(STANDARD_BITS.get(999), None);
+    fn standard_names_are_classified_by_index() {
+        let standard: Vec<&str> = TRACKED
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| HeaderName::from_static(name).standard_index().is_some())
+            .collect();
+        assert!(standard.contains(&"te") && standard.contains(&"user-agent"));
+        for name in standard {
+            let parsed = HeaderName::from_static(name);
+            assert_eq!(bit_of(&parsed), bit_of_str(name), "{name}");
+            assert_ne!(bit_of(&parsed), 0, "{name}");
+        }
+        assert_eq!(bit_of(&HOST), 0);
     }
 
     /// `Scan` finds the names `Present::scan` finds and the values `HeaderMap::get` gives.
@@ -588,6 +594,106 @@ mod tests {
         assert!(TRACKED
             .iter()
             .all(|(_, bit)| (bit.trailing_zeros() as usize) < TRACKED_COUNT));
+    }
+
+    /// Names in `pairs`' order (repeats append; any case).
+    fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    fn fields(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
+    const ODD_CASES: &[&[(&str, &str)]] = &[
+        &[],
+        &[("x-forwarded-for", "1.1.1.1")],
+        &[
+            ("Host", "h"),
+            ("X-Forwarded-For", ""),
+            ("k-original-host", "o"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("K-Original-Host", ""),
+            ("user-agent", "ua"),
+        ],
+        &[
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("x-a", "3"),
+            ("k-original-host", ""),
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2"),
+        ],
+        &[
+            ("k-proxy-request", "activator"),
+            ("x-c", "1"),
+            ("x-forwarded-for", " 1.1.1.1 "),
+            ("x-d", "2"),
+        ],
+    ];
+
+    /// `Scan::index` and `scan_finding` give where `keys()` has the name; `remove_at` and
+    /// `entry_at` do what `remove` and `entry` do, with the scan's position or a stale one.
+    #[test]
+    fn positions_agree_with_lookups() {
+        for pairs in ODD_CASES {
+            let headers = map_of(pairs);
+            let scan = Scan::of(&headers);
+            for (name, bit) in TRACKED {
+                let position = headers.keys().position(|k| k == name);
+                assert_eq!(scan.index(Present(bit)), position, "{name} {pairs:?}");
+                let (present, at) = Present::scan_finding(&headers, Present(bit));
+                assert_eq!(present, Present::scan(&headers));
+                assert_eq!(at, position, "{name} {pairs:?}");
+            }
+            for name in [
+                "x-forwarded-for",
+                "k-original-host",
+                "x-a",
+                "host",
+                "x-none",
+            ] {
+                let name = HeaderName::from_static(name);
+                let position = headers.keys().position(|k| *k == name);
+                let wrong = position.map(|p| (p + 1) % headers.keys_len().max(1));
+                for index in [position, None, wrong, Some(99)] {
+                    let (mut by_position, mut by_name) = (headers.clone(), headers.clone());
+                    assert_eq!(
+                        remove_at(&mut by_position, index, &name),
+                        by_name.remove(&name),
+                        "{name} at {index:?} in {pairs:?}"
+                    );
+                    assert_eq!(fields(&by_position), fields(&by_name), "{name} {pairs:?}");
+                    let (mut by_position, mut by_name) = (headers.clone(), headers.clone());
+                    let new = HeaderValue::from_static("n");
+                    match (
+                        entry_at(&mut by_position, index, &name),
+                        by_name.entry(&name),
+                    ) {
+                        (Entry::Occupied(mut a), Entry::Occupied(mut b)) => {
+                            assert_eq!(a.iter().collect::<Vec<_>>(), b.iter().collect::<Vec<_>>());
+                            a.insert(new.clone());
+                            b.insert(new);
+                        }
+                        (Entry::Vacant(a), Entry::Vacant(b)) => {
+                            a.insert(new.clone());
+                            b.insert(new);
+                        }
+                        _ => panic!("{name} at {index:?}: entries differ in {pairs:?}"),
+                    }
+                    assert_eq!(fields(&by_position), fields(&by_name), "{name} {pairs:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use knative_common::classify::{is_proxied_value, ProbeHeaders};
 use knative_common::forwarded::forwarded_value;
 use knative_common::header_scan::{Present, Scan};
 use knative_common::headers::FORWARDED;
-use knative_common::proxy::rewrite::restore_original_host;
+use knative_common::proxy::rewrite::restore_original_host_at;
 use knative_common::stats::{InFlight, RequestStats};
 use knative_telemetry::trace::layer::{CarriedSpan, EndCarriedSpan};
 use knative_telemetry::trace::{Scope, Span, SpanKind, Tracer};
@@ -112,6 +112,8 @@ where
         // One pass for the names and first values everything below reads.
         let scan = Scan::of(request.headers());
         let present = scan.present();
+        // Inserting `Forwarded` below moves no name: the index stays good.
+        let original_host_at = scan.index(Present::K_ORIGINAL_HOST);
         let forwarded = forwarded_value(&scan);
         let kubelet_probe = ProbeHeaders::from_scan(&scan).is_kubelet_probe();
         let proxied = is_proxied_value(scan.first(Present::K_PROXY_REQUEST));
@@ -137,7 +139,7 @@ where
         });
         let in_flight = self.stats.request_in(proxied);
         if present.any(Present::K_ORIGINAL_HOST) {
-            restore_original_host(&mut request);
+            restore_original_host_at(&mut request, original_host_at);
         }
         QueueHandlerFuture {
             future: self.breaker.call(request),

@@ -28,6 +28,18 @@ pub struct Inbound<'a> {
     pub namespace: Option<&'a HeaderValue>,
     /// `Knative-Serving-Revision`.
     pub revision: Option<&'a HeaderValue>,
+    /// Where `Knative-Serving-Namespace` and `Knative-Serving-Revision` stand among the map's
+    /// names (`HeaderMap::entry_at`), when present.
+    pub revision_at: RevisionAt,
+}
+
+/// Where the two `Knative-Serving-*` headers stand among a map's names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RevisionAt {
+    /// `Knative-Serving-Namespace`.
+    pub namespace: Option<usize>,
+    /// `Knative-Serving-Revision`.
+    pub revision: Option<usize>,
 }
 
 impl<'a> Inbound<'a> {
@@ -35,9 +47,10 @@ impl<'a> Inbound<'a> {
     #[inline]
     pub fn scan(headers: &'a HeaderMap) -> Self {
         let mut inbound = Inbound::default();
-        for (name, value) in headers {
+        // One item per name, with its first value.
+        for (index, (name, value)) in headers.first_values().enumerate() {
             if *name == HOST {
-                inbound.host.get_or_insert(value);
+                inbound.host = Some(value);
                 continue;
             }
             let bit = Present::of(name);
@@ -50,11 +63,17 @@ impl<'a> Inbound<'a> {
                 Present::K_KUBELET_PROBE => &mut inbound.kubelet_probe,
                 Present::K_NETWORK_PROBE => &mut inbound.network_probe,
                 Present::K_NETWORK_HASH => &mut inbound.network_hash,
-                Present::KNATIVE_SERVING_NAMESPACE => &mut inbound.namespace,
-                Present::KNATIVE_SERVING_REVISION => &mut inbound.revision,
+                Present::KNATIVE_SERVING_NAMESPACE => {
+                    inbound.revision_at.namespace = Some(index);
+                    &mut inbound.namespace
+                }
+                Present::KNATIVE_SERVING_REVISION => {
+                    inbound.revision_at.revision = Some(index);
+                    &mut inbound.revision
+                }
                 _ => continue,
             };
-            slot.get_or_insert(value);
+            *slot = Some(value);
         }
         inbound
     }
@@ -156,6 +175,15 @@ mod tests {
             assert_eq!(
                 text(inbound.user_agent),
                 first_str(&headers, &http::header::USER_AGENT)
+            );
+            let position = |name: &str| headers.keys().position(|k| k == name);
+            assert_eq!(
+                inbound.revision_at,
+                RevisionAt {
+                    namespace: position("knative-serving-namespace"),
+                    revision: position("knative-serving-revision"),
+                },
+                "{pairs:?}"
             );
         }
     }

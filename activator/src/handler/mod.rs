@@ -25,8 +25,8 @@ use knative_common::drain::{InFlightCounter, InFlightGuard};
 use knative_common::h2::IncomingBody;
 use knative_common::header_scan::{self, Present};
 use knative_common::headers::{
-    KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_NETWORK_HASH, K_ORIGINAL_HOST,
-    K_PASSTHROUGH_LB, K_PROXY_REQUEST,
+    hashed, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION, K_NETWORK_HASH, K_PASSTHROUGH_LB,
+    PROXY_REQUEST_ACTIVATOR,
 };
 use knative_common::proxy::{bad_gateway, forward_or_return, rewrite, PeerIp};
 use knative_common::timeout::{TimeoutBody, TimeoutFuture, Timeouts};
@@ -38,7 +38,7 @@ use crate::discovery::RevisionSpec;
 use crate::observability::{spans, ActiveGuard, Observability, Observed, RevisionMetrics};
 use crate::reporter::{AutoscalerConnection, ConcurrencyReporter, InFlightReport};
 use crate::throttler::{Lease, Throttler, ThrottlerError};
-use inbound::{text, Inbound};
+use inbound::{text, Inbound, RevisionAt};
 use pools::DestPools;
 use probes::Unhealthy;
 
@@ -160,6 +160,7 @@ impl Service<Request<IncomingBody>> for ActivatorService {
         let seen = Seen {
             present: inbound.present,
             host: inbound.host.is_some(),
+            revision_at: inbound.revision_at,
         };
         // Stage 4 (OTel server instrumentation) sits before revision identification upstream;
         // identifying first lets one observation carry the revision labels (stage 7) and the
@@ -215,6 +216,8 @@ fn strip_network_hash<B>(request: &mut Request<B>, present: Present) {
 struct Seen {
     present: Present,
     host: bool,
+    /// Where the revision headers stood among the names (see [`make_room`]).
+    revision_at: RevisionAt,
 }
 
 impl Seen {
@@ -222,6 +225,10 @@ impl Seen {
     const UNKNOWN: Seen = Seen {
         present: Present::K_ORIGINAL_HOST,
         host: true,
+        revision_at: RevisionAt {
+            namespace: None,
+            revision: None,
+        },
     };
 }
 
@@ -281,7 +288,7 @@ fn handle(
             .map(Duration::from_secs),
     };
     let start = tokio::time::Instant::now();
-    let present = make_room(request.headers_mut(), seen.present);
+    let present = make_room(request.headers_mut(), seen.present, seen.revision_at);
     // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
     let upgrade = rewrite::prepare_request_scanned(&mut request, peer, present);
     let activation = Activation {
@@ -372,19 +379,27 @@ const UPSTREAM_HEADERS_ADDED: usize = 4;
 /// arrived with and would otherwise grow (rehash) up to three times. When the revision headers
 /// are the only ones [`rewrite::prepare_request_scanned`] would remove, they are removed first
 /// (the same removals in the same order), so that a map they filled is reallocated empty rather
-/// than rehashed; returns what is left of `present`.
+/// than rehashed; returns what is left of `present`. They are removed by position (`at`, from
+/// the scan; no lookup), each as `HeaderMap::remove` does it: the last name moves into the
+/// removed one's place.
 #[inline]
-fn make_room(headers: &mut http::HeaderMap, present: Present) -> Present {
+fn make_room(headers: &mut http::HeaderMap, present: Present, at: RevisionAt) -> Present {
     const REVISION: Present = Present::KNATIVE_SERVING_REVISION;
     const NAMESPACE: Present = Present::KNATIVE_SERVING_NAMESPACE;
     let present = if present.any(REVISION | NAMESPACE)
         && !present.any(Present::HOP_BY_HOP | Present::HTTP2_SETTINGS)
     {
+        let mut namespace_at = at.namespace;
         if present.any(REVISION) {
-            headers.remove(KNATIVE_SERVING_REVISION);
+            let last = headers.keys_len().checked_sub(1);
+            header_scan::remove_at(headers, at.revision, &KNATIVE_SERVING_REVISION);
+            if namespace_at.is_some() && namespace_at == last {
+                // The last name took the revision header's place.
+                namespace_at = at.revision;
+            }
         }
         if present.any(NAMESPACE) {
-            headers.remove(KNATIVE_SERVING_NAMESPACE);
+            header_scan::remove_at(headers, namespace_at, &KNATIVE_SERVING_NAMESPACE);
         }
         present.without(REVISION | NAMESPACE)
     } else {
@@ -712,14 +727,17 @@ fn direct_to(request: &mut Request<IncomingBody>, dest: Dest<'_>, seen: Seen) {
 #[inline]
 fn mark_proxied(headers: &mut http::HeaderMap, original: Option<HeaderValue>, seen: Seen) {
     if let Some(original) = original {
+        // The names' hashes are worked out at compile time (`hashed`).
         if !seen.present.any(Present::K_ORIGINAL_HOST) {
-            headers.insert(K_ORIGINAL_HOST, original);
-        } else if let http::header::Entry::Vacant(vacant) = headers.entry(K_ORIGINAL_HOST) {
+            headers.insert(hashed::K_ORIGINAL_HOST, original);
+        } else if let http::header::Entry::Vacant(vacant) = headers.entry(hashed::K_ORIGINAL_HOST) {
             // One lookup of the name for "unless already there" and the insert.
             vacant.insert(original);
         }
     }
-    headers.insert(K_PROXY_REQUEST, HeaderValue::from_static("activator"));
+    // A `const`: the value's check runs at compile time.
+    const ACTIVATOR: HeaderValue = HeaderValue::from_static(PROXY_REQUEST_ACTIVATOR);
+    headers.insert(hashed::K_PROXY_REQUEST, ACTIVATOR);
 }
 
 /// Passthrough-LB mode (spec §2.13, §11 item 7): the mesh routes by Host, so the request is
@@ -841,6 +859,20 @@ mod tests {
                 ("x-b", "2"),
                 ("x-c", "3"),
             ],
+            // The namespace header last: removing the revision header moves it.
+            &[
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("x-b", "2"),
+                ("knative-serving-namespace", "ns"),
+            ],
+            &[
+                ("Knative-Serving-Revision", "rev"),
+                ("knative-serving-namespace", ""),
+                ("KNATIVE-SERVING-REVISION", "rev2"),
+                ("x-b", "2"),
+                ("knative-serving-namespace", "ns2"),
+            ],
         ];
         for fields in cases {
             let request = || {
@@ -862,14 +894,23 @@ mod tests {
             let mut plain = request();
             let present = Present::scan(plain.headers());
             rewrite::prepare_request_scanned(&mut plain, &peer, present);
-            let mut roomy = request();
-            let left = make_room(roomy.headers_mut(), present);
-            assert!(
-                !left.any(Present::KNATIVE_SERVING_REVISION) || present.any(Present::HOP_BY_HOP)
-            );
-            rewrite::prepare_request_scanned(&mut roomy, &peer, left);
-            assert_eq!(listed(&plain), listed(&roomy), "{fields:?}");
-            assert!(roomy.headers().capacity() >= roomy.headers().len() + 3);
+            // By the positions the scan found, and (stale or unknown positions) by name.
+            for known in [true, false] {
+                let mut roomy = request();
+                let at = if known {
+                    Inbound::scan(roomy.headers()).revision_at
+                } else {
+                    RevisionAt::default()
+                };
+                let left = make_room(roomy.headers_mut(), present, at);
+                assert!(
+                    !left.any(Present::KNATIVE_SERVING_REVISION)
+                        || present.any(Present::HOP_BY_HOP)
+                );
+                rewrite::prepare_request_scanned(&mut roomy, &peer, left);
+                assert_eq!(listed(&plain), listed(&roomy), "{fields:?}");
+                assert!(roomy.headers().capacity() >= roomy.headers().len() + 3);
+            }
         }
     }
 

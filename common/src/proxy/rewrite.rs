@@ -9,9 +9,9 @@ use http::header::{
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 
-use crate::header_scan::Present;
+use crate::header_scan::{self, Present};
 use crate::headers::{
-    HTTP2_SETTINGS, KEEP_ALIVE, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
+    hashed, HTTP2_SETTINGS, KEEP_ALIVE, KNATIVE_SERVING_NAMESPACE, KNATIVE_SERVING_REVISION,
     K_ORIGINAL_HOST, PROXY_CONNECTION, X_FORWARDED_FOR,
 };
 
@@ -97,8 +97,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, present: Present) {
 /// Returns the protocol switch the client asked for, if any. An `Upgrade: h2c` request is served
 /// as plain HTTP/1.1 (the upgrade is dropped, never forwarded).
 pub fn prepare_request<B>(request: &mut Request<B>, peer: &PeerIp) -> Option<UpgradeRequest> {
-    let present = Present::scan(request.headers());
-    prepare_request_scanned(request, peer, present)
+    let (present, forwarded_for_at) =
+        Present::scan_finding(request.headers(), Present::X_FORWARDED_FOR);
+    prepare(request, peer, present, forwarded_for_at)
 }
 
 /// [`prepare_request`] for a caller that already scanned the headers: `present` must be
@@ -109,10 +110,22 @@ pub fn prepare_request_scanned<B>(
     peer: &PeerIp,
     present: Present,
 ) -> Option<UpgradeRequest> {
+    prepare(request, peer, present, None)
+}
+
+/// [`prepare_request_scanned`]; `forwarded_for_at`: where `X-Forwarded-For` stood among the
+/// names when they were scanned, if known (see [`header_scan::entry_at`]).
+#[inline]
+fn prepare<B>(
+    request: &mut Request<B>,
+    peer: &PeerIp,
+    present: Present,
+    forwarded_for_at: Option<usize>,
+) -> Option<UpgradeRequest> {
     let headers = request.headers_mut();
     if present.is_empty() {
         // The common case: nothing to remove, and no X-Forwarded-For to extend.
-        headers.insert(X_FORWARDED_FOR, peer.0.clone());
+        headers.insert(hashed::X_FORWARDED_FOR, peer.0.clone());
         return None;
     }
     let wants_trailers =
@@ -149,41 +162,41 @@ pub fn prepare_request_scanned<B>(
         headers.remove(KNATIVE_SERVING_NAMESPACE);
     }
     if present.any(Present::X_FORWARDED_FOR) {
-        append_forwarded_for(headers, peer);
+        append_forwarded_for(headers, peer, forwarded_for_at);
     } else {
-        headers.insert(X_FORWARDED_FOR, peer.0.clone());
+        headers.insert(hashed::X_FORWARDED_FOR, peer.0.clone());
     }
     upgrade
 }
 
 /// The prior `X-Forwarded-For` values joined with the peer's address into one value, in the
-/// first one's place (one lookup of the name for reading and replacing them).
-fn append_forwarded_for(headers: &mut HeaderMap, peer: &PeerIp) {
-    let mut prior = match headers.entry(X_FORWARDED_FOR) {
+/// first one's place (one lookup of the name for reading and replacing them, by position when
+/// `at` is where the scan found it).
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &PeerIp, at: Option<usize>) {
+    let mut prior = match header_scan::entry_at(headers, at, &X_FORWARDED_FOR) {
         Entry::Occupied(prior) => prior,
         Entry::Vacant(vacant) => {
             vacant.insert(peer.0.clone());
             return;
         }
     };
-    let mut joined = Vec::with_capacity(prior.get().len() + peer.0.len() + 2);
-    for (i, value) in prior.iter().enumerate() {
-        if i > 0 {
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(value.as_bytes());
-    }
-    joined.extend_from_slice(b", ");
-    joined.extend_from_slice(peer.0.as_bytes());
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
-        prior.insert(value);
-    }
+    // Joined without checking the bytes again (`join_list`, a patch of ours: valid values and
+    // `", "` make a valid value).
+    let joined = HeaderValue::join_list(prior.iter(), &peer.0);
+    prior.insert(joined);
 }
 
 /// Queue-proxy §3.8 step 4: a non-empty `K-Original-Host` becomes the upstream authority, and both
 /// it and the old `Host` header are dropped (HTTP/2: the authority lives in the URI).
 pub fn restore_original_host<B>(request: &mut Request<B>) {
-    let Some(original) = request.headers_mut().remove(K_ORIGINAL_HOST) else {
+    restore_original_host_at(request, None);
+}
+
+/// [`restore_original_host`] for a caller whose scan found `K-Original-Host` at `index` among
+/// the names ([`crate::header_scan::Scan::index`]): removed by position, not looked up.
+pub fn restore_original_host_at<B>(request: &mut Request<B>, index: Option<usize>) {
+    let Some(original) = header_scan::remove_at(request.headers_mut(), index, &K_ORIGINAL_HOST)
+    else {
         return;
     };
     if original.is_empty() {
@@ -403,6 +416,43 @@ mod tests {
             .unwrap();
         restore_original_host(&mut h2);
         assert_eq!(h2.uri().to_string(), "http://a-better-host.com/x?y=1");
+    }
+
+    /// By position (the scan's) and by name, the same headers in the same order: the
+    /// `X-Forwarded-For` join and the `K-Original-Host` restore, on odd inputs (repeated and
+    /// mixed-case names, empty values, a removal before the join).
+    #[test]
+    fn positions_and_lookups_give_the_same_request() {
+        let cases = [
+            "host: h | x-forwarded-for: 1.1.1.1",
+            "X-Forwarded-For: | connection: x-a | x-a: 1 | knative-serving-revision: r \
+             | x-forwarded-for: 2.2.2.2 | k-original-host: o",
+            "k-original-host: o | K-Original-Host: p | host: h | x-forwarded-for: 1.1.1.1 | x-b: 2",
+            "host: h | user-agent: ua | x-forwarded-for: 127.0.0.1 | k-original-host: \
+             | k-proxy-request: activator",
+            "te: trailers | x-forwarded-for: 1.1.1.1 | host: h",
+        ];
+        for case in cases {
+            let request = || {
+                let mut builder = Request::builder().uri("/");
+                for field in case.split(" | ") {
+                    let (name, value) = field.split_once(':').unwrap();
+                    builder = builder.header(name.trim(), value.trim());
+                }
+                builder.body(()).unwrap()
+            };
+            let (mut by_position, mut by_name) = (request(), request());
+            let at =
+                crate::header_scan::Scan::of(by_position.headers()).index(Present::K_ORIGINAL_HOST);
+            restore_original_host_at(&mut by_position, at);
+            restore_original_host_at(&mut by_name, None);
+            assert!(by_position.headers().iter().eq(by_name.headers()), "{case}");
+            prepare_request(&mut by_position, &peer());
+            let present = Present::scan(by_name.headers());
+            prepare_request_scanned(&mut by_name, &peer(), present);
+            assert!(by_position.headers().iter().eq(by_name.headers()), "{case}");
+            assert!(by_position.headers().contains_key(X_FORWARDED_FOR));
+        }
     }
 
     #[test]

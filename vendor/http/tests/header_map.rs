@@ -772,3 +772,137 @@ fn into_iter_drop_panic_after_yielding_extra_value_double_drops() {
 
     let _ = catch_unwind(AssertUnwindSafe(|| drop(iter)));
 }
+
+// (patch) `HeaderMap::entry_at` and `HeaderMap::first_values`.
+
+/// A map of `names` (repeats append), for the patch's tests.
+fn map_of(names: &[&str]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (i, name) in names.iter().enumerate() {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from(i as u64),
+        );
+    }
+    map
+}
+
+fn fields(map: &HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn first_values_are_keys_with_get() {
+    let map = map_of(&["host", "X-A", "accept", "x-a", "host", "x-b", "ACCEPT", "te"]);
+    let expected: Vec<_> = map.keys().map(|k| (k, map.get(k).unwrap())).collect();
+    let firsts: Vec<_> = map.first_values().collect();
+    assert_eq!(firsts, expected);
+    assert_eq!(map.first_values().len(), map.keys_len());
+    assert_eq!(HeaderMap::<HeaderValue>::new().first_values().next(), None);
+}
+
+#[test]
+fn entry_at_is_the_entry_of_that_name() {
+    let names = [
+        "host", "x-a", "accept", "x-a", "host", "x-b", "", "te", "k-original-host", "x-b",
+        "knative-serving-revision", "knative-serving-namespace",
+    ];
+    for len in 0..=names.len() {
+        let names: Vec<&str> = names[..len].iter().copied().filter(|n| !n.is_empty()).collect();
+        let map = map_of(&names);
+        let keys: Vec<HeaderName> = map.keys().cloned().collect();
+        for (index, key) in keys.iter().enumerate() {
+            // Same values, same removal as by name.
+            let (mut by_index, mut by_name) = (map.clone(), map.clone());
+            let entry = by_index.entry_at(index).unwrap();
+            assert_eq!(entry.key(), key);
+            let values: Vec<_> = entry.iter().cloned().collect();
+            let expected: Vec<_> = map.get_all(key).iter().cloned().collect();
+            assert_eq!(values, expected);
+            assert_eq!(entry.remove(), by_name.remove(key).unwrap());
+            assert_eq!(fields(&by_index), fields(&by_name), "{:?} at {}", names, index);
+            assert_eq!(
+                by_index.keys().collect::<Vec<_>>(),
+                by_name.keys().collect::<Vec<_>>()
+            );
+            // The map still finds every other name, and takes new ones.
+            for other in keys.iter().filter(|k| *k != key) {
+                assert!(by_index.contains_key(other));
+            }
+            by_index.append("x-new", HeaderValue::from_static("n"));
+            by_name.append("x-new", HeaderValue::from_static("n"));
+            assert_eq!(fields(&by_index), fields(&by_name));
+            // Replacing values in place.
+            let mut replaced = map.clone();
+            replaced
+                .entry_at(index)
+                .unwrap()
+                .insert(HeaderValue::from_static("r"));
+            let mut expected = map.clone();
+            expected.insert(key, HeaderValue::from_static("r"));
+            assert_eq!(fields(&replaced), fields(&expected));
+        }
+        assert!(map.clone().entry_at(keys.len()).is_none());
+    }
+}
+
+#[test]
+fn entry_at_follows_removals_in_a_crowded_map() {
+    // Many names (collisions, displaced slots), removed one by one by index, against `remove`.
+    let names: Vec<String> = (0..200).map(|i| format!("x-name-{}", i % 150)).collect();
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let (mut by_index, mut by_name) = (map_of(&names), map_of(&names));
+    let mut step = 0usize;
+    while by_index.keys_len() > 0 {
+        let index = (step * 7) % by_index.keys_len();
+        let key = by_index.keys().nth(index).unwrap().clone();
+        let (name, values) = by_index.entry_at(index).unwrap().remove_entry_mult();
+        assert_eq!(name, key);
+        let values: Vec<_> = values.collect();
+        let expected: Vec<_> = by_name.get_all(&key).iter().cloned().collect();
+        assert_eq!(values, expected);
+        by_name.remove(&key);
+        assert_eq!(fields(&by_index), fields(&by_name));
+        for other in by_name.keys() {
+            assert!(by_index.contains_key(other));
+        }
+        step += 1;
+    }
+}
+
+// (patch) `HashedName`: the same map as with the plain name.
+#[test]
+fn hashed_names_file_like_plain_ones() {
+    const PROXY: HashedName = HashedName::from_static("k-proxy-request");
+    const ORIGINAL: HashedName = HashedName::from_static("k-original-host");
+    const ACCEPT_HASHED: HashedName = HashedName::from_static("accept");
+    let mut by_hashed = map_of(&["host", "x-a", "accept", "k-proxy-request"]);
+    let mut by_plain = by_hashed.clone();
+    let value = || HeaderValue::from_static("v");
+    assert_eq!(
+        by_hashed.insert(PROXY, value()),
+        by_plain.insert("k-proxy-request", value())
+    );
+    assert_eq!(
+        by_hashed.append(ACCEPT_HASHED, value()),
+        by_plain.append(ACCEPT, value())
+    );
+    match by_hashed.entry(ORIGINAL) {
+        Entry::Vacant(e) => {
+            e.insert(value());
+        }
+        Entry::Occupied(_) => panic!("k-original-host is not there"),
+    }
+    by_plain.insert("k-original-host", value());
+    assert_eq!(fields(&by_hashed), fields(&by_plain));
+    for name in ["k-proxy-request", "k-original-host", "accept", "host"] {
+        assert_eq!(by_hashed.get_all(name).iter().count(), by_plain.get_all(name).iter().count());
+    }
+    // Many names (the map grows and rehashes): still found.
+    for i in 0..100 {
+        by_hashed.insert(HeaderName::from_bytes(format!("x-{}", i).as_bytes()).unwrap(), value());
+    }
+    assert!(by_hashed.contains_key("k-proxy-request") && by_hashed.contains_key("k-original-host"));
+}

@@ -8,7 +8,7 @@ use std::{fmt, mem, ops, ptr, vec};
 
 use crate::Error;
 
-use super::name::{HdrName, HeaderName, InvalidHeaderName, NameHash};
+use super::name::{HashedName, HdrName, HeaderName, InvalidHeaderName, NameHash};
 use super::HeaderValue;
 
 pub use self::as_header_name::AsHeaderName;
@@ -158,6 +158,13 @@ pub struct IntoIter<T> {
 /// associated value.
 #[derive(Debug)]
 pub struct Keys<'a, T> {
+    inner: ::std::slice::Iter<'a, Bucket<T>>,
+}
+
+/// (patch) An iterator over each name of a `HeaderMap` with its first value, in `keys()`
+/// order: the `n`th item is the name `HeaderMap::entry_at(n)` gives.
+#[derive(Debug)]
+pub struct FirstValues<'a, T> {
     inner: ::std::slice::Iter<'a, Bucket<T>>,
 }
 
@@ -997,6 +1004,64 @@ impl<T> HeaderMap<T> {
         }
     }
 
+    /// (patch) An iterator visiting each name with its first value (what `get` gives), in
+    /// `keys()` order: one item per name however many values it has, the `n`th for
+    /// `entry_at(n)`.
+    ///
+    /// ```
+    /// # use http::HeaderMap;
+    /// # use http::header::{ACCEPT, HOST};
+    /// let mut map = HeaderMap::new();
+    /// map.append(HOST, "a".parse().unwrap());
+    /// map.append(ACCEPT, "b".parse().unwrap());
+    /// map.append(HOST, "c".parse().unwrap());
+    /// let firsts: Vec<_> = map.first_values().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+    /// assert_eq!(firsts, [("host", "a"), ("accept", "b")]);
+    /// ```
+    pub fn first_values(&self) -> FirstValues<'_, T> {
+        FirstValues {
+            inner: self.entries.iter(),
+        }
+    }
+
+    /// (patch) The entry of the `index`th name in `keys()` order (as a pass over `keys()` or
+    /// `first_values()` counted it), `None` when the map has fewer names. The name's slot is
+    /// found from the hash stored with it: the name is neither hashed nor compared, unlike
+    /// `entry(name)`. The entry is the one `entry(name)` gives (removing it leaves the map as
+    /// `remove(name)` does: the last name moves into its place). Indices hold until the map
+    /// loses a name; inserting and appending keep them.
+    ///
+    /// ```
+    /// # use http::HeaderMap;
+    /// # use http::header::{ACCEPT, HOST};
+    /// let mut map = HeaderMap::new();
+    /// map.append(HOST, "a".parse().unwrap());
+    /// map.append(ACCEPT, "b".parse().unwrap());
+    /// let entry = map.entry_at(1).unwrap();
+    /// assert_eq!(entry.key(), ACCEPT);
+    /// assert_eq!(entry.remove(), "b");
+    /// assert!(!map.contains_key(ACCEPT));
+    /// assert!(map.entry_at(1).is_none());
+    /// ```
+    pub fn entry_at(&mut self, index: usize) -> Option<OccupiedEntry<'_, T>> {
+        let hash = self.entries.get(index)?.hash;
+        let mut probe = desired_pos(self.mask, hash);
+        // Every entry has its slot, at or after its desired position and before an empty one.
+        probe_loop!(probe < self.indices.len(), {
+            match self.indices[probe].resolve() {
+                Some((i, _)) if i == index => {
+                    return Some(OccupiedEntry {
+                        map: self,
+                        probe,
+                        index,
+                    });
+                }
+                Some(_) => {}
+                None => unreachable!("an entry without its slot"),
+            }
+        });
+    }
+
     /// An iterator visiting all values.
     ///
     /// The iteration order is arbitrary, but consistent across platforms for
@@ -1748,7 +1813,20 @@ impl<T> HeaderMap<T> {
         }
     }
 
+    /// (patch) The common case (room for one more, no danger) inline: every insert and append
+    /// calls this, and the call cost more than the check. The rest is `try_reserve_one_slow`,
+    /// unchanged.
+    #[inline]
     fn try_reserve_one(&mut self) -> Result<(), MaxSizeReached> {
+        if !self.danger.is_yellow() && self.entries.len() < self.capacity() {
+            return Ok(());
+        }
+        self.try_reserve_one_slow()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn try_reserve_one_slow(&mut self) -> Result<(), MaxSizeReached> {
         let len = self.entries.len();
 
         if self.danger.is_yellow() {
@@ -2486,6 +2564,24 @@ impl<'a, T> Iterator for Keys<'a, T> {
 
 impl<'a, T> ExactSizeIterator for Keys<'a, T> {}
 impl<'a, T> FusedIterator for Keys<'a, T> {}
+
+// ===== impl FirstValues (patch) =====
+
+impl<'a, T> Iterator for FirstValues<'a, T> {
+    type Item = (&'a HeaderName, &'a T);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next().map(|b| (&b.key, &b.value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<'a, T> ExactSizeIterator for FirstValues<'a, T> {}
+impl<'a, T> FusedIterator for FirstValues<'a, T> {}
 
 // ===== impl Values ====
 
@@ -3749,7 +3845,7 @@ where
  */
 
 mod into_header_name {
-    use super::{Entry, HdrName, HeaderMap, HeaderName, MaxSizeReached};
+    use super::{Entry, HashedName, HdrName, HeaderMap, HeaderName, MaxSizeReached};
 
     /// A marker trait used to identify values that can be used as insert keys
     /// to a `HeaderMap`.
@@ -3821,6 +3917,30 @@ mod into_header_name {
     }
 
     impl IntoHeaderName for &HeaderName {}
+
+    // (patch) A name with its hash worked out already (moved into the map, as a `HeaderName`
+    // is: a `const` one costs no clone).
+    impl Sealed for HashedName {
+        #[inline]
+        fn try_insert<T>(
+            self,
+            map: &mut HeaderMap<T>,
+            val: T,
+        ) -> Result<Option<T>, MaxSizeReached> {
+            map.try_insert2(self, val)
+        }
+        #[inline]
+        fn try_append<T>(self, map: &mut HeaderMap<T>, val: T) -> Result<bool, MaxSizeReached> {
+            map.try_append2(self, val)
+        }
+
+        #[inline]
+        fn try_entry<T>(self, map: &mut HeaderMap<T>) -> Result<Entry<'_, T>, MaxSizeReached> {
+            map.try_entry2(self)
+        }
+    }
+
+    impl IntoHeaderName for HashedName {}
 
     impl Sealed for &'static str {
         #[inline]

@@ -41,11 +41,11 @@ mod name;
 mod value;
 
 pub use self::map::{
-    AsHeaderName, Drain, Entry, GetAll, HeaderMap, IntoHeaderName, IntoIter, Iter, IterMut, Keys,
+    AsHeaderName, Drain, Entry, FirstValues, GetAll, HeaderMap, IntoHeaderName, IntoIter, Iter, IterMut, Keys,
     MaxSizeReached, OccupiedEntry, VacantEntry, ValueDrain, ValueIter, ValueIterMut, Values,
     ValuesMut,
 };
-pub use self::name::{HeaderName, InvalidHeaderName};
+pub use self::name::{HashedName, HeaderName, InvalidHeaderName};
 pub use self::value::{HeaderValue, InvalidHeaderValue, ToStrError};
 
 // Use header name constants

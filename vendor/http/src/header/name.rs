@@ -161,6 +161,30 @@ macro_rules! standard_headers {
         }
 
         #[test]
+        fn standard_index_tells_standard_names_apart() {
+            let mut seen = std::collections::HashSet::new();
+            for &(std, _) in TEST_HEADERS {
+                let name = HeaderName::from(std);
+                let index = name.standard_index().expect("a standard name has one");
+                assert!(seen.insert(index), "{:?} shares its index", name);
+                // The same for a name parsed from its bytes, in any case.
+                let parsed = HeaderName::from_bytes(name.as_str().to_ascii_uppercase().as_bytes());
+                assert_eq!(parsed.unwrap().standard_index(), Some(index));
+            }
+            assert_eq!(seen.len(), TEST_HEADERS.len());
+            // In a `const` (the name is forgotten: its destructor cannot run there).
+            const HOST_INDEX: Option<u8> = {
+                let name = HeaderName::from_static("host");
+                let index = name.standard_index();
+                std::mem::forget(name);
+                index
+            };
+            assert_eq!(HOST_INDEX, HeaderName::from_static("host").standard_index());
+            assert_eq!(HeaderName::from_static("x-forwarded-for").standard_index(), None);
+            assert_eq!(HeaderName::from_static("k-proxy-request").standard_index(), None);
+        }
+
+        #[test]
         fn test_parse_standard_headers() {
             for &(std, name_bytes) in TEST_HEADERS {
                 // Test lower case
@@ -1331,6 +1355,18 @@ impl HeaderName {
         }
     }
 
+    /// (patch) For a standard name (one of this module's constants), its index among them
+    /// (stable within one build of this crate, below 256); `None` for any other name. Lets a
+    /// caller that classifies names keep a table by index instead of comparing strings (or
+    /// hashing) for the common names. Usable in a `const`.
+    #[inline]
+    pub const fn standard_index(&self) -> Option<u8> {
+        match self.inner {
+            Repr::Standard(v) => Some(v as u8),
+            Repr::Custom(_) => None,
+        }
+    }
+
     pub(super) fn into_bytes(self) -> Bytes {
         self.inner.into()
     }
@@ -1674,12 +1710,12 @@ pub(crate) trait NameHash {
 const NAME_HASH_SEED: u64 = 0xf135_7aea_2e62_a9c5;
 
 #[inline]
-fn name_hash_mix(hash: u64, word: u64) -> u64 {
+const fn name_hash_mix(hash: u64, word: u64) -> u64 {
     hash.wrapping_add(word).wrapping_mul(NAME_HASH_SEED)
 }
 
 #[inline]
-fn standard_name_hash(hdr: StandardHeader) -> u64 {
+const fn standard_name_hash(hdr: StandardHeader) -> u64 {
     // Starts where no custom name does (a custom name starts at its length times the seed,
     // and is at most 2^16 long).
     name_hash_mix(1 << 32, hdr as u64).rotate_left(26)
@@ -1764,6 +1800,121 @@ impl<'b, T: NameHash + ?Sized> NameHash for &'b T {
     #[inline]
     fn name_hash(&self) -> u64 {
         (**self).name_hash()
+    }
+}
+
+/// `custom_name_hash::<false>` in a `const` (bytes read one at a time; the tests check both
+/// agree), for `HashedName::from_static`.
+const fn custom_name_hash_const(buf: &[u8]) -> u64 {
+    const fn word(buf: &[u8], at: usize) -> u64 {
+        let mut word = 0u64;
+        let mut i = 0;
+        while i < 8 {
+            word |= (buf[at + i] as u64) << (8 * i);
+            i += 1;
+        }
+        word
+    }
+    let len = buf.len();
+    let mut hash = (len as u64).wrapping_mul(NAME_HASH_SEED);
+    if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            hash = name_hash_mix(hash, word(buf, at));
+            at += 8;
+        }
+        hash = name_hash_mix(hash, word(buf, len - 8));
+    } else if len >= 4 {
+        let mut low = 0;
+        let mut high = 0;
+        let mut i = 0;
+        while i < 4 {
+            low |= (buf[i] as u64) << (8 * i);
+            high |= (buf[len - 4 + i] as u64) << (8 * i);
+            i += 1;
+        }
+        hash = name_hash_mix(hash, low | (high << 32));
+    } else if len > 0 {
+        let word = (buf[0] as u64) | ((buf[len / 2] as u64) << 8) | ((buf[len - 1] as u64) << 16);
+        hash = name_hash_mix(hash, word);
+    }
+    hash.rotate_left(26)
+}
+
+// ===== HashedName (patch) =====
+
+/// (patch) A header name with the hash `HeaderMap` files it under, worked out once (at compile
+/// time for a constant): inserting, appending or taking the entry of a `HashedName` does not
+/// hash the name again, unlike a `HeaderName` (a custom name such as `k-proxy-request` costs a
+/// few dozen instructions to hash). A map that has switched to its keyed hash (after long
+/// probe sequences) hashes the name as usual. Like a `HeaderName` constant, a `const` one is
+/// moved into the map (a clone of one would cost about what the hash saves).
+///
+/// ```
+/// # use http::HeaderMap;
+/// # use http::header::{HashedName, HeaderValue};
+/// const K_PROXY_REQUEST: HashedName = HashedName::from_static("k-proxy-request");
+/// let mut map = HeaderMap::new();
+/// map.insert(K_PROXY_REQUEST, HeaderValue::from_static("activator"));
+/// assert_eq!(map["k-proxy-request"], "activator");
+/// ```
+#[derive(Clone, Debug)]
+pub struct HashedName {
+    name: HeaderName,
+    hash: u64,
+}
+
+impl HashedName {
+    /// A name from a static string, as `HeaderName::from_static` (which see: it panics on an
+    /// invalid or upper-case name), with its hash. Usable in a `const`.
+    pub const fn from_static(src: &'static str) -> HashedName {
+        let name = HeaderName::from_static(src);
+        let hash = match &name.inner {
+            Repr::Standard(hdr) => standard_name_hash(*hdr),
+            Repr::Custom(_) => custom_name_hash_const(src.as_bytes()),
+        };
+        HashedName { name, hash }
+    }
+
+    /// `name` with its hash.
+    pub fn new(name: HeaderName) -> HashedName {
+        let hash = name.name_hash();
+        HashedName { name, hash }
+    }
+
+    /// The name.
+    #[inline]
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+}
+
+impl Hash for HashedName {
+    // The keyed hash (`Danger::Red`) of the name, as for a `HeaderName`.
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl NameHash for HashedName {
+    #[inline]
+    fn name_hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl From<HashedName> for HeaderName {
+    #[inline]
+    fn from(src: HashedName) -> HeaderName {
+        src.name
+    }
+}
+
+impl PartialEq<HashedName> for HeaderName {
+    #[inline]
+    fn eq(&self, other: &HashedName) -> bool {
+        *self == other.name
     }
 }
 
@@ -1893,6 +2044,29 @@ mod tests {
             assert_eq!(name.name_hash(), lookup_hash(upper.as_bytes()), "{}", upper);
             assert_eq!(name.name_hash(), (&name).name_hash());
         }
+    }
+
+    #[test]
+    fn hashed_name_has_the_name_hash() {
+        let mut names: Vec<String> = (1..=80)
+            .map(|len| (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect())
+            .collect();
+        names.extend(
+            ["k-proxy-request", "x-forwarded-for", "k-original-host", "te", "host", "forwarded"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        for name in names {
+            let name: &'static str = Box::leak(name.into_boxed_str());
+            let header = HeaderName::from_static(name);
+            let hashed = HashedName::from_static(name);
+            assert_eq!(hashed.name(), &header);
+            assert_eq!(hashed.name_hash(), header.name_hash(), "{}", name);
+            assert_eq!(HashedName::new(header.clone()).name_hash(), header.name_hash());
+            assert_eq!(custom_name_hash_const(name.as_bytes()), custom_name_hash::<false>(name.as_bytes()));
+        }
+        const HASHED: HashedName = HashedName::from_static("k-proxy-request");
+        assert_eq!(HASHED.name_hash(), HeaderName::from_static("k-proxy-request").name_hash());
     }
 
     #[test]
