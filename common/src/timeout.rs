@@ -234,8 +234,12 @@ impl Timer {
                 // that waker again (80 instructions per waiting request at CC=10).
                 return Poll::Pending;
             }
+            // Out of coop budget, tokio's `Sleep` returns `Pending` without giving its entry
+            // the waker (it only asks the task to yield): such a poll must not count as
+            // registered, or the next one would be skipped and the timer never wake the task.
+            let registers = tokio::task::coop::has_budget_remaining();
             if armed.sleep.as_mut().poll(cx).is_pending() {
-                *armed.polled_with = key;
+                *armed.polled_with = if registers { key } else { WAKER_NONE };
                 return Poll::Pending;
             }
             *armed.polled_with = WAKER_NONE;
@@ -886,6 +890,32 @@ mod tests {
         );
         let bytes = body.collect().await.unwrap().to_bytes();
         (StatusCode::OK, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// A timer first polled when the task's coop budget is spent is not registered by that
+    /// poll (tokio only asks the task to yield); the next poll, with the same waker, must
+    /// register it, or the deadline passes without waking anyone.
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_polled_out_of_budget_still_fires() {
+        let deadline = Instant::now() + Duration::from_millis(50);
+        let mut timer = Timer::new(TimerReuse::NONE);
+        let mut first = true;
+        let fired = std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                // Spend the budget within this poll, then poll the timer.
+                while tokio::task::coop::has_budget_remaining() {
+                    let spend = std::pin::pin!(tokio::task::coop::consume_budget());
+                    let _ = spend.poll(cx);
+                }
+                assert!(timer.poll_until(deadline, cx).is_pending());
+                return Poll::Pending;
+            }
+            timer.poll_until(deadline, cx)
+        });
+        tokio::time::timeout(Duration::from_secs(5), fired)
+            .await
+            .expect("the timer fires at its deadline");
+        assert!(Instant::now() >= deadline);
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,6 +61,19 @@ fn non_numeric_container_concurrency_names_variable_and_value() {
 }
 
 #[test]
+fn container_concurrency_above_the_breaker_capacity_names_variable_and_value() {
+    // 2^31: one more than the largest breaker capacity (Go's revisionMaxConcurrency).
+    let exited = base()
+        .env("CONTAINER_CONCURRENCY", "2147483648")
+        .run_to_exit();
+    exited.assert_failed();
+    assert!(
+        exited.stderr.contains("CONTAINER_CONCURRENCY") && exited.stderr.contains("2147483648"),
+        "{exited:#?}"
+    );
+}
+
+#[test]
 fn empty_int_is_an_error() {
     let exited = base().env("REVISION_TIMEOUT_SECONDS", "").run_to_exit();
     exited.assert_failed();

@@ -136,10 +136,10 @@ pub struct QueueFull;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BreakerError {
     /// containerConcurrency 0 means no breaker at all.
-    #[error("container concurrency must be greater than 0")]
+    #[error("CONTAINER_CONCURRENCY must be greater than 0 for a breaker")]
     ZeroConcurrency,
     /// Above the largest capacity a breaker can have.
-    #[error("container concurrency {0} exceeds {MAX_CAPACITY}")]
+    #[error("CONTAINER_CONCURRENCY {0} exceeds the largest breaker capacity, {MAX_CAPACITY}")]
     TooLarge(usize),
 }
 
