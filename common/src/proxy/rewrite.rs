@@ -187,13 +187,9 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &PeerIp, at: Option<usize
 }
 
 /// Queue-proxy §3.8 step 4: a non-empty `K-Original-Host` becomes the upstream authority, and both
-/// it and the old `Host` header are dropped (HTTP/2: the authority lives in the URI).
-pub fn restore_original_host<B>(request: &mut Request<B>) {
-    restore_original_host_at(request, None);
-}
-
-/// [`restore_original_host`] for a caller whose scan found `K-Original-Host` at `index` among
-/// the names ([`crate::header_scan::Scan::index`]): removed by position, not looked up.
+/// it and the old `Host` header are dropped (HTTP/2: the authority lives in the URI). `index`:
+/// where the caller's scan found `K-Original-Host` among the names
+/// ([`crate::header_scan::Scan::index`]), to remove it by position; `None` looks it up.
 pub fn restore_original_host_at<B>(request: &mut Request<B>, index: Option<usize>) {
     let Some(original) = header_scan::remove_at(request.headers_mut(), index, &K_ORIGINAL_HOST)
     else {
@@ -404,7 +400,7 @@ mod tests {
             .header("k-original-host", "a-better-host.com")
             .body(())
             .unwrap();
-        restore_original_host(&mut req);
+        restore_original_host_at(&mut req, None);
         assert_eq!(req.headers()["host"], "a-better-host.com");
         assert!(!req.headers().contains_key("k-original-host"));
 
@@ -414,7 +410,7 @@ mod tests {
             .header("k-original-host", "a-better-host.com")
             .body(())
             .unwrap();
-        restore_original_host(&mut h2);
+        restore_original_host_at(&mut h2, None);
         assert_eq!(h2.uri().to_string(), "http://a-better-host.com/x?y=1");
     }
 
