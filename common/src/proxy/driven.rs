@@ -157,6 +157,12 @@ impl DrivenConn {
         )
     }
 
+    /// The request written last, rebuilt, when the connection failed before a byte of its
+    /// response was read and the request had no body (hyper's `take_unanswered`).
+    pub(super) fn take_unanswered(&mut self) -> Option<Box<UpstreamRequest>> {
+        direct!(&mut self.conn, conn => conn.take_unanswered())
+    }
+
     /// A context with the connection's waker, for polling what the connection feeds without
     /// driving it (see [`Self::poll_with`]).
     #[inline]

@@ -109,18 +109,14 @@ pub fn forward_or_return(
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let response = match checkout.send(&upstream, request, upgrade.is_some()).await {
             Ok(response) => response,
-            // The keep-alive race: the idle connection was closed before a byte of the request was
-            // written. Nothing reached the app, so one retry on a new connection is safe for any method.
-            Err(pool::SendError {
-                unsent: Some(request),
-                fresh: false,
-                ..
-            }) => {
+            Err(failed) => match to_send_again(failed) {
                 // Boxed: rare, and inline its state (a second request among it) made every
                 // request's future larger.
-                Box::pin(send_on_fresh(&upstream, *request, upgrade.is_some())).await?
-            }
-            Err(e) => return Err(ForwardFailure::sent(exchange_error(e))),
+                Ok(request) => {
+                    Box::pin(send_on_fresh(&upstream, *request, upgrade.is_some())).await?
+                }
+                Err(error) => return Err(ForwardFailure::sent(error)),
+            },
         };
 
         let mut response = response;
@@ -166,6 +162,52 @@ async fn send_on_fresh(
         .send(upstream, request, upgrade)
         .await
         .map_err(|e| ForwardFailure::sent(exchange_error(e)))
+}
+
+/// The request of a failed exchange to send again, once, on a new connection (the keep-alive
+/// race, when the app closed a pooled connection as the proxy took it), or the error to answer.
+/// Only a reused connection's failure is retried, as Go's transport does:
+/// - nothing of the request was written (the connection was found closed): nothing reached the
+///   app, so any request goes again;
+/// - the request was written, and the connection failed before a byte of the response came:
+///   the app may have seen it, so only a replayable request goes again ([`is_replayable`]).
+#[cold]
+#[inline(never)]
+#[allow(clippy::result_large_err)] // Boxed already; the error is the rare case of a rare case.
+fn to_send_again(failed: pool::SendError) -> Result<Box<Request<IncomingBody>>, ProxyError> {
+    match failed {
+        pool::SendError {
+            unsent: Some(request),
+            fresh: false,
+            ..
+        } => Ok(request),
+        pool::SendError {
+            unanswered: Some(request),
+            fresh: false,
+            error,
+            ..
+        } if is_replayable(&request) => {
+            tracing::debug!(
+                error = error.as_ref().map(tracing::field::display),
+                "reused upstream connection failed before answering; sending again"
+            );
+            Ok(request)
+        }
+        failed => Err(exchange_error(failed)),
+    }
+}
+
+/// Whether a request written to a reused connection that failed before answering may be sent
+/// again on a new one. Go's transport decides so (`Request.isReplayable`): it has no body (a
+/// request with one is not rebuilt: [`pool::SendError::unanswered`]) and is a `GET`, `HEAD`,
+/// `OPTIONS` or `TRACE`, or carries `Idempotency-Key` or `X-Idempotency-Key` (whatever its
+/// method, the client said repeating it is harmless).
+fn is_replayable<B>(request: &Request<B>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || request.headers().contains_key("idempotency-key")
+        || request.headers().contains_key("x-idempotency-key")
 }
 
 /// The error of a failed exchange.

@@ -744,6 +744,7 @@ impl std::future::Future for SendFuture {
                     this.conn.take();
                     return Poll::Ready(Err(SendError {
                         unsent: request.take(),
+                        unanswered: None,
                         error: None,
                         fresh: this.fresh,
                     }));
@@ -780,6 +781,7 @@ impl std::future::Future for SendFuture {
                 }
                 Err(mut e) => Err(SendError {
                     unsent: e.take_message().map(Box::new),
+                    unanswered: conn.conn.take_unanswered(),
                     error: Some((*e).into_error()),
                     fresh: this.fresh,
                 }),
@@ -794,6 +796,11 @@ pub struct SendError {
     /// The request, when the connection failed before any of it was written.
     /// Boxed: rare, and inline it made every exchange's outcome 288 bytes instead of 208.
     pub unsent: Option<Box<http::Request<UpstreamRequestBody>>>,
+    /// The request, rebuilt, when it was written but the connection failed before a byte of
+    /// its response was read, and it had no body: the keep-alive race when the app closed the
+    /// connection as the request went out. The app may have received it, so only an
+    /// idempotent request may be sent again (see `proxy::is_replayable`).
+    pub unanswered: Option<Box<http::Request<UpstreamRequestBody>>>,
     /// What hyper reported; `None` when the connection was not ready to take the request.
     pub error: Option<hyper::Error>,
     /// Whether the connection was new.

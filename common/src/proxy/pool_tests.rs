@@ -307,3 +307,176 @@ async fn a_connection_answered_before_its_upload_ended_is_pooled_after_it() {
     assert_eq!(get(proxy).await, OK);
     assert_eq!(accepts.load(Ordering::SeqCst), 1, "the same connection");
 }
+
+/// How [`swallowing_app`] ends a connection on the request it does not answer.
+#[derive(Clone, Copy)]
+enum Hangup {
+    /// A plain close (FIN): the proxy reads the end of stream.
+    Close,
+    /// A reset (RST, lingering 0 s): the proxy's read fails.
+    Reset,
+}
+
+/// An app that answers the first `answered` requests on each connection and, on the next,
+/// reads its head and hangs up without answering: the keep-alive race as the proxy sees it
+/// when the app closed a connection just as a request was written to it. Counts the
+/// connections it accepted and the request heads it read.
+async fn swallowing_app(
+    answered: usize,
+    hangup: Hangup,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(AtomicUsize::new(0));
+    let (counted, read) = (Arc::clone(&accepts), Arc::clone(&heads));
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            let read = Arc::clone(&read);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for served in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    read.fetch_add(1, Ordering::SeqCst);
+                    if served == answered {
+                        if let Hangup::Reset = hangup {
+                            socket2::SockRef::from(&stream)
+                                .set_linger(Some(Duration::ZERO))
+                                .unwrap();
+                        }
+                        return;
+                    }
+                    stream.write_all(RESPONSE).await.unwrap();
+                }
+            });
+        }
+    });
+    (addr, accepts, heads)
+}
+
+/// `head` (a request head ending in a blank line) on a new client connection; the response's
+/// status line and body.
+async fn exchange(proxy: SocketAddr, head: &str) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("a response within 10 s")
+    .unwrap();
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default();
+    format!("{status} {body}")
+}
+
+/// The keep-alive race the other way round: the request was written to a pooled connection
+/// and the app hung up without a byte of response. A `GET` is sent again, once, on a new
+/// connection, as Go's transport does for a replayable request on a reused connection.
+#[tokio::test]
+async fn a_get_written_to_a_reused_connection_the_app_hung_up_goes_again_on_a_new_one() {
+    for hangup in [Hangup::Close, Hangup::Reset] {
+        let (app, accepts, heads) = swallowing_app(1, hangup).await;
+        let (proxy, _) = proxy(app).await;
+        assert_eq!(get(proxy).await, OK);
+        assert_eq!(get(proxy).await, OK, "sent again");
+        assert_eq!(
+            heads.load(Ordering::SeqCst),
+            3,
+            "answered, hung up on, answered"
+        );
+        assert_eq!(accepts.load(Ordering::SeqCst), 2);
+    }
+}
+
+/// A `POST` without a body is not idempotent: the app may have acted on it before hanging up,
+/// so it is not sent again (Go's transport neither) and the client gets the `502`. With an
+/// `Idempotency-Key` (or `X-Idempotency-Key`), the client said repeating it is harmless.
+#[tokio::test]
+async fn an_unanswered_post_goes_again_only_with_an_idempotency_key() {
+    let post = "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\nConnection: close\r\n";
+    for (key, sent_again) in [
+        ("", false),
+        ("Idempotency-Key: 7\r\n", true),
+        ("X-Idempotency-Key: 7\r\n", true),
+    ] {
+        let (app, accepts, heads) = swallowing_app(1, Hangup::Close).await;
+        let (proxy, _) = proxy(app).await;
+        assert_eq!(get(proxy).await, OK);
+        let answer = exchange(proxy, &format!("{post}{key}\r\n")).await;
+        if sent_again {
+            assert_eq!(answer, OK, "{key}");
+            assert_eq!(heads.load(Ordering::SeqCst), 3, "{key}");
+            assert_eq!(accepts.load(Ordering::SeqCst), 2, "{key}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+            assert_eq!(heads.load(Ordering::SeqCst), 2, "once");
+            assert_eq!(accepts.load(Ordering::SeqCst), 1, "no new connection");
+        }
+    }
+}
+
+/// A new connection that fails before answering is not a race with an idle close: the request
+/// is not sent again (Go's transport retries only on a reused connection), and an app that hangs
+/// up on every request is not sent it twice.
+#[tokio::test]
+async fn a_request_unanswered_on_a_new_connection_is_not_sent_again() {
+    let (app, accepts, heads) = swallowing_app(0, Hangup::Close).await;
+    let (proxy, _) = proxy(app).await;
+    let answer = get(proxy).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+    assert_eq!(accepts.load(Ordering::SeqCst), 1);
+}
+
+/// The one retry goes on a new connection: when the app hangs up on that one too, the client
+/// gets the `502` and the app saw the request twice, not more.
+#[tokio::test]
+async fn the_retry_is_made_once() {
+    // Answers the first request on the first connection only; hangs up on everything after.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let read = Arc::clone(&heads);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let read = Arc::clone(&read);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    if read.fetch_add(1, Ordering::SeqCst) > 0 {
+                        return;
+                    }
+                    stream.write_all(RESPONSE).await.unwrap();
+                }
+            });
+        }
+    });
+    let (proxy, _) = proxy(app).await;
+    assert_eq!(get(proxy).await, OK);
+    let answer = get(proxy).await;
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        3,
+        "the first, the request and its one retry"
+    );
+}

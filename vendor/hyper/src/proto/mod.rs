@@ -30,6 +30,16 @@ pub(crate) struct MessageHead<S> {
     extensions: http::Extensions,
 }
 
+/// (patch) What is left of an outgoing message head once written: its headers went to the
+/// connection's cached map (see `Conn::write_head_keeping`).
+#[cfg(feature = "http1")]
+#[derive(Debug)]
+pub(crate) struct WrittenHead<S> {
+    pub(crate) subject: S,
+    pub(crate) version: http::Version,
+    pub(crate) extensions: http::Extensions,
+}
+
 /// An incoming request message.
 #[cfg(feature = "http1")]
 pub(crate) type RequestHead = MessageHead<RequestLine>;

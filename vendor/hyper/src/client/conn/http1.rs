@@ -428,6 +428,16 @@ where
         self.inner.as_mut()?.dispatch_mut().take_outcome()
     }
 
+    /// The request written last, rebuilt, when the connection failed (its response being an
+    /// error from [`Self::take_response`]) before reading a byte of its response, and the
+    /// request had no body (none, or one that had ended before it was written). Whether it is
+    /// safe to send it again on another connection (it may have reached the server, which
+    /// closed without answering) is the user's call: an HTTP client retries idempotent
+    /// requests written to a reused connection, the keep-alive race.
+    pub fn take_unanswered(&mut self) -> Option<Box<Request<B>>> {
+        self.inner.as_mut()?.dispatch_mut().take_unanswered()
+    }
+
     /// No more requests: the connection ends (after shutting the IO down) once idle, as a
     /// [`Connection`] does when its [`SendRequest`] is dropped.
     pub fn close(&mut self) {
@@ -944,6 +954,7 @@ mod direct_tests {
         let mut error = response(&mut conn).await.unwrap_err();
         assert!(error.error().is_canceled(), "{error:?}");
         assert_eq!(error.take_message().unwrap().uri(), "/x");
+        assert!(conn.take_unanswered().is_none(), "handed back unwritten instead");
         assert!(!conn.is_ready());
         assert!(conn.send(get("/y")).is_err());
     }
@@ -959,6 +970,82 @@ mod direct_tests {
         let mut error = response(&mut conn).await.unwrap_err();
         assert!(error.take_message().is_none(), "written: not to be retried");
         assert!(error.error().is_incomplete_message(), "{error:?}");
+        assert!(conn.take_unanswered().is_none(), "part of a response was read");
+    }
+
+    #[tokio::test]
+    async fn a_request_written_and_never_answered_is_rebuilt() {
+        // The keep-alive race the other way round: the request was written to a connection
+        // the server had closed, and the end of stream comes instead of a response. The
+        // second request on the connection is the one rebuilt, with its headers whole.
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .write(b"OPTIONS /b?q=1 HTTP/1.1\r\nhost: app\r\nx-twice: 1\r\nx-twice: 2\r\n\r\n")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/a")).unwrap();
+        assert_eq!(response(&mut conn).await.unwrap().status(), 204);
+        assert!(conn.take_unanswered().is_none(), "answered");
+        let request = Request::builder()
+            .method("OPTIONS")
+            .uri("/b?q=1")
+            .header("host", "app")
+            .header("x-twice", "1")
+            .header("x-twice", "2")
+            .extension(7u8)
+            .body(IncomingBody::empty())
+            .unwrap();
+        conn.send(request).unwrap();
+        let mut error = response(&mut conn).await.unwrap_err();
+        assert!(error.take_message().is_none(), "it was written");
+        assert!(error.error().is_incomplete_message(), "{error:?}");
+        let again = conn.take_unanswered().expect("rebuilt");
+        assert_eq!(again.method(), "OPTIONS");
+        assert_eq!(again.uri(), "/b?q=1");
+        assert_eq!(again.version(), http::Version::HTTP_11);
+        assert_eq!(again.headers()["host"], "app");
+        let twice: Vec<_> = again.headers().get_all("x-twice").iter().collect();
+        assert_eq!(twice, ["1", "2"]);
+        assert_eq!(again.headers().len(), 3);
+        assert_eq!(again.extensions().get::<u8>(), Some(&7));
+        assert!(again.body().is_end_stream());
+        assert!(conn.take_unanswered().is_none(), "taken once");
+    }
+
+    #[tokio::test]
+    async fn a_request_reset_before_its_answer_is_rebuilt() {
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /x HTTP/1.1\r\n\r\n")
+            .read_error(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "reset",
+            ))
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/x")).unwrap();
+        let mut error = response(&mut conn).await.unwrap_err();
+        assert!(error.take_message().is_none());
+        assert_eq!(conn.take_unanswered().expect("rebuilt").uri(), "/x");
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_is_not_rebuilt() {
+        let io = tokio_test::io::Builder::new()
+            .write(b"POST /x HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        let request = Request::builder()
+            .method("POST")
+            .uri("/x")
+            .body(http_body_util::Full::new(Bytes::from_static(b"hi")))
+            .unwrap();
+        conn.send(request).unwrap();
+        let ended = crate::common::future::poll_fn(|cx| Pin::new(&mut conn).poll(cx)).await;
+        assert!(ended.is_ok(), "{ended:?}");
+        let mut error = conn.take_response().unwrap().unwrap_err();
+        assert!(error.take_message().is_none());
+        assert!(conn.take_unanswered().is_none(), "its body is gone");
     }
 
     #[tokio::test]

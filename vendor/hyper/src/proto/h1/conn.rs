@@ -22,7 +22,7 @@ use crate::body::DecodedLength;
 #[cfg(feature = "server")]
 use crate::common::time::Time;
 use crate::headers;
-use crate::proto::{BodyLength, MessageHead};
+use crate::proto::{BodyLength, MessageHead, WrittenHead};
 #[cfg(feature = "server")]
 use crate::rt::Sleep;
 
@@ -629,7 +629,21 @@ where
     }
 
     pub(crate) fn write_head(&mut self, head: MessageHead<T::Outgoing>, body: Option<BodyLength>) {
-        if let Some(encoder) = self.encode_head(head, body) {
+        self.write_head_then(head, body, drop);
+    }
+
+    /// (patch) [`Self::write_head`], handing what is left of the head once written (its line,
+    /// version and extensions; its headers go to the cached map as before) to `written`, so
+    /// that a client can rebuild a request the connection fails to answer (see
+    /// [`Self::take_unanswered_headers`]). Not called when the head could not be encoded. A
+    /// callback rather than a return value: the parts go where they are kept in one move.
+    pub(crate) fn write_head_then(
+        &mut self,
+        head: MessageHead<T::Outgoing>,
+        body: Option<BodyLength>,
+        written: impl FnOnce(WrittenHead<T::Outgoing>),
+    ) {
+        if let Some(encoder) = self.encode_head(head, body, written) {
             self.state.writing = if !encoder.is_eof() {
                 Writing::Body(encoder)
             } else if encoder.is_last() {
@@ -640,10 +654,27 @@ where
         }
     }
 
+    /// (patch) The headers of the request written last, when the connection failed with
+    /// nothing of its response read: a client's `encode` leaves them in the cached map (it is
+    /// cleared when the response head is parsed into it), so they are still whole here. `None`
+    /// for a server, once any byte of a response is buffered, and once a response head was
+    /// parsed (the map went into it).
+    #[cfg(feature = "client")]
+    pub(crate) fn take_unanswered_headers(&mut self) -> Option<HeaderMap> {
+        if T::should_read_first()
+            || !self.io.read_buf().is_empty()
+            || matches!(self.state.writing, Writing::Init)
+        {
+            return None;
+        }
+        self.state.cached_headers.take()
+    }
+
     fn encode_head(
         &mut self,
         mut head: MessageHead<T::Outgoing>,
         body: Option<BodyLength>,
+        written: impl FnOnce(WrittenHead<T::Outgoing>),
     ) -> Option<Encoder> {
         debug_assert!(self.can_write_head());
 
@@ -698,15 +729,29 @@ where
                     self.state.disable_keep_alive();
                 }
                 debug_assert!(self.state.cached_headers.is_none());
-                debug_assert!(head.headers.is_empty());
-                self.state.cached_headers = Some(head.headers);
+                // (patch) A client's request headers are kept whole (see
+                // `take_unanswered_headers`); a server's were drained.
+                debug_assert!(!T::should_read_first() || head.headers.is_empty());
+                let MessageHead {
+                    version,
+                    subject,
+                    headers,
+                    #[allow(unused_mut)]
+                    mut extensions,
+                } = head;
+                self.state.cached_headers = Some(headers);
 
                 #[cfg(feature = "client")]
                 {
                     self.state.on_informational =
-                        head.extensions.remove::<crate::ext::OnInformational>();
+                        extensions.remove::<crate::ext::OnInformational>();
                 }
 
+                written(WrittenHead {
+                    subject,
+                    version,
+                    extensions,
+                });
                 Some(encoder)
             }
             Err(err) => {
@@ -747,6 +792,8 @@ where
 
     // If we know the remote speaks an older version, we try to fix up any messages
     // to work with our older peer.
+    // (patch) Inlined, as it was into `write_head` before `write_head_then` took its place.
+    #[inline(always)]
     fn enforce_version(&mut self, head: &mut MessageHead<T::Outgoing>) {
         match self.state.version {
             Version::HTTP_10 => {

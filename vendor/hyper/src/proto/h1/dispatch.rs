@@ -16,7 +16,7 @@ use crate::body::{Body, DecodedLength, Incoming as IncomingBody};
 #[cfg(feature = "client")]
 use crate::client::dispatch::TrySendError;
 use crate::common::task;
-use crate::proto::{BodyLength, Conn, Dispatched, MessageHead, RequestHead};
+use crate::proto::{BodyLength, Conn, Dispatched, MessageHead, RequestHead, WrittenHead};
 use crate::upgrade::OnUpgrade;
 
 pub(crate) struct Dispatcher<D, Bs: Body, I, T> {
@@ -32,6 +32,8 @@ pub(crate) trait Dispatch {
     type PollBody;
     type PollError;
     type RecvItem;
+    /// (patch) What is left of a head once written (see [`Dispatch::written`]).
+    type Written;
     fn poll_msg(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -59,6 +61,21 @@ pub(crate) trait Dispatch {
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
     fn should_poll(&self) -> bool;
+    /// (patch) What is left of the head of the message just written (its headers went to the
+    /// connection's cached map). Dropped, unless a client keeps it to rebuild a request the
+    /// connection fails to answer (see [`Dispatch::unanswered`]).
+    #[inline(always)]
+    fn written(&mut self, head: Self::Written) {
+        drop(head);
+    }
+    /// (patch) The connection failed with nothing of the response to the request written last
+    /// read: here are that request's headers, whole (`Conn::take_unanswered_headers`). Called
+    /// just before `recv_msg` gets the error.
+    #[cfg(feature = "client")]
+    #[inline(always)]
+    fn unanswered(&mut self, headers: http::HeaderMap) {
+        drop(headers);
+    }
 }
 
 cfg_server! {
@@ -89,6 +106,7 @@ where
             PollItem = MessageHead<T::Outgoing>,
             PollBody = Bs,
             RecvItem = MessageHead<T::Incoming>,
+            Written = WrittenHead<T::Outgoing>,
         > + Unpin,
     D::PollError: Into<Box<dyn StdError + Send + Sync>>,
     I: Read + Write + Unpin,
@@ -135,6 +153,18 @@ where
         (io, buf, self.dispatch)
     }
 
+    /// (patch) Gives the dispatch the headers of a request the connection failed to answer
+    /// (see [`Dispatch::unanswered`]); not after a parse error, which means bytes were read.
+    #[cfg(feature = "client")]
+    fn offer_unanswered(&mut self, err: &crate::Error) {
+        if err.is_parse() {
+            return;
+        }
+        if let Some(headers) = self.conn.take_unanswered_headers() {
+            self.dispatch.unanswered(headers);
+        }
+    }
+
     /// Run this dispatcher until HTTP says this connection is done,
     /// but don't call `Write::shutdown` on the underlying IO.
     ///
@@ -166,6 +196,8 @@ where
             // We just try to give the error to the user,
             // and close the connection with an Ok. If we
             // cannot give it to the user, then return the Err.
+            #[cfg(feature = "client")]
+            self.offer_unanswered(&e);
             self.dispatch.recv_msg(Err(e))?;
             Ok(Dispatched::Shutdown)
         }))
@@ -374,6 +406,8 @@ where
             }
             Some(Err(err)) => {
                 debug!("read_head error: {}", err);
+                #[cfg(feature = "client")]
+                self.offer_unanswered(&err);
                 self.dispatch.recv_msg(Err(err))?;
                 // if here, the dispatcher gave the user the error
                 // somewhere else. we still need to shutdown, but
@@ -417,7 +451,9 @@ where
                         _ => None,
                     };
                     let ended = body_type.is_none();
-                    self.conn.write_head(head, body_type);
+                    let dispatch = &mut self.dispatch;
+                    self.conn
+                        .write_head_then(head, body_type, |written| dispatch.written(written));
                     if ended {
                         // An ended body is not polled: dropped after the head, as before.
                         self.body_rx.set(None);
@@ -535,6 +571,7 @@ where
             PollItem = MessageHead<T::Outgoing>,
             PollBody = Bs,
             RecvItem = MessageHead<T::Incoming>,
+            Written = WrittenHead<T::Outgoing>,
         > + Unpin,
     D::PollError: Into<Box<dyn StdError + Send + Sync>>,
     I: Read + Write + Unpin,
@@ -638,6 +675,7 @@ cfg_server! {
         type PollBody = Bs;
         type PollError = S::Error;
         type RecvItem = RequestHead;
+        type Written = WrittenHead<http::StatusCode>;
 
         #[inline]
         fn poll_msg_into(
@@ -736,6 +774,7 @@ cfg_client! {
         type PollBody = B;
         type PollError = Infallible;
         type RecvItem = crate::proto::ResponseHead;
+        type Written = WrittenHead<crate::proto::RequestLine>;
 
         fn poll_msg(
             mut self: Pin<&mut Self>,
@@ -853,6 +892,17 @@ cfg_client! {
         wanting: bool,
         /// The user will send nothing more: the connection ends once idle.
         closed: bool,
+        /// The body of the request handed over, when it had ended before the request was
+        /// written (no body at all, or an empty one): kept with [`Self::sent`] until the
+        /// response is in.
+        ended_body: Option<B>,
+        /// What the connection left of the request written with an ended body: its line,
+        /// version and extensions (its headers stay in the connection's cached map until the
+        /// response is parsed). From these and `ended_body` a request the connection fails to
+        /// answer is rebuilt, to be sent again on another connection when the user sees fit.
+        sent: Option<WrittenHead<crate::proto::RequestLine>>,
+        /// That rebuilt request (see `DirectConnection::take_unanswered`). Boxed: rare.
+        unanswered: Option<Box<Request<B>>>,
     }
 
     impl<B> Unpin for DirectClient<B> {}
@@ -866,7 +916,24 @@ cfg_client! {
                 // A new connection takes its first request at once.
                 wanting: true,
                 closed: false,
+                ended_body: None,
+                sent: None,
+                unanswered: None,
             }
+        }
+
+        /// The request written last, rebuilt, when the connection failed with nothing of its
+        /// response read and the request had no body (see [`Self::sent`]).
+        pub(crate) fn take_unanswered(&mut self) -> Option<Box<Request<B>>> {
+            self.unanswered.take()
+        }
+
+        /// The response came (or the exchange failed otherwise): what was kept of the request
+        /// is dropped.
+        #[inline]
+        fn forget_sent(&mut self) {
+            self.sent = None;
+            self.ended_body = None;
         }
 
         /// Takes `request` to be written at the next poll; hands it back when the connection is
@@ -936,10 +1003,11 @@ cfg_client! {
         type PollBody = B;
         type PollError = Infallible;
         type RecvItem = crate::proto::ResponseHead;
+        type Written = WrittenHead<crate::proto::RequestLine>;
 
         /// (patch) The body goes into its slot and the head is built in the return value: through
         /// `poll_msg`'s tuple the head was moved three more times.
-        #[inline]
+        #[inline(always)]
         fn poll_msg_into(
             self: Pin<&mut Self>,
             _cx: &mut Context<'_>,
@@ -949,7 +1017,13 @@ cfg_client! {
             match this.pending.take() {
                 Some(req) => {
                     let (parts, polled) = req.into_parts();
-                    body.set(Some(polled));
+                    if polled.is_end_stream() {
+                        // Not polled: written as no body (see `Dispatcher::poll_write`), and
+                        // kept in case the request must be rebuilt.
+                        this.ended_body = Some(polled);
+                    } else {
+                        body.set(Some(polled));
+                    }
                     this.in_flight = true;
                     Poll::Ready(Some(Ok(RequestHead {
                         version: parts.version,
@@ -999,6 +1073,7 @@ cfg_client! {
                 Ok((msg, body)) => {
                     if self.in_flight {
                         self.in_flight = false;
+                        self.forget_sent();
                         self.outcome = Some(Ok(msg.into_response(body)));
                         Ok(())
                     } else {
@@ -1009,6 +1084,7 @@ cfg_client! {
                 Err(err) => {
                     if self.in_flight {
                         self.in_flight = false;
+                        self.forget_sent();
                         self.outcome = Some(Err(Box::new(TrySendError {
                             error: err,
                             message: None,
@@ -1038,6 +1114,26 @@ cfg_client! {
 
         fn should_poll(&self) -> bool {
             !self.in_flight
+        }
+
+        #[inline]
+        fn written(&mut self, head: Self::Written) {
+            if self.ended_body.is_some() {
+                self.sent = Some(head);
+            }
+        }
+
+        fn unanswered(&mut self, headers: http::HeaderMap) {
+            let (Some(sent), Some(body)) = (self.sent.take(), self.ended_body.take()) else {
+                return;
+            };
+            let mut request = Request::new(body);
+            *request.method_mut() = sent.subject.0;
+            *request.uri_mut() = sent.subject.1;
+            *request.version_mut() = sent.version;
+            *request.headers_mut() = headers;
+            *request.extensions_mut() = sent.extensions;
+            self.unanswered = Some(Box::new(request));
         }
     }
 }

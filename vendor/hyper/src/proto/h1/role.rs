@@ -1167,6 +1167,10 @@ impl Http1Transaction for Client {
             let slice = slice.freeze();
 
             let mut headers = ctx.cached_headers.take().unwrap_or_default();
+            // (patch) The request's headers, kept until now (see `Client::encode`).
+            if !headers.is_empty() {
+                headers.clear();
+            }
 
             let mut keep_alive = version == Version::HTTP_11;
             let mut saw_connection_close = false;
@@ -1337,7 +1341,9 @@ impl Http1Transaction for Client {
         }
 
         extend(dst, b"\r\n");
-        msg.head.headers.clear(); //TODO: remove when switching to drain()
+        // (patch) The headers are not cleared here: they stay whole in the connection's cached
+        // map until the response head is parsed into it (`Client::parse` clears it), so that a
+        // request the connection fails to answer can be rebuilt (`Conn::take_unanswered_headers`).
 
         Ok(body)
     }
