@@ -143,6 +143,66 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
     assert_eq!(*seen.lock().unwrap(), expected);
 }
 
+/// The keep-alive race's second form: the pod hangs up on a reused connection after reading a
+/// request and before answering it. As Go's transport does, a `GET` goes once more on a new
+/// connection (the client sees 200, the pod saw it twice); a `POST` without a body is not
+/// idempotent, so it is not sent again and the client gets the 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_pod_hung_up_on_goes_again_only_when_replayable() {
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let record = seen.clone();
+    let pod = raw_app(move |mut stream| {
+        let record = record.clone();
+        async move {
+            let mut buf = Vec::new();
+            for served in 0.. {
+                let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                if head.contains("k-network-probe: queue") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
+                        .await;
+                    return;
+                }
+                if let Some(id) = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")) {
+                    record.lock().unwrap().push(id.trim().to_owned());
+                }
+                if served == 1 {
+                    // The second request on this connection: read, never answered.
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let stats = StatsReceiver::start().await;
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new("hangup-00001", 0).ready([pod])])
+        .start();
+    let request = |method: &str, id: &str| {
+        rev_req(method, "/", NS, "hangup-00001")
+            .header("x-request-id", id)
+            .body(full(""))
+            .unwrap()
+    };
+    let first = send(activator.addr(), request("GET", "first")).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let again = send(activator.addr(), request("GET", "again")).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    let post = send(activator.addr(), request("POST", "post")).await;
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY, "{}", post.text());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["first", "again", "again", "post"],
+        "the GET twice (the second on a new connection), the POST once"
+    );
+}
+
 /// A pod dies while still listed (beyond upstream, which answers 502): a request leased to it
 /// cannot even connect, so nothing was sent; it waits for discovery to drop the pod and is
 /// served by the other pod — the client sees 200, and the app behind the dead pod never saw it.
