@@ -181,8 +181,10 @@ async fn a_request_the_pod_hung_up_on_goes_again_only_when_replayable() {
     })
     .await;
     let stats = StatsReceiver::start().await;
+    // One worker: one pool, so that each request takes the connection the one before gave back.
     let activator = ActivatorConfig::new(&stats.url())
         .revisions(&[Rev::new("hangup-00001", 0).ready([pod])])
+        .env("ACTIVATOR_WORKER_THREADS", 1)
         .start();
     let request = |method: &str, id: &str| {
         rev_req(method, "/", NS, "hangup-00001")
