@@ -165,11 +165,15 @@ pub fn attach_guard<B, G>(response: Response<B>, guard: G) -> Response<Guarded<B
 where
     G: Send + 'static,
 {
-    if let Some(scope) = response.extensions().get::<TunnelScope>() {
-        scope.hold(Box::new(guard));
-        return response.map(Guarded::unguarded);
-    }
-    response.map(|body| Guarded::new(body, guard))
+    // One place makes the result: with one per case, the response was built aside and copied.
+    let guard = match response.extensions().get::<TunnelScope>() {
+        Some(scope) => {
+            scope.hold(Box::new(guard));
+            None
+        }
+        None => Some(guard),
+    };
+    response.map(|body| Guarded { body, guard })
 }
 
 /// An answer in the style of Go's `http.Error`: `text/plain; charset=utf-8`, `nosniff`, and the

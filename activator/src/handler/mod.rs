@@ -184,6 +184,10 @@ impl Service<Request<IncomingBody>> for ActivatorService {
                 request.method() == http::Method::HEAD,
             ));
         };
+        // The response future's box is allocated before the work that leads to the future, and
+        // the future written into it at the end: `Box::pin(future)` built the future (the
+        // request in it) on the stack and then copied it into the allocation.
+        let slot = Box::new_uninit();
         strip_network_hash(&mut request, seen.present);
         let metrics = state.observability.revision_metrics(&revision);
         let observed = state.observability.observe(
@@ -198,7 +202,9 @@ impl Service<Request<IncomingBody>> for ActivatorService {
         let handled = handle(
             state, self.pools, &self.peer, request, revision, metrics, seen,
         );
-        Box::pin(MeteredFuture::new(handled, observed, head))
+        // Its output made out of line (`OutOfLine`): made inline, it was built aside and copied.
+        let future = Box::write(slot, MeteredFuture::out_of_line(handled, observed, head));
+        Box::into_pin(future)
     }
 }
 
@@ -291,6 +297,7 @@ fn handle(
     let present = make_room(request.headers_mut(), seen.present, seen.revision_at);
     // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
     let upgrade = rewrite::prepare_request_scanned(&mut request, peer, present);
+    let timers = pools.timers();
     let activation = Activation {
         state,
         pools,
@@ -304,7 +311,7 @@ fn handle(
         activation.run(request, upgrade),
         timeouts,
         TIMEOUT_BODY,
-        pools.timers(),
+        timers,
     )
     .map(move |timed| {
         let response = match timed {
@@ -358,7 +365,7 @@ impl Activation {
             };
             // The retry's future is made (boxed) before it is awaited, so that the outcome it
             // comes from is not kept beside it.
-            let retry = match Box::pin(this.forward(leased, request, upgrade, this.seen)).await {
+            let retry = match this.forward(leased, request, upgrade, this.seen).await {
                 Forwarded::Done(response) => return Ok(response),
                 Forwarded::Unreached {
                     request,
@@ -505,21 +512,29 @@ impl Activation {
 
     /// Proxies `request` to the leased pod (stages 13–15). The headers are set now, and the
     /// returned future is the proxy's own with a combinator holding the lease and spans until
-    /// the response (no `async` state keeping a second copy of the request).
+    /// the response (no `async` state keeping a second copy of the request), boxed (large; see
+    /// [`Activation::run`]). The box is allocated first and the future written into it:
+    /// `Box::pin(forward(..))` in the caller built the future on the stack and copied its
+    /// 1,128 bytes into the allocation.
     fn forward(
         &self,
         leased: Leased,
         mut request: Request<IncomingBody>,
         upgrade: Option<rewrite::UpgradeRequest>,
         seen: Seen,
-    ) -> impl Future<Output = Forwarded> + Send + 'static {
+    ) -> Pin<Box<impl Future<Output = Forwarded> + Send + 'static>> {
+        let slot = Box::new_uninit();
         let id = &self.revision.id;
         let Leased { lease, active } = leased;
         let Some(addr) = lease.socket_addr() else {
             tracing::error!(dest = lease.dest(), "leased destination is not an ip:port");
-            return futures_util::future::Either::Left(std::future::ready(Forwarded::Done(
-                Guarded::full_response(StatusCode::BAD_GATEWAY),
-            )));
+            let future = Box::write(
+                slot,
+                futures_util::future::Either::Left(std::future::ready(Forwarded::Done(
+                    Guarded::full_response(StatusCode::BAD_GATEWAY),
+                ))),
+            );
+            return Box::into_pin(future);
         };
         // System-internal TLS (spec §2.13): the pod's 8112 or the cluster IP's 443, over TLS
         // verified for the revision's namespace.
@@ -594,7 +609,10 @@ impl Activation {
                 }
             }
         });
-        futures_util::future::Either::Right(forwarded)
+        Box::into_pin(Box::write(
+            slot,
+            futures_util::future::Either::Right(forwarded),
+        ))
     }
 
     /// The one retry after the leased pod could not be reached: waits for discovery to drop

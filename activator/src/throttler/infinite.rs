@@ -46,6 +46,12 @@ impl InfiniteBreaker {
         }
     }
 
+    /// Whether requests pass at once (what [`InfiniteBreaker::acquire`] tests first).
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.open.load(SeqCst)
+    }
+
     /// 1 when open, 0 when closed.
     pub fn capacity(&self) -> u64 {
         u64::from(self.open.load(SeqCst))

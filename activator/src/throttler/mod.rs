@@ -41,6 +41,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::FastHash;
+use futures_util::future::Either;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
@@ -448,9 +449,14 @@ impl Throttler {
     ) -> impl Future<Output = Result<Lease, ThrottlerError>> + Send + 'static {
         let found = self
             .lookup(namespace, name)
-            .or_else(|| self.activate(namespace, name))
-            .ok_or_else(|| ThrottlerError::RevisionNotFound(name.to_owned()));
-        async move { found?.acquire().await }
+            .or_else(|| self.activate(namespace, name));
+        // A lease at once when no wait is needed: no future of `acquire` is made or polled.
+        let found = match found.map(RevisionThrottler::lease_now) {
+            Some(Ok(lease)) => return Either::Left(std::future::ready(Ok(lease))),
+            Some(Err(revision)) => Ok(revision),
+            None => Err(ThrottlerError::RevisionNotFound(name.to_owned())),
+        };
+        Either::Right(async move { found?.acquire().await })
     }
 
     /// Number of revisions.

@@ -57,6 +57,18 @@ impl RevisionBreaker {
         }
     }
 
+    /// Whether a slot is there for the taking without waiting: an open infinite breaker (cc =
+    /// 0; nothing to take or release). A finite breaker's slot is left to its
+    /// [`RevisionBreaker::acquire`], whose first poll takes a free one at once: tried here too,
+    /// a full breaker (the common case under load) would be tried twice.
+    #[inline]
+    fn open_now(&self) -> bool {
+        match self {
+            RevisionBreaker::Finite(_) => false,
+            RevisionBreaker::Infinite(b) => b.is_open(),
+        }
+    }
+
     pub(super) fn set_capacity(&self, capacity: u64) {
         match self {
             RevisionBreaker::Finite(b) => b.set_capacity(capacity),
@@ -216,6 +228,26 @@ impl RevisionThrottler {
         }
     }
 
+    /// [`RevisionThrottler::acquire`]'s first attempt when it needs no wait (an open infinite
+    /// breaker, see [`RevisionBreaker::open_now`]) and a dest is picked. Gives the throttler
+    /// back otherwise (nothing held), for `acquire`, which makes the same attempt first. The
+    /// request path's common case at cc = 0 without the futures of `acquire` and its wait.
+    pub fn lease_now(self: Arc<Self>) -> Result<Lease, Arc<Self>> {
+        if !self.breaker.open_now() {
+            return Err(self);
+        }
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
+        match self.pick() {
+            Some(tracker) => Ok(Lease {
+                tracker,
+                _revision: RevisionSlot(self),
+            }),
+            None => Err(self),
+        }
+    }
+
     /// Takes a revision slot. A request that has to wait counts against the activator-wide
     /// [`FairQueue`] while it waits (only then: the fast path touches no shared state), and may
     /// be refused or displaced there when the cap is reached.
@@ -282,6 +314,7 @@ impl RevisionThrottler {
     }
 
     /// Picks a dest under the read lock (spec §3.5 step 2).
+    #[inline]
     fn pick(&self) -> Option<TrackerSlot> {
         let routing = self.routing.read().unwrap_or_else(PoisonError::into_inner);
         if let Some(cluster_ip) = &routing.cluster_ip {

@@ -979,3 +979,50 @@ async fn waiting_counts_stay_exact_under_cancellation() {
     drop(lease);
     assert_eq!(rt_a.in_flight(), 0);
 }
+
+/// The lease taken without a future ([`RevisionThrottler::lease_now`]): only through an open
+/// infinite breaker with a pod to pick; otherwise the throttler comes back with nothing held, and
+/// `try_acquire` waits as before.
+#[tokio::test(start_paused = true)]
+async fn lease_now_only_through_an_open_gate_with_a_pod() {
+    use futures_util::FutureExt;
+    let (throttler, rt) = setup(0, Protocol::Http1);
+    // Closed gate: nothing.
+    let Err(rt) = Arc::clone(&rt).lease_now() else {
+        panic!("a lease through a closed gate");
+    };
+    throttler
+        .update_dests(&id(), &pods(&["10.0.0.1:8012"]))
+        .unwrap();
+    assert_eq!(rt.capacity(), 1);
+    let Ok(lease) = Arc::clone(&rt).lease_now() else {
+        panic!("no lease through an open gate with one pod");
+    };
+    assert_eq!(lease.dest(), "10.0.0.1:8012");
+    assert_eq!(rt.dest_in_flight("10.0.0.1:8012"), Some(1));
+    // `try_acquire` is ready at once.
+    let second = throttler
+        .try_acquire(&id())
+        .now_or_never()
+        .expect("ready at once")
+        .unwrap();
+    assert_eq!(rt.dest_in_flight("10.0.0.1:8012"), Some(2));
+    drop((lease, second));
+    assert_eq!(rt.dest_in_flight("10.0.0.1:8012"), Some(0));
+
+    // cc > 0: left to the breaker's own acquire, which takes a free slot at its first poll.
+    let (throttler, rt) = setup(1, Protocol::Http1);
+    throttler
+        .update_dests(&id(), &pods(&["10.0.0.1:8012"]))
+        .unwrap();
+    let Err(rt) = Arc::clone(&rt).lease_now() else {
+        panic!("a lease without a future from a finite breaker");
+    };
+    assert_eq!(rt.in_flight(), 0);
+    let lease = throttler
+        .try_acquire(&id())
+        .now_or_never()
+        .expect("a free slot at once")
+        .unwrap();
+    assert_eq!(lease.dest(), "10.0.0.1:8012");
+}

@@ -8,6 +8,7 @@
 //! `200` as upstream's recorders report for hijacked connections.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -89,12 +90,14 @@ impl<B, C: Completion> MeteredBody<B, C> {
         }
     }
 
-    fn metered(body: B, completion: C) -> Self {
+    /// Wraps `body` (a response's, its head made) to settle `completion` (when `Some`).
+    #[inline]
+    fn carrying(body: B, completion: Option<C>) -> Self {
         MeteredBody {
             body,
             pending: Pending {
-                completion: Some(completion),
-                responded: true,
+                responded: completion.is_some(),
+                completion,
             },
             bytes: 0,
         }
@@ -163,11 +166,15 @@ impl<B: Body, C: Completion> Body for MeteredBody<B, C> {
 pin_project! {
     /// Response future of the metering layers: attaches the [`Completion`] to the response
     /// (its body, or the upgrade tunnel) once the inner stages answer.
-    pub struct MeteredFuture<F, C: Completion> {
+    ///
+    /// `M` chooses how the output is made ([`Inline`] or [`OutOfLine`]): a code-generation
+    /// choice only, the output is the same.
+    pub struct MeteredFuture<F, C: Completion, M = Inline> {
         #[pin]
         future: F,
         pending: Pending<C>,
         head: bool,
+        make: PhantomData<M>,
     }
 }
 
@@ -175,12 +182,67 @@ impl<F, C: Completion> MeteredFuture<F, C> {
     /// Wraps the inner `future`; `None` records nothing. `head`: the request was a `HEAD`, so
     /// the server will not send (nor poll) any response body.
     pub fn new(future: F, completion: Option<C>, head: bool) -> Self {
+        MeteredFuture::wrap(future, completion, head)
+    }
+}
+
+impl<F, C: Completion> MeteredFuture<F, C, OutOfLine> {
+    /// [`MeteredFuture::new`], its output made out of line ([`OutOfLine`]).
+    pub fn out_of_line(future: F, completion: Option<C>, head: bool) -> Self {
+        MeteredFuture::wrap(future, completion, head)
+    }
+}
+
+impl<F, C: Completion, M: MakeMetered> MeteredFuture<F, C, M> {
+    fn wrap(future: F, completion: Option<C>, head: bool) -> Self {
         MeteredFuture {
             future,
             pending: Pending::new(completion),
             head,
+            make: PhantomData,
         }
     }
+}
+
+/// How [`MeteredFuture`] makes its output (the response with its body metered).
+pub trait MakeMetered {
+    /// Whether out of line.
+    const OUT_OF_LINE: bool;
+}
+
+/// Made in the future's `poll` (the queue-proxy's layers, whose outputs it writes in place).
+#[derive(Debug)]
+pub struct Inline;
+
+/// Made out of line, in the caller's output: for a future whose output, made inline, was
+/// built aside and copied into the output (the activator's 424 bytes).
+#[derive(Debug)]
+pub struct OutOfLine;
+
+impl MakeMetered for Inline {
+    const OUT_OF_LINE: bool = false;
+}
+
+impl MakeMetered for OutOfLine {
+    const OUT_OF_LINE: bool = true;
+}
+
+/// `response` with its body metered, settling `completion` when `Some`.
+#[inline(always)]
+fn metered<B, C: Completion>(
+    response: Response<B>,
+    completion: Option<C>,
+) -> Response<MeteredBody<B, C>> {
+    response.map(|body| MeteredBody::carrying(body, completion))
+}
+
+/// [`metered`] out of line ([`OutOfLine`]).
+#[inline(never)]
+fn metered_out_of_line<B, C: Completion>(
+    response: Response<B>,
+    completion: Option<C>,
+) -> Response<MeteredBody<B, C>> {
+    metered(response, completion)
 }
 
 /// Whether the server sends no body at all with this response (and drops it unpolled).
@@ -190,11 +252,12 @@ fn bodiless(head: bool, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED
 }
 
-impl<F, B, E, C> Future for MeteredFuture<F, C>
+impl<F, B, E, C, M> Future for MeteredFuture<F, C, M>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
     C: Completion,
+    M: MakeMetered,
 {
     type Output = Result<Response<MeteredBody<B, C>>, E>;
 
@@ -202,25 +265,42 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.future.poll(cx))?;
-        let Some(mut completion) = this.pending.take() else {
-            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
-        };
-        if let Some(scope) = response.extensions().get::<TunnelScope>() {
-            // The 101 goes out on the hijacked connection upstream, so recorders saw nothing
-            // written: 200, no body bytes, complete when the tunnel closes.
-            completion.respond(StatusCode::OK);
-            scope.hold(Box::new(TunnelHold(Some(completion))));
-            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
-        }
-        completion.respond(response.status());
-        if response.body().is_end_stream() || bodiless(*this.head, response.status()) {
-            completion.complete(0);
-            return Poll::Ready(Ok(response.map(MeteredBody::unmetered)));
-        }
-        Poll::Ready(Ok(
-            response.map(|body| MeteredBody::metered(body, completion))
-        ))
+        let completion = this
+            .pending
+            .take()
+            .and_then(|completion| respond(completion, &response, *this.head));
+        // One place makes the output: with one per outcome, the response was built aside and
+        // copied into the output.
+        Poll::Ready(Ok(if M::OUT_OF_LINE {
+            metered_out_of_line(response, completion)
+        } else {
+            metered(response, completion)
+        }))
     }
+}
+
+/// Records that `response`'s head is ready, and gives back `completion` when it is settled by
+/// the response's body, `None` when settled now (no body to send) or handed to an upgrade's
+/// tunnel.
+#[inline]
+fn respond<B: Body, C: Completion>(
+    mut completion: C,
+    response: &Response<B>,
+    head: bool,
+) -> Option<C> {
+    if let Some(scope) = response.extensions().get::<TunnelScope>() {
+        // The 101 goes out on the hijacked connection upstream, so recorders saw nothing
+        // written: 200, no body bytes, complete when the tunnel closes.
+        completion.respond(StatusCode::OK);
+        scope.hold(Box::new(TunnelHold(Some(completion))));
+        return None;
+    }
+    completion.respond(response.status());
+    if response.body().is_end_stream() || bodiless(head, response.status()) {
+        completion.complete(0);
+        return None;
+    }
+    Some(completion)
 }
 
 #[cfg(test)]
@@ -335,6 +415,30 @@ mod tests {
                 vec![Outcome::Complete(status.as_u16(), 0)]
             );
         }
+    }
+
+    /// The output made out of line is the same: settled at once without a body, by the body
+    /// otherwise.
+    #[tokio::test]
+    async fn out_of_line_output_is_the_same() {
+        let (p, log) = probe();
+        let future = std::future::ready(Ok::<_, ()>(Response::new(
+            http_body_util::Empty::<Bytes>::new(),
+        )));
+        let _response = MeteredFuture::out_of_line(future, Some(p), false)
+            .await
+            .unwrap();
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Complete(200, 0)]);
+
+        let (p, log) = probe();
+        let body = stream(vec![Ok(Frame::data(Bytes::from_static(b"abcd")))]);
+        let future = std::future::ready(Ok::<_, ()>(Response::new(body)));
+        let response = MeteredFuture::out_of_line(future, Some(p), false)
+            .await
+            .unwrap();
+        assert!(log.lock().unwrap().is_empty());
+        response.into_body().collect().await.unwrap();
+        assert_eq!(*log.lock().unwrap(), vec![Outcome::Complete(200, 4)]);
     }
 
     #[tokio::test]
