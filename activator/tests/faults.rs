@@ -96,13 +96,18 @@ async fn discovery_stalls_keep_the_last_snapshot() {
 }
 
 /// A pod that closes every keep-alive connection right after its response: a series of POSTs
-/// through the activator all succeed and each reaches the pod exactly once.
+/// through the activator all succeed and each reaches the pod exactly once. Each waits for the
+/// pod's close before it; a POST with a body written just as the close comes (the race's
+/// second form) gets the 502 with Go's transport too: see the test after this one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_close_race_loses_and_duplicates_nothing() {
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let record = seen.clone();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
     let pod = raw_app(move |mut stream| {
         let record = record.clone();
+        let counted = Arc::clone(&counted);
         async move {
             let mut buf = Vec::new();
             let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
@@ -122,6 +127,8 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await;
+            drop(stream);
+            counted.fetch_add(1, Ordering::SeqCst);
         }
     })
     .await;
@@ -130,6 +137,10 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
         .revisions(&[Rev::new("race-00001", 0).ready([pod])])
         .start();
     for id in 0..40 {
+        eventually(DEADLINE, "the pod's close", || async {
+            (closed.load(Ordering::SeqCst) == id).then_some(())
+        })
+        .await;
         let request = rev_req("POST", "/write", NS, "race-00001")
             .header("x-request-id", id.to_string())
             .body(full(format!("payload-{id}")))

@@ -46,34 +46,49 @@ async fn upstream_connections_are_reused() {
 }
 
 /// The keep-alive race: an app that closes every connection right after its response (without
-/// announcing it) must not cause errors for the next requests, GET or POST with a body.
+/// announcing it) must not cause errors for the next requests, GET or POST with a body. Each
+/// request waits for the app's close of the connection before it: a request written just as the
+/// close comes (the race's second form) is sent again only when replayable, as by Go's
+/// transport, and a `POST` with a body then gets the 502 with either proxy (that form has tests
+/// of its own: `common/src/proxy/pool_tests.rs`).
 #[tokio::test]
 async fn app_closing_idle_connections_causes_no_errors() {
-    let app = raw_app(|mut stream| async move {
-        let mut buf = Vec::new();
-        let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
-            return;
-        };
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let Some(body) = read_exact_buffered(&mut stream, &mut buf, len).await else {
-            return;
-        };
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-            body.len(),
-            String::from_utf8_lossy(&body)
-        );
-        let _ = stream.write_all(reply.as_bytes()).await;
-        // Close without `Connection: close`.
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&closed);
+    let app = raw_app(move |mut stream| {
+        let counted = Arc::clone(&counted);
+        async move {
+            let mut buf = Vec::new();
+            let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let Some(body) = read_exact_buffered(&mut stream, &mut buf, len).await else {
+                return;
+            };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                body.len(),
+                String::from_utf8_lossy(&body)
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            // Close without `Connection: close`.
+            drop(stream);
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
     })
     .await;
     let mut qp = QpConfig::new(app.port()).start();
     for i in 0..30 {
+        eventually(Duration::from_secs(10), "the app's close", || async {
+            (closed.load(Ordering::SeqCst) == i).then_some(())
+        })
+        .await;
         let resp = if i % 2 == 0 {
             get(qp.addr(), "/").await
         } else {
