@@ -77,6 +77,10 @@ struct ParkState {
     /// The head deadline to carry into the next hyper connection, in nanoseconds after `base`
     /// plus one (0: none).
     carried_deadline: AtomicU64,
+    /// The waker of the socket's last read that found nothing. hyper's server does not read
+    /// again until the waker it reads with is woken (`Buffered::poll_read_from_io` in
+    /// `vendor/hyper`): parking wakes this one, not only the task.
+    read_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl ParkState {
@@ -88,6 +92,7 @@ impl ParkState {
             unflushed: AtomicBool::new(false),
             read_in_wait: AtomicBool::new(false),
             carried_deadline: AtomicU64::new(0),
+            read_waker: std::sync::Mutex::new(None),
         }
     }
 
@@ -256,9 +261,19 @@ impl Future for ParkSleep {
                 }
             } else {
                 // hyper polls this timer right after a read of the socket found nothing: the
-                // next read (on the wake-up below) ends the stream and parks the connection.
+                // next read (on the wake-ups below: that read's waker, which hyper's server
+                // waits on before it reads again, and the task's) ends the stream and parks
+                // the connection.
                 state.carry(*this.deadline);
                 state.park_now.store(true, Ordering::Relaxed);
+                let read_waker = state
+                    .read_waker
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(waker) = read_waker.as_ref() {
+                    waker.wake_by_ref();
+                }
+                drop(read_waker);
                 cx.waker().wake_by_ref();
             }
             *this.parking = false;
@@ -276,6 +291,8 @@ struct ParkIo<S> {
     inner: S,
     leftover: Bytes,
     state: Arc<ParkState>,
+    /// The waker last stored in `state.read_waker` (compared without the lock).
+    read_waker: Option<std::task::Waker>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ParkIo<S> {
@@ -298,7 +315,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for ParkIo<S> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let Poll::Ready(read) = Pin::new(&mut this.inner).poll_read(cx, buf) else {
+            if !this
+                .read_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                this.read_waker = Some(cx.waker().clone());
+                *this
+                    .state
+                    .read_waker
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = this.read_waker.clone();
+            }
+            return Poll::Pending;
+        };
+        read?;
         if buf.filled().len() > before {
             this.state.read_in_wait.store(true, Ordering::Relaxed);
         }
@@ -393,6 +425,7 @@ async fn serve_parked<S, Svc>(
         inner: stream,
         leftover: Bytes::new(),
         state: Arc::clone(&state),
+        read_waker: None,
     };
     let mut service = service;
     loop {

@@ -2,6 +2,7 @@
 //! over TLS ([`serve_tls`]), explicit limits, and graceful shutdown (stop accepting, close idle
 //! keep-alive connections, GOAWAY on HTTP/2, wait for in-progress exchanges).
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -277,13 +278,17 @@ fn bind_socket_with(
     Ok(socket.into())
 }
 
-/// Adapts a cloneable tower service (always ready) to hyper's `&self` service interface: each
-/// request gets its own copy, which for our stages is a few pointers. On HTTP/1 it first applies
-/// Go's server rules ([`go_answers::check_http1`]) and, where enabled, the h2c upgrade
-/// ([`h2c_upgrade`]); those answers come from here, with an empty body.
+/// Adapts a cloneable tower service (always ready) to hyper's `&self` service interface. On
+/// HTTP/1 it first applies Go's server rules ([`go_answers::check_http1`]) and, where enabled,
+/// the h2c upgrade ([`h2c_upgrade`]); those answers come from here, with an empty body.
+///
+/// The connection's one copy of the service is called through a `RefCell` (hyper's HTTP/1
+/// server calls it from the connection's task, one request at a time, and never while a call
+/// runs): a copy for each request, made and dropped around the call, cost the queue-proxy
+/// about 105 instructions per request (`measure.py qp 0 10000`: 18,121 → 18,014).
 #[derive(Clone, Debug)]
 pub struct HyperService<S> {
-    inner: S,
+    inner: RefCell<S>,
     conn: Arc<ConnShared>,
     h2c: Option<Arc<H2cServer>>,
 }
@@ -384,7 +389,11 @@ impl LocalAnswer {
 
 impl<S> HyperService<S> {
     fn new(inner: S, conn: Arc<ConnShared>, h2c: Option<Arc<H2cServer>>) -> Self {
-        HyperService { inner, conn, h2c }
+        HyperService {
+            inner: RefCell::new(inner),
+            conn,
+            h2c,
+        }
     }
 }
 
@@ -418,7 +427,10 @@ where
             }
         }
         Served::Inner {
-            future: self.inner.clone().call(request.map(IncomingBody::from)),
+            future: self
+                .inner
+                .borrow_mut()
+                .call(request.map(IncomingBody::from)),
         }
     }
 }
@@ -472,7 +484,7 @@ where
                     crate::h2::server::serve_connection(
                         io,
                         &h2c.builder,
-                        service.inner,
+                        service.inner.into_inner(),
                         h2c.shutdown.clone(),
                     )
                     .await;
@@ -605,7 +617,7 @@ pub async fn serve_with_slots<M, S, B>(
                     // would add one to the other for every idle h2c connection. It holds what
                     // this task held for the connection's life: the graceful shutdown's
                     // watcher, the connection slot and the connection's shared state.
-                    let inner = service.inner;
+                    let inner = service.inner.into_inner();
                     tokio::spawn(async move {
                         let _held = (watcher, slot, conn);
                         crate::h2::server::serve_connection(stream, &h2_builder, inner, shutdown)
@@ -930,7 +942,7 @@ pub async fn serve_tls<M, S, B>(
                     crate::h2::server::serve_connection(
                         stream,
                         &h2_builder,
-                        service.inner,
+                        service.inner.into_inner(),
                         shutdown,
                     )
                     .await;

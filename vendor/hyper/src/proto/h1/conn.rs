@@ -151,6 +151,12 @@ where
         self.state.h1_header_read_timeout = Some(val);
     }
 
+    /// (patch) See `Buffered::enable_read_wake`.
+    #[cfg(feature = "server")]
+    pub(crate) fn enable_read_wake(&mut self) {
+        self.io.enable_read_wake();
+    }
+
     #[cfg(feature = "server")]
     pub(crate) fn set_allow_half_close(&mut self) {
         self.state.allow_half_close = true;

@@ -2,7 +2,9 @@ use std::cmp;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::rt::{Read, ReadBuf, Write};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -37,6 +39,11 @@ pub(crate) struct Buffered<T, B> {
     /// (patch) A read of the transport returned `Pending` during the current poll of the
     /// connection (see `start_poll`).
     read_pending_in_poll: bool,
+    /// (patch) The waker the transport is read with, when `enable_read_wake` set one up, and
+    /// what it shares with it.
+    read_wake: Option<(Arc<ReadWake>, Waker)>,
+    /// (patch) The last read of the transport returned `Pending` (with `read_wake`'s waker).
+    read_armed: bool,
     read_buf: BytesMut,
     read_buf_strategy: ReadStrategy,
     write_buf: WriteBuf<B>,
@@ -72,6 +79,8 @@ where
             partial_len: None,
             read_blocked: false,
             read_pending_in_poll: false,
+            read_wake: None,
+            read_armed: false,
             read_buf: BytesMut::with_capacity(0),
             read_buf_strategy: ReadStrategy::default(),
             write_buf,
@@ -128,12 +137,6 @@ where
     #[cfg(feature = "nightly")]
     pub(super) fn read_buf_mut(&mut self) -> &mut BytesMut {
         &mut self.read_buf
-    }
-
-    /// Return the "allocated" available space, not the potential space
-    /// that could be allocated in the future.
-    fn read_buf_remaining_mut(&self) -> usize {
-        self.read_buf.capacity() - self.read_buf.len()
     }
 
     /// Return whether we can append to the headers buffer.
@@ -254,55 +257,84 @@ where
         self.read_pending_in_poll = false;
     }
 
+    /// (patch) From now on the transport is read with a waker of the connection's own, which
+    /// notes that the transport woke it before waking the connection's task: a read that found
+    /// nothing is then not tried again, in later polls either, until the transport has woken
+    /// the connection (the server's connections: see `Buffered::poll_read_from_io`).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
+    pub(crate) fn enable_read_wake(&mut self) {
+        let wake = Arc::new(ReadWake {
+            woken: AtomicBool::new(false),
+            task: OnceLock::new(),
+        });
+        let waker = Waker::from(Arc::clone(&wake));
+        self.read_wake = Some((wake, waker));
+    }
+
     pub(crate) fn poll_read_from_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read_pending_in_poll {
             self.read_blocked = true;
             return Poll::Pending;
         }
-        self.read_blocked = false;
-        // Get the next amount to allocate, but make sure we don't go over
-        // the max read buf size configured.
-        let next = cmp::min(
-            self.read_buf_strategy.next(),
-            self.read_buf_strategy
-                .max()
-                .saturating_sub(self.read_buf.len()),
-        );
-        // (patch) Reserve only when less than half of `next` is free (or nothing is): the head
-        // just parsed was split off the buffer, and while the message it became is alive the
-        // buffer is shared, so reserving the full `next` allocated a new buffer for every
-        // message read, when the rest of the old one (most of it, after a small head) could
-        // take the next read. The strategy's next size grows as before, at most one read
-        // later: a read that filled the buffer leaves less than half of `next` free.
-        let remaining = self.read_buf_remaining_mut();
-        if remaining < next.div_ceil(2) || remaining == 0 {
-            self.read_buf.reserve(next);
+        if self.read_wake.is_some() {
+            return self.poll_read_with_own_waker(cx);
         }
+        self.poll_read_with(cx)
+    }
 
-        // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
-        // bytes onto `dst`.
-        let dst = unsafe { self.read_buf.chunk_mut().as_uninit_slice_mut() };
-        let mut buf = ReadBuf::uninit(dst);
-        match Pin::new(&mut self.io).poll_read(cx, buf.unfilled()) {
-            Poll::Ready(Ok(())) => {
-                let n = buf.filled().len();
-                trace!("received {} bytes", n);
-                // Safety: we just read that many bytes into the
-                // uninitialized part of the buffer, so this is okay.
-                // @tokio pls give me back `poll_read_buf` thanks
-                unsafe {
-                    self.read_buf.advance_mut(n);
-                }
-                self.read_buf_strategy.record(n);
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => {
+    /// (patch) `poll_read_from_io` for a connection with `read_wake` (a server's).
+    ///
+    /// A server's connection is polled again for many reasons (its response's future woke it:
+    /// the upstream answered, a concurrency slot was handed over), and each time it read the
+    /// transport again to see whether the client went away while the response is prepared,
+    /// through every layer of the transport down to its readiness (about 170 instructions).
+    /// The transport holds `read_wake`'s waker since the last read found nothing: until it
+    /// wakes it (data, end of stream, an error, or only asking to yield), a read would find
+    /// nothing again. That waker wakes the task whose waker it was given first; a connection
+    /// polled by another task goes back to reading with the poll's own waker.
+    fn poll_read_with_own_waker(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some((wake, waker)) = &self.read_wake else {
+            return self.poll_read_with(cx);
+        };
+        if !wake
+            .task
+            .get_or_init(|| cx.waker().clone())
+            .will_wake(cx.waker())
+        {
+            self.read_wake = None;
+            return self.poll_read_with(cx);
+        }
+        if self.read_armed {
+            if !wake.woken.load(Ordering::SeqCst) {
                 self.read_blocked = true;
                 self.read_pending_in_poll = true;
-                Poll::Pending
+                return Poll::Pending;
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            wake.woken.store(false, Ordering::SeqCst);
         }
+        let read = read_into(
+            &mut self.io,
+            &mut self.read_buf,
+            &mut self.read_buf_strategy,
+            &mut Context::from_waker(waker),
+        );
+        self.read_armed = read.is_pending();
+        self.read_blocked = read.is_pending();
+        self.read_pending_in_poll = read.is_pending();
+        read
+    }
+
+    #[inline(always)]
+    fn poll_read_with(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let read = read_into(
+            &mut self.io,
+            &mut self.read_buf,
+            &mut self.read_buf_strategy,
+            cx,
+        );
+        self.read_blocked = read.is_pending();
+        self.read_pending_in_poll |= read.is_pending();
+        read
     }
 
     pub(crate) fn into_inner(self) -> (T, Bytes) {
@@ -698,6 +730,73 @@ enum WriteStrategy {
     Queue,
 }
 
+/// One read of `io` into `read_buf` (`Buffered::poll_read_from_io`).
+#[inline(always)]
+fn read_into<T: Read + Unpin>(
+    io: &mut T,
+    read_buf: &mut BytesMut,
+    read_buf_strategy: &mut ReadStrategy,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    // Get the next amount to allocate, but make sure we don't go over
+    // the max read buf size configured.
+    let next = cmp::min(
+        read_buf_strategy.next(),
+        read_buf_strategy.max().saturating_sub(read_buf.len()),
+    );
+    // (patch) Reserve only when less than half of `next` is free (or nothing is): the head
+    // just parsed was split off the buffer, and while the message it became is alive the
+    // buffer is shared, so reserving the full `next` allocated a new buffer for every
+    // message read, when the rest of the old one (most of it, after a small head) could
+    // take the next read. The strategy's next size grows as before, at most one read
+    // later: a read that filled the buffer leaves less than half of `next` free.
+    let remaining = read_buf.capacity() - read_buf.len();
+    if remaining < next.div_ceil(2) || remaining == 0 {
+        read_buf.reserve(next);
+    }
+
+    // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
+    // bytes onto `dst`.
+    let dst = unsafe { read_buf.chunk_mut().as_uninit_slice_mut() };
+    let mut buf = ReadBuf::uninit(dst);
+    match Pin::new(io).poll_read(cx, buf.unfilled()) {
+        Poll::Ready(Ok(())) => {
+            let n = buf.filled().len();
+            trace!("received {} bytes", n);
+            // Safety: we just read that many bytes into the
+            // uninitialized part of the buffer, so this is okay.
+            // @tokio pls give me back `poll_read_buf` thanks
+            unsafe {
+                read_buf.advance_mut(n);
+            }
+            read_buf_strategy.record(n);
+            Poll::Ready(Ok(n))
+        }
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+    }
+}
+
+/// (patch) What the waker of `Buffered::enable_read_wake` shares with the connection: whether
+/// the transport woke it since the last read, and the task to wake.
+struct ReadWake {
+    woken: AtomicBool,
+    task: OnceLock<Waker>,
+}
+
+impl Wake for ReadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if let Some(task) = self.task.get() {
+            task.wake_by_ref();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,6 +893,127 @@ mod tests {
         assert_eq!(reads.load(Ordering::Relaxed), 2);
         assert!(!buffered.is_read_blocked());
         assert_eq!(buffered.read_buf(), b"abc");
+    }
+
+    /// (patch) With `enable_read_wake`, a read that found nothing is not retried in later polls
+    /// until the transport wakes its waker, which wakes the connection's task.
+    #[cfg(feature = "server")]
+    #[test]
+    fn a_pending_read_waits_for_the_transport_to_wake() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        use std::task::Wake;
+
+        #[derive(Default)]
+        struct Transport {
+            reads: AtomicUsize,
+            waker: Mutex<Option<Waker>>,
+            data: Mutex<Option<&'static [u8]>>,
+        }
+        struct Io(Arc<Transport>);
+        impl crate::rt::Read for Io {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                mut buf: crate::rt::ReadBufCursor<'_>,
+            ) -> Poll<io::Result<()>> {
+                self.0.reads.fetch_add(1, Ordering::Relaxed);
+                match self.0.data.lock().unwrap().take() {
+                    Some(data) => {
+                        buf.put_slice(data);
+                        Poll::Ready(Ok(()))
+                    }
+                    None => {
+                        *self.0.waker.lock().unwrap() = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+        impl crate::rt::Write for Io {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Ok(buf.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        #[derive(Default)]
+        struct Task(AtomicUsize);
+        impl Wake for Task {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let transport = Arc::new(Transport::default());
+        let mut buffered = Buffered::<_, Cursor<Vec<u8>>>::new(Io(Arc::clone(&transport)));
+        buffered.enable_read_wake();
+        let task = Arc::new(Task::default());
+        let waker = Waker::from(Arc::clone(&task));
+        let mut cx = Context::from_waker(&waker);
+        let reads = || transport.reads.load(Ordering::Relaxed);
+        buffered.start_poll();
+        assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+        assert_eq!(reads(), 1);
+        // Later polls, woken by something else: no read.
+        for _ in 0..3 {
+            buffered.start_poll();
+            assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+            assert!(buffered.is_read_blocked());
+        }
+        assert_eq!(reads(), 1, "not retried before the transport woke");
+        // The transport wakes the connection's task, and the next poll reads.
+        *transport.data.lock().unwrap() = Some(b"abc");
+        let transport_waker = transport.waker.lock().unwrap().take().unwrap();
+        transport_waker.wake();
+        assert_eq!(task.0.load(Ordering::Relaxed), 1);
+        buffered.start_poll();
+        match buffered.poll_read_from_io(&mut cx) {
+            Poll::Ready(Ok(3)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(reads(), 2);
+        assert!(!buffered.is_read_blocked());
+        // A read that found data is followed by a real read.
+        buffered.start_poll();
+        assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+        assert_eq!(reads(), 3);
+        // A wake that only asks to yield (tokio's budget) also leads to a read.
+        transport
+            .waker
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap()
+            .wake_by_ref();
+        assert_eq!(task.0.load(Ordering::Relaxed), 2);
+        buffered.start_poll();
+        assert!(buffered.poll_read_from_io(&mut cx).is_pending());
+        assert_eq!(reads(), 4);
+        // Polled by another task: read with that task's waker, every time.
+        let other = Arc::new(Task::default());
+        let other_waker = Waker::from(Arc::clone(&other));
+        let mut other_cx = Context::from_waker(&other_waker);
+        for expected in [5, 6] {
+            buffered.start_poll();
+            assert!(buffered.poll_read_from_io(&mut other_cx).is_pending());
+            assert_eq!(reads(), expected);
+            assert!(transport
+                .waker
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .will_wake(&other_waker));
+        }
     }
 
     #[cfg(not(miri))]

@@ -476,6 +476,9 @@ impl Builder {
         I: Read + Write + Unpin,
     {
         let mut conn = proto::Conn::new(io);
+        // (patch) The transport's read is not repeated until the transport wakes the
+        // connection (see `Buffered::poll_read_from_io`).
+        conn.enable_read_wake();
         conn.set_h1_parser_config(self.h1_parser_config.clone());
         conn.set_timer(self.timer.clone());
         if !self.h1_keep_alive {
