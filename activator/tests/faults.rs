@@ -95,6 +95,30 @@ async fn discovery_stalls_keep_the_last_snapshot() {
     .await;
 }
 
+/// A test pod's next request head on `stream` (read through `buf`): the activator's readiness
+/// probe of the pod's queue-proxy is answered (its connection then ends: `false`), and a request
+/// has its `X-Request-Id` recorded in `seen`. `false` at the end of stream too.
+async fn pod_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    seen: &Mutex<Vec<String>>,
+) -> bool {
+    let Some(head) = read_head_buffered(stream, buf).await else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    if head.contains("k-network-probe: queue") {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
+            .await;
+        return false;
+    }
+    if let Some(id) = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")) {
+        seen.lock().unwrap().push(id.trim().to_owned());
+    }
+    true
+}
+
 /// A pod that closes every keep-alive connection right after its response: a series of POSTs
 /// through the activator all succeed and each reaches the pod exactly once. Each waits for the
 /// pod's close before it; a POST with a body written just as the close comes (the race's
@@ -110,19 +134,8 @@ async fn keep_alive_close_race_loses_and_duplicates_nothing() {
         let counted = Arc::clone(&counted);
         async move {
             let mut buf = Vec::new();
-            let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+            if !pod_request(&mut stream, &mut buf, &record).await {
                 return;
-            };
-            let head = String::from_utf8_lossy(&head).to_lowercase();
-            if head.contains("k-network-probe: queue") {
-                // The activator's readiness probe of the pod's queue-proxy.
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
-                    .await;
-                return;
-            }
-            if let Some(id) = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")) {
-                record.lock().unwrap().push(id.trim().to_owned());
             }
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -167,18 +180,8 @@ async fn a_request_the_pod_hung_up_on_goes_again_only_when_replayable() {
         async move {
             let mut buf = Vec::new();
             for served in 0.. {
-                let Some(head) = read_head_buffered(&mut stream, &mut buf).await else {
+                if !pod_request(&mut stream, &mut buf, &record).await {
                     return;
-                };
-                let head = String::from_utf8_lossy(&head).to_lowercase();
-                if head.contains("k-network-probe: queue") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nqueue")
-                        .await;
-                    return;
-                }
-                if let Some(id) = head.lines().find_map(|l| l.strip_prefix("x-request-id: ")) {
-                    record.lock().unwrap().push(id.trim().to_owned());
                 }
                 if served == 1 {
                     // The second request on this connection: read, never answered.

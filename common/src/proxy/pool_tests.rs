@@ -118,22 +118,24 @@ async fn proxy(app: SocketAddr) -> (SocketAddr, &'static Upstream) {
 
 /// One request on a new client connection; the response's status line and body.
 async fn get(proxy: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
+    exchange(
+        proxy,
+        "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
     )
     .await
-    .expect("a response within 10 s")
-    .unwrap();
-    let status = response.lines().next().unwrap_or_default().to_owned();
-    let body = response.rsplit("\r\n\r\n").next().unwrap_or_default();
-    format!("{status} {body}")
+}
+
+/// Reads from `stream` into `buf` until a request head is in it, and takes the head out;
+/// `None` at the end of stream first.
+async fn next_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(buf.drain(..end + 4).collect());
+        }
+        if stream.read_buf(buf).await.unwrap_or(0) == 0 {
+            return None;
+        }
+    }
 }
 
 async fn wait_until(what: &str, ok: impl Fn() -> bool) {
@@ -259,14 +261,10 @@ async fn a_connection_answered_before_its_upload_ended_is_pooled_after_it() {
                 let mut buf = Vec::new();
                 loop {
                     // A head, answered at once; then its 6-byte body, read after.
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    let posted = buf[..end].starts_with(b"POST");
-                    buf.drain(..end);
+                    let Some(head) = next_head(&mut stream, &mut buf).await else {
+                        return;
+                    };
+                    let posted = head.starts_with(b"POST");
                     stream.write_all(RESPONSE).await.unwrap();
                     if posted {
                         while buf.len() < 6 {
@@ -338,13 +336,9 @@ async fn swallowing_app(
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 for served in 0.. {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                            return;
-                        }
+                    if next_head(&mut stream, &mut buf).await.is_none() {
+                        return;
                     }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
                     read.fetch_add(1, Ordering::SeqCst);
                     if served == answered {
                         if let Hangup::Reset = hangup {
@@ -454,14 +448,7 @@ async fn the_retry_is_made_once() {
             let read = Arc::clone(&read);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
+                while next_head(&mut stream, &mut buf).await.is_some() {
                     if read.fetch_add(1, Ordering::SeqCst) > 0 {
                         return;
                     }
