@@ -10,6 +10,17 @@ fn base() -> QpConfig {
     QpConfig::new(free_port())
 }
 
+/// Starts the queue-proxy with `name` set to `value`, and checks that it exits failing with a
+/// message on stderr containing each of `named`.
+fn refused(name: &'static str, value: &str, named: &[&str]) {
+    let exited = base().env(name, value).run_to_exit();
+    exited.assert_failed();
+    assert!(
+        named.iter().all(|n| exited.stderr.contains(n)),
+        "{exited:#?}"
+    );
+}
+
 #[test]
 fn missing_required_variable_names_it() {
     let exited = base().without("SERVING_POD").run_to_exit();
@@ -52,45 +63,35 @@ fn empty_strings_are_accepted_for_required_string_variables() {
 
 #[test]
 fn non_numeric_container_concurrency_names_variable_and_value() {
-    let exited = base().env("CONTAINER_CONCURRENCY", "abc").run_to_exit();
-    exited.assert_failed();
-    assert!(
-        exited.stderr.contains("CONTAINER_CONCURRENCY") && exited.stderr.contains("abc"),
-        "{exited:#?}"
+    refused(
+        "CONTAINER_CONCURRENCY",
+        "abc",
+        &["CONTAINER_CONCURRENCY", "abc"],
     );
 }
 
 #[test]
 fn container_concurrency_above_the_breaker_capacity_names_variable_and_value() {
     // 2^31: one more than the largest breaker capacity (Go's revisionMaxConcurrency).
-    let exited = base()
-        .env("CONTAINER_CONCURRENCY", "2147483648")
-        .run_to_exit();
-    exited.assert_failed();
-    assert!(
-        exited.stderr.contains("CONTAINER_CONCURRENCY") && exited.stderr.contains("2147483648"),
-        "{exited:#?}"
+    refused(
+        "CONTAINER_CONCURRENCY",
+        "2147483648",
+        &["CONTAINER_CONCURRENCY", "2147483648"],
     );
 }
 
 #[test]
 fn empty_int_is_an_error() {
-    let exited = base().env("REVISION_TIMEOUT_SECONDS", "").run_to_exit();
-    exited.assert_failed();
-    assert!(
-        exited.stderr.contains("REVISION_TIMEOUT_SECONDS"),
-        "{exited:#?}"
+    refused(
+        "REVISION_TIMEOUT_SECONDS",
+        "",
+        &["REVISION_TIMEOUT_SECONDS"],
     );
 }
 
 #[test]
 fn empty_bool_is_an_error() {
-    let exited = base().env("ENABLE_HTTP_FULL_DUPLEX", "").run_to_exit();
-    exited.assert_failed();
-    assert!(
-        exited.stderr.contains("ENABLE_HTTP_FULL_DUPLEX"),
-        "{exited:#?}"
-    );
+    refused("ENABLE_HTTP_FULL_DUPLEX", "", &["ENABLE_HTTP_FULL_DUPLEX"]);
 }
 
 #[test]
