@@ -18,7 +18,10 @@ each `--cc` (default 0,10), and the reference proxies (reference_proxies.py; `--
 skips them), each a single process under callgrind: nginx and HAProxy for `h1`, HAProxy h2c->h2c
 for `h2c` and `h2c-burst`.
 
-Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000] [--cc 0,10]
+`--atomics` also counts the atomic read-modify-write instructions executed per request
+(atomic_ops.py), which callgrind counts as one instruction each.
+
+Usage: python3 benches/callgrind_requests.py [--bin-dir target/release] [--requests 2000] [--cc 0,10] [--atomics]
 """
 
 import argparse
@@ -33,6 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conn_memory import REVISION_HEADERS, Conn, frame, h2_request, hpack_literal  # noqa: E402
 from load import free_port, qp_env, start_sample_app, wait_listening  # noqa: E402
 import reference_proxies  # noqa: E402
+from atomic_ops import atomics_executed  # noqa: E402
+
+# Set by `--atomics`: dumps carry instruction addresses, and `measure` counts atomics too.
+COUNT_ATOMICS = False
 
 
 def h2_stream(conn, stream_id, headers):
@@ -110,20 +117,33 @@ def run_requests(port, scenario, n, headers):
 
 
 def callgrind_total(path):
-    total = 0
+    """The largest total of the dumps `path.*` and that dump's file."""
+    total, largest = 0, None
     for f in glob.glob(path + ".*"):
         with open(f) as fh:
             for line in fh:
                 if line.startswith("summary:") or line.startswith("totals:"):
-                    total = max(total, int(line.split()[1]))
-    return total
+                    if int(line.split()[1]) > total:
+                        total, largest = int(line.split()[1]), f
+    return total, largest
+
+
+class PerRequest(float):
+    """Instructions per request, with the atomic instructions per request when counted."""
+
+    atomics = None
+
+    def __format__(self, spec):
+        text = format(float(self), spec)
+        return text if self.atomics is None else f"{text}  (atomic: {self.atomics:.1f})"
 
 
 def measure(cmd, env, port, scenario, n, headers, workdir, name):
     out = os.path.join(workdir, f"cg-{name}-{scenario}")
     for f in glob.glob(out + ".*"):
         os.unlink(f)
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *cmd],
+    extra = ["--dump-instr=yes"] if COUNT_ATOMICS else []
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", *extra, f"--callgrind-out-file={out}.%p", *cmd],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, timeout=120)
@@ -135,7 +155,11 @@ def measure(cmd, env, port, scenario, n, headers, workdir, name):
         run_requests(port, scenario, n, headers)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(0.5)
-        return callgrind_total(out) / n
+        total, dump = callgrind_total(out)
+        result = PerRequest(total / n)
+        if COUNT_ATOMICS and dump:
+            result.atomics = atomics_executed(dump)[0] / n
+        return result
     finally:
         proc.kill()
         proc.wait()
@@ -170,7 +194,11 @@ def main():
     parser.add_argument("--cc", default="0,10", help="container concurrencies to measure (queue-proxy and activator)")
     parser.add_argument("--only", default="qp,act", help="qp, act or both")
     parser.add_argument("--no-reference", action="store_true", help="skip nginx and HAProxy")
+    parser.add_argument("--atomics", action="store_true",
+                        help="also count atomic read-modify-write instructions per request")
     args = parser.parse_args()
+    global COUNT_ATOMICS
+    COUNT_ATOMICS = args.atomics
     bins = os.path.abspath(args.bin_dir)
     workdir = tempfile.mkdtemp(prefix="callgrind-")
     print(f"callgrind dumps (for callgrind_annotate): {workdir}", flush=True)
