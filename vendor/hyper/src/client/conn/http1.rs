@@ -751,7 +751,8 @@ impl Builder {
         B::Data: Send,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let conn = self.configured_conn(io);
+        let mut conn = self.configured_conn(io);
+        conn.set_direct_client();
         let cd = proto::h1::dispatch::DirectClient::new();
         DirectConnection {
             inner: Some(proto::h1::Dispatcher::new(cd, conn)),
@@ -957,6 +958,45 @@ mod direct_tests {
         assert!(conn.take_unanswered().is_none(), "handed back unwritten instead");
         assert!(!conn.is_ready());
         assert!(conn.send(get("/y")).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_end_of_stream_after_a_response_is_read_when_the_connection_is_next_used() {
+        // The app closed the connection right after its response. The poll that brought the
+        // response does not read on (the connection is idle, its user pools it); the first
+        // poll of its next use reads the end of stream before writing, and the request comes
+        // back unwritten (the mock fails on any write it does not expect).
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/a")).unwrap();
+        let first = response(&mut conn).await.unwrap();
+        assert_eq!(first.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert!(conn.is_ready(), "idle, the end of stream not read yet");
+
+        conn.send(get("/b")).unwrap();
+        let mut error = response(&mut conn).await.unwrap_err();
+        assert!(error.error().is_canceled(), "{error:?}");
+        assert_eq!(error.take_message().unwrap().uri(), "/b");
+        assert!(!conn.is_ready());
+    }
+
+    #[tokio::test]
+    async fn stray_bytes_after_a_response_end_the_connection_at_once() {
+        // Bytes after a complete response are not left for the next use: the connection fails
+        // in the poll that read them, as hyper's client does.
+        let io = tokio_test::io::Builder::new()
+            .write(b"GET /a HTTP/1.1\r\n\r\n")
+            .read(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokstray")
+            .build();
+        let mut conn = Builder::new().direct(Compat::new(io));
+        conn.send(get("/a")).unwrap();
+        let first = response(&mut conn).await.unwrap();
+        assert_eq!(first.status(), 200);
+        assert!(!conn.is_ready());
+        assert!(end(&mut conn).await.is_err(), "ended on the stray bytes");
     }
 
     #[tokio::test]

@@ -77,6 +77,12 @@ where
                 #[cfg(feature = "client")]
                 on_informational: None,
                 notify_read: false,
+                #[cfg(feature = "client")]
+                direct_client: false,
+                #[cfg(feature = "client")]
+                idle_read_deferred: false,
+                #[cfg(feature = "client")]
+                direct_went_idle: false,
                 reading: Reading::Init,
                 writing: Writing::Init,
                 upgrade: None,
@@ -122,6 +128,13 @@ where
 
     pub(crate) fn set_title_case_headers(&mut self) {
         self.state.title_case_headers = true;
+    }
+
+    /// (patch) The connection is a `DirectConnection`'s: its user hands each request over and
+    /// polls the connection only while it uses it (see `State::idle_read_deferred`).
+    #[cfg(feature = "client")]
+    pub(crate) fn set_direct_client(&mut self) {
+        self.state.direct_client = true;
     }
 
     pub(crate) fn set_preserve_header_case(&mut self) {
@@ -461,6 +474,17 @@ where
     /// (patch) A new poll of the connection begins: see `Buffered::start_poll`.
     pub(crate) fn start_poll(&mut self) {
         self.io.start_poll();
+        #[cfg(feature = "client")]
+        {
+            self.state.idle_read_deferred = false;
+        }
+    }
+
+    /// (patch) Whether a direct client connection went idle since the last call: the dispatcher
+    /// then asks its dispatch for a request once (see `State::idle`).
+    #[cfg(feature = "client")]
+    pub(crate) fn take_direct_idle(&mut self) -> bool {
+        std::mem::take(&mut self.state.direct_went_idle)
     }
 
     pub(crate) fn wants_read_again(&mut self) -> bool {
@@ -500,6 +524,18 @@ where
         if !self.io.read_buf().is_empty() {
             debug!("received an unexpected {} bytes", self.io.read_buf().len());
             return Poll::Ready(Err(crate::Error::new_unexpected_message()));
+        }
+
+        // (patch) A direct client connection that went idle in this poll is not read again
+        // now: the read that ended its response found the transport drained, and its user,
+        // which pools it and polls it only to use it, would not be woken by what this read
+        // registers. The first poll of its next use reads (`start_poll` clears the flag), before
+        // its request is written, so an end of stream that came while it was idle still hands
+        // that request back unwritten. About 250 instructions per exchange: the transport's
+        // readiness check through each layer, and its waker registration.
+        #[cfg(feature = "client")]
+        if self.state.idle_read_deferred {
+            return Poll::Pending;
         }
 
         let num_read = ready!(self.force_io_read(cx)).map_err(crate::Error::new_io)?;
@@ -571,6 +607,14 @@ where
         match self.state.writing {
             Writing::Body(..) => return,
             Writing::Init | Writing::KeepAlive | Writing::Closed => (),
+        }
+
+        // (patch) A direct client connection that just went idle with nothing left in its read
+        // buffer is read at its next use (`State::idle_read_deferred`,
+        // `Conn::require_empty_read`); stray bytes already read still fail it now.
+        #[cfg(feature = "client")]
+        if self.state.idle_read_deferred && self.io.read_buf().is_empty() {
+            return;
         }
 
         if !self.io.is_read_blocked() {
@@ -1078,6 +1122,18 @@ struct State {
     /// Set to true when the Dispatcher should poll read operations
     /// again. See the `maybe_notify` method for more.
     notify_read: bool,
+    /// (patch) A client connection driven by its user (`DirectConnection`): see
+    /// `idle_read_deferred`.
+    #[cfg(feature = "client")]
+    direct_client: bool,
+    /// (patch) A direct client connection went idle during this poll: its read for an end of
+    /// stream or stray bytes while idle is left to the next poll (`Conn::require_empty_read`).
+    #[cfg(feature = "client")]
+    idle_read_deferred: bool,
+    /// (patch) A direct client connection went idle and the dispatcher has not yet asked its
+    /// dispatch for a request since (`Conn::take_direct_idle`).
+    #[cfg(feature = "client")]
+    direct_went_idle: bool,
     /// State of allowed reads.
     reading: Reading,
     /// State of allowed writes.
@@ -1251,6 +1307,16 @@ impl State {
         // should try the poll loop one more time, so as to poll the
         // pending requests stream.
         if !T::should_read_first() {
+            // (patch) A direct client's read while idle waits for its next use (see
+            // `idle_read_deferred`), so the dispatcher does not go round its loop again to read:
+            // it only asks the dispatch for a request (`Conn::take_direct_idle`), which readies a
+            // `DirectClient`.
+            #[cfg(feature = "client")]
+            if self.direct_client {
+                self.idle_read_deferred = true;
+                self.direct_went_idle = true;
+                return;
+            }
             self.notify_read = true;
         }
 

@@ -259,6 +259,20 @@ where
             // If we cannot write or read again, we yield and rely on the
             // wake-up from the connection futures.
             if !(wants_write_again || wants_read_again) {
+                // (patch) A direct client connection that went idle in this round: its dispatch
+                // is asked for a request once (a `DirectClient` then counts as ready), without
+                // the round of reading (left to its next use, `Conn::require_empty_read`) and
+                // flushing that hyper's client goes through to poll its requests stream. A write
+                // that made progress goes round the loop as before.
+                #[cfg(feature = "client")]
+                if self.conn.take_direct_idle() {
+                    if self.poll_write(cx)?.is_ready() {
+                        continue;
+                    }
+                    if self.conn.has_buffered_write() {
+                        let _ = self.poll_flush(cx)?;
+                    }
+                }
                 return Poll::Ready(Ok(()));
             }
 
