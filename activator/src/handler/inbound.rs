@@ -4,7 +4,7 @@
 //! `knative-serving-namespace` cost about a hundred instructions each to hash).
 
 use http::header::HOST;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use knative_common::header_scan::Present;
 use knative_common::headers::KUBE_PROBE_UA_PREFIX;
 
@@ -37,9 +37,41 @@ pub struct Inbound<'a> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RevisionAt {
     /// `Knative-Serving-Namespace`.
-    pub namespace: Option<usize>,
+    pub namespace: Option<NameAt>,
     /// `Knative-Serving-Revision`.
-    pub revision: Option<usize>,
+    pub revision: Option<NameAt>,
+}
+
+/// Where a name stood among a map's names when it was scanned, and which bytes spelled it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameAt {
+    /// Its index (`HeaderMap::entry_at`).
+    pub index: usize,
+    /// The address and length of the name's bytes in the map.
+    spelling: (usize, usize),
+}
+
+impl NameAt {
+    /// `name`, found at `index` of a map.
+    #[inline]
+    pub fn new(index: usize, name: &HeaderName) -> Self {
+        let text = name.as_str();
+        NameAt {
+            index,
+            spelling: (text.as_ptr() as usize, text.len()),
+        }
+    }
+
+    /// Whether `name`, a name of the map scanned (which may have lost names since, but gained
+    /// none), is the one found: spelled by the same bytes at the same address. Another name
+    /// of the map cannot be, while the one found is in it (two names of a map differ and none
+    /// is empty); if it was removed, the names left were all in the map with it. No comparison
+    /// of the bytes.
+    #[inline]
+    pub fn is(&self, name: &HeaderName) -> bool {
+        let text = name.as_str();
+        (text.as_ptr() as usize, text.len()) == self.spelling
+    }
 }
 
 impl<'a> Inbound<'a> {
@@ -64,11 +96,11 @@ impl<'a> Inbound<'a> {
                 Present::K_NETWORK_PROBE => &mut inbound.network_probe,
                 Present::K_NETWORK_HASH => &mut inbound.network_hash,
                 Present::KNATIVE_SERVING_NAMESPACE => {
-                    inbound.revision_at.namespace = Some(index);
+                    inbound.revision_at.namespace = Some(NameAt::new(index, name));
                     &mut inbound.namespace
                 }
                 Present::KNATIVE_SERVING_REVISION => {
-                    inbound.revision_at.revision = Some(index);
+                    inbound.revision_at.revision = Some(NameAt::new(index, name));
                     &mut inbound.revision
                 }
                 _ => continue,
@@ -177,12 +209,25 @@ mod tests {
                 first_str(&headers, &http::header::USER_AGENT)
             );
             let position = |name: &str| headers.keys().position(|k| k == name);
+            let at = |found: Option<NameAt>| {
+                found.map(|at| {
+                    let name = headers.keys().nth(at.index).unwrap();
+                    assert!(at.is(name), "{pairs:?}");
+                    assert!(
+                        headers.keys().filter(|k| at.is(k)).count() == 1,
+                        "{pairs:?}"
+                    );
+                    at.index
+                })
+            };
             assert_eq!(
-                inbound.revision_at,
-                RevisionAt {
-                    namespace: position("knative-serving-namespace"),
-                    revision: position("knative-serving-revision"),
-                },
+                at(inbound.revision_at.namespace),
+                position("knative-serving-namespace"),
+                "{pairs:?}"
+            );
+            assert_eq!(
+                at(inbound.revision_at.revision),
+                position("knative-serving-revision"),
                 "{pairs:?}"
             );
         }

@@ -38,7 +38,7 @@ use crate::discovery::RevisionSpec;
 use crate::observability::{spans, ActiveGuard, Observability, Observed, RevisionMetrics};
 use crate::reporter::{AutoscalerConnection, ConcurrencyReporter, InFlightReport};
 use crate::throttler::{Lease, Throttler, ThrottlerError};
-use inbound::{text, Inbound, RevisionAt};
+use inbound::{text, Inbound, NameAt, RevisionAt};
 use pools::DestPools;
 use probes::Unhealthy;
 
@@ -160,8 +160,8 @@ impl Service<Request<IncomingBody>> for ActivatorService {
         let seen = Seen {
             present: inbound.present,
             host: inbound.host.is_some(),
-            revision_at: inbound.revision_at,
         };
+        let revision_at = inbound.revision_at;
         // Stage 4 (OTel server instrumentation) sits before revision identification upstream;
         // identifying first lets one observation carry the revision labels (stage 7) and the
         // request log (stage 8) without a second lookup. Requests for unknown revisions are
@@ -197,11 +197,14 @@ impl Service<Request<IncomingBody>> for ActivatorService {
             self.remote,
         );
         let head = request.method() == http::Method::HEAD;
+        // The request is prepared here, where it stands: prepared in `handle`, it was copied
+        // into `handle`'s own place first.
+        let present = make_room(request.headers_mut(), seen.present, revision_at);
+        // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
+        let upgrade = rewrite::prepare_request_scanned(&mut request, &self.peer, present);
         // `handle` directly (no wrapping async block, which would store the request twice in
         // every queued request's future).
-        let handled = handle(
-            state, self.pools, &self.peer, request, revision, metrics, seen,
-        );
+        let handled = handle(state, self.pools, request, upgrade, revision, metrics, seen);
         // Its output made out of line (`OutOfLine`): made inline, it was built aside and copied.
         let future = Box::write(slot, MeteredFuture::out_of_line(handled, observed, head));
         Box::into_pin(future)
@@ -222,8 +225,6 @@ fn strip_network_hash<B>(request: &mut Request<B>, present: Present) {
 struct Seen {
     present: Present,
     host: bool,
-    /// Where the revision headers stood among the names (see [`make_room`]).
-    revision_at: RevisionAt,
 }
 
 impl Seen {
@@ -231,10 +232,6 @@ impl Seen {
     const UNKNOWN: Seen = Seen {
         present: Present::K_ORIGINAL_HOST,
         host: true,
-        revision_at: RevisionAt {
-            namespace: None,
-            revision: None,
-        },
     };
 }
 
@@ -267,15 +264,18 @@ fn identify_host<'a>(host: &'a str, cluster_domain: &str) -> Option<(&'a str, &'
     (svc == "svc" && domain == cluster_domain).then_some((namespace, name))
 }
 
-/// Stages 10–12 for one request. Not an `async fn`: an `async fn` keeps its arguments (the
-/// request among them) in its state beside the futures it awaits, and every request waiting in
-/// the throttler carries that state. Here the timeout stage's future (and, inside it, the boxed
-/// activation) is created at once, and only it and two guards are carried.
+/// Stages 10–12 for one request, its headers prepared ([`make_room`],
+/// [`rewrite::prepare_request_scanned`], which gave `upgrade`). Not an `async fn`: an
+/// `async fn` keeps its arguments (the request among them) in its state beside the futures it
+/// awaits, and every request waiting in the throttler carries that state. Here the timeout
+/// stage's future (and, inside it, the boxed activation) is created at once, and only it and
+/// two guards are carried.
+#[inline(always)]
 fn handle(
     state: &'static ActivatorState,
     pools: &'static DestPools,
-    peer: &PeerIp,
-    mut request: Request<IncomingBody>,
+    request: Request<IncomingBody>,
+    upgrade: Option<rewrite::UpgradeRequest>,
     revision: Arc<RevisionSpec>,
     metrics: Option<Arc<RevisionMetrics>>,
     seen: Seen,
@@ -294,9 +294,6 @@ fn handle(
             .map(Duration::from_secs),
     };
     let start = tokio::time::Instant::now();
-    let present = make_room(request.headers_mut(), seen.present, seen.revision_at);
-    // Nothing since the scan changed a tracked name (only `K-Network-Hash` may have gone).
-    let upgrade = rewrite::prepare_request_scanned(&mut request, peer, present);
     let timers = pools.timers();
     let activation = Activation {
         state,
@@ -399,14 +396,16 @@ fn make_room(headers: &mut http::HeaderMap, present: Present, at: RevisionAt) ->
         let mut namespace_at = at.namespace;
         if present.any(REVISION) {
             let last = headers.keys_len().checked_sub(1);
-            header_scan::remove_at(headers, at.revision, &KNATIVE_SERVING_REVISION);
-            if namespace_at.is_some() && namespace_at == last {
-                // The last name took the revision header's place.
-                namespace_at = at.revision;
+            remove_scanned(headers, at.revision, &KNATIVE_SERVING_REVISION);
+            if let (Some(namespace), Some(revision)) = (namespace_at.as_mut(), at.revision) {
+                if Some(namespace.index) == last {
+                    // The last name took the revision header's place.
+                    namespace.index = revision.index;
+                }
             }
         }
         if present.any(NAMESPACE) {
-            header_scan::remove_at(headers, namespace_at, &KNATIVE_SERVING_NAMESPACE);
+            remove_scanned(headers, namespace_at, &KNATIVE_SERVING_NAMESPACE);
         }
         present.without(REVISION | NAMESPACE)
     } else {
@@ -414,6 +413,25 @@ fn make_room(headers: &mut http::HeaderMap, present: Present, at: RevisionAt) ->
     };
     headers.reserve(UPSTREAM_HEADERS_ADDED);
     present
+}
+
+/// `headers.remove(name)` for a name the scan found (`at`): taken by position when the name
+/// there is still the one found (told by where its bytes are: no comparison of them), else by
+/// name. The same map after either way.
+#[inline]
+fn remove_scanned(headers: &mut http::HeaderMap, at: Option<NameAt>, name: &http::HeaderName) {
+    let index = at
+        .filter(|at| {
+            headers
+                .keys()
+                .nth(at.index)
+                .is_some_and(|found| at.is(found))
+        })
+        .map(|at| at.index);
+    match index.and_then(|index| headers.entry_at(index)) {
+        Some(entry) => drop(entry.remove()),
+        None => drop(headers.remove(name)),
+    }
 }
 
 /// How long a request whose pod refused the connection waits for discovery to drop that pod
@@ -815,6 +833,26 @@ mod tests {
         assert_eq!(h2.uri().to_string(), "http://rev-private.ns/x?y");
     }
 
+    /// A request with `fields`, in that order.
+    fn request_with(fields: &[(&'static str, &'static str)]) -> Request<()> {
+        let mut request = Request::get("/").body(()).unwrap();
+        for (name, value) in fields {
+            request
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        request
+    }
+
+    /// `request`'s fields, in order.
+    fn listed(request: &Request<()>) -> Vec<(String, String)> {
+        request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
     /// Removing the revision headers ahead (to reallocate the map empty) leaves the upstream
     /// request's headers exactly as the shared preparation alone does, order included.
     #[test]
@@ -893,22 +931,7 @@ mod tests {
             ],
         ];
         for fields in cases {
-            let request = || {
-                let mut request = Request::get("/").body(()).unwrap();
-                for (name, value) in *fields {
-                    request
-                        .headers_mut()
-                        .append(*name, HeaderValue::from_static(value));
-                }
-                request
-            };
-            let listed = |request: &Request<()>| -> Vec<(String, String)> {
-                request
-                    .headers()
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
-                    .collect()
-            };
+            let request = || request_with(fields);
             let mut plain = request();
             let present = Present::scan(plain.headers());
             rewrite::prepare_request_scanned(&mut plain, &peer, present);
@@ -929,6 +952,48 @@ mod tests {
                 assert_eq!(listed(&plain), listed(&roomy), "{fields:?}");
                 assert!(roomy.headers().capacity() >= roomy.headers().len() + 3);
             }
+        }
+    }
+
+    /// Positions the scan found, then made stale by a removal (as stripping `K-Network-Hash`
+    /// does: the last name takes the removed one's place), remove the same headers as names do.
+    #[test]
+    fn stale_positions_remove_the_same_headers() {
+        let peer = PeerIp::new("10.0.0.9:5555".parse().unwrap());
+        let cases: &[&[(&str, &str)]] = &[
+            &[
+                ("k-network-hash", "h"),
+                ("x-a", "1"),
+                ("knative-serving-namespace", "ns"),
+                ("knative-serving-revision", "rev"),
+            ],
+            &[
+                ("k-network-hash", "h"),
+                ("knative-serving-revision", "rev"),
+                ("x-a", "1"),
+                ("knative-serving-namespace", "ns"),
+            ],
+            &[
+                ("x-a", "1"),
+                ("knative-serving-revision", "rev"),
+                ("k-network-hash", "h"),
+                ("knative-serving-namespace", "ns"),
+                ("x-b", "2"),
+            ],
+        ];
+        for fields in cases {
+            let mut request = request_with(fields);
+            let mut plain = request_with(fields);
+            let at = Inbound::scan(request.headers()).revision_at;
+            let present = Present::scan(request.headers()).without(Present::K_NETWORK_HASH);
+            request.headers_mut().remove(&K_NETWORK_HASH);
+            plain.headers_mut().remove(&K_NETWORK_HASH);
+            let left = make_room(request.headers_mut(), present, at);
+            rewrite::prepare_request_scanned(&mut request, &peer, left);
+            rewrite::prepare_request_scanned(&mut plain, &peer, present);
+            assert_eq!(listed(&plain), listed(&request), "{fields:?}");
+            assert!(!request.headers().contains_key(&KNATIVE_SERVING_REVISION));
+            assert!(!request.headers().contains_key(&KNATIVE_SERVING_NAMESPACE));
         }
     }
 
