@@ -83,15 +83,19 @@ pub struct QueueHandler<S> {
     limited: bool,
 }
 
-/// What a request holds until its response has been sent: the stats "out" event, then the
-/// proxy span's end (fields drop in this order, as upstream's deferred calls run).
+/// What a request holds until its response has been sent: its breaker slot, the stats "out"
+/// event, then the proxy span's end (fields drop in this order, as upstream's deferred calls
+/// run).
 pub struct HandlerGuard {
+    /// The breaker slot (held here rather than by a body wrapper of the breaker's own: one move
+    /// fewer of the whole response).
+    _permit: Option<Permit<'static>>,
     _in_flight: InFlight<'static>,
     _span: Option<Span>,
 }
 
 /// Response body of [`QueueHandler`].
-pub type QueueHandlerBody<B> = Guarded<Guarded<B, Option<Permit<'static>>>, HandlerGuard>;
+pub type QueueHandlerBody<B> = Guarded<B, HandlerGuard>;
 
 impl<S, ReqB, B> Service<Request<ReqB>> for QueueHandler<S>
 where
@@ -135,6 +139,7 @@ where
         QueueHandlerFuture {
             future: self.breaker.call(request),
             guard: Some(HandlerGuard {
+                _permit: None,
                 _in_flight: in_flight,
                 _span: None,
             }),
@@ -194,6 +199,7 @@ impl<S> QueueHandler<S> {
         QueueHandlerFuture {
             future: self.breaker.call(request),
             guard: Some(HandlerGuard {
+                _permit: None,
                 _in_flight: in_flight,
                 _span: span,
             }),
@@ -224,10 +230,17 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.future.poll(cx))?;
+        let (response, permit) = ready!(this.future.poll_with_permit(cx))?;
         Poll::Ready(Ok(match this.guard.take() {
-            Some(guard) => attach_guard(response, guard),
-            None => response.map(Guarded::unguarded),
+            Some(mut guard) => {
+                guard._permit = permit;
+                attach_guard(response, guard)
+            }
+            // A kubelet probe: it bypassed the breaker, so it holds no slot.
+            None => {
+                debug_assert!(permit.is_none());
+                response.map(Guarded::unguarded)
+            }
         }))
     }
 }
