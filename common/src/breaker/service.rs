@@ -143,6 +143,10 @@ where
     }
 }
 
+/// A response and the breaker slot its request holds (`None`: none), as
+/// [`BreakerFuture::poll_with_permit`] gives them.
+pub type WithPermit<B> = (Response<B>, Option<Permit<'static>>);
+
 impl<S, ReqB, B> BreakerFuture<S, ReqB, B>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
@@ -154,7 +158,7 @@ where
     pub fn poll_with_permit(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(Response<B>, Option<Permit<'static>>), S::Error>> {
+    ) -> Poll<Result<WithPermit<B>, S::Error>> {
         loop {
             match self.as_mut().project() {
                 BreakerFutureProj::Running { future, permit } => {
