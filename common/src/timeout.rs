@@ -371,13 +371,13 @@ impl Clock {
         }
         deadline
     }
+}
 
-    /// Earliest moment a timer can fire once the head was written at/after `last_write`.
-    fn body_deadline(&self, last_write: Instant) -> Instant {
-        match self.idle {
-            Some(idle) => self.total_deadline.min(last_write + idle),
-            None => self.total_deadline,
-        }
+/// Earliest moment a timer can fire once the head was written at/after `last_write`.
+fn body_deadline(total_deadline: Instant, idle: Option<Duration>, last_write: Instant) -> Instant {
+    match idle {
+        Some(idle) => total_deadline.min(last_write + idle),
+        None => total_deadline,
     }
 }
 
@@ -460,9 +460,11 @@ pin_project! {
 enum BodyState {
     /// No timers (a locally generated body).
     Unlimited,
-    /// Streaming the inner body under the clock.
+    /// Streaming the inner body under the total and idle timers (what of the [`Clock`] the
+    /// body needs: every byte here is moved with the response through each layer).
     Running {
-        clock: Clock,
+        total_deadline: Instant,
+        idle: Option<Duration>,
         last_write: Instant,
         message: &'static str,
     },
@@ -483,7 +485,8 @@ impl<B> TimeoutBody<B> {
         TimeoutBody {
             body,
             state: BodyState::Running {
-                clock,
+                total_deadline: clock.total_deadline,
+                idle: clock.idle,
                 last_write: written,
                 message,
             },
@@ -534,14 +537,15 @@ where
                     )))));
                 }
                 BodyState::Running {
-                    clock,
+                    total_deadline,
+                    idle,
                     last_write,
                     message,
                 } => {
                     if let Poll::Ready(frame) = this.body.as_mut().poll_frame(cx) {
                         match &frame {
                             // The timer follows when the body next waits.
-                            Some(Ok(f)) if f.is_data() && clock.idle.is_some() => {
+                            Some(Ok(f)) if f.is_data() && idle.is_some() => {
                                 *last_write = Instant::now();
                             }
                             None => *this.state = BodyState::Done,
@@ -556,7 +560,8 @@ where
                         }
                         return Poll::Ready(frame);
                     }
-                    ready!(this.timer.poll_until(clock.body_deadline(*last_write), cx));
+                    let deadline = body_deadline(*total_deadline, *idle, *last_write);
+                    ready!(this.timer.poll_until(deadline, cx));
                     this.timer.give_back();
                     *this.state = BodyState::Appending { message };
                 }

@@ -62,7 +62,7 @@ use std::task::{Context, Poll, Waker};
 
 mod service;
 
-pub use service::{BreakerFuture, BreakerLayer, BreakerService, QUEUE_FULL_BODY};
+pub use service::{BreakerFuture, BreakerLayer, BreakerService, WithPermit, QUEUE_FULL_BODY};
 
 /// The largest capacity a breaker can have: `2^31 − 1` (Go's `revisionMaxConcurrency`).
 pub const MAX_CAPACITY: u32 = i32::MAX as u32;
