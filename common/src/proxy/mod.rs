@@ -146,15 +146,16 @@ pub fn forward_or_return(
     }
 }
 
-/// The keep-alive race's one retry: `request` on a new connection. A pod that died leaves its
-/// pooled connections closed: the new connection may not open either, and then the request still
-/// never left (the activator retries it on another pod).
+/// The keep-alive race's one retry: `request` on a new connection, dialed, not taken from the
+/// pool ([`Upstream::dial_http1`]). A pod that died leaves its pooled connections closed: the
+/// new connection may not open either, and then the request still never left (the activator
+/// retries it on another pod).
 async fn send_on_fresh(
     upstream: &UpstreamHandle,
     request: Request<IncomingBody>,
     upgrade: bool,
 ) -> Result<Response<PooledBody>, ForwardFailure> {
-    let fresh = match Upstream::checkout_http1(upstream).await {
+    let fresh = match Upstream::dial_http1(upstream).await {
         Ok(fresh) => fresh,
         Err(error) => return Err(not_reached(error, request, upgrade)),
     };

@@ -278,9 +278,14 @@ impl Upstream {
         self.parked.load(Ordering::Relaxed)
     }
 
-    /// An HTTP/1.1 connection: a ready idle one, else a new one.
-    pub async fn checkout_http1(handle: &UpstreamHandle) -> Result<Checkout, ProxyError> {
-        Self::checkout_http1_after(handle, Self::take_idle(handle)).await
+    /// A new HTTP/1.1 connection, never an idle one: for the retry of a request whose pooled
+    /// connection turned out closed. When the app (or its pod) went away, every idle connection
+    /// to it is closed too, and the next one would fail the same way, with the request then
+    /// answered `502` although it never left (the activator could have sent it to another pod);
+    /// a dial fails as what it is (refused) or reaches the app if it is back.
+    pub async fn dial_http1(handle: &UpstreamHandle) -> Result<Checkout, ProxyError> {
+        let this: &Upstream = handle;
+        this.connect_http1().await
     }
 
     /// The next idle HTTP/1.1 connection that needs no waiting: a live one ready for a request,
@@ -314,7 +319,8 @@ impl Upstream {
         TakenIdle(None)
     }
 
-    /// [`Self::checkout_http1`], starting from what [`Self::take_idle`] gave.
+    /// An HTTP/1.1 connection, starting from what [`Self::take_idle`] gave: a ready idle one,
+    /// else a resumed parked one, else a new one.
     pub async fn checkout_http1_after(
         handle: &UpstreamHandle,
         mut taken: TakenIdle,

@@ -467,3 +467,67 @@ async fn the_retry_is_made_once() {
         "the first, the request and its one retry"
     );
 }
+
+/// A pod that died (or an app that closed its idle connections) leaves every pooled connection
+/// to it closed. A request that finds its pooled connection closed goes again on a dialed
+/// connection, not on the next pooled one, which is closed too and would fail it with a `502`
+/// although it never left (and the activator could have sent it to another pod).
+#[tokio::test]
+async fn the_retry_after_a_closed_pooled_connection_dials_instead_of_taking_the_next() {
+    // Answers every request; the first request of each of the first two connections is answered
+    // once both are in (so the pool ends up with two idle connections); closes every connection
+    // open when told to.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(AtomicUsize::new(0));
+    let hang_up = Arc::new(watch::Sender::new(false));
+    let both_in = Arc::new(tokio::sync::Barrier::new(2));
+    let (counted, closing, hang_ups) = (
+        Arc::clone(&accepts),
+        Arc::clone(&closed),
+        Arc::clone(&hang_up),
+    );
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let gated = counted.fetch_add(1, Ordering::SeqCst) < 2;
+            let (closed, mut hang_up, both_in) = (
+                Arc::clone(&closing),
+                hang_ups.subscribe(),
+                Arc::clone(&both_in),
+            );
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut gated = gated;
+                loop {
+                    tokio::select! {
+                        head = next_head(&mut stream, &mut buf) => {
+                            if head.is_none() {
+                                return;
+                            }
+                        }
+                        _ = hang_up.changed() => {
+                            drop(stream);
+                            closed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                    if std::mem::take(&mut gated) {
+                        both_in.wait().await;
+                    }
+                    stream.write_all(RESPONSE).await.unwrap();
+                }
+            });
+        }
+    });
+    let (proxy, upstream) = proxy(app).await;
+    let (first, second) = tokio::join!(get(proxy), get(proxy));
+    assert_eq!((first.as_str(), second.as_str()), (OK, OK));
+    wait_until("both pooled", || upstream.idle_connections() == 2).await;
+    hang_up.send_replace(true);
+    wait_until("the app closed both", || closed.load(Ordering::SeqCst) == 2).await;
+
+    assert_eq!(get(proxy).await, OK, "sent again on a new connection");
+    assert_eq!(accepts.load(Ordering::SeqCst), 3, "one dial for the retry");
+}
