@@ -13,8 +13,8 @@
 //!
 //! The rule ([`Scaler::decide`]): `wanted = ceil(observed / target)`, at least 1 when anything is
 //! observed, at most `max_scale`. Scale-up is immediate. Scale-down goes to the highest `wanted`
-//! seen during the stable window, and the last instance goes only after `scale_to_zero_grace` with
-//! nothing observed.
+//! seen during the stable window (the initial scale counts as seen when the stand-in starts), and
+//! the last instance goes only after `scale_to_zero_grace` with nothing observed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -69,11 +69,15 @@ pub struct Scaler {
 }
 
 impl Scaler {
-    /// A scaler that considers `now` the last busy moment (so initial instances stay a while).
+    /// A scaler that counts `initial_scale` as wished at `now` (so the initial instances stay
+    /// for one stable window, instead of being scaled down at the first tick, before any
+    /// request had a chance to arrive) and considers `now` the last busy moment (so the last
+    /// of them stays until the scale-to-zero grace has passed).
     pub fn new(config: ScalingConfig, now: Instant) -> Scaler {
+        let wishes = VecDeque::from([(now, config.initial_scale)]);
         Scaler {
             config,
-            wishes: VecDeque::new(),
+            wishes,
             last_busy: now,
         }
     }
@@ -285,6 +289,28 @@ mod tests {
         assert_eq!(s.decide(at(12), 0.0, 1), 1, "idle 6 s of 8");
         assert_eq!(s.decide(at(14), 0.0, 1), 0, "idle 8 s: zero");
         assert_eq!(s.decide(at(15), 0.0, 0), 0);
+    }
+
+    #[test]
+    fn initial_instances_stay_for_the_stable_window() {
+        let t0 = Instant::now();
+        let config = ScalingConfig {
+            initial_scale: 3,
+            ..config()
+        };
+        let mut s = Scaler::new(config, t0);
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            s.decide(at(0), 0.0, 3),
+            3,
+            "not scaled down at the first tick"
+        );
+        assert_eq!(s.decide(at(4), 2.0, 3), 3, "within the window: keep 3");
+        assert_eq!(
+            s.decide(at(6), 2.0, 3),
+            1,
+            "the initial scale left the window"
+        );
     }
 
     #[test]

@@ -267,8 +267,9 @@ async fn instance_killed_under_load() {
     }
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
-    // A request leased to the dead instance after the kill cannot connect: nothing was sent,
-    // so the activator waits for discovery to drop the instance and sends it elsewhere. Only the
+    // A request leased to the dead instance after the kill cannot connect (a pooled connection
+    // to it is found closed, and the dial that follows is refused): nothing was sent, so the
+    // activator waits for discovery to drop the instance and sends it elsewhere. Only the
     // requests in flight on the instance when it died fail.
     let mut in_flight = 0;
     for o in outcomes.iter().filter(|o| o.status != Some(StatusCode::OK)) {
@@ -284,7 +285,19 @@ async fn instance_killed_under_load() {
         in_flight >= 1,
         "the killed instance's in-flight requests fail: {outcomes:#?}"
     );
-    assert!(in_flight <= 2, "at most cc requests were in flight there");
+    // What failed, for the failure messages: the body, and how long before the kill it started.
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.status != Some(StatusCode::OK))
+        .map(|o| {
+            let before = killed_at.saturating_duration_since(o.started);
+            format!("{:?}, started {before:?} before the kill", o.body)
+        })
+        .collect();
+    assert!(
+        in_flight <= 2,
+        "at most cc requests were in flight there: {failures:#?}"
+    );
     let late: Vec<_> = outcomes
         .iter()
         .filter(|o| o.started > died_at + Duration::from_millis(500))
@@ -299,7 +312,7 @@ async fn instance_killed_under_load() {
         );
     }
     eprintln!(
-        "killed {}; stand-in noticed after {:?}: {in_flight} in-flight 502s, {} requests",
+        "killed {}; stand-in noticed after {:?}: {in_flight} in-flight 502s ({failures:?}), {} requests",
         victim.name,
         died_at.saturating_duration_since(killed_at),
         outcomes.len()
