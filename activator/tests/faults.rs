@@ -257,3 +257,66 @@ async fn request_to_a_dead_listed_pod_moves_to_another_pod() {
     assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
     assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
 }
+
+/// As above, with two pooled connections to the dead pod: the request finds the one it takes
+/// closed, and goes again on a dialed connection, not on the other pooled one (closed too, which
+/// answered it `502` although it never left); the dial is refused, so it waits for discovery and
+/// is served by the other pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_to_a_dead_listed_pod_with_two_pooled_connections_moves_to_another_pod() {
+    let stats = StatsReceiver::start().await;
+    let name = "deadpool-00001";
+    // `/hold` waits for the gate: two of them at once leave two connections in the pool.
+    let gate = Gate::new();
+    let held = gate.clone();
+    let holding = handler(move |request| {
+        let held = held.clone();
+        async move {
+            if request.uri().path() == "/hold" {
+                held.wait().await;
+            }
+            respond(StatusCode::OK, "ok")
+        }
+    });
+    let (p1, p2) = tokio::join!(
+        async { Pod::start(App::start(holding.clone()).await, name, 2).await },
+        async { Pod::start(App::start(holding.clone()).await, name, 2).await },
+    );
+    // cc 2 → first available: both requests of an idle revision go to the lowest-sorted pod (A).
+    let (mut a, b) = if p1.addr().to_string() < p2.addr().to_string() {
+        (p1, p2)
+    } else {
+        (p2, p1)
+    };
+    // One worker: a pool per worker, so both connections are in the same pool.
+    let activator = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(name, 2).ready([a.addr(), b.addr()])])
+        .env("ACTIVATOR_WORKER_THREADS", 1)
+        .start();
+    let addr = activator.addr();
+    eventually(DEADLINE, "a request to reach A", || async {
+        let r = send(addr, rev_get("/", NS, name)).await;
+        (r.status == StatusCode::OK && a.app.seen_count() > 0).then_some(())
+    })
+    .await;
+    let holds = [(); 2].map(|()| tokio::spawn(send(addr, rev_get("/hold", NS, name))));
+    eventually(DEADLINE, "two requests held at A", || async {
+        (a.app.concurrency.current() == 2).then_some(())
+    })
+    .await;
+    gate.open();
+    for hold in holds {
+        assert_eq!(hold.await.expect("held request").status, StatusCode::OK);
+    }
+
+    a.qp.kill();
+    let (a_seen, b_seen) = (a.app.seen_count(), b.app.seen_count());
+    let request = tokio::spawn(send(addr, rev_get("/", NS, name)));
+    // Discovery catches up a moment later (Kubernetes marks the pod not ready).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    activator.set_revisions(&[Rev::new(name, 2).ready([b.addr()])]);
+    let response = request.await.expect("request task");
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
+    assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
+}
