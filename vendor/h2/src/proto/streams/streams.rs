@@ -252,6 +252,15 @@ where
             // stream-state or send-buffer mutexes.
             ready!(dst.flush(cx))?;
 
+            // (patch) No DATA frame was written since the last one was taken back: there is
+            // nothing to reclaim (`reclaim_written_frame` would find no frame and say so), and
+            // the stream-state and send-buffer locks it took (four atomic instructions) are
+            // not taken. Most connection polls write no DATA frame (a request's HEADERS, a
+            // WINDOW_UPDATE, a SETTINGS acknowledgement).
+            if !dst.has_last_data_frame() {
+                return Poll::Ready(Ok(()));
+            }
+
             let reclaimed = {
                 let mut me = self.inner.lock();
                 me.reclaim_written_frame(&self.send_buffer, dst)
