@@ -84,13 +84,19 @@ impl Body for IncomingBody {
 /// on, so the peer may send more only as fast as the consumer reads: a slow reader never makes
 /// the proxy buffer beyond the stream window. `h2` itself checks DATA against `Content-Length`
 /// (a mismatch resets the stream with `PROTOCOL_ERROR`).
+///
+/// `is_end_stream` takes no lock of h2's stream state (the forwarding path asks it several
+/// times per message): it is what h2 said when it made the body
+/// (`RecvStream::end_stream_when_made`, a method of the patched h2) and with each chunk
+/// (`RecvStream::poll_data_released`, which also releases the chunk's capacity, under the
+/// one lock that takes the chunk), and true once the body gave its end: what h2's own
+/// `is_end_stream` would say, since h2 queues an event for every frame that ends a stream
+/// (an empty DATA frame too) and only this body takes them off.
 #[derive(Debug)]
 pub struct H2Body {
     recv: h2::RecvStream,
     data_done: bool,
-    /// The stream had ended when the body was made (a request or response without a body):
-    /// `is_end_stream` answers without taking h2's stream lock, which the forwarding path
-    /// asks several times per message.
+    /// The body is known to have ended (see above).
     ended: bool,
     /// Bytes still announced by `Content-Length`, if it was given.
     remaining: Option<u64>,
@@ -99,7 +105,7 @@ pub struct H2Body {
 impl H2Body {
     fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
         // A stream already ended has no body, whatever it announced.
-        let ended = recv.is_end_stream();
+        let ended = recv.end_stream_when_made();
         let remaining = if ended { Some(0) } else { content_length };
         H2Body {
             recv,
@@ -115,9 +121,9 @@ impl H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(bytes)) => {
-                    let _ = this.recv.flow_control().release_capacity(bytes.len());
+            match ready!(this.recv.poll_data_released(cx)) {
+                Some(Ok((bytes, ended))) => {
+                    this.ended = ended;
                     if let Some(left) = &mut this.remaining {
                         *left = left.saturating_sub(bytes.len() as u64);
                     }
@@ -126,21 +132,24 @@ impl H2Body {
                 // RST_STREAM with NO_ERROR: the peer answered early and wants no more of the
                 // body (RFC 9113 §8.1); the body ends without failing.
                 Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    return Poll::Ready(None)
+                    this.ended = true;
+                    return Poll::Ready(None);
                 }
                 Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
                 None => this.data_done = true,
             }
         }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
-        }
+        let polled = match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => trailers.map(|t| Ok(Frame::trailers(t))),
+            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => None,
+            Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+        };
+        this.ended = true;
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.recv.is_end_stream()
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -173,7 +182,144 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::content_length;
+    use std::future::Future;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+
+    use super::{content_length, Body, IncomingBody};
+
+    /// An h2 client and server over an in-memory pipe (h2's default settings: 65,535-byte
+    /// windows), the server's connection driven by a task; gives the client and the streams the
+    /// server accepts, with their response handles (kept by the test: the stream stays open).
+    async fn pair() -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    ) {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let (accepted_tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            while let Some(Ok(accepted)) = conn.accept().await {
+                let _ = accepted_tx.send(accepted);
+            }
+        });
+        let (sender, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (sender, accepted)
+    }
+
+    type Accepted = (
+        http::Request<h2::RecvStream>,
+        h2::server::SendResponse<Bytes>,
+    );
+
+    /// Fails a test that would otherwise hang (a window never given back).
+    async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), future)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: timed out"))
+    }
+
+    /// Opens a POST stream (`end`: without a body); gives its send handle.
+    async fn post(sender: &h2::client::SendRequest<Bytes>, end: bool) -> h2::SendStream<Bytes> {
+        let mut sender = sender.clone().ready().await.unwrap();
+        let request = http::Request::post("http://x/").body(()).unwrap();
+        sender.send_request(request, end).unwrap().1
+    }
+
+    /// The next accepted stream's body, and its response handle.
+    async fn next_body(
+        accepted: &mut tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+        content_length: Option<u64>,
+    ) -> (IncomingBody, h2::server::SendResponse<Bytes>) {
+        let (request, reply) = within("accept", accepted.recv()).await.unwrap();
+        (IncomingBody::h2(request.into_body(), content_length), reply)
+    }
+
+    #[tokio::test]
+    async fn an_h2_body_knows_its_end_from_the_head_and_from_its_chunks() {
+        let (sender, mut accepted) = pair().await;
+        // No body: ended before any poll.
+        let _tx = post(&sender, true).await;
+        let (body, _reply) = next_body(&mut accepted, None).await;
+        assert!(body.is_end_stream());
+
+        // A body of one DATA frame with END_STREAM: ended with its chunk.
+        let mut tx = post(&sender, false).await;
+        tx.send_data(Bytes::from_static(b"abc"), true).unwrap();
+        let (mut body, _reply) = next_body(&mut accepted, Some(3)).await;
+        assert!(!body.is_end_stream());
+        let chunk = within("chunk", body.frame()).await.unwrap().unwrap();
+        assert_eq!(chunk.into_data().unwrap(), "abc");
+        assert!(body.is_end_stream(), "the chunk's frame ended the stream");
+        assert_eq!(body.size_hint().exact(), Some(0));
+
+        // The end in a frame of its own, after the chunk was read: known once polled for.
+        let mut tx = post(&sender, false).await;
+        tx.send_data(Bytes::from_static(b"abc"), false).unwrap();
+        let (mut body, _reply) = next_body(&mut accepted, None).await;
+        let chunk = within("chunk", body.frame()).await.unwrap().unwrap();
+        assert_eq!(chunk.into_data().unwrap(), "abc");
+        assert!(!body.is_end_stream());
+        tx.send_data(Bytes::new(), true).unwrap();
+        // The empty DATA frame that ends the stream comes as an empty chunk.
+        let last = within("end", body.frame()).await.unwrap().unwrap();
+        assert!(last.into_data().unwrap().is_empty());
+        assert!(body.is_end_stream());
+        assert!(within("end", body.frame()).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_h2_body_gives_back_the_window_of_each_chunk_it_hands_on() {
+        let (sender, mut accepted) = pair().await;
+        // Three windows' worth: sent only as the reader gives capacity back.
+        const LEN: usize = 3 * 65_535;
+        let mut tx = post(&sender, false).await;
+        tx.send_data(Bytes::from(vec![7u8; LEN]), true).unwrap();
+        let (body, _reply) = next_body(&mut accepted, Some(LEN as u64)).await;
+        let read = within("body", body.collect()).await.unwrap().to_bytes();
+        assert_eq!(read.len(), LEN);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_h2_body_gives_back_the_connection_window_of_what_it_had_not_read() {
+        let (sender, mut accepted) = pair().await;
+        // Two bodies of 30,000 bytes dropped unread while their streams stay open (the
+        // response handles are kept): the client may send 30,000 bytes more on a third stream
+        // only if their bytes were given back to the connection window (65,535), which no
+        // read of the third stream's own can do (nothing reads it).
+        let mut replies = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let mut tx = post(&sender, false).await;
+            tx.send_data(Bytes::from(vec![7u8; 30_000]), false).unwrap();
+            let (body, reply) = next_body(&mut accepted, None).await;
+            // Let the bytes arrive (the pipe is in memory, the connections are tasks).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(body);
+            replies.push(reply);
+            senders.push(tx);
+        }
+        let mut tx = post(&sender, false).await;
+        tx.reserve_capacity(30_000);
+        within(
+            "capacity for a third body",
+            std::future::poll_fn(|cx| {
+                while tx.capacity() < 30_000 {
+                    match std::task::ready!(tx.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        other => panic!("{other:?}"),
+                    }
+                }
+                std::task::Poll::Ready(())
+            }),
+        )
+        .await;
+    }
 
     #[test]
     fn content_length_reads_one_value_of_digits() {

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -90,11 +90,17 @@ pub fn exchange(
             }
         }
         let mut relayed = false;
-        let response = std::future::poll_fn(|cx| {
-            while let Poll::Ready(Some(Ok(head))) = response.poll_informational(cx) {
-                relayed |= informational::relay_h2(&head);
+        // Each head as it comes (`poll_head`, a method of the patched h2: one lock of the
+        // connection's stream state per poll, where `poll_informational` until it said none and
+        // then the future's `poll` took three).
+        let response = std::future::poll_fn(|cx| loop {
+            match ready!(response.poll_head(cx)) {
+                Ok(h2::client::ResponseHead::Informational(head)) => {
+                    relayed |= informational::relay_h2(&head);
+                }
+                Ok(h2::client::ResponseHead::Final(response)) => return Poll::Ready(Ok(response)),
+                Err(error) => return Poll::Ready(Err(error)),
             }
-            Pin::new(&mut response).poll(cx)
         })
         .await;
         // The response (or the stream's failure) came: the body goes on being sent.
@@ -139,7 +145,7 @@ pin_project_lite::pin_project! {
         #[pin]
         body: IncomingBody,
         tx: h2::SendStream<Bytes>,
-        pending: Option<(Bytes, bool)>,
+        pending: Option<super::pipe::Pending>,
         cancel: Option<Arc<Cancel>>,
     }
 }

@@ -22,32 +22,43 @@ pub(crate) fn reset_reason(error: &(dyn std::error::Error + 'static)) -> h2::Rea
     h2::Reason::INTERNAL_ERROR
 }
 
+/// A chunk waiting to be sent (and whether it ends the body), with the send capacity the
+/// stream had when the chunk came (0: wait for more before sending).
+pub(crate) type Pending = ((Bytes, bool), usize);
+
 /// Copies `body` to `tx` as the peer's flow control allows (hyper's `PipeToSendStream`): a
 /// chunk is read only once the previous one was handed to `h2`, so at most one chunk per stream
 /// waits here. A body error resets the stream; a reset from the peer ends the copy.
+///
+/// Each call of h2's stream handles takes the connection's stream lock, so the copy makes as
+/// few as it can: a reset from the peer is looked for (`poll_reset`, which registers the task
+/// for it) only when the copy is about to wait for the body; hyper asks before every chunk.
+/// Waiting for capacity needs no such check (`poll_capacity` answers a reset stream at once,
+/// and a reset wakes the task it registered), nor does a chunk ready at once (`send_data` fails
+/// on a reset stream). The claim on the window and the capacity it gives are one call
+/// (`reserve_and_capacity`, a method of the patched h2).
 pub(crate) fn pipe<B>(
     mut body: Pin<&mut B>,
     tx: &mut h2::SendStream<Bytes>,
-    pending: &mut Option<(Bytes, bool)>,
+    pending: &mut Option<Pending>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), ()>>
 where
     B: Body<Data = Bytes, Error = BodyError>,
 {
     loop {
-        if let Poll::Ready(reason) = tx.poll_reset(cx) {
-            tracing::debug!(?reason, "stream reset by the peer");
-            return Poll::Ready(Err(()));
-        }
-        if pending.is_some() {
-            while tx.capacity() == 0 {
-                match ready!(tx.poll_capacity(cx)) {
-                    Some(Ok(0)) => {}
-                    Some(Ok(_)) => break,
-                    Some(Err(_)) | None => return Poll::Ready(Err(())),
+        if let Some((_, capacity)) = pending {
+            // No capacity when the chunk came: wait for some.
+            if *capacity == 0 {
+                while tx.capacity() == 0 {
+                    match ready!(tx.poll_capacity(cx)) {
+                        Some(Ok(0)) => {}
+                        Some(Ok(_)) => break,
+                        Some(Err(_)) | None => return Poll::Ready(Err(())),
+                    }
                 }
             }
-            let (chunk, end) = pending.take().expect("checked above");
+            let (chunk, end) = pending.take().expect("checked above").0;
             if tx.send_data(chunk, end).is_err() {
                 return Poll::Ready(Err(()));
             }
@@ -56,7 +67,14 @@ where
             }
             continue;
         }
-        match ready!(body.as_mut().poll_frame(cx)) {
+        let Poll::Ready(frame) = body.as_mut().poll_frame(cx) else {
+            if let Poll::Ready(reason) = tx.poll_reset(cx) {
+                tracing::debug!(?reason, "stream reset by the peer");
+                return Poll::Ready(Err(()));
+            }
+            return Poll::Pending;
+        };
+        match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(chunk) => {
                     let end = body.is_end_stream();
@@ -69,10 +87,10 @@ where
                         }
                         continue;
                     }
-                    // A minimal claim on the connection window (see hyper #4003); h2 raises it
-                    // to the buffered length in `send_data`.
-                    tx.reserve_capacity(1);
-                    *pending = Some((chunk, end));
+                    // A minimal claim on the connection window (see hyper #4003); h2 raises
+                    // it to the buffered length in `send_data`.
+                    let capacity = tx.reserve_and_capacity(1);
+                    *pending = Some(((chunk, end), capacity));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {

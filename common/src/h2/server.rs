@@ -221,7 +221,7 @@ pin_project! {
             body: B,
             tx: h2::SendStream<Bytes>,
             // A chunk waiting for send capacity.
-            pending: Option<(Bytes, bool)>,
+            pending: Option<super::pipe::Pending>,
         },
     }
 }
@@ -588,6 +588,27 @@ mod tests {
             .await
             .expect("the connection closes once its last stream has ended")
             .unwrap();
+    }
+
+    /// A response body waiting for its next chunk stops when the client resets the stream:
+    /// the copy registers for the reset before it waits (`pipe`), and the body (here holding
+    /// the chunk's channel) is dropped.
+    #[tokio::test]
+    async fn a_response_body_waiting_for_a_chunk_stops_when_the_client_resets_the_stream() {
+        let (mut tx, rx) = oneshot::channel();
+        let (addr, _stop, _) = server(Some(rx)).await;
+        let sender = client(addr).await;
+        let mut ready = sender.clone().ready().await.unwrap();
+        let request = Request::get("http://x/hold").body(()).unwrap();
+        let (response, _) = ready.send_request(request, true).unwrap();
+        let body = response.await.unwrap().into_body();
+        // Let the server's stream wait for the chunk, then reset the stream (CANCEL).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!tx.is_closed());
+        drop(body);
+        tokio::time::timeout(std::time::Duration::from_secs(10), tx.closed())
+            .await
+            .expect("the reset stream's body is dropped");
     }
 
     /// A client connection closes once nothing can use it any more: its last `SendRequest`

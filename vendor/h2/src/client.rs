@@ -522,19 +522,21 @@ where
         self.inner
             .send_request(request, end_of_stream, self.pending.as_ref())
             .map_err(Into::into)
-            .map(|(stream, is_full)| {
-                if stream.is_pending_open() && is_full {
+            .map(|sent| {
+                // (patch) The handles are made under the lock that sent the request
+                // (`SentRequest`).
+                if let Some(pending) = sent.pending {
                     // Only prevent sending another request when the request queue
                     // is not full.
-                    self.pending = Some(stream.clone_to_opaque());
+                    self.pending = Some(pending);
                 }
 
                 let response = ResponseFuture {
-                    inner: stream.clone_to_opaque(),
+                    inner: sent.response,
                     push_promise_consumed: false,
                 };
 
-                let stream = SendStream::new(stream);
+                let stream = SendStream::new(sent.send);
 
                 (response, stream)
             })
@@ -1521,6 +1523,15 @@ where
 
 // ===== impl ResponseFuture =====
 
+/// (patch) A head of a response ([`ResponseFuture::poll_head`]).
+#[derive(Debug)]
+pub enum ResponseHead {
+    /// An informational response (1xx); more heads follow.
+    Informational(Response<()>),
+    /// The final response.
+    Final(Response<RecvStream>),
+}
+
 impl Future for ResponseFuture {
     type Output = Result<Response<RecvStream>, crate::Error>;
 
@@ -1540,6 +1551,25 @@ impl ResponseFuture {
     /// If the lock on the stream store has been poisoned.
     pub fn stream_id(&self) -> crate::StreamId {
         crate::StreamId::from_internal(self.inner.stream_id())
+    }
+
+    /// (patch) The next head of the response: an informational one (1xx) when one came,
+    /// else the final response. One call, under one lock of the connection's stream state,
+    /// does what [`ResponseFuture::poll_informational`] until it gives `Ready(None)` and then
+    /// polling the future did (three locks per poll, and a fourth for the body's handle); the
+    /// final response's body says whether the stream had already ended
+    /// ([`RecvStream::end_stream_when_made`]). Once it gave the final response, the future is
+    /// done.
+    pub fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, crate::Error>> {
+        let (head, body) = ready!(self.inner.poll_head(cx))?;
+        Poll::Ready(Ok(match body {
+            None => ResponseHead::Informational(head),
+            Some((body, ended)) => {
+                let (parts, _) = head.into_parts();
+                let body = RecvStream::new_ended(FlowControl::new(body), ended);
+                ResponseHead::Final(Response::from_parts(parts, body))
+            }
+        }))
     }
 
     /// Polls for informational responses (1xx status codes).

@@ -373,6 +373,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.last_data_frame.take()
     }
 
+    /// (patch) Whether `take_last_data_frame` would give a frame.
+    pub fn has_last_data_frame(&self) -> bool {
+        self.encoder.last_data_frame.is_some()
+    }
+
     pub fn get_mut(&mut self) -> &mut T {
         &mut self.inner
     }
@@ -399,5 +404,29 @@ mod unstable {
         pub fn get_ref(&self) -> &T {
             &self.inner
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// (patch) `has_last_data_frame` says whether `take_last_data_frame` has a frame: the
+    /// stream store skips its reclaim (and its locks) when it has none.
+    #[tokio::test]
+    async fn a_written_data_frame_waits_to_be_taken_back() {
+        let mut write = FramedWrite::<Vec<u8>, Bytes>::new(Vec::new());
+        assert!(!write.has_last_data_frame());
+        let ping = frame::Ping::new(frame::Ping::USER);
+        write.buffer(ping.into()).unwrap();
+        crate::poll_fn(|cx| write.flush(cx)).await.unwrap();
+        assert!(!write.has_last_data_frame(), "a PING is not DATA");
+        let data = frame::Data::new(1.into(), Bytes::from_static(b"abc"));
+        write.buffer(data.into()).unwrap();
+        crate::poll_fn(|cx| write.flush(cx)).await.unwrap();
+        assert!(write.has_last_data_frame());
+        assert!(write.take_last_data_frame().is_some());
+        assert!(!write.has_last_data_frame());
     }
 }

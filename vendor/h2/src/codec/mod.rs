@@ -119,6 +119,12 @@ impl<T, B> Codec<T, B> {
         self.framed_write().take_last_data_frame()
     }
 
+    /// (patch) Whether `take_last_data_frame` would give a frame (a DATA frame was written
+    /// since the last one was taken).
+    pub(crate) fn has_last_data_frame(&self) -> bool {
+        self.inner.get_ref().has_last_data_frame()
+    }
+
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }

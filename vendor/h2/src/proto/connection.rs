@@ -689,8 +689,16 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     B: Buf,
 {
-    pub fn next_incoming(&mut self) -> Option<StreamRef<B>> {
-        self.inner.streams.next_incoming()
+    /// (patch) `Streams::next_incoming_request`, which replaces `next_incoming`.
+    pub fn next_incoming_request(
+        &mut self,
+    ) -> Option<(
+        http::Request<()>,
+        StreamRef<B>,
+        crate::proto::OpaqueStreamRef,
+        bool,
+    )> {
+        self.inner.streams.next_incoming_request()
     }
 
     // Graceful shutdown only makes sense for server peers.

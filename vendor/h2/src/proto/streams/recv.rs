@@ -353,7 +353,8 @@ impl Recv {
             let is_open = stream.state.ensure_recv_open()?;
 
             if is_open {
-                stream.push_task = Some(cx.waker().clone());
+                // (patch) Not replaced by a clone of itself: `stream::register`.
+                super::stream::register(&mut stream.push_task, cx);
                 Poll::Pending
             } else {
                 Poll::Ready(None)
@@ -391,9 +392,44 @@ impl Recv {
                         )));
                     }
 
-                    stream.recv_task = Some(cx.waker().clone());
+                    // (patch) Not replaced by a clone of itself: `stream::register`.
+                    super::stream::register(&mut stream.recv_task, cx);
                     return Poll::Pending;
                 }
+            }
+        }
+    }
+
+    /// (patch) The client's next head: an informational one (1xx, `false`) or the final
+    /// response (`true`). What `poll_informational` followed by `poll_response` gives, in one
+    /// call (see `OpaqueStreamRef::poll_head`).
+    pub fn poll_head(
+        &mut self,
+        cx: &Context,
+        stream: &mut store::Ptr,
+    ) -> Poll<Result<(Response<()>, bool), proto::Error>> {
+        use super::peer::PollMessage::*;
+
+        match stream.pending_recv.pop_front(&mut self.buffer) {
+            Some(Event::Headers(message)) => match *message {
+                Client(response) => Poll::Ready(Ok((response, true))),
+                Server(_) => panic!("poll_response called after response returned"),
+            },
+            Some(Event::InformationalHeaders(message)) => match *message {
+                Client(response) => Poll::Ready(Ok((response, false))),
+                Server(_) => panic!("poll_response called after response returned"),
+            },
+            Some(_) => panic!("poll_response called after response returned"),
+            None => {
+                if !stream.state.ensure_recv_open()? {
+                    proto_err!(stream: "poll_response: stream={:?} is not opened;",  stream.id);
+                    return Poll::Ready(Err(Error::library_reset(
+                        stream.id,
+                        Reason::PROTOCOL_ERROR,
+                    )));
+                }
+                super::stream::register(&mut stream.recv_task, cx);
+                Poll::Pending
             }
         }
     }
@@ -441,7 +477,8 @@ impl Recv {
         // No informational response available at the front
         if stream.state.ensure_recv_open()? {
             // Request to get notified once more frames arrive
-            stream.recv_task = Some(cx.waker().clone());
+            // (patch) Not replaced by a clone of itself: `stream::register`.
+            super::stream::register(&mut stream.recv_task, cx);
             Poll::Pending
         } else {
             // No more frames will be received
@@ -1318,7 +1355,8 @@ impl Recv {
             Some(event) => {
                 // Frame is not trailers.. not ready to poll trailers yet.
                 stream.pending_recv.push_front(&mut self.buffer, event);
-                stream.recv_task = Some(cx.waker().clone());
+                // (patch) Not replaced by a clone of itself: `stream::register`.
+                super::stream::register(&mut stream.recv_task, cx);
                 Poll::Pending
             }
             None => self.schedule_recv(cx, stream),
@@ -1332,7 +1370,8 @@ impl Recv {
     ) -> Poll<Option<Result<T, proto::Error>>> {
         if stream.state.ensure_recv_open()? {
             // Request to get notified once more frames arrive
-            stream.recv_task = Some(cx.waker().clone());
+            // (patch) Not replaced by a clone of itself: `stream::register`.
+            super::stream::register(&mut stream.recv_task, cx);
             Poll::Pending
         } else {
             // No more frames will be received

@@ -372,7 +372,7 @@ impl Stream {
     }
 
     pub fn wait_send(&mut self, cx: &Context) {
-        self.send_task = Some(cx.waker().clone());
+        register(&mut self.send_task, cx);
     }
 
     pub fn notify_recv(&mut self) {
@@ -601,5 +601,67 @@ impl store::Next for NextResetExpire {
 impl ContentLength {
     pub fn is_head(&self) -> bool {
         matches!(*self, Self::Head)
+    }
+}
+
+/// (patch) Stores the waker of `cx` in `slot`, unless the waker already there wakes the same
+/// task. A handle registers on every poll that finds nothing to do (and `poll_reset`,
+/// `poll_capacity`, `poll_informational` and `poll_response` are called in a row by the same
+/// task), and the connection registers on every poll; replacing a waker by a clone of the same
+/// task's cost a reference count increment and decrement (two atomic instructions) each time.
+pub(super) fn register(slot: &mut Option<Waker>, cx: &Context) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::register;
+    use std::cell::Cell;
+    use std::task::{Context, RawWaker, RawWakerVTable, Waker};
+
+    thread_local! {
+        static CLONES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // A `static`: each use of a `const` vtable may be a copy at another address, and
+    // `will_wake` compares the addresses.
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(
+        |data| {
+            CLONES.with(|c| c.set(c.get() + 1));
+            RawWaker::new(data, &VTABLE)
+        },
+        |_| {},
+        |_| {},
+        |_| {},
+    );
+
+    fn waker(task: &u8) -> Waker {
+        // SAFETY: the vtable's functions do nothing with the data pointer.
+        unsafe { Waker::from_raw(RawWaker::new(task as *const u8 as *const (), &VTABLE)) }
+    }
+
+    #[test]
+    fn register_keeps_a_waker_of_the_same_task() {
+        let (a, b) = (0u8, 0u8);
+        let (waker_a, waker_b) = (waker(&a), waker(&b));
+        let mut slot = None;
+        register(&mut slot, &Context::from_waker(&waker_a));
+        assert_eq!(CLONES.with(Cell::get), 1);
+        register(&mut slot, &Context::from_waker(&waker_a));
+        assert_eq!(
+            CLONES.with(Cell::get),
+            1,
+            "the same task's waker is kept, not cloned"
+        );
+        register(&mut slot, &Context::from_waker(&waker_b));
+        assert_eq!(
+            CLONES.with(Cell::get),
+            2,
+            "another task's waker replaces it"
+        );
+        assert!(slot.as_ref().unwrap().will_wake(&waker_b));
     }
 }

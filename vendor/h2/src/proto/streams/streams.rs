@@ -74,6 +74,19 @@ pub(crate) struct StreamRef<B> {
 pub(crate) struct OpaqueStreamRef {
     inner: Arc<Mutex<Inner>>,
     key: store::Key,
+    /// (patch) The handle is a `RecvStream`'s: its drop clears the stream's receive buffer
+    /// (what `RecvStream`'s own `Drop` did under a lock of its own) under the lock that drops
+    /// the reference.
+    clear_recv_on_drop: bool,
+}
+
+/// (patch) What `Streams::send_request` gives: the stream's send handle, its response's
+/// handle, and the handle `SendRequest` keeps while the stream waits to open on a full
+/// connection.
+pub(crate) struct SentRequest<B> {
+    pub send: StreamRef<B>,
+    pub response: OpaqueStreamRef,
+    pub pending: Option<OpaqueStreamRef>,
 }
 
 /// Fields needed to manage state related to managing the set of streams. This
@@ -148,30 +161,37 @@ where
         Ok(())
     }
 
-    pub fn next_incoming(&mut self) -> Option<StreamRef<B>> {
+    /// (patch) Replaces `next_incoming`: the next incoming stream, with what the server took
+    /// from it with `take_request`, `clone_to_opaque` and the body's `is_end_stream`, each
+    /// under a lock of its own, made under one lock: the request
+    /// head, the stream's send handle, its receive handle and whether the stream had already
+    /// ended (a request without a body).
+    pub fn next_incoming_request(
+        &mut self,
+    ) -> Option<(Request<()>, StreamRef<B>, OpaqueStreamRef, bool)> {
         let mut me = self.inner.lock();
         let me = &mut *me;
-        me.actions.recv.next_incoming(&mut me.store).map(|key| {
-            let stream = &mut me.store.resolve(key);
-            tracing::trace!(
-                "next_incoming; id={:?}, state={:?}",
-                stream.id,
-                stream.state
-            );
-            // TODO: ideally, OpaqueStreamRefs::new would do this, but we're holding
-            // the lock, so it can't.
-            me.refs += 1;
-
-            // Pending-accepted remotely-reset streams are counted.
-            if stream.state.is_remote_reset() {
-                me.counts.dec_num_remote_reset_streams();
-            }
-
-            StreamRef {
-                opaque: OpaqueStreamRef::new(self.inner.clone(), stream),
-                send_buffer: self.send_buffer.clone(),
-            }
-        })
+        let key = me.actions.recv.next_incoming(&mut me.store)?;
+        let mut stream = me.store.resolve(key);
+        tracing::trace!(
+            "next_incoming; id={:?}, state={:?}",
+            stream.id,
+            stream.state
+        );
+        // Two references: the send handle and the receive handle.
+        me.refs += 2;
+        // Pending-accepted remotely-reset streams are counted.
+        if stream.state.is_remote_reset() {
+            me.counts.dec_num_remote_reset_streams();
+        }
+        let request = me.actions.recv.take_request(&mut stream);
+        let ended = me.actions.recv.is_end_stream(&stream);
+        let send = StreamRef {
+            opaque: OpaqueStreamRef::new(self.inner.clone(), &mut stream),
+            send_buffer: self.send_buffer.clone(),
+        };
+        let recv = OpaqueStreamRef::new(self.inner.clone(), &mut stream);
+        Some((request, send, recv, ended))
     }
 
     /// Count a refused stream toward the local error reset limit.
@@ -216,7 +236,8 @@ where
                 // producer that queues another frame while the codec is being
                 // flushed will then take and wake this task.
                 if status == BufferStatus::Complete {
-                    me.actions.task = Some(cx.waker().clone());
+                    // (patch) Not replaced by a clone of itself: `stream::register`.
+                    super::stream::register(&mut me.actions.task, cx);
                 }
 
                 status
@@ -230,6 +251,15 @@ where
             // Flush any frames staged by `buffer_pending` without holding the
             // stream-state or send-buffer mutexes.
             ready!(dst.flush(cx))?;
+
+            // (patch) No DATA frame was written since the last one was taken back: there is
+            // nothing to reclaim (`reclaim_written_frame` would find no frame and say so), and
+            // the stream-state and send-buffer locks it took (four atomic instructions) are
+            // not taken. Most connection polls write no DATA frame (a request's HEADERS, a
+            // WINDOW_UPDATE, a SETTINGS acknowledgement).
+            if !dst.has_last_data_frame() {
+                return Poll::Ready(Ok(()));
+            }
 
             let reclaimed = {
                 let mut me = self.inner.lock();
@@ -276,7 +306,7 @@ where
         mut request: Request<()>,
         end_of_stream: bool,
         pending: Option<&OpaqueStreamRef>,
-    ) -> Result<(StreamRef<B>, bool), SendError> {
+    ) -> Result<SentRequest<B>, SendError> {
         use super::stream::ContentLength;
         use http::Method;
 
@@ -363,13 +393,25 @@ where
         me.refs += 1;
 
         let is_full = me.counts.next_send_stream_will_reach_capacity();
-        Ok((
-            StreamRef {
+        // (patch) The response's handle, and the one `SendRequest` keeps while the stream
+        // waits to open on a full connection, are made under this lock: `SendRequest` made
+        // them with `is_pending_open` and `clone_to_opaque`, a lock each.
+        let pending = if stream.is_pending_open && is_full {
+            me.refs += 1;
+            Some(OpaqueStreamRef::new(self.inner.clone(), &mut stream))
+        } else {
+            None
+        };
+        me.refs += 1;
+        let response = OpaqueStreamRef::new(self.inner.clone(), &mut stream);
+        Ok(SentRequest {
+            send: StreamRef {
                 opaque: OpaqueStreamRef::new(self.inner.clone(), &mut stream),
                 send_buffer: self.send_buffer.clone(),
             },
-            is_full,
-        ))
+            response,
+            pending,
+        })
     }
 
     pub(crate) fn is_extended_connect_protocol_enabled(&self) -> bool {
@@ -1415,26 +1457,8 @@ impl<B> StreamRef<B> {
         })
     }
 
-    /// Called by the server after the stream is accepted. Given that clients
-    /// initialize streams by sending HEADERS, the request will always be
-    /// available.
-    ///
-    /// # Panics
-    ///
-    /// This function panics if the request isn't present.
-    pub fn take_request(&self) -> Request<()> {
-        let mut me = self.opaque.inner.lock();
-        let me = &mut *me;
-
-        let mut stream = me.store.resolve(self.opaque.key);
-        me.actions.recv.take_request(&mut stream)
-    }
-
-    /// Called by a client to see if the current stream is pending open
-    pub fn is_pending_open(&self) -> bool {
-        let mut me = self.opaque.inner.lock();
-        me.store.resolve(self.opaque.key).is_pending_open
-    }
+    // (patch) `take_request` and `is_pending_open` are gone: `next_incoming_request` and
+    // `send_request` do their work under their own lock.
 
     /// Request capacity to send data
     pub fn reserve_capacity(&mut self, capacity: WindowSize) {
@@ -1455,6 +1479,19 @@ impl<B> StreamRef<B> {
 
         let mut stream = me.store.resolve(self.opaque.key);
 
+        me.actions.send.capacity(&mut stream)
+    }
+
+    /// (patch) `reserve_capacity`, then `capacity`, under one lock.
+    pub fn reserve_and_capacity(&mut self, capacity: WindowSize) -> WindowSize {
+        let mut me = self.opaque.inner.lock();
+        let me = &mut *me;
+
+        let mut stream = me.store.resolve(self.opaque.key);
+
+        me.actions
+            .send
+            .reserve_capacity(capacity, &mut stream, &mut me.counts);
         me.actions.send.capacity(&mut stream)
     }
 
@@ -1482,9 +1519,7 @@ impl<B> StreamRef<B> {
         me.actions.send.poll_reset(cx, &mut stream, mode)
     }
 
-    pub fn clone_to_opaque(&self) -> OpaqueStreamRef {
-        self.opaque.clone()
-    }
+    // (patch) `clone_to_opaque` is gone: the handles are made where the stream is.
 
     pub fn stream_id(&self) -> StreamId {
         self.opaque.stream_id()
@@ -1508,7 +1543,65 @@ impl OpaqueStreamRef {
         OpaqueStreamRef {
             inner,
             key: stream.key(),
+            clear_recv_on_drop: false,
         }
+    }
+
+    /// (patch) Makes the handle a `RecvStream`'s (`clear_recv_on_drop`).
+    pub(crate) fn clear_recv_on_drop(&mut self) {
+        self.clear_recv_on_drop = true;
+    }
+
+    /// (patch) `poll_informational` and `poll_response` (the client's `ResponseFuture`) in
+    /// one, under one lock: the next informational head (1xx) if one is queued, else the
+    /// final head with a handle for the response body (made under the same lock,
+    /// `ResponseFuture::poll` cloned one) and whether the stream had already ended.
+    pub fn poll_head(
+        &mut self,
+        cx: &Context,
+    ) -> Poll<Result<(Response<()>, Option<(OpaqueStreamRef, bool)>), proto::Error>> {
+        let mut me = self.inner.lock();
+        let me = &mut *me;
+        let mut stream = me.store.resolve(self.key);
+        let (head, is_final) = ready!(me.actions.recv.poll_head(cx, &mut stream))?;
+        if !is_final {
+            return Poll::Ready(Ok((head, None)));
+        }
+        let ended = me.actions.recv.is_end_stream(&stream);
+        me.refs += 1;
+        let body = OpaqueStreamRef::new(self.inner.clone(), &mut stream);
+        Poll::Ready(Ok((head, Some((body, ended)))))
+    }
+
+    /// (patch) `poll_data`, then `release_capacity` of the chunk it gives and
+    /// `is_end_stream`, under one lock instead of three: the chunk, its flow-control capacity
+    /// released (a chunk handed on), and whether the stream has ended with it.
+    pub fn poll_data_released(
+        &mut self,
+        cx: &Context,
+    ) -> Poll<Option<Result<(Bytes, bool), proto::Error>>> {
+        let mut me = self.inner.lock();
+        let me = &mut *me;
+
+        let mut stream = me.store.resolve(self.key);
+
+        let data = match ready!(me.actions.recv.poll_data(cx, &mut stream)) {
+            Some(Ok(data)) => data,
+            Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+            None => return Poll::Ready(None),
+        };
+        if data.is_budgeted {
+            me.counts.release_data_frame(data.payload.len());
+        }
+        // As `FlowControl::release_capacity`, whose error (more than was received) cannot
+        // happen for a chunk just taken from the stream's queue.
+        let _ = me.actions.recv.release_capacity(
+            data.payload.len() as WindowSize,
+            &mut stream,
+            &mut me.actions.task,
+        );
+        let ended = me.actions.recv.is_end_stream(&stream);
+        Poll::Ready(Some(Ok((data.payload, ended))))
     }
     /// Called by a client to check for a received response.
     pub fn poll_response(&mut self, cx: &Context) -> Poll<Result<Response<()>, proto::Error>> {
@@ -1620,17 +1713,7 @@ impl OpaqueStreamRef {
             .release_capacity(capacity, &mut stream, &mut me.actions.task)
     }
 
-    /// Clear the receive queue and set the status to no longer receive data frames.
-    pub(crate) fn clear_recv_buffer(&mut self) {
-        let mut me = self.inner.lock();
-        let me = &mut *me;
-
-        let mut stream = me.store.resolve(self.key);
-        stream.is_recv = false;
-        me.actions
-            .recv
-            .clear_recv_buffer(&mut stream, &mut me.actions.task, &mut me.counts);
-    }
+    // (patch) `clear_recv_buffer` is done by the handle's drop (`clear_recv_on_drop`).
 
     pub fn stream_id(&self) -> StreamId {
         self.inner.lock().store[self.key].id
@@ -1665,23 +1748,33 @@ impl Clone for OpaqueStreamRef {
         OpaqueStreamRef {
             inner: self.inner.clone(),
             key: self.key,
+            clear_recv_on_drop: false,
         }
     }
 }
 
 impl Drop for OpaqueStreamRef {
     fn drop(&mut self) {
-        drop_stream_ref(&self.inner, self.key);
+        drop_stream_ref(&self.inner, self.key, self.clear_recv_on_drop);
     }
 }
 
 // TODO: Move back in fn above
-fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
+fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key, clear_recv: bool) {
     let mut me = inner.lock();
 
     let me = &mut *me;
     me.refs -= 1;
     let mut stream = me.store.resolve(key);
+
+    // (patch) A `RecvStream`'s handle: what its `Drop` did under a lock of its own
+    // (`clear_recv_buffer`), done under this one.
+    if clear_recv {
+        stream.is_recv = false;
+        me.actions
+            .recv
+            .clear_recv_buffer(&mut stream, &mut me.actions.task, &mut me.counts);
+    }
 
     tracing::trace!("drop_stream_ref; stream={:?}", stream);
 
