@@ -212,7 +212,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Out of line: inlined, its two arms (logged or not) wrote their future into one stack
+    // slot, copied from there into the caller's (256 bytes in the queue-proxy's metrics stage,
+    // 29 instructions per request). Out of line each arm writes it straight into the caller's.
+    #[inline(never)]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         match self.settings {
             Some(settings) => self.call_logged(settings, request),

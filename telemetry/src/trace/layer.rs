@@ -351,7 +351,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    // Out of line: inlined into the listener's service, its two arms (traced or not) wrote
+    // their future into one stack slot, copied from there into the caller's (344 bytes in
+    // the queue-proxy, 64 instructions per request). Out of line each arm writes it straight
+    // into the caller's.
+    #[inline(never)]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         match self.layer.tracer {
             Some(tracer) => self.call_traced(tracer, request),
