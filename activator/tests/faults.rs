@@ -219,6 +219,48 @@ async fn a_request_the_pod_hung_up_on_goes_again_only_when_replayable() {
     );
 }
 
+/// Two pods of revision `name` (container concurrency `cc`), each in front of an app with
+/// `handler`: the lowest-sorted first. With cc ≥ 1 the policy is first available, so an idle
+/// revision's requests go to that one (A).
+async fn two_pods_lowest_first(name: &str, cc: u32, handler: Handler) -> (Pod, Pod) {
+    let (p1, p2) = tokio::join!(
+        async { Pod::start(App::start(handler.clone()).await, name, cc).await },
+        async { Pod::start(App::start(handler.clone()).await, name, cc).await },
+    );
+    if p1.addr().to_string() < p2.addr().to_string() {
+        (p1, p2)
+    } else {
+        (p2, p1)
+    }
+}
+
+/// Starts the activator of `config` and waits until a request of `name` reached A.
+async fn start_reaching_a(config: ActivatorConfig, a: &Pod, name: &str) -> Activator {
+    let activator = config.start();
+    let addr = activator.addr();
+    eventually(DEADLINE, "a request to reach A", || async {
+        let r = send(addr, rev_get("/", NS, name)).await;
+        (r.status == StatusCode::OK && a.app.seen_count() > 0).then_some(())
+    })
+    .await;
+    activator
+}
+
+/// Kills A's queue-proxy, sends a request, and lists B alone a moment later (discovery
+/// catching up, as when Kubernetes marks the pod not ready): the client gets 200 from B, and
+/// A's app saw nothing.
+async fn kill_a_then_b_serves(activator: &Activator, a: &mut Pod, b: &Pod, name: &str, cc: u32) {
+    a.qp.kill();
+    let (a_seen, b_seen) = (a.app.seen_count(), b.app.seen_count());
+    let request = tokio::spawn(send(activator.addr(), rev_get("/", NS, name)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    activator.set_revisions(&[Rev::new(name, cc).ready([b.addr()])]);
+    let response = request.await.expect("request task");
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
+    assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
+}
+
 /// A pod dies while still listed (beyond upstream, which answers 502): a request leased to it
 /// cannot even connect, so nothing was sent; it waits for discovery to drop the pod and is
 /// served by the other pod — the client sees 200, and the app behind the dead pod never saw it.
@@ -226,36 +268,12 @@ async fn a_request_the_pod_hung_up_on_goes_again_only_when_replayable() {
 async fn request_to_a_dead_listed_pod_moves_to_another_pod() {
     let stats = StatsReceiver::start().await;
     let name = "dead-00001";
-    let (p1, p2) = tokio::join!(
-        async { Pod::start(App::ok().await, name, 1).await },
-        async { Pod::start(App::ok().await, name, 1).await },
-    );
-    // cc 1 → first available: an idle revision's requests go to the lowest-sorted pod (A).
-    let (mut a, b) = if p1.addr().to_string() < p2.addr().to_string() {
-        (p1, p2)
-    } else {
-        (p2, p1)
-    };
-    let activator = ActivatorConfig::new(&stats.url())
-        .revisions(&[Rev::new(name, 1).ready([a.addr(), b.addr()])])
-        .start();
-    let addr = activator.addr();
-    eventually(DEADLINE, "a request to reach A", || async {
-        let r = send(addr, rev_get("/", NS, name)).await;
-        (r.status == StatusCode::OK && a.app.seen_count() > 0).then_some(())
-    })
-    .await;
-
-    a.qp.kill();
-    let (a_seen, b_seen) = (a.app.seen_count(), b.app.seen_count());
-    let request = tokio::spawn(send(addr, rev_get("/", NS, name)));
-    // Discovery catches up a moment later (Kubernetes marks the pod not ready).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    activator.set_revisions(&[Rev::new(name, 1).ready([b.addr()])]);
-    let response = request.await.expect("request task");
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
-    assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
-    assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
+    let ok = handler(|_| async { respond(StatusCode::OK, "ok") });
+    let (mut a, b) = two_pods_lowest_first(name, 1, ok).await;
+    let config = ActivatorConfig::new(&stats.url())
+        .revisions(&[Rev::new(name, 1).ready([a.addr(), b.addr()])]);
+    let activator = start_reaching_a(config, &a, name).await;
+    kill_a_then_b_serves(&activator, &mut a, &b, name, 1).await;
 }
 
 /// As above, with two pooled connections to the dead pod: the request finds the one it takes
@@ -278,27 +296,13 @@ async fn request_to_a_dead_listed_pod_with_two_pooled_connections_moves_to_anoth
             respond(StatusCode::OK, "ok")
         }
     });
-    let (p1, p2) = tokio::join!(
-        async { Pod::start(App::start(holding.clone()).await, name, 2).await },
-        async { Pod::start(App::start(holding.clone()).await, name, 2).await },
-    );
-    // cc 2 → first available: both requests of an idle revision go to the lowest-sorted pod (A).
-    let (mut a, b) = if p1.addr().to_string() < p2.addr().to_string() {
-        (p1, p2)
-    } else {
-        (p2, p1)
-    };
+    let (mut a, b) = two_pods_lowest_first(name, 2, holding).await;
     // One worker: a pool per worker, so both connections are in the same pool.
-    let activator = ActivatorConfig::new(&stats.url())
+    let config = ActivatorConfig::new(&stats.url())
         .revisions(&[Rev::new(name, 2).ready([a.addr(), b.addr()])])
-        .env("ACTIVATOR_WORKER_THREADS", 1)
-        .start();
+        .env("ACTIVATOR_WORKER_THREADS", 1);
+    let activator = start_reaching_a(config, &a, name).await;
     let addr = activator.addr();
-    eventually(DEADLINE, "a request to reach A", || async {
-        let r = send(addr, rev_get("/", NS, name)).await;
-        (r.status == StatusCode::OK && a.app.seen_count() > 0).then_some(())
-    })
-    .await;
     let holds = [(); 2].map(|()| tokio::spawn(send(addr, rev_get("/hold", NS, name))));
     eventually(DEADLINE, "two requests held at A", || async {
         (a.app.concurrency.current() == 2).then_some(())
@@ -308,15 +312,5 @@ async fn request_to_a_dead_listed_pod_with_two_pooled_connections_moves_to_anoth
     for hold in holds {
         assert_eq!(hold.await.expect("held request").status, StatusCode::OK);
     }
-
-    a.qp.kill();
-    let (a_seen, b_seen) = (a.app.seen_count(), b.app.seen_count());
-    let request = tokio::spawn(send(addr, rev_get("/", NS, name)));
-    // Discovery catches up a moment later (Kubernetes marks the pod not ready).
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    activator.set_revisions(&[Rev::new(name, 2).ready([b.addr()])]);
-    let response = request.await.expect("request task");
-    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
-    assert_eq!(b.app.seen_count(), b_seen + 1, "served by B");
-    assert_eq!(a.app.seen_count(), a_seen, "A's app saw nothing");
+    kill_a_then_b_serves(&activator, &mut a, &b, name, 2).await;
 }
