@@ -86,12 +86,14 @@ impl Body for IncomingBody {
 /// (a mismatch resets the stream with `PROTOCOL_ERROR`).
 ///
 /// `is_end_stream` takes no lock of h2's stream state (the forwarding path asks it several
-/// times per message): it is what h2 said when it made the body
-/// (`RecvStream::end_stream_when_made`, a method of the patched h2) and with each chunk
-/// (`RecvStream::poll_data_released`, which also releases the chunk's capacity, under the
-/// one lock that takes the chunk), and true once the body gave its end: what h2's own
-/// `is_end_stream` would say, since h2 queues an event for every frame that ends a stream
-/// (an empty DATA frame too) and only this body takes them off.
+/// times per message): it is what h2 said when the body was made and with each chunk
+/// (`RecvStream::poll_data_released`, a method of the patched h2, which also releases the
+/// chunk's capacity, under the one lock that takes the chunk), and true once the body gave
+/// its end: what h2's own `is_end_stream` would say, since h2 queues an event for every frame
+/// that ends a stream (an empty DATA frame too) and only this body takes them off. (h2 could
+/// tell the end at the body's making under the lock that makes it, but a flag in
+/// `RecvStream` grows hyper's `Incoming`, which holds one, and with it every HTTP/1.1
+/// request: +216 instructions per HTTP/1.1 request, measured.)
 #[derive(Debug)]
 pub struct H2Body {
     recv: h2::RecvStream,
@@ -105,7 +107,7 @@ pub struct H2Body {
 impl H2Body {
     fn new(recv: h2::RecvStream, content_length: Option<u64>) -> Self {
         // A stream already ended has no body, whatever it announced.
-        let ended = recv.end_stream_when_made();
+        let ended = recv.is_end_stream();
         let remaining = if ended { Some(0) } else { content_length };
         H2Body {
             recv,

@@ -1556,17 +1556,15 @@ impl ResponseFuture {
     /// (patch) The next head of the response: an informational one (1xx) when one came,
     /// else the final response. One call, under one lock of the connection's stream state,
     /// does what [`ResponseFuture::poll_informational`] until it gives `Ready(None)` and then
-    /// polling the future did (three locks per poll, and a fourth for the body's handle); the
-    /// final response's body says whether the stream had already ended
-    /// ([`RecvStream::end_stream_when_made`]). Once it gave the final response, the future is
-    /// done.
+    /// polling the future did (three locks per poll, and a fourth for the body's handle).
+    /// Once it gave the final response, the future is done.
     pub fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ResponseHead, crate::Error>> {
         let (head, body) = ready!(self.inner.poll_head(cx))?;
         Poll::Ready(Ok(match body {
             None => ResponseHead::Informational(head),
-            Some((body, ended)) => {
+            Some(body) => {
                 let (parts, _) = head.into_parts();
-                let body = RecvStream::new_ended(FlowControl::new(body), ended);
+                let body = RecvStream::new(FlowControl::new(body));
                 ResponseHead::Final(Response::from_parts(parts, body))
             }
         }))

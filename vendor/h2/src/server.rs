@@ -450,13 +450,12 @@ where
     /// its next wake-up instead of polling the connection once more, which would find nothing
     /// to do.
     pub fn next_accepted(&mut self) -> Option<(Request<RecvStream>, SendResponse<B>)> {
-        // (patch) The request head, both handles and whether the body had ended, under one
-        // lock (`next_incoming`, `take_request` and `clone_to_opaque` took one each, and the
-        // caller's `is_end_stream` another).
-        let (request, inner, recv, ended) = self.connection.next_incoming_request()?;
+        // (patch) The request head and both handles under one lock (`next_incoming`,
+        // `take_request` and `clone_to_opaque` took one each).
+        let (request, inner, recv) = self.connection.next_incoming_request()?;
         tracing::trace!("received incoming");
         let (head, _) = request.into_parts();
-        let body = RecvStream::new_ended(FlowControl::new(recv), ended);
+        let body = RecvStream::new(FlowControl::new(recv));
         let request = Request::from_parts(head, body);
         Some((request, SendResponse { inner }))
     }

@@ -137,8 +137,6 @@ impl From<StreamId> for u32 {
 #[must_use = "streams do nothing unless polled"]
 pub struct RecvStream {
     inner: FlowControl,
-    /// (patch) `is_end_stream` when the handle was made (`end_stream_when_made`).
-    ended_when_made: bool,
 }
 
 /// A handle to release window capacity to a remote stream.
@@ -414,28 +412,7 @@ impl StreamId {
 
 impl RecvStream {
     pub(crate) fn new(inner: FlowControl) -> Self {
-        let ended = false;
-        Self::new_ended(inner, ended)
-    }
-
-    /// (patch) A receive handle whose stream's `is_end_stream` was `ended` when it was made,
-    /// read under the lock that made it. Its drop clears the stream's receive buffer under the
-    /// lock that drops the reference (it took a lock of its own).
-    pub(crate) fn new_ended(mut inner: FlowControl, ended: bool) -> Self {
-        inner.inner.clear_recv_on_drop();
-        RecvStream {
-            inner,
-            ended_when_made: ended,
-        }
-    }
-
-    /// (patch) Whether the stream had ended (END_STREAM received and nothing left to read)
-    /// when this handle was made, for the handles `server::Connection` and
-    /// `client::ResponseFuture::poll_head` give (the others say `false`); unlike
-    /// `is_end_stream`, it takes no lock. A stream that had ended stays so: once true,
-    /// `poll_data` and `poll_trailers` both give `None`.
-    pub fn end_stream_when_made(&self) -> bool {
-        self.ended_when_made
+        RecvStream { inner }
     }
 
     /// (patch) `poll_data`, then `flow_control().release_capacity()` of the chunk it gives and
@@ -518,14 +495,16 @@ impl fmt::Debug for RecvStream {
     }
 }
 
-// (patch) No `Drop`: the receive buffer is cleared by the handle's own drop, under its lock
-// (`RecvStream::new_ended`).
-//
-// Eagerly clear any received DATA frames now, since its no longer
-// possible to retrieve them. However, this will be called
-// again once *all* stream refs have been dropped, since
-// this won't send a RST_STREAM frame, in case the user wishes to
-// still *send* DATA.
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        // Eagerly clear any received DATA frames now, since its no longer
+        // possible to retrieve them. However, this will be called
+        // again once *all* stream refs have been dropped, since
+        // this won't send a RST_STREAM frame, in case the user wishes to
+        // still *send* DATA.
+        self.inner.inner.clear_recv_buffer();
+    }
+}
 
 // ===== impl FlowControl =====
 

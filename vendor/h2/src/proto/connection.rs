@@ -692,12 +692,7 @@ where
     /// (patch) `Streams::next_incoming_request`, which replaces `next_incoming`.
     pub fn next_incoming_request(
         &mut self,
-    ) -> Option<(
-        http::Request<()>,
-        StreamRef<B>,
-        crate::proto::OpaqueStreamRef,
-        bool,
-    )> {
+    ) -> Option<(http::Request<()>, StreamRef<B>, crate::proto::OpaqueStreamRef)> {
         self.inner.streams.next_incoming_request()
     }
 

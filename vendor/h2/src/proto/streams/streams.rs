@@ -74,10 +74,6 @@ pub(crate) struct StreamRef<B> {
 pub(crate) struct OpaqueStreamRef {
     inner: Arc<Mutex<Inner>>,
     key: store::Key,
-    /// (patch) The handle is a `RecvStream`'s: its drop clears the stream's receive buffer
-    /// (what `RecvStream`'s own `Drop` did under a lock of its own) under the lock that drops
-    /// the reference.
-    clear_recv_on_drop: bool,
 }
 
 /// (patch) What `Streams::send_request` gives: the stream's send handle, its response's
@@ -162,13 +158,11 @@ where
     }
 
     /// (patch) Replaces `next_incoming`: the next incoming stream, with what the server took
-    /// from it with `take_request`, `clone_to_opaque` and the body's `is_end_stream`, each
-    /// under a lock of its own, made under one lock: the request
-    /// head, the stream's send handle, its receive handle and whether the stream had already
-    /// ended (a request without a body).
+    /// from it with `take_request` and `clone_to_opaque`, each under a lock of its own, made
+    /// under one lock: the request head, the stream's send handle and its receive handle.
     pub fn next_incoming_request(
         &mut self,
-    ) -> Option<(Request<()>, StreamRef<B>, OpaqueStreamRef, bool)> {
+    ) -> Option<(Request<()>, StreamRef<B>, OpaqueStreamRef)> {
         let mut me = self.inner.lock();
         let me = &mut *me;
         let key = me.actions.recv.next_incoming(&mut me.store)?;
@@ -185,13 +179,12 @@ where
             me.counts.dec_num_remote_reset_streams();
         }
         let request = me.actions.recv.take_request(&mut stream);
-        let ended = me.actions.recv.is_end_stream(&stream);
         let send = StreamRef {
             opaque: OpaqueStreamRef::new(self.inner.clone(), &mut stream),
             send_buffer: self.send_buffer.clone(),
         };
         let recv = OpaqueStreamRef::new(self.inner.clone(), &mut stream);
-        Some((request, send, recv, ended))
+        Some((request, send, recv))
     }
 
     /// Count a refused stream toward the local error reset limit.
@@ -1543,23 +1536,17 @@ impl OpaqueStreamRef {
         OpaqueStreamRef {
             inner,
             key: stream.key(),
-            clear_recv_on_drop: false,
         }
-    }
-
-    /// (patch) Makes the handle a `RecvStream`'s (`clear_recv_on_drop`).
-    pub(crate) fn clear_recv_on_drop(&mut self) {
-        self.clear_recv_on_drop = true;
     }
 
     /// (patch) `poll_informational` and `poll_response` (the client's `ResponseFuture`) in
     /// one, under one lock: the next informational head (1xx) if one is queued, else the
     /// final head with a handle for the response body (made under the same lock,
-    /// `ResponseFuture::poll` cloned one) and whether the stream had already ended.
+    /// `ResponseFuture::poll` cloned one).
     pub fn poll_head(
         &mut self,
         cx: &Context,
-    ) -> Poll<Result<(Response<()>, Option<(OpaqueStreamRef, bool)>), proto::Error>> {
+    ) -> Poll<Result<(Response<()>, Option<OpaqueStreamRef>), proto::Error>> {
         let mut me = self.inner.lock();
         let me = &mut *me;
         let mut stream = me.store.resolve(self.key);
@@ -1567,10 +1554,9 @@ impl OpaqueStreamRef {
         if !is_final {
             return Poll::Ready(Ok((head, None)));
         }
-        let ended = me.actions.recv.is_end_stream(&stream);
         me.refs += 1;
         let body = OpaqueStreamRef::new(self.inner.clone(), &mut stream);
-        Poll::Ready(Ok((head, Some((body, ended)))))
+        Poll::Ready(Ok((head, Some(body))))
     }
 
     /// (patch) `poll_data`, then `release_capacity` of the chunk it gives and
@@ -1713,7 +1699,16 @@ impl OpaqueStreamRef {
             .release_capacity(capacity, &mut stream, &mut me.actions.task)
     }
 
-    // (patch) `clear_recv_buffer` is done by the handle's drop (`clear_recv_on_drop`).
+    pub(crate) fn clear_recv_buffer(&mut self) {
+        let mut me = self.inner.lock();
+        let me = &mut *me;
+
+        let mut stream = me.store.resolve(self.key);
+        stream.is_recv = false;
+        me.actions
+            .recv
+            .clear_recv_buffer(&mut stream, &mut me.actions.task, &mut me.counts);
+    }
 
     pub fn stream_id(&self) -> StreamId {
         self.inner.lock().store[self.key].id
@@ -1748,33 +1743,23 @@ impl Clone for OpaqueStreamRef {
         OpaqueStreamRef {
             inner: self.inner.clone(),
             key: self.key,
-            clear_recv_on_drop: false,
         }
     }
 }
 
 impl Drop for OpaqueStreamRef {
     fn drop(&mut self) {
-        drop_stream_ref(&self.inner, self.key, self.clear_recv_on_drop);
+        drop_stream_ref(&self.inner, self.key);
     }
 }
 
 // TODO: Move back in fn above
-fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key, clear_recv: bool) {
+fn drop_stream_ref(inner: &Mutex<Inner>, key: store::Key) {
     let mut me = inner.lock();
 
     let me = &mut *me;
     me.refs -= 1;
     let mut stream = me.store.resolve(key);
-
-    // (patch) A `RecvStream`'s handle: what its `Drop` did under a lock of its own
-    // (`clear_recv_buffer`), done under this one.
-    if clear_recv {
-        stream.is_recv = false;
-        me.actions
-            .recv
-            .clear_recv_buffer(&mut stream, &mut me.actions.task, &mut me.counts);
-    }
 
     tracing::trace!("drop_stream_ref; stream={:?}", stream);
 
