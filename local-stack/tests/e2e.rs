@@ -271,24 +271,26 @@ async fn instance_killed_under_load() {
     // to it is found closed, and the dial that follows is refused): nothing was sent, so the
     // activator waits for discovery to drop the instance and sends it elsewhere. Only the
     // requests in flight on the instance when it died fail.
-    let mut in_flight = 0;
-    for o in outcomes.iter().filter(|o| o.status != Some(StatusCode::OK)) {
+    let failed: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.status != Some(StatusCode::OK))
+        .collect();
+    for o in &failed {
         assert_eq!(o.status, Some(StatusCode::BAD_GATEWAY), "only 502s: {o:?}");
         assert!(
             o.started <= killed_at,
             "only requests in flight at the kill fail, not one answered {:?}: {o:?}",
             o.body
         );
-        in_flight += 1;
     }
+    let in_flight = failed.len();
     assert!(
         in_flight >= 1,
         "the killed instance's in-flight requests fail: {outcomes:#?}"
     );
     // What failed, for the failure messages: the body, and how long before the kill it started.
-    let failures: Vec<String> = outcomes
+    let failures: Vec<String> = failed
         .iter()
-        .filter(|o| o.status != Some(StatusCode::OK))
         .map(|o| {
             let before = killed_at.saturating_duration_since(o.started);
             format!("{:?}, started {before:?} before the kill", o.body)
