@@ -19,7 +19,11 @@ knowledge), the path gRPC and `h2c` revisions take. Every figure is measured in 
   activator's CPU is the hop figure, the queue-proxy's is printed too;
 - HAProxy in front of HAProxy in front of the app, unlimited and with `maxconn 10` on both
   servers (the first HAProxy's CPU): the activator's position, first hop of two, where a hop
-  waits on the next one's latency (the reference for the activator rows, printed at the end).
+  waits on the next one's latency (the reference for the activator rows, printed at the end);
+- with `--two-threads`, the limited HAProxy chain again with `nbthread 2` on the first HAProxy:
+  what a second thread costs HAProxy per request in that position (threads hand requests and
+  connections to each other as the activator's two workers do), the like-for-like reference for
+  the activator's default two workers on these 2-core machines.
 
 The client is h2load with prior knowledge, `--clients` connections (10) with `--streams`
 concurrent streams each (10), GET / (tiny response). The scenarios run in interleaved rounds
@@ -47,6 +51,7 @@ HAPROXY_H2 = "HAProxy h2c->h2c"
 HAPROXY_H2_LIMITED = "HAProxy h2c->h2c maxconn 10"
 HAPROXY_CHAIN = "HAProxy -> HAProxy -> app"
 HAPROXY_CHAIN_LIMITED = "HAProxy chain, maxconn 10"
+HAPROXY_CHAIN_LIMITED_2T = "HAProxy chain mc10 2 thr."
 LIMIT = 10
 
 
@@ -104,9 +109,9 @@ def stop(proc):
     proc.wait()
 
 
-def start_haproxy(app_port, workdir, h2_out, maxconn=None):
+def start_haproxy(app_port, workdir, h2_out, maxconn=None, threads=1):
     """HAProxy, h2c in; h2c (`h2_out`) or HTTP/1.1 out; `maxconn`: at most that many requests at
-    the app, the others queued in HAProxy."""
+    the app, the others queued in HAProxy; `threads`: its `nbthread`."""
     port = free_port()
     os.makedirs(workdir, exist_ok=True)
     conf = os.path.join(workdir, "haproxy.cfg")
@@ -115,7 +120,7 @@ def start_haproxy(app_port, workdir, h2_out, maxconn=None):
         server_proto += f" maxconn {maxconn}"
     with open(conf, "w") as f:
         f.write(f"""global
-  nbthread 1
+  nbthread {threads}
   maxconn 5000
 defaults
   mode http
@@ -205,6 +210,10 @@ def main():
                         help="also measure the chain with this activator binary (a build to compare with)")
     parser.add_argument("--one-worker", action="store_true",
                         help="also measure the activator chain with one activator worker (ACTIVATOR_WORKER_THREADS=1)")
+    parser.add_argument("--two-threads", action="store_true",
+                        help="also measure the HAProxy chain with maxconn 10 and `nbthread 2` on the first HAProxy "
+                             "(what a second thread costs HAProxy in the activator's position, the reference "
+                             "for the activator's two workers)")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
     if only:
@@ -245,9 +254,12 @@ def main():
                     stop(qp)
             one = {"ACTIVATOR_WORKER_THREADS": "1"}
             if wanted("activator"):
-                for name, maxconn in ((HAPROXY_CHAIN, None), (HAPROXY_CHAIN_LIMITED, LIMIT)):
+                haproxy_chains = [(HAPROXY_CHAIN, None, 1), (HAPROXY_CHAIN_LIMITED, LIMIT, 1)]
+                if args.two_threads:
+                    haproxy_chains.append((HAPROXY_CHAIN_LIMITED_2T, LIMIT, 2))
+                for name, maxconn, threads in haproxy_chains:
                     second_port, second, _ = start_haproxy(app_port, os.path.join(workdir, "second"), True, maxconn)
-                    port, first, pid = start_haproxy(second_port, workdir, True, maxconn)
+                    port, first, pid = start_haproxy(second_port, workdir, True, maxconn, threads)
                     procs += [first, second]
                     results.append(measure(name, port, pid, args, also=second.pid))
                     stop(first)
@@ -302,6 +314,8 @@ def main():
           f"{LIMIT}'s (the reference for the CC={LIMIT} rows).")
     chain = {rows[0]["name"]: median([s["cpu_us"] for s in rows]) for rows in samples.values()}
     for activator, reference in ((f"activator cc={LIMIT} chain", HAPROXY_CHAIN_LIMITED),
+                                 (f"activator cc={LIMIT} chain", HAPROXY_CHAIN_LIMITED_2T),
+                                 (f"  1 worker, cc={LIMIT}", HAPROXY_CHAIN_LIMITED),
                                  ("activator cc=0 chain", HAPROXY_CHAIN)):
         if activator in chain and reference in chain:
             print(f"{activator} / {reference} (first hop of two, median CPU): "
