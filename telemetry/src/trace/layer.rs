@@ -418,6 +418,21 @@ fn record_status(span: &mut Span, kind: SpanKind, status: http::StatusCode) {
     }
 }
 
+/// `response` with `span` recorded and attached. Out of line: inlined into
+/// [`SpanFuture::poll`], its code (the status recording, `attach_guard`'s look-up of a tunnel
+/// scope) was interleaved with the untraced arm's and cost requests without a span too (the
+/// queue-proxy without tracing: 40 instructions fewer per HTTP/1.1 request out of line,
+/// callgrind).
+#[inline(never)]
+fn with_span<B: Send + 'static>(
+    response: Response<B>,
+    mut span: Span,
+    kind: SpanKind,
+) -> Response<Guarded<B, Span>> {
+    record_status(&mut span, kind, response.status());
+    attach_guard(response, span)
+}
+
 impl<F, B, E> Future for SpanFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -430,10 +445,7 @@ where
         let this = self.project();
         let response = ready!(this.future.poll(cx))?;
         Poll::Ready(Ok(match this.span.take() {
-            Some(mut span) => {
-                record_status(&mut span, *this.kind, response.status());
-                attach_guard(response, span)
-            }
+            Some(span) => with_span(response, span, *this.kind),
             None => response.map(Guarded::unguarded),
         }))
     }
