@@ -1043,6 +1043,20 @@ mod h2_dial_tests {
         http::Request::get("http://x/").body(()).unwrap()
     }
 
+    /// Waits (up to 10 s) until `ready` holds for `upstream`, polling every 5 ms.
+    async fn until(upstream: &Upstream, ready: impl Fn(&Upstream) -> bool, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !ready(upstream) {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the shared handle can take a stream now (the probe opens none).
+    fn shared_ready(upstream: &Upstream) -> bool {
+        upstream.with_ready_h2((), |_, ()| ()).is_ok()
+    }
+
     /// Streams go on the shared connection's own handle while it can take them now; when it
     /// cannot (no connection yet, or its last stream waits for the upstream's concurrency
     /// limit) the request is given back, and a handle of its own is ready, as before.
@@ -1054,16 +1068,20 @@ mod h2_dial_tests {
             upstream.with_ready_h2(get(), open).is_err(),
             "no connection yet"
         );
-        upstream.h2().await.expect("dialed");
-        // The server's SETTINGS (one stream at a time) reach the client.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let own = upstream.h2().await.expect("dialed");
+        until(
+            &upstream,
+            |_| own.current_max_send_streams() == 1,
+            "the server's SETTINGS (one stream at a time) reach the client",
+        )
+        .await;
         let _first = upstream.with_ready_h2(get(), open).expect("ready");
-        // The connection's task opens it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first stream waits to open until the connection's task opens it.
+        until(&upstream, shared_ready, "the first stream opens").await;
         let _second = upstream
             .with_ready_h2(get(), open)
             .expect("the first stream is open");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The second cannot open while the first is open: the shared handle is not ready.
         let given_back = upstream.with_ready_h2(get(), open);
         assert!(
             given_back.is_err(),
