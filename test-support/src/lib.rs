@@ -1,7 +1,7 @@
 //! The test harness the integration tests of the queue-proxy, the activator and the local stack
 //! share: in-process user containers that record what they receive ([`app`]) and small HTTP/1.1,
-//! h2c and raw-TCP clients ([`client`]), an OTLP collector ([`otlp`]), plus process helpers
-//! ([`process`]).
+//! h2c and raw-TCP clients ([`client`]), an OTLP collector ([`otlp`]), process helpers
+//! ([`process`]), plus log capture that parallel tests cannot switch off ([`logs`]).
 //!
 //! It is a dev-dependency only; nothing here is part of a product binary.
 
@@ -10,6 +10,7 @@ pub mod attack;
 pub mod client;
 pub mod conn_memory;
 pub mod edges;
+pub mod logs;
 pub mod otlp;
 pub mod process;
 

@@ -386,6 +386,7 @@ struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     fn install(&self) -> tracing::subscriber::DefaultGuard {
+        test_support::logs::keep_call_sites_enabled();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(self.clone())
             .with_ansi(false)

@@ -313,6 +313,7 @@ struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
     fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        test_support::logs::keep_call_sites_enabled();
         let logs = self.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
