@@ -28,7 +28,7 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 const INITIAL_MAX_SEND_STREAMS: usize = 100;
 
 /// The client half of a new HTTP/2 connection on `io`; the connection runs in a task of its
-/// own until it closes (an error, or no handle left and no stream open).
+/// own until it closes.
 pub async fn handshake<I>(io: I) -> Result<h2::client::SendRequest<Bytes>, h2::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -58,10 +58,9 @@ where
 ///
 /// The head is handed to `h2` at once, not on the first poll: the returned future then holds
 /// the stream, not the request (an `async fn` would keep the request, and its head again once
-/// taken apart, for the whole exchange), nor `sender` (the stream keeps the connection open,
-/// [`handshake`]). Callers await it at once.
+/// taken apart, for the whole exchange). Callers await it at once.
 pub fn exchange(
-    sender: &mut h2::client::SendRequest<Bytes>,
+    mut sender: h2::client::SendRequest<Bytes>,
     request: Request<IncomingBody>,
 ) -> impl Future<Output = Result<Response<IncomingBody>, h2::Error>> + Send {
     let (mut parts, body) = request.into_parts();
@@ -70,6 +69,8 @@ pub fn exchange(
     let end = body.is_end_stream();
     let started = sender.send_request(Request::from_parts(parts, ()), end);
     async move {
+        // Held until the exchange ends, as the connection's other handles are.
+        let _sender = sender;
         let (mut response, tx) = started?;
         let mut cancel = CancelOnDrop(None);
         if !end {

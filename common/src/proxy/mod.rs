@@ -75,16 +75,11 @@ pub fn forward_or_return(
             if upstream.is_tls() {
                 set_https(&mut request);
             }
-            // On the shared connection's own handle when it can take the stream now (the
-            // common case), else on a handle of its own once one is ready, dialing if needed.
-            let started = match upstream.with_ready_h2(request, crate::h2::client::exchange) {
-                Ok(started) => started,
-                Err(request) => match upstream.h2().await {
-                    Ok(mut sender) => crate::h2::client::exchange(&mut sender, request),
-                    Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
-                },
+            let sender = match upstream.h2().await {
+                Ok(sender) => sender,
+                Err(error) => return Err(not_reached(error, request, upgrade.is_some())),
             };
-            let mut response = started
+            let mut response = crate::h2::client::exchange(sender, request)
                 .await
                 .map_err(|e| ForwardFailure::sent(ProxyError::H2Exchange(e)))?;
             rewrite::prepare_response(&mut response);

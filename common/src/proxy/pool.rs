@@ -472,32 +472,6 @@ impl Upstream {
         Box::pin(self.connect_h2()).await
     }
 
-    /// Runs `open` on the current shared HTTP/2 connection's own handle, under the pool's lock,
-    /// when that connection can take a stream now; gives `request` back otherwise (no
-    /// connection yet, it closed, or its last stream waits for the upstream's concurrency
-    /// limit: then [`Upstream::h2`], whose handle of its own is ready whenever the connection
-    /// is, as every request's handle was). `open` must open the stream at once, without
-    /// waiting (`h2::client::exchange`): the request path's common case without a clone of
-    /// the handle and its drop (a lock of the connection's stream state and two reference
-    /// counts each way).
-    #[inline]
-    pub fn with_ready_h2<R, T>(
-        &self,
-        request: R,
-        open: impl FnOnce(&mut h2::client::SendRequest<Bytes>, R) -> T,
-    ) -> Result<T, R> {
-        let mut current = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(sender) = current.as_mut() else {
-            return Err(request);
-        };
-        // Nothing to wake: when it is not ready, the caller waits through `Upstream::h2`.
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match sender.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => Ok(open(sender, request)),
-            _ => Err(request),
-        }
-    }
-
     /// The current shared HTTP/2 connection once it can take a stream; `None` when there is
     /// none or it closed.
     async fn current_h2(&self) -> Option<h2::client::SendRequest<Bytes>> {
@@ -1011,84 +985,6 @@ mod h2_dial_tests {
         // Later requests reuse it too.
         upstream.h2().await.expect("reused");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    /// An h2c server allowing one stream at a time, that answers none.
-    async fn one_stream_h2c_server() -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut conn = ::h2::server::Builder::new()
-                .max_concurrent_streams(1)
-                .handshake::<_, Bytes>(stream)
-                .await
-                .unwrap();
-            let mut held = Vec::new();
-            while let Some(Ok(stream)) = conn.accept().await {
-                held.push(stream);
-            }
-        });
-        addr
-    }
-
-    fn open(
-        sender: &mut ::h2::client::SendRequest<Bytes>,
-        request: http::Request<()>,
-    ) -> ::h2::client::ResponseFuture {
-        sender.send_request(request, true).expect("opened").0
-    }
-
-    fn get() -> http::Request<()> {
-        http::Request::get("http://x/").body(()).unwrap()
-    }
-
-    /// Waits (up to 10 s) until `ready` holds for `upstream`, polling every 5 ms.
-    async fn until(upstream: &Upstream, ready: impl Fn(&Upstream) -> bool, what: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !ready(upstream) {
-            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Whether the shared handle can take a stream now (the probe opens none).
-    fn shared_ready(upstream: &Upstream) -> bool {
-        upstream.with_ready_h2((), |_, ()| ()).is_ok()
-    }
-
-    /// Streams go on the shared connection's own handle while it can take them now; when it
-    /// cannot (no connection yet, or its last stream waits for the upstream's concurrency
-    /// limit) the request is given back, and a handle of its own is ready, as before.
-    #[tokio::test]
-    async fn the_shared_h2_handle_opens_streams_while_it_is_ready() {
-        let addr = one_stream_h2c_server().await;
-        let upstream = Upstream::new(addr, 4);
-        assert!(
-            upstream.with_ready_h2(get(), open).is_err(),
-            "no connection yet"
-        );
-        let own = upstream.h2().await.expect("dialed");
-        until(
-            &upstream,
-            |_| own.current_max_send_streams() == 1,
-            "the server's SETTINGS (one stream at a time) reach the client",
-        )
-        .await;
-        let _first = upstream.with_ready_h2(get(), open).expect("ready");
-        // The first stream waits to open until the connection's task opens it.
-        until(&upstream, shared_ready, "the first stream opens").await;
-        let _second = upstream
-            .with_ready_h2(get(), open)
-            .expect("the first stream is open");
-        // The second cannot open while the first is open: the shared handle is not ready.
-        let given_back = upstream.with_ready_h2(get(), open);
-        assert!(
-            given_back.is_err(),
-            "the second stream waits for the first to end"
-        );
-        let mut own = upstream.h2().await.expect("a handle of its own is ready");
-        let _third = open(&mut own, given_back.err().unwrap());
     }
 
     #[tokio::test]
