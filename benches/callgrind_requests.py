@@ -11,7 +11,13 @@ sequential streams on one h2c connection), `h2c-burst` (N streams on one h2c con
 of every 4 requests wait for a slot in the breaker of the proxy under callgrind), `h1-idle` (requests 1.3 s apart on one connection:
 with idle parking each one resumes a parked connection), `h1-proxied` (as `h1`, each request
 carrying the headers the activator adds when it forwards to a queue-proxy, `PROXIED_HEADERS`: the
-queue-proxy's cost as the chain's second hop, and what those headers cost every target).
+queue-proxy's cost as the chain's second hop, and what those headers cost every target), and the
+concurrent scenarios `h1-load` (h2load, `LOAD_H1_CONNECTIONS` keep-alive connections) and
+`h2c-load` (h2load, `LOAD_H2C_CONNECTIONS` connections of `LOAD_H2C_STREAMS` concurrent streams),
+the client load.py and load_h2c.py use: with `--cc 10` most requests wait for a revision (or
+container) slot, which the sequential scenarios never make them do. Their figures include
+opening the client's connections (h2load opens them for each run: use some 20000 requests) and
+depend a little on how requests batch under callgrind, so compare them run against run.
 
 Targets: the queue-proxy and the activator (in front of a queue-proxy not under callgrind) at
 each `--cc` (default 0,10), and the reference proxies (reference_proxies.py; `--no-reference`
@@ -94,8 +100,30 @@ def scenario_headers(scenario):
 BURST = 4
 
 
-def run_requests(port, scenario, n, headers):
+# Concurrency of the `-load` scenarios (as load.py's and load_h2c.py's defaults).
+LOAD_H1_CONNECTIONS = 50
+LOAD_H2C_CONNECTIONS = 10
+LOAD_H2C_STREAMS = 10
+
+
+def run_load(port, scenario, n, headers):
+    """`n` requests from h2load, concurrently (see the module docs)."""
+    cmd = [reference_proxies.find("h2load"), "-t1", f"-n{n}"]
     if scenario.startswith("h1"):
+        cmd += ["--h1", f"-c{min(LOAD_H1_CONNECTIONS, n)}"]
+    else:
+        cmd += [f"-c{min(LOAD_H2C_CONNECTIONS, n)}", f"-m{LOAD_H2C_STREAMS}"]
+    for k, v in headers:
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}/"], capture_output=True, text=True).stdout
+    if f"status codes: {n} 2xx" not in out:
+        raise RuntimeError(f"h2load: not {n} 2xx:\n{out}")
+
+
+def run_requests(port, scenario, n, headers):
+    if scenario.endswith("-load"):
+        run_load(port, scenario, n, headers)
+    elif scenario.startswith("h1"):
         c = Conn(port, "h1", headers)
         for i in range(n):
             c.buf = b""
@@ -147,7 +175,7 @@ def measure(cmd, env, port, scenario, n, headers, workdir, name):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, timeout=120)
-        warm = 3 if scenario == "h1-idle" else 50
+        warm = 3 if scenario == "h1-idle" else 500 if scenario.endswith("-load") else 50
         run_requests(port, scenario, warm, headers)
         for f in glob.glob(out + ".*"):
             os.unlink(f)
@@ -209,16 +237,16 @@ def main():
         app, app_port = start_sample_app(bins)
         procs.append(app)
         scenarios = args.scenarios.split(",")
-        if not args.no_reference and ({"h1", "h1-proxied", "h2c", "h2c-burst"} & set(scenarios)):
+        if not args.no_reference and ({"h1", "h1-proxied", "h2c", "h2c-burst", "h1-load", "h2c-load"} & set(scenarios)):
             reference_proxies.ensure_installed("nginx", "haproxy")
-        for scenario in ("h1", "h1-proxied"):
+        for scenario in ("h1", "h1-proxied", "h1-load"):
             if not args.no_reference and scenario in scenarios:
                 for name in ("nginx", "haproxy"):
                     cmd, port = reference_cmd(name, workdir, app_port)
                     ir = measure(cmd, dict(os.environ), port, scenario, args.requests,
                                  scenario_headers(scenario), workdir, name)
                     print(f"{scenario:10} instructions per request: {name:18} {ir:10.0f}", flush=True)
-        for scenario in ("h2c", "h2c-burst"):
+        for scenario in ("h2c", "h2c-burst", "h2c-load"):
             if not args.no_reference and scenario in scenarios:
                 cmd, port = reference_cmd("haproxy", workdir, app_port, "h2c")
                 ir = measure(cmd, dict(os.environ), port, scenario, args.requests, [], workdir, "haproxy-h2c")

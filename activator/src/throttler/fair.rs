@@ -188,14 +188,21 @@ impl FairQueue {
     /// Removes the ticket's entry, uncounting it unless it was displaced (which did that).
     fn leave(&self, index: usize) {
         let mut tenants = self.lock();
-        let waker = tenants.unlink(index);
-        if waker.is_some() {
+        // Taken out of the slab first, then out of its lists: one slab access for the entry.
+        let entry = take(&mut tenants.entries, index);
+        if let Some(Entry::Waiting {
+            revision,
+            prev,
+            next,
+            ..
+        }) = &entry
+        {
+            tenants.detach(index, *revision, *prev, *next);
             tenants.total -= 1;
             self.waiting.store(tenants.total, Ordering::Relaxed);
         }
-        take(&mut tenants.entries, index);
         drop(tenants);
-        drop(waker);
+        drop(entry);
     }
 
     /// Ready with [`Refused::Displaced`] once the ticket's request was displaced; otherwise
@@ -297,6 +304,15 @@ impl Tenants {
         else {
             return None;
         };
+        self.detach(index, revision, prev, next);
+        Some(waker)
+    }
+
+    /// Takes the request at `index` (whose entry is no longer waiting, or gone) out of its
+    /// revision's list, linked by `prev` and `next`, and uncounts it from the revision in slot
+    /// `revision` and its namespace (not from the total); drops emptied revisions and
+    /// namespaces.
+    fn detach(&mut self, index: usize, revision: usize, prev: usize, next: usize) {
         if let Some(Entry::Waiting { next: n, .. }) = self.entries.get_mut(prev) {
             *n = next;
         }
@@ -324,7 +340,6 @@ impl Tenants {
                 }
             }
         }
-        Some(waker)
     }
 
     /// Forgets the revision in `slot` (no request of it waits any more).

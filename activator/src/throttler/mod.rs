@@ -450,13 +450,15 @@ impl Throttler {
         let found = self
             .lookup(namespace, name)
             .or_else(|| self.activate(namespace, name));
-        // A lease at once when no wait is needed: no future of `acquire` is made or polled.
-        let found = match found.map(RevisionThrottler::lease_now) {
-            Some(Ok(lease)) => return Either::Left(std::future::ready(Ok(lease))),
-            Some(Err(revision)) => Ok(revision),
-            None => Err(ThrottlerError::RevisionNotFound(name.to_owned())),
-        };
-        Either::Right(async move { found?.acquire().await })
+        // A lease at once when no wait is needed: no future of `acquire` is made or polled. A
+        // wait is `acquire`'s own future (no `async` layer around it to resume on every poll).
+        match found.map(RevisionThrottler::lease_now) {
+            Some(Ok(lease)) => Either::Left(std::future::ready(Ok(lease))),
+            Some(Err(revision)) => Either::Right(revision.acquire()),
+            None => Either::Left(std::future::ready(Err(ThrottlerError::RevisionNotFound(
+                name.to_owned(),
+            )))),
+        }
     }
 
     /// Number of revisions.

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
@@ -251,36 +252,12 @@ impl RevisionThrottler {
     /// Takes a revision slot. A request that has to wait counts against the activator-wide
     /// [`FairQueue`] while it waits (only then: the fast path touches no shared state), and may
     /// be refused or displaced there when the cap is reached.
-    async fn wait_for_slot(&self) -> Result<(), ThrottlerError> {
-        let mut acquire = std::pin::pin!(self.breaker.acquire());
-        let mut ticket: Option<Ticket<'_>> = None;
-        // One poll function for the whole wait: the first `Pending` admits the request to the
-        // gate with the task's waker (and returns at once: the breaker has that waker too);
-        // later polls look at the displacement only while the slot is still not granted.
-        let outcome = std::future::poll_fn(|cx| {
-            if let Poll::Ready(acquired) = acquire.as_mut().poll(cx) {
-                return Poll::Ready(acquired.map_err(|QueueFull| None));
-            }
-            match &ticket {
-                Some(ticket) => ticket.poll_displaced(cx).map(|refused| Err(Some(refused))),
-                None => match self.gate.enter(
-                    &self.id.namespace,
-                    std::ptr::from_ref(self) as usize,
-                    &self.gate_hint,
-                    cx.waker(),
-                ) {
-                    Ok(entered) => {
-                        ticket = Some(entered);
-                        self.waiter_arrived.notify_one();
-                        Poll::Pending
-                    }
-                    Err(refused) => Poll::Ready(Err(Some(refused))),
-                },
-            }
-        })
-        .await;
-        drop(ticket);
-        outcome.map_err(|fair| self.refuse(fair))
+    fn wait_for_slot(&self) -> SlotWait<'_, impl Future<Output = Result<(), QueueFull>> + '_> {
+        SlotWait {
+            revision: self,
+            ticket: None,
+            acquire: self.breaker.acquire(),
+        }
     }
 
     /// The error for a refused request, logged at most once per [`REFUSAL_LOG_INTERVAL`] per
@@ -550,6 +527,58 @@ impl RevisionThrottler {
     /// The backend count of the last capacity update.
     pub fn backend_count(&self) -> i64 {
         self.lock_control().backend_count
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`RevisionThrottler::wait_for_slot`]: the breaker's future and, once the request has to
+    /// wait, its ticket in the gate, in one poll function for the whole wait (no `async` state
+    /// machine around them to resume on every poll). The first `Pending` of the breaker admits
+    /// the request to the gate with the task's waker (and returns at once: the breaker has that
+    /// waker too); later polls look at the displacement only while the slot is still not
+    /// granted. Dropped while waiting, it leaves the gate, then the breaker's queue.
+    struct SlotWait<'a, A> {
+        revision: &'a RevisionThrottler,
+        // Field order is drop order: the ticket goes before the breaker's wait.
+        ticket: Option<Ticket<'a>>,
+        // The future of `RevisionBreaker::acquire`.
+        #[pin]
+        acquire: A,
+    }
+}
+
+impl<A: Future<Output = Result<(), QueueFull>>> Future for SlotWait<'_, A> {
+    type Output = Result<(), ThrottlerError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let revision = *this.revision;
+        let outcome = if let Poll::Ready(acquired) = this.acquire.poll(cx) {
+            acquired.map_err(|QueueFull| None)
+        } else {
+            match this.ticket {
+                Some(ticket) => match ticket.poll_displaced(cx) {
+                    Poll::Ready(refused) => Err(Some(refused)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                None => match revision.gate.enter(
+                    &revision.id.namespace,
+                    std::ptr::from_ref(revision) as usize,
+                    &revision.gate_hint,
+                    cx.waker(),
+                ) {
+                    Ok(entered) => {
+                        *this.ticket = Some(entered);
+                        revision.waiter_arrived.notify_one();
+                        return Poll::Pending;
+                    }
+                    Err(refused) => Err(Some(refused)),
+                },
+            }
+        };
+        // Done waiting: leave the gate now.
+        *this.ticket = None;
+        Poll::Ready(outcome.map_err(|fair| revision.refuse(fair)))
     }
 }
 
