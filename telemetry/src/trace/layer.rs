@@ -263,11 +263,16 @@ pub struct ServerSpanService<S> {
 }
 
 impl ServerSpanLayer {
-    pub(crate) fn start<B>(
-        &self,
-        tracer: &'static Tracer,
-        request: &mut Request<B>,
-    ) -> Option<Span> {
+    /// The tracer (`None`: tracing off).
+    #[inline]
+    pub fn tracer(&self) -> Option<&'static Tracer> {
+        self.tracer
+    }
+
+    /// Starts the server span of `request` (`None` for a request that gets none) and makes it
+    /// the request's [`CurrentSpan`]: what the layer does as a request enters, for a caller that
+    /// wraps the response itself (the span is to end when the response body has been sent).
+    pub fn start<B>(&self, tracer: &'static Tracer, request: &mut Request<B>) -> Option<Span> {
         let headers = request.headers();
         if (self.spans.skip)(request.method(), request.uri(), headers) {
             return None;
@@ -416,6 +421,12 @@ fn record_status(span: &mut Span, kind: SpanKind, status: http::StatusCode) {
     if code >= error_from {
         span.set_status(StatusCode::Error, "");
     }
+}
+
+/// Records a server span's response `status` (an error from 500 up), as [`ServerSpanLayer`]
+/// does.
+pub fn record_server_status(span: &mut Span, status: http::StatusCode) {
+    record_status(span, SpanKind::Server, status);
 }
 
 /// `response` with `span` recorded and attached. Out of line: inlined into
