@@ -165,13 +165,24 @@ pub fn attach_guard<B, G>(response: Response<B>, guard: G) -> Response<Guarded<B
 where
     G: Send + 'static,
 {
+    attach_some_guard(response, Some(guard))
+}
+
+/// [`attach_guard`] when there is a guard (`None`: the body is wrapped holding nothing). For
+/// callers that may have none: one place makes the result, where a call per case built it
+/// aside and copied it.
+#[inline]
+pub fn attach_some_guard<B, G>(response: Response<B>, guard: Option<G>) -> Response<Guarded<B, G>>
+where
+    G: Send + 'static,
+{
     // One place makes the result: with one per case, the response was built aside and copied.
-    let guard = match response.extensions().get::<TunnelScope>() {
-        Some(scope) => {
+    let guard = match (guard, response.extensions().get::<TunnelScope>()) {
+        (Some(guard), Some(scope)) => {
             scope.hold(Box::new(guard));
             None
         }
-        None => Some(guard),
+        (guard, _) => guard,
     };
     response.map(|body| Guarded { body, guard })
 }
@@ -249,9 +260,6 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.future.poll(cx))?;
-        Poll::Ready(Ok(match this.guard.take() {
-            Some(guard) => attach_guard(response, guard),
-            None => response.map(Guarded::unguarded),
-        }))
+        Poll::Ready(Ok(attach_some_guard(response, this.guard.take())))
     }
 }

@@ -3,5 +3,6 @@
 
 mod layer;
 pub use layer::{
-    LoggedBody, RequestLine, RequestLog, RequestLogFuture, RequestLogLayer, RequestLogSettings,
+    LoggedBody, PendingLine, RequestLine, RequestLog, RequestLogFuture, RequestLogLayer,
+    RequestLogSettings,
 };

@@ -42,6 +42,7 @@ use crate::metrics::{
     AppMetricsLayer, Metrics, MetricsExporter, Resource, ServerMetricsLayer, UrlScheme,
 };
 use crate::observability::{ObservabilityConfig, Protocol};
+use crate::observed::ObserveLayer;
 use crate::readiness::Readiness;
 use crate::stats_server::PublishedStat;
 use crate::{admin, stats_server};
@@ -374,9 +375,12 @@ fn main_chain(
     let chain = TimeoutLayer::new(state.config.timeouts, TIMEOUT_BODY).layer(chain);
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
     let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);
-    let chain = RequestLogLayer::new(state.request_log.as_ref(), remote).layer(chain);
-    let chain = ServerMetricsLayer::new(metrics, scheme).layer(chain);
-    ServerSpanLayer::new(tracer, SERVER_SPANS, remote, scheme == UrlScheme::Https).layer(chain)
+    ObserveLayer::new(
+        ServerSpanLayer::new(tracer, SERVER_SPANS, remote, scheme == UrlScheme::Https),
+        ServerMetricsLayer::new(metrics, scheme),
+        RequestLogLayer::new(state.request_log.as_ref(), remote),
+    )
+    .layer(chain)
 }
 
 /// Layer 1's server spans: named after the method, none for probes, `kn.route.tag` (§3.6) on

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use http::{HeaderValue, Request, Response};
-use knative_common::body::{attach_guard, Guarded, LocalBody};
+use knative_common::body::{attach_some_guard, Guarded, LocalBody};
 use knative_common::breaker::{BreakerFuture, BreakerLayer, BreakerService, Permit};
 use knative_common::classify::{is_proxied_value, ProbeHeaders};
 use knative_common::forwarded::forwarded_value;
@@ -231,17 +231,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let (response, permit) = ready!(this.future.poll_with_permit(cx))?;
-        Poll::Ready(Ok(match this.guard.take() {
-            Some(mut guard) => {
-                guard._permit = permit;
-                attach_guard(response, guard)
-            }
-            // A kubelet probe: it bypassed the breaker, so it holds no slot.
-            None => {
-                debug_assert!(permit.is_none());
-                response.map(Guarded::unguarded)
-            }
-        }))
+        debug_assert!(this.guard.is_some() || permit.is_none());
+        let guard = this.guard.take().map(|mut guard| {
+            guard._permit = permit;
+            guard
+        });
+        // `None`: a kubelet probe; it bypassed the breaker, so it holds no slot.
+        Poll::Ready(Ok(attach_some_guard(response, guard)))
     }
 }
 

@@ -13,5 +13,6 @@ pub mod handler;
 pub mod health;
 pub mod metrics;
 pub mod observability;
+pub mod observed;
 pub mod readiness;
 pub mod stats_server;

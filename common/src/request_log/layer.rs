@@ -74,8 +74,32 @@ pub struct RequestLog<S> {
     remote_addr: Arc<str>,
 }
 
-/// The request facts a line needs, captured before the request moves on.
-struct PendingLine {
+impl RequestLogLayer {
+    /// The line of `request`, captured as it enters (before it moves on): `None` when logging
+    /// is off or the request is a probe not to be logged. The line is written when dropped,
+    /// with the status and size recorded by then ([`PendingLine::respond`],
+    /// [`PendingLine::finish`]); for a caller that wraps the response itself.
+    pub fn capture<B: Body>(&self, request: &Request<B>) -> Option<Box<PendingLine>> {
+        let settings = self.settings?;
+        (settings.log_probes || !is_probe(request.headers())).then(|| {
+            Box::new(PendingLine::capture(
+                settings,
+                self.remote_addr.clone(),
+                request,
+            ))
+        })
+    }
+
+    /// Whether lines are written at all.
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.settings.is_some()
+    }
+}
+
+/// The request facts a line needs, captured before the request moves on; the line is written
+/// when this is dropped.
+pub struct PendingLine {
     settings: &'static RequestLogSettings,
     remote_addr: Arc<str>,
     method: Method,
@@ -88,7 +112,27 @@ struct PendingLine {
     size: u64,
 }
 
+impl std::fmt::Debug for PendingLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLine")
+            .field("status", &self.status)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PendingLine {
+    /// The response's status (`200` until told).
+    #[inline]
+    pub fn respond(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Writes the line now, after `size` bytes of response body.
+    pub fn finish(mut self: Box<Self>, size: u64) {
+        self.size = size;
+    }
+
     fn capture<B: Body>(
         settings: &'static RequestLogSettings,
         remote_addr: Arc<str>,

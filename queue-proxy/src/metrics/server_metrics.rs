@@ -567,6 +567,7 @@ impl EncodeLabelSet for ServerLabelSet {
 }
 
 /// A layer-1 measurement in progress.
+#[derive(Debug)]
 pub struct ServerCompletion {
     series: &'static RequestSeries,
     start: Instant,
@@ -610,6 +611,16 @@ impl ServerMetricsLayer {
     /// Records into `metrics` for a listener serving `scheme`.
     pub fn new(metrics: Option<&'static Metrics>, scheme: UrlScheme) -> Self {
         ServerMetricsLayer { metrics, scheme }
+    }
+}
+
+impl ServerMetricsLayer {
+    /// Starts measuring `request` as the layer does (`None`: metrics off, or a request not
+    /// measured), for a caller that wraps the response itself.
+    #[inline]
+    pub fn start<B: Body>(&self, request: &Request<B>) -> Option<ServerCompletion> {
+        self.metrics
+            .and_then(|m| m.server().start(request, self.scheme))
     }
 }
 

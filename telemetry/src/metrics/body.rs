@@ -29,31 +29,63 @@ pub trait Completion: Send + 'static {
     /// the body failed, or the inner stages panicked. `responded` tells whether a response head
     /// had been produced.
     fn abort(self, responded: bool);
+    /// The response switches protocols (`status`: its `101`) and its connection becomes a
+    /// tunnel: by default recorded as [`Completion::respond`] with `200`, as upstream's
+    /// recorders report hijacked connections.
+    fn upgraded(&mut self, status: StatusCode) {
+        let _ = status;
+        self.respond(StatusCode::OK);
+    }
+    /// The response body has reported its end after `response_bytes` bytes of data (or has
+    /// none to send): settled now ([`Completion::complete`]) unless this returns `false`; then
+    /// settled when the body returns its end or is dropped, after what the inner stages'
+    /// bodies hold has been released (e.g. a server span that must end after the spans of
+    /// inner stages, as upstream's deferred calls end them), and a drop then settles it with
+    /// [`Completion::abort_body`]. By default settled now.
+    fn ended(&mut self, response_bytes: u64) -> bool {
+        let _ = response_bytes;
+        true
+    }
+    /// The response body failed (`failed`) or was dropped before its end, after
+    /// `response_bytes` bytes of data: by default [`Completion::abort`] with a response head.
+    fn abort_body(self, response_bytes: u64, failed: bool)
+    where
+        Self: Sized,
+    {
+        let _ = (response_bytes, failed);
+        self.abort(true);
+    }
 }
 
-/// Holds a [`Completion`] and aborts it if dropped unsettled.
-struct Pending<C: Completion> {
-    completion: Option<C>,
-    responded: bool,
-}
+/// Holds a [`Completion`] until the response head, and aborts it (unresponded) if dropped
+/// unsettled.
+struct Pending<C: Completion>(Option<C>);
 
 impl<C: Completion> Pending<C> {
-    fn new(completion: Option<C>) -> Self {
-        Pending {
-            completion,
-            responded: false,
-        }
-    }
-
     fn take(&mut self) -> Option<C> {
-        self.completion.take()
+        self.0.take()
     }
 }
 
 impl<C: Completion> Drop for Pending<C> {
     fn drop(&mut self) {
+        if let Some(completion) = self.0.take() {
+            completion.abort(false);
+        }
+    }
+}
+
+/// Holds a [`Completion`] while the response body is sent, with the body bytes so far, and
+/// aborts it ([`Completion::abort_body`]) if dropped unsettled.
+struct Delivering<C: Completion> {
+    completion: Option<C>,
+    bytes: u64,
+}
+
+impl<C: Completion> Drop for Delivering<C> {
+    fn drop(&mut self) {
         if let Some(completion) = self.completion.take() {
-            completion.abort(self.responded);
+            completion.abort_body(self.bytes, false);
         }
     }
 }
@@ -75,19 +107,14 @@ pin_project! {
     pub struct MeteredBody<B, C: Completion> {
         #[pin]
         body: B,
-        pending: Pending<C>,
-        bytes: u64,
+        delivering: Delivering<C>,
     }
 }
 
 impl<B, C: Completion> MeteredBody<B, C> {
     /// Wraps `body` with nothing to record.
     pub fn unmetered(body: B) -> Self {
-        MeteredBody {
-            body,
-            pending: Pending::new(None),
-            bytes: 0,
-        }
+        MeteredBody::carrying(body, None)
     }
 
     /// Wraps `body` (a response's, its head made) to settle `completion` (when `Some`).
@@ -95,11 +122,10 @@ impl<B, C: Completion> MeteredBody<B, C> {
     fn carrying(body: B, completion: Option<C>) -> Self {
         MeteredBody {
             body,
-            pending: Pending {
-                responded: completion.is_some(),
+            delivering: Delivering {
                 completion,
+                bytes: 0,
             },
-            bytes: 0,
         }
     }
 }
@@ -125,26 +151,31 @@ impl<B: Body, C: Completion> Body for MeteredBody<B, C> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let mut this = self.project();
         let polled = ready!(this.body.as_mut().poll_frame(cx));
-        if this.pending.completion.is_some() {
+        let delivering = this.delivering;
+        if delivering.completion.is_some() {
             match &polled {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        *this.bytes += data.remaining() as u64;
+                        delivering.bytes += data.remaining() as u64;
                     }
                     if this.body.is_end_stream() {
-                        if let Some(completion) = this.pending.take() {
-                            completion.complete(*this.bytes);
+                        if let Some(completion) = delivering.completion.as_mut() {
+                            if completion.ended(delivering.bytes) {
+                                if let Some(completion) = delivering.completion.take() {
+                                    completion.complete(delivering.bytes);
+                                }
+                            }
                         }
                     }
                 }
                 None => {
-                    if let Some(completion) = this.pending.take() {
-                        completion.complete(*this.bytes);
+                    if let Some(completion) = delivering.completion.take() {
+                        completion.complete(delivering.bytes);
                     }
                 }
                 Some(Err(_)) => {
-                    if let Some(completion) = this.pending.take() {
-                        completion.abort(true);
+                    if let Some(completion) = delivering.completion.take() {
+                        completion.abort_body(delivering.bytes, true);
                     }
                 }
             }
@@ -197,7 +228,7 @@ impl<F, C: Completion, M: MakeMetered> MeteredFuture<F, C, M> {
     fn wrap(future: F, completion: Option<C>, head: bool) -> Self {
         MeteredFuture {
             future,
-            pending: Pending::new(completion),
+            pending: Pending(completion),
             head,
             make: PhantomData,
         }
@@ -290,13 +321,15 @@ fn respond<B: Body, C: Completion>(
 ) -> Option<C> {
     if let Some(scope) = response.extensions().get::<TunnelScope>() {
         // The 101 goes out on the hijacked connection upstream, so recorders saw nothing
-        // written: 200, no body bytes, complete when the tunnel closes.
-        completion.respond(StatusCode::OK);
+        // written: 200 ([`Completion::upgraded`]), no body bytes, complete when the tunnel
+        // closes.
+        completion.upgraded(response.status());
         scope.hold(Box::new(TunnelHold(Some(completion))));
         return None;
     }
     completion.respond(response.status());
-    if response.body().is_end_stream() || bodiless(head, response.status()) {
+    if (response.body().is_end_stream() || bodiless(head, response.status())) && completion.ended(0)
+    {
         completion.complete(0);
         return None;
     }
@@ -464,6 +497,123 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert_eq!(*log.lock().unwrap(), vec![Outcome::Abort(true)]);
+    }
+
+    /// A completion that tells what the defaults hide: the bytes sent before an abort, whether
+    /// the body failed, an upgrade's own status, the body's end (settled later if `.1`).
+    struct Detailed(Arc<Mutex<Vec<String>>>, bool);
+
+    impl Completion for Detailed {
+        fn respond(&mut self, status: StatusCode) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("respond {}", status.as_u16()));
+        }
+        fn upgraded(&mut self, status: StatusCode) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("upgraded {}", status.as_u16()));
+        }
+        fn complete(self, bytes: u64) {
+            self.0.lock().unwrap().push(format!("complete {bytes}"));
+        }
+        fn abort(self, responded: bool) {
+            self.0.lock().unwrap().push(format!("abort {responded}"));
+        }
+        fn abort_body(self, bytes: u64, failed: bool) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("abort_body {bytes} {failed}"));
+        }
+        fn ended(&mut self, bytes: u64) -> bool {
+            self.0.lock().unwrap().push(format!("ended {bytes}"));
+            !self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_completion_is_settled_when_the_body_is_over() {
+        // Ended with its only frame; hyper then drops it unpolled.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let future = std::future::ready(Ok::<_, ()>(Response::new(
+            knative_common::body::ProxyBody::full("abc".into()),
+        )));
+        let response = MeteredFuture::new(future, Some(Detailed(log.clone(), true)), false)
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(*log.lock().unwrap(), ["respond 200", "ended 3"]);
+        drop(body);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["respond 200", "ended 3", "abort_body 3 false"]
+        );
+
+        // Ended at the head; settled when the body returns its end.
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let future = std::future::ready(Ok::<_, ()>(Response::new(
+            http_body_util::Empty::<Bytes>::new(),
+        )));
+        let response = MeteredFuture::new(future, Some(Detailed(log.clone(), true)), false)
+            .await
+            .unwrap();
+        assert_eq!(*log.lock().unwrap(), ["respond 200", "ended 0"]);
+        response.into_body().collect().await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["respond 200", "ended 0", "complete 0"]
+        );
+    }
+
+    #[tokio::test]
+    async fn body_aborts_tell_bytes_sent_and_failure() {
+        for (fail, expected) in [(true, "abort_body 4 true"), (false, "abort_body 4 false")] {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let mut frames = vec![Ok(Frame::data(Bytes::from_static(b"part")))];
+            frames.push(if fail {
+                Err("upstream reset".into())
+            } else {
+                Ok(Frame::data(Bytes::from_static(b"more")))
+            });
+            let future = std::future::ready(Ok::<_, ()>(Response::new(stream(frames))));
+            let response = MeteredFuture::new(future, Some(Detailed(log.clone(), false)), false)
+                .await
+                .unwrap();
+            let mut body = response.into_body();
+            body.frame().await.unwrap().unwrap();
+            if fail {
+                assert!(body.frame().await.unwrap().is_err());
+            }
+            drop(body);
+            assert_eq!(*log.lock().unwrap(), ["respond 200", expected]);
+        }
+    }
+
+    #[tokio::test]
+    async fn upgrade_is_told_its_status_and_completes_with_the_tunnel() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut down = http::Request::new(());
+        let mut up = Response::new(());
+        let scope = TunnelScope::start(hyper::upgrade::on(&mut down), hyper::upgrade::on(&mut up));
+        let mut response = Response::new(http_body_util::Empty::<Bytes>::new());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response.extensions_mut().insert(scope);
+        let future = std::future::ready(Ok::<_, ()>(response));
+        let response = MeteredFuture::new(future, Some(Detailed(log.clone(), false)), false)
+            .await
+            .unwrap();
+        assert_eq!(*log.lock().unwrap(), ["upgraded 101"]);
+        // No upgrade ever happens here: the tunnel gives up, and closes.
+        drop(response);
+        drop((down, up));
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(*log.lock().unwrap(), ["upgraded 101", "complete 0"]);
     }
 
     #[tokio::test]
