@@ -171,12 +171,15 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs `cargo build <args>` in this workspace and returns its debug output directory
-/// (`<workspace>/target/debug`), panicking with cargo's output if the build fails.
+/// (`<target>/debug`, where `<target>` is `CARGO_TARGET_DIR` if set, else `<workspace>/target`),
+/// panicking with cargo's output if the build fails.
 ///
 /// Cargo does not build the binaries of other packages for a package's integration tests (not
 /// even of a path dev-dependency), so harnesses call this once per test process. The `CARGO_*`
 /// variables cargo sets for tests are removed first: some are tracked by build scripts and would
-/// make the build recompile dependencies every time (and `CARGO_TARGET_DIR` would move it).
+/// make the build recompile dependencies every time. `CARGO_TARGET_DIR` is the user's, not
+/// cargo's, and is kept: the binaries land next to the tests' own (`CARGO_BIN_EXE_*`), where a
+/// binary that looks beside itself (`knative-local --no-build`) finds them.
 pub fn cargo_build(args: &[&str]) -> std::path::PathBuf {
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -184,7 +187,8 @@ pub fn cargo_build(args: &[&str]) -> std::path::PathBuf {
     let mut command = std::process::Command::new(env!("CARGO"));
     for (name, _) in std::env::vars_os() {
         let text = name.to_string_lossy();
-        if (text.starts_with("CARGO_") && text != "CARGO_HOME") || text == "LD_LIBRARY_PATH" {
+        let kept = text == "CARGO_HOME" || text == "CARGO_TARGET_DIR";
+        if (text.starts_with("CARGO_") && !kept) || text == "LD_LIBRARY_PATH" {
             command.env_remove(&name);
         }
     }
@@ -201,7 +205,19 @@ pub fn cargo_build(args: &[&str]) -> std::path::PathBuf {
         args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
-    workspace.join("target").join("debug")
+    target_dir(workspace, std::env::var_os("CARGO_TARGET_DIR")).join("debug")
+}
+
+/// Cargo's target directory for `workspace`: `configured` (`CARGO_TARGET_DIR`, relative to the
+/// workspace if relative) or `<workspace>/target`.
+fn target_dir(
+    workspace: &std::path::Path,
+    configured: Option<std::ffi::OsString>,
+) -> std::path::PathBuf {
+    match configured {
+        Some(dir) if !dir.is_empty() => workspace.join(dir),
+        _ => workspace.join("target"),
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +233,24 @@ mod tests {
         socket.bind(&addr.into()).expect("bind");
         socket.listen(16).expect("listen");
         socket
+    }
+
+    #[test]
+    fn builds_go_to_the_configured_target_directory() {
+        let workspace = std::path::Path::new("/src/ws");
+        assert_eq!(target_dir(workspace, None), workspace.join("target"));
+        assert_eq!(
+            target_dir(workspace, Some("".into())),
+            workspace.join("target")
+        );
+        assert_eq!(
+            target_dir(workspace, Some("/tmp/tgt".into())),
+            std::path::Path::new("/tmp/tgt")
+        );
+        assert_eq!(
+            target_dir(workspace, Some("out".into())),
+            workspace.join("out")
+        );
     }
 
     #[test]
