@@ -2,10 +2,10 @@
 //! server metrics and the request-log line of a request, settled together when its response is
 //! over.
 //!
-//! Each of the three is what its own layer does ([`ServerSpanLayer`], [`ServerMetricsLayer`],
-//! [`RequestLogLayer`]); one stage carries them in one [`Observed`] value, settled by one
-//! [`MeteredFuture`] and its body, so the request and its response are moved once on their way
-//! through, not once per layer.
+//! Each of the three is started through its own entry point ([`ServerSpanLayer::start()`],
+//! [`ServerMetricsLayer::start()`], [`RequestLogLayer::capture()`]); one stage carries them in
+//! one [`Observed`] value, settled by one [`MeteredFuture`] and its body, so the request and its
+//! response are moved once on their way through, not once per concern.
 
 use std::task::{Context, Poll};
 
@@ -29,7 +29,7 @@ pub struct ObserveLayer {
 }
 
 impl ObserveLayer {
-    /// The stage of one connection: server spans, metrics and request log as each layer is
+    /// The stage of one connection: server spans, metrics and request log as each is
     /// configured (each may be off).
     pub fn new(spans: ServerSpanLayer, metrics: ServerMetricsLayer, log: RequestLogLayer) -> Self {
         ObserveLayer {
@@ -187,9 +187,9 @@ impl Completion for Observed {
         }
     }
 
-    /// The metrics are recorded now (as [`ServerMetricsLayer`]); the span ends and the line is
-    /// written when the body returns its end or is dropped, after the inner stages' bodies
-    /// have released what they hold (the span after theirs, as the layers nested did).
+    /// The metrics are recorded now; the span ends and the line is written when the body
+    /// returns its end or is dropped, after the inner stages' bodies have released what they
+    /// hold (the server span after the inner stages' spans).
     fn ended(&mut self, response_bytes: u64) -> bool {
         if let Some(measure) = self.measure.take() {
             measure.complete(response_bytes);

@@ -23,8 +23,12 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use knative_common::request_log::RequestLogLayer;
+use knative_telemetry::trace::{ServerSpanLayer, ServerSpans};
+
 use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
 use crate::handler::QueueHandlerLayer;
+use crate::observed::ObserveLayer;
 
 fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
@@ -86,7 +90,12 @@ fn chain(
         idle: None,
     };
     let chain = TimeoutLayer::new(timeouts, "request timeout").layer(chain);
-    ServerMetricsLayer::new(metrics, UrlScheme::Http).layer(chain)
+    ObserveLayer::new(
+        ServerSpanLayer::new(None, ServerSpans::default(), remote, false),
+        ServerMetricsLayer::new(metrics, UrlScheme::Http),
+        RequestLogLayer::new(None, remote),
+    )
+    .layer(chain)
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {
