@@ -2,4 +2,4 @@
 //! [`go_text_template`] crate.
 
 mod layer;
-pub use layer::{PendingLine, RequestLine, RequestLogLayer, RequestLogSettings};
+pub use layer::{PendingLine, RequestLine, RequestLogSettings, RequestLogger};

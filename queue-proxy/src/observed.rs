@@ -2,8 +2,8 @@
 //! server metrics and the request-log line of a request, settled together when its response is
 //! over.
 //!
-//! Each of the three is started through its own entry point ([`ServerSpanLayer::start()`],
-//! [`ServerMetricsLayer::start()`], [`RequestLogLayer::capture()`]); one stage carries them in
+//! Each of the three is started through its own entry point ([`ServerTracing::start()`],
+//! [`ServerMetrics::start()`], [`RequestLogger::capture()`]); one stage carries them in
 //! one [`Observed`] value, settled by one [`MeteredFuture`] and its body, so the request and its
 //! response are moved once on their way through, not once per concern.
 
@@ -11,27 +11,27 @@ use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Body;
-use knative_common::request_log::{PendingLine, RequestLogLayer};
+use knative_common::request_log::{PendingLine, RequestLogger};
 use knative_telemetry::trace::layer::record_server_status;
-use knative_telemetry::trace::{ServerSpanLayer, Span, Tracer};
+use knative_telemetry::trace::{ServerTracing, Span, Tracer};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::metrics::server_metrics::ServerCompletion;
-use crate::metrics::{Completion, MeteredBody, MeteredFuture, ServerMetricsLayer};
+use crate::metrics::{Completion, MeteredBody, MeteredFuture, ServerMetrics};
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
-    spans: ServerSpanLayer,
-    metrics: ServerMetricsLayer,
-    log: RequestLogLayer,
+    spans: ServerTracing,
+    metrics: ServerMetrics,
+    log: RequestLogger,
 }
 
 impl ObserveLayer {
     /// The stage of one connection: server spans, metrics and request log as each is
     /// configured (each may be off).
-    pub fn new(spans: ServerSpanLayer, metrics: ServerMetricsLayer, log: RequestLogLayer) -> Self {
+    pub fn new(spans: ServerTracing, metrics: ServerMetrics, log: RequestLogger) -> Self {
         ObserveLayer {
             spans,
             metrics,
@@ -251,9 +251,9 @@ mod tests {
     fn stage(metrics: Option<&'static Metrics>) -> ObserveLayer {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         ObserveLayer::new(
-            ServerSpanLayer::new(None, ServerSpans::default(), peer, false),
-            ServerMetricsLayer::new(metrics, UrlScheme::Http),
-            RequestLogLayer::new(None, peer),
+            ServerTracing::new(None, ServerSpans::default(), peer, false),
+            ServerMetrics::new(metrics, UrlScheme::Http),
+            RequestLogger::new(None, peer),
         )
     }
 

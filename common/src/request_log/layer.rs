@@ -3,7 +3,7 @@
 //! requests are skipped unless asked for.
 //!
 //! The stage is the queue-proxy's observability stage (`queue_proxy::observed`): it captures a
-//! request's line as the request enters ([`RequestLogLayer::capture()`]), records the status and
+//! request's line as the request enters ([`RequestLogger::capture()`]), records the status and
 //! the body's size on it ([`PendingLine::respond()`], [`PendingLine::finish()`]), and the line
 //! is written when dropped. The activator renders its own lines with [`RequestLine`].
 
@@ -29,14 +29,14 @@ pub struct RequestLogSettings {
 }
 
 /// The request log of one connection: the settings (`None`: off) and the entry point that
-/// captures a request's line ([`RequestLogLayer::capture()`]).
+/// captures a request's line ([`RequestLogger::capture()`]).
 #[derive(Clone, Debug)]
-pub struct RequestLogLayer {
+pub struct RequestLogger {
     settings: Option<&'static RequestLogSettings>,
     remote_addr: Arc<str>,
 }
 
-impl RequestLogLayer {
+impl RequestLogger {
     /// The request log of one connection from `remote_addr` (`ip:port`).
     pub fn new(
         settings: Option<&'static RequestLogSettings>,
@@ -46,14 +46,14 @@ impl RequestLogLayer {
             Some(_) => Arc::from(remote_addr.to_string()),
             None => Arc::from(""),
         };
-        RequestLogLayer {
+        RequestLogger {
             settings: settings.filter(|s| !s.template.is_empty()),
             remote_addr,
         }
     }
 }
 
-impl RequestLogLayer {
+impl RequestLogger {
     /// The line of `request`, captured as it enters (before it moves on): `None` when logging
     /// is off or the request is a probe not to be logged. The line is written when dropped,
     /// with the status and size recorded by then ([`PendingLine::respond`],

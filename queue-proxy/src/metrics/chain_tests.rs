@@ -23,10 +23,10 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use knative_common::request_log::RequestLogLayer;
-use knative_telemetry::trace::{ServerSpanLayer, ServerSpans};
+use knative_common::request_log::RequestLogger;
+use knative_telemetry::trace::{ServerSpans, ServerTracing};
 
-use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
+use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetrics, UrlScheme};
 use crate::handler::QueueHandlerLayer;
 use crate::observed::ObserveLayer;
 
@@ -91,9 +91,9 @@ fn chain(
     };
     let chain = TimeoutLayer::new(timeouts, "request timeout").layer(chain);
     ObserveLayer::new(
-        ServerSpanLayer::new(None, ServerSpans::default(), remote, false),
-        ServerMetricsLayer::new(metrics, UrlScheme::Http),
-        RequestLogLayer::new(None, remote),
+        ServerTracing::new(None, ServerSpans::default(), remote, false),
+        ServerMetrics::new(metrics, UrlScheme::Http),
+        RequestLogger::new(None, remote),
     )
     .layer(chain)
 }

@@ -47,7 +47,7 @@ pub use body::{Completion, MeteredBody, MeteredFuture};
 pub use listener::{handle, listen_address, ListenAddress, ListenerConfigError};
 pub use otlp::{MetricsExporter, OtlpMetricsConfigError};
 pub use route_tag::{route_tag, RouteTag};
-pub use server_metrics::{ServerMetricsLayer, UrlScheme};
+pub use server_metrics::{ServerMetrics, UrlScheme};
 
 /// Bucket bounds of the duration histograms (OTel's advice for `http.server.request.duration`,
 /// also used upstream for `kn.serving.invocation.duration`), in seconds.

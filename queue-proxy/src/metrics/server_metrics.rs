@@ -1,5 +1,5 @@
 //! The HTTP server instruments of Go's `otelhttp` handler (spec §3.1, §7.1), recorded by the
-//! main chain's observability stage ([`crate::observed`]) through [`ServerMetricsLayer::start()`].
+//! main chain's observability stage ([`crate::observed`]) through [`ServerMetrics::start()`].
 //!
 //! For every request that is not a probe: `http_server_request_duration_seconds` (entry to the
 //! end of the response body), `http_server_request_body_size_bytes` and
@@ -600,21 +600,21 @@ impl Completion for ServerCompletion {
 
 /// The server metrics of one listener's connection: where they are recorded (`None`: request
 /// metrics off) and the entry point that starts a request's measurement
-/// ([`ServerMetricsLayer::start()`]; the observability stage completes it with the response).
+/// ([`ServerMetrics::start()`]; the observability stage completes it with the response).
 #[derive(Clone, Copy, Debug)]
-pub struct ServerMetricsLayer {
+pub struct ServerMetrics {
     metrics: Option<&'static Metrics>,
     scheme: UrlScheme,
 }
 
-impl ServerMetricsLayer {
+impl ServerMetrics {
     /// Records into `metrics` for a listener serving `scheme`.
     pub fn new(metrics: Option<&'static Metrics>, scheme: UrlScheme) -> Self {
-        ServerMetricsLayer { metrics, scheme }
+        ServerMetrics { metrics, scheme }
     }
 }
 
-impl ServerMetricsLayer {
+impl ServerMetrics {
     /// Starts measuring `request` (`None`: metrics off, or a request not measured); the
     /// measurement is recorded when completed, once the response body has been sent.
     #[inline]
@@ -636,8 +636,8 @@ mod tests {
     use http::Response;
     use http_body_util::{BodyExt, Full};
     use knative_common::body::{LocalBody, ProxyBody};
-    use knative_common::request_log::RequestLogLayer;
-    use knative_telemetry::trace::{ServerSpanLayer, ServerSpans};
+    use knative_common::request_log::RequestLogger;
+    use knative_telemetry::trace::{ServerSpans, ServerTracing};
     use tower_layer::Layer;
     use tower_service::Service;
 
@@ -672,9 +672,9 @@ mod tests {
     fn stage<S>(metrics: Option<&'static Metrics>, scheme: UrlScheme, app: S) -> Observe<S> {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         ObserveLayer::new(
-            ServerSpanLayer::new(None, ServerSpans::default(), peer, false),
-            ServerMetricsLayer::new(metrics, scheme),
-            RequestLogLayer::new(None, peer),
+            ServerTracing::new(None, ServerSpans::default(), peer, false),
+            ServerMetrics::new(metrics, scheme),
+            RequestLogger::new(None, peer),
         )
         .layer(app)
     }

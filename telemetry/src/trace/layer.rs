@@ -1,13 +1,13 @@
 //! Spans on the request path, and how spans travel with a request.
 //!
-//! The current span of a request is the [`CurrentSpan`] extension: [`ServerSpanLayer::start()`]
+//! The current span of a request is the [`CurrentSpan`] extension: [`ServerTracing::start()`]
 //! sets it from the server span it starts (whose parent is the incoming `traceparent`), inner
 //! stages replace it with their own spans ([`Tracer::start_in`]), and [`ClientSpanLayer`] starts
 //! the client span as its child and writes the client span's context into the upstream
 //! `traceparent`.
 //!
 //! The server span's stage is the queue-proxy's observability stage (`queue_proxy::observed`),
-//! which starts the span with [`ServerSpanLayer::start()`] and settles it with the response
+//! which starts the span with [`ServerTracing::start()`] and settles it with the response
 //! ([`record_server_status`]). The tower layers here ([`ClientSpanLayer`], [`EndCarriedSpan`])
 //! take an `Option<&'static Tracer>` or a switch; off, they call the inner service directly and
 //! add nothing.
@@ -190,7 +190,7 @@ pub fn skip_probes(method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
     is_probe(headers) || (method == Method::OPTIONS && uri == "*")
 }
 
-/// How [`ServerSpanLayer`] names and annotates server spans.
+/// How [`ServerTracing`] names and annotates server spans.
 #[derive(Clone, Copy)]
 pub struct ServerSpans {
     /// Scope of the server spans.
@@ -225,19 +225,19 @@ impl Default for ServerSpans {
 }
 
 /// Server spans of one connection (queue-proxy §3.1, §7.3): the settings, and the entry point
-/// ([`ServerSpanLayer::start()`]) that extracts the incoming trace context and starts a
+/// ([`ServerTracing::start()`]) that extracts the incoming trace context and starts a
 /// request's server span. The caller (the queue-proxy's observability stage) records the
 /// response status on the span ([`record_server_status`]) and ends it when the response body
 /// has been sent.
 #[derive(Clone, Copy, Debug)]
-pub struct ServerSpanLayer {
+pub struct ServerTracing {
     tracer: Option<&'static Tracer>,
     spans: ServerSpans,
     peer: SocketAddr,
     tls: bool,
 }
 
-impl ServerSpanLayer {
+impl ServerTracing {
     /// Server spans from `tracer` (`None`: off) for a connection from `peer`, over TLS or not.
     pub fn new(
         tracer: Option<&'static Tracer>,
@@ -245,7 +245,7 @@ impl ServerSpanLayer {
         peer: SocketAddr,
         tls: bool,
     ) -> Self {
-        ServerSpanLayer {
+        ServerTracing {
             tracer,
             spans,
             peer,
@@ -254,7 +254,7 @@ impl ServerSpanLayer {
     }
 }
 
-impl ServerSpanLayer {
+impl ServerTracing {
     /// The tracer (`None`: tracing off).
     #[inline]
     pub fn tracer(&self) -> Option<&'static Tracer> {

@@ -512,7 +512,7 @@ where
 /// it: started as the request enters, its status recorded with the response, ended once the
 /// response body has been sent.
 async fn drive_served<S, B>(
-    spans: &ServerSpanLayer,
+    spans: &ServerTracing,
     service: &mut S,
     mut request: Request<()>,
 ) -> Bytes
@@ -579,7 +579,7 @@ async fn otlp_http_export_through_the_layers() {
         tracer,
         wait: true,
     };
-    let server = ServerSpanLayer::new(Some(tracer), spans, peer, false);
+    let server = ServerTracing::new(Some(tracer), spans, peer, false);
 
     let request = Request::post("/orders?id=1")
         .header("host", "svc.example.com:8080")
@@ -706,7 +706,7 @@ async fn disabled_layers_pass_everything_through() {
     let upstream: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let peer: SocketAddr = "10.0.0.7:51000".parse().unwrap();
     let client = ClientSpanLayer::new(None, upstream).layer(app.clone());
-    let server = ServerSpanLayer::new(None, ServerSpans::default(), peer, false);
+    let server = ServerTracing::new(None, ServerSpans::default(), peer, false);
     assert!(server.tracer().is_none());
     let mut chain = EndCarriedSpan::new(client, false);
     let incoming = format!("00-{TRACE}-{PARENT}-01");
@@ -994,7 +994,7 @@ async fn per_request_cost() {
             })
             .build()
             .unwrap();
-        let layer = ServerSpanLayer::new(
+        let spans = ServerTracing::new(
             Some(tracer),
             ServerSpans::default(),
             "10.0.0.1:1234".parse().unwrap(),
@@ -1007,7 +1007,7 @@ async fn per_request_cost() {
                 .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
                 .body(())
                 .unwrap();
-            let server = layer.start(tracer, &mut request);
+            let server = spans.start(tracer, &mut request);
             let proxy = tracer.start_in(
                 request.extensions_mut(),
                 &QUEUE_SCOPE,
