@@ -2,7 +2,4 @@
 //! [`go_text_template`] crate.
 
 mod layer;
-pub use layer::{
-    LoggedBody, PendingLine, RequestLine, RequestLog, RequestLogFuture, RequestLogLayer,
-    RequestLogSettings,
-};
+pub use layer::{PendingLine, RequestLine, RequestLogSettings, RequestLogger};

@@ -15,7 +15,7 @@ use knative_common::drain::{Drainer, InFlightCounter, TrackInFlightLayer};
 use knative_common::env::{Env, ProcessEnv};
 use knative_common::h2::IncomingBody;
 use knative_common::proxy::{PeerIp, ReverseProxy, Upstream};
-use knative_common::request_log::{RequestLogLayer, RequestLogSettings};
+use knative_common::request_log::{RequestLogSettings, RequestLogger};
 use knative_common::server::{
     bind_dual_stack, serve, serve_tls, BindError, Protocols, ServerLimits,
 };
@@ -26,8 +26,7 @@ use knative_common::tls::server_tls_from_env;
 use knative_telemetry::trace::export::otlp::Transport;
 use knative_telemetry::trace::layer::skip_probes;
 use knative_telemetry::trace::{
-    self, ClientSpanLayer, ServerSpanLayer, ServerSpans, Span, Tracer, TracingConfig,
-    OTELHTTP_SCOPE,
+    self, ClientSpanLayer, ServerSpans, ServerTracing, Span, Tracer, TracingConfig, OTELHTTP_SCOPE,
 };
 use tokio::sync::watch;
 use tower_layer::Layer;
@@ -39,7 +38,7 @@ use crate::health::HealthLayer;
 use crate::metrics;
 use crate::metrics::route_tag::{self, route_tag, RouteTag};
 use crate::metrics::{
-    AppMetricsLayer, Metrics, MetricsExporter, Resource, ServerMetricsLayer, UrlScheme,
+    AppMetricsLayer, Metrics, MetricsExporter, Resource, ServerMetrics, UrlScheme,
 };
 use crate::observability::{ObservabilityConfig, Protocol};
 use crate::observed::ObserveLayer;
@@ -376,9 +375,9 @@ fn main_chain(
     let chain = TrackInFlightLayer::new(&state.in_flight).layer(chain);
     let chain = HealthLayer::new(&state.drainer, &state.readiness).layer(chain);
     ObserveLayer::new(
-        ServerSpanLayer::new(tracer, SERVER_SPANS, remote, scheme == UrlScheme::Https),
-        ServerMetricsLayer::new(metrics, scheme),
-        RequestLogLayer::new(state.request_log.as_ref(), remote),
+        ServerTracing::new(tracer, SERVER_SPANS, remote, scheme == UrlScheme::Https),
+        ServerMetrics::new(metrics, scheme),
+        RequestLogger::new(state.request_log.as_ref(), remote),
     )
     .layer(chain)
 }

@@ -2,36 +2,36 @@
 //! server metrics and the request-log line of a request, settled together when its response is
 //! over.
 //!
-//! Each of the three is what its own layer does ([`ServerSpanLayer`], [`ServerMetricsLayer`],
-//! [`RequestLogLayer`]); one stage carries them in one [`Observed`] value, settled by one
-//! [`MeteredFuture`] and its body, so the request and its response are moved once on their way
-//! through, not once per layer.
+//! Each of the three is started through its own entry point ([`ServerTracing::start()`],
+//! [`ServerMetrics::start()`], [`RequestLogger::capture()`]); one stage carries them in
+//! one [`Observed`] value, settled by one [`MeteredFuture`] and its body, so the request and its
+//! response are moved once on their way through, not once per concern.
 
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Body;
-use knative_common::request_log::{PendingLine, RequestLogLayer};
+use knative_common::request_log::{PendingLine, RequestLogger};
 use knative_telemetry::trace::layer::record_server_status;
-use knative_telemetry::trace::{ServerSpanLayer, Span, Tracer};
+use knative_telemetry::trace::{ServerTracing, Span, Tracer};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::metrics::server_metrics::ServerCompletion;
-use crate::metrics::{Completion, MeteredBody, MeteredFuture, ServerMetricsLayer};
+use crate::metrics::{Completion, MeteredBody, MeteredFuture, ServerMetrics};
 
 /// See the module documentation.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
-    spans: ServerSpanLayer,
-    metrics: ServerMetricsLayer,
-    log: RequestLogLayer,
+    spans: ServerTracing,
+    metrics: ServerMetrics,
+    log: RequestLogger,
 }
 
 impl ObserveLayer {
-    /// The stage of one connection: server spans, metrics and request log as each layer is
+    /// The stage of one connection: server spans, metrics and request log as each is
     /// configured (each may be off).
-    pub fn new(spans: ServerSpanLayer, metrics: ServerMetricsLayer, log: RequestLogLayer) -> Self {
+    pub fn new(spans: ServerTracing, metrics: ServerMetrics, log: RequestLogger) -> Self {
         ObserveLayer {
             spans,
             metrics,
@@ -187,9 +187,9 @@ impl Completion for Observed {
         }
     }
 
-    /// The metrics are recorded now (as [`ServerMetricsLayer`]); the span ends and the line is
-    /// written when the body returns its end or is dropped, after the inner stages' bodies
-    /// have released what they hold (the span after theirs, as the layers nested did).
+    /// The metrics are recorded now; the span ends and the line is written when the body
+    /// returns its end or is dropped, after the inner stages' bodies have released what they
+    /// hold (the server span after the inner stages' spans).
     fn ended(&mut self, response_bytes: u64) -> bool {
         if let Some(measure) = self.measure.take() {
             measure.complete(response_bytes);
@@ -251,9 +251,9 @@ mod tests {
     fn stage(metrics: Option<&'static Metrics>) -> ObserveLayer {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         ObserveLayer::new(
-            ServerSpanLayer::new(None, ServerSpans::default(), peer, false),
-            ServerMetricsLayer::new(metrics, UrlScheme::Http),
-            RequestLogLayer::new(None, peer),
+            ServerTracing::new(None, ServerSpans::default(), peer, false),
+            ServerMetrics::new(metrics, UrlScheme::Http),
+            RequestLogger::new(None, peer),
         )
     }
 

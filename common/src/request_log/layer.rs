@@ -1,23 +1,20 @@
-//! The request-log stage (queue-proxy §7.2, activator §7.3): one line per request on stdout,
-//! written atomically once the response has been fully sent (for an upgraded connection: when the
-//! tunnel closes). Probe requests are skipped unless asked for.
+//! The request log (queue-proxy §7.2): one line per request on stdout, written atomically once
+//! the response has been fully sent (for an upgraded connection: when the tunnel closes). Probe
+//! requests are skipped unless asked for.
+//!
+//! The stage is the queue-proxy's observability stage (`queue_proxy::observed`): it captures a
+//! request's line as the request enters ([`RequestLogger::capture()`]), records the status and
+//! the body's size on it ([`PendingLine::respond()`], [`PendingLine::finish()`]), and the line
+//! is written when dropped. The activator renders its own lines with [`RequestLine`].
 
 use std::io::Write as _;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+use http::{HeaderMap, Method, Request, Uri, Version};
+use http_body::Body;
 use tokio::time::Instant;
-use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::body::{BodyError, LocalBody};
 use crate::classify::is_probe;
-use crate::proxy::TunnelScope;
 use go_text_template::{trace_id, LogEntry, RequestLogTemplate, RevisionInfo};
 
 /// What the stage logs and how.
@@ -31,15 +28,16 @@ pub struct RequestLogSettings {
     pub log_probes: bool,
 }
 
-/// Tower layer writing request-log lines; a pass-through when `settings` is `None`.
+/// The request log of one connection: the settings (`None`: off) and the entry point that
+/// captures a request's line ([`RequestLogger::capture()`]).
 #[derive(Clone, Debug)]
-pub struct RequestLogLayer {
+pub struct RequestLogger {
     settings: Option<&'static RequestLogSettings>,
     remote_addr: Arc<str>,
 }
 
-impl RequestLogLayer {
-    /// The layer for one connection from `remote_addr` (`ip:port`).
+impl RequestLogger {
+    /// The request log of one connection from `remote_addr` (`ip:port`).
     pub fn new(
         settings: Option<&'static RequestLogSettings>,
         remote_addr: std::net::SocketAddr,
@@ -48,33 +46,14 @@ impl RequestLogLayer {
             Some(_) => Arc::from(remote_addr.to_string()),
             None => Arc::from(""),
         };
-        RequestLogLayer {
+        RequestLogger {
             settings: settings.filter(|s| !s.template.is_empty()),
             remote_addr,
         }
     }
 }
 
-impl<S> Layer<S> for RequestLogLayer {
-    type Service = RequestLog<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestLog {
-            inner,
-            settings: self.settings,
-            remote_addr: self.remote_addr.clone(),
-        }
-    }
-}
-
-/// See [`RequestLogLayer`].
-#[derive(Clone, Debug)]
-pub struct RequestLog<S> {
-    inner: S,
-    settings: Option<&'static RequestLogSettings>,
-    remote_addr: Arc<str>,
-}
-
-impl RequestLogLayer {
+impl RequestLogger {
     /// The line of `request`, captured as it enters (before it moves on): `None` when logging
     /// is off or the request is a probe not to be logged. The line is written when dropped,
     /// with the status and size recorded by then ([`PendingLine::respond`],
@@ -239,165 +218,5 @@ impl Drop for PendingLine {
         self.settings.template.render(&entry, &mut line);
         // One write under the lock: lines from concurrent requests never interleave.
         let _ = std::io::stdout().lock().write_all(&line);
-    }
-}
-
-impl<S, ReqB, B> Service<Request<ReqB>> for RequestLog<S>
-where
-    S: Service<Request<ReqB>, Response = Response<B>>,
-    ReqB: Body,
-    B: LocalBody,
-{
-    type Response = Response<LoggedBody<B>>;
-    type Error = S::Error;
-    type Future = RequestLogFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    // Out of line: inlined, its two arms (logged or not) wrote their future into one stack
-    // slot, copied from there into the caller's (256 bytes in the queue-proxy's metrics stage,
-    // 29 instructions per request). Out of line each arm writes it straight into the caller's.
-    #[inline(never)]
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        match self.settings {
-            Some(settings) => self.call_logged(settings, request),
-            // Nothing borrows the request before the move: no copy of it (see `call_logged`).
-            None => RequestLogFuture {
-                future: self.inner.call(request),
-                line: None,
-            },
-        }
-    }
-}
-
-impl<S> RequestLog<S> {
-    /// [`Service::call`] with request logging on. Out of line and taking the request by value:
-    /// a request whose address has been handed to another function (the probe check and the
-    /// line's capture here) is copied when it is moved on, and with those borrows in `call`
-    /// itself that copy (272 bytes) was made for every request, logging on or off.
-    #[inline(never)]
-    fn call_logged<ReqB, B>(
-        &mut self,
-        settings: &'static RequestLogSettings,
-        request: Request<ReqB>,
-    ) -> RequestLogFuture<S::Future>
-    where
-        S: Service<Request<ReqB>, Response = Response<B>>,
-        ReqB: Body,
-    {
-        let line = (settings.log_probes || !is_probe(request.headers())).then(|| {
-            Box::new(PendingLine::capture(
-                settings,
-                self.remote_addr.clone(),
-                &request,
-            ))
-        });
-        RequestLogFuture {
-            future: self.inner.call(request),
-            line,
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of [`RequestLog`].
-    pub struct RequestLogFuture<F> {
-        #[pin]
-        future: F,
-        // Boxed: request logging is off by default, and inline these 272 bytes made every
-        // request's future and response body that much larger (and every move of them).
-        line: Option<Box<PendingLine>>,
-    }
-}
-
-impl<F, B, E> std::future::Future for RequestLogFuture<F>
-where
-    F: std::future::Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<LoggedBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.future.poll(cx))?;
-        let mut line = this.line.take();
-        if let Some(l) = line.as_mut() {
-            l.status = response.status().as_u16();
-        }
-        if let Some(scope) = response.extensions().get::<TunnelScope>() {
-            // Upgraded: the line is written when the tunnel closes.
-            if let Some(l) = line.take() {
-                scope.hold(l);
-            }
-        }
-        Poll::Ready(Ok(response.map(|body| LoggedBody { body, line })))
-    }
-}
-
-pin_project! {
-    /// Counts response bytes; the line is written when the body ends or is dropped. A body that
-    /// fails mid-stream is logged with status 500 (the response was aborted).
-    pub struct LoggedBody<B> {
-        #[pin]
-        body: B,
-        line: Option<Box<PendingLine>>,
-    }
-}
-
-impl<B: LocalBody> LocalBody for LoggedBody<B> {
-    fn full(bytes: Bytes) -> Self {
-        LoggedBody {
-            body: B::full(bytes),
-            line: None,
-        }
-    }
-    #[inline]
-    fn is_fixed(&self) -> bool {
-        self.body.is_fixed()
-    }
-}
-
-impl<B> Body for LoggedBody<B>
-where
-    B: Body<Data = Bytes, Error = BodyError>,
-{
-    type Data = Bytes;
-    type Error = BodyError;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        let polled = ready!(this.body.poll_frame(cx));
-        if let Some(line) = this.line.as_mut() {
-            match &polled {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        line.size += data.len() as u64;
-                    }
-                }
-                Some(Err(_)) => {
-                    line.status = 500;
-                    this.line.take();
-                }
-                None => {
-                    this.line.take();
-                }
-            }
-        }
-        Poll::Ready(polled)
-    }
-
-    #[inline]
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    #[inline]
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

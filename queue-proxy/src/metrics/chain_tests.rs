@@ -23,8 +23,12 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetricsLayer, UrlScheme};
+use knative_common::request_log::RequestLogger;
+use knative_telemetry::trace::{ServerSpans, ServerTracing};
+
+use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetrics, UrlScheme};
 use crate::handler::QueueHandlerLayer;
+use crate::observed::ObserveLayer;
 
 fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
@@ -86,7 +90,12 @@ fn chain(
         idle: None,
     };
     let chain = TimeoutLayer::new(timeouts, "request timeout").layer(chain);
-    ServerMetricsLayer::new(metrics, UrlScheme::Http).layer(chain)
+    ObserveLayer::new(
+        ServerTracing::new(None, ServerSpans::default(), remote, false),
+        ServerMetrics::new(metrics, UrlScheme::Http),
+        RequestLogger::new(None, remote),
+    )
+    .layer(chain)
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {

@@ -2,7 +2,8 @@
 //! or pushed over OTLP.
 //!
 //! - [`server_metrics`]: layer 1, the HTTP server instruments of Go's `otelhttp`
-//!   (`http_server_request_duration_seconds`, `http_server_{request,response}_body_size_bytes`);
+//!   (`http_server_request_duration_seconds`, `http_server_{request,response}_body_size_bytes`),
+//!   recorded by the observability stage ([`crate::observed`]);
 //! - [`app_metrics`]: layer 10, `kn_serving_queue_depth` and
 //!   `kn_serving_invocation_duration_seconds`;
 //! - [`route_tag`]: the `kn_route_tag` label (§3.6);
@@ -46,7 +47,7 @@ pub use body::{Completion, MeteredBody, MeteredFuture};
 pub use listener::{handle, listen_address, ListenAddress, ListenerConfigError};
 pub use otlp::{MetricsExporter, OtlpMetricsConfigError};
 pub use route_tag::{route_tag, RouteTag};
-pub use server_metrics::{ServerMetricsLayer, ServerMetricsService, UrlScheme};
+pub use server_metrics::{ServerMetrics, UrlScheme};
 
 /// Bucket bounds of the duration histograms (OTel's advice for `http.server.request.duration`,
 /// also used upstream for `kn.serving.invocation.duration`), in seconds.

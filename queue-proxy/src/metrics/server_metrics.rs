@@ -1,4 +1,5 @@
-//! Layer 1 (spec §3.1, §7.1): the HTTP server instruments of Go's `otelhttp` handler.
+//! The HTTP server instruments of Go's `otelhttp` handler (spec §3.1, §7.1), recorded by the
+//! main chain's observability stage ([`crate::observed`]) through [`ServerMetrics::start()`].
 //!
 //! For every request that is not a probe: `http_server_request_duration_seconds` (entry to the
 //! end of the response body), `http_server_request_body_size_bytes` and
@@ -25,9 +26,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{OnceLock, RwLock};
-use std::task::{Context, Poll};
 
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use hyper::body::Body;
 use knative_common::classify::ProbeHeaders;
 use knative_common::headers::{KNATIVE_SERVING_DEFAULT_ROUTE, KNATIVE_SERVING_TAG};
@@ -36,10 +36,8 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 use tokio::time::Instant;
-use tower_layer::Layer;
-use tower_service::Service;
 
-use super::body::{Completion, MeteredBody, MeteredFuture};
+use super::body::Completion;
 use super::histogram::{AtomicHistogram, HistogramSnapshot};
 use super::otlp::{bool_kv, int_kv, string_kv, KeyValue};
 use super::route_tag::{route_tag_of, RouteTag};
@@ -600,70 +598,29 @@ impl Completion for ServerCompletion {
     fn abort(self, _responded: bool) {}
 }
 
-/// Tower layer for layer 1; `None` metrics (request metrics off) passes everything through.
+/// The server metrics of one listener's connection: where they are recorded (`None`: request
+/// metrics off) and the entry point that starts a request's measurement
+/// ([`ServerMetrics::start()`]; the observability stage completes it with the response).
 #[derive(Clone, Copy, Debug)]
-pub struct ServerMetricsLayer {
+pub struct ServerMetrics {
     metrics: Option<&'static Metrics>,
     scheme: UrlScheme,
 }
 
-impl ServerMetricsLayer {
+impl ServerMetrics {
     /// Records into `metrics` for a listener serving `scheme`.
     pub fn new(metrics: Option<&'static Metrics>, scheme: UrlScheme) -> Self {
-        ServerMetricsLayer { metrics, scheme }
+        ServerMetrics { metrics, scheme }
     }
 }
 
-impl ServerMetricsLayer {
-    /// Starts measuring `request` as the layer does (`None`: metrics off, or a request not
-    /// measured), for a caller that wraps the response itself.
+impl ServerMetrics {
+    /// Starts measuring `request` (`None`: metrics off, or a request not measured); the
+    /// measurement is recorded when completed, once the response body has been sent.
     #[inline]
     pub fn start<B: Body>(&self, request: &Request<B>) -> Option<ServerCompletion> {
         self.metrics
             .and_then(|m| m.server().start(request, self.scheme))
-    }
-}
-
-impl<S> Layer<S> for ServerMetricsLayer {
-    type Service = ServerMetricsService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ServerMetricsService {
-            inner,
-            metrics: self.metrics,
-            scheme: self.scheme,
-        }
-    }
-}
-
-/// See [`ServerMetricsLayer`].
-#[derive(Clone, Debug)]
-pub struct ServerMetricsService<S> {
-    inner: S,
-    metrics: Option<&'static Metrics>,
-    scheme: UrlScheme,
-}
-
-impl<S, ReqB, B> Service<Request<ReqB>> for ServerMetricsService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<B>>,
-    ReqB: Body,
-    B: Body,
-{
-    type Response = Response<MeteredBody<B, ServerCompletion>>;
-    type Error = S::Error;
-    type Future = MeteredFuture<S::Future, ServerCompletion>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let completion = self
-            .metrics
-            .and_then(|m| m.server().start(&request, self.scheme));
-        let head = request.method() == http::Method::HEAD;
-        MeteredFuture::new(self.inner.call(request), completion, head)
     }
 }
 
@@ -672,14 +629,21 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::convert::Infallible;
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use bytes::Bytes;
+    use http::Response;
     use http_body_util::{BodyExt, Full};
     use knative_common::body::{LocalBody, ProxyBody};
+    use knative_common::request_log::RequestLogger;
+    use knative_telemetry::trace::{ServerSpans, ServerTracing};
+    use tower_layer::Layer;
+    use tower_service::Service;
 
     use crate::metrics::tests::{golden, header_lines, label_keys};
     use crate::metrics::Resource;
+    use crate::observed::{Observe, ObserveLayer, ObservedBody};
 
     fn metrics() -> &'static Metrics {
         let env: HashMap<&str, &str> = [("SERVING_NAMESPACE", "default")].into_iter().collect();
@@ -704,6 +668,17 @@ mod tests {
         })
     }
 
+    /// The main chain's observability stage around `app`, with only these metrics on.
+    fn stage<S>(metrics: Option<&'static Metrics>, scheme: UrlScheme, app: S) -> Observe<S> {
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        ObserveLayer::new(
+            ServerTracing::new(None, ServerSpans::default(), peer, false),
+            ServerMetrics::new(metrics, scheme),
+            RequestLogger::new(None, peer),
+        )
+        .layer(app)
+    }
+
     fn get(host: &str) -> http::request::Builder {
         Request::get("/x?y=1").header("host", host)
     }
@@ -712,7 +687,7 @@ mod tests {
     where
         S: Service<
             Request<Full<Bytes>>,
-            Response = Response<MeteredBody<ProxyBody, ServerCompletion>>,
+            Response = Response<ObservedBody<ProxyBody>>,
             Error = Infallible,
         >,
     {
@@ -729,8 +704,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn golden_labels_buckets_and_sizes() {
         let m = metrics();
-        let mut svc = ServerMetricsLayer::new(Some(m), UrlScheme::Http)
-            .layer(app("nineteen bytes body", Duration::from_millis(3)));
+        let mut svc = stage(
+            Some(m),
+            UrlScheme::Http,
+            app("nineteen bytes body", Duration::from_millis(3)),
+        );
         for _ in 0..3 {
             let body = exchange(
                 &mut svc,
@@ -791,8 +769,7 @@ server_port=\"18013\",url_scheme=\"http\"}";
     #[tokio::test]
     async fn probes_and_options_star_are_not_recorded() {
         let m = metrics();
-        let mut svc =
-            ServerMetricsLayer::new(Some(m), UrlScheme::Http).layer(app("ok", Duration::ZERO));
+        let mut svc = stage(Some(m), UrlScheme::Http, app("ok", Duration::ZERO));
         for request in [
             get("h").header("k-network-probe", "queue"),
             get("h").header("user-agent", "kube-probe/1.30"),
@@ -807,8 +784,7 @@ server_port=\"18013\",url_scheme=\"http\"}";
     #[tokio::test]
     async fn labels_follow_the_request() {
         let m = metrics();
-        let mut svc =
-            ServerMetricsLayer::new(Some(m), UrlScheme::Https).layer(app("ok", Duration::ZERO));
+        let mut svc = stage(Some(m), UrlScheme::Https, app("ok", Duration::ZERO));
         let request = Request::builder()
             .method("PURGE")
             .uri("/")
@@ -848,8 +824,7 @@ network_protocol_name=\"http\",network_protocol_version=\"2.0\","
 
     #[tokio::test]
     async fn disabled_metrics_pass_through() {
-        let mut svc =
-            ServerMetricsLayer::new(None, UrlScheme::Http).layer(app("ok", Duration::ZERO));
+        let mut svc = stage(None, UrlScheme::Http, app("ok", Duration::ZERO));
         let body = exchange(&mut svc, get("h").body(Full::default()).unwrap()).await;
         assert_eq!(&body[..], b"ok");
     }
@@ -857,8 +832,11 @@ network_protocol_name=\"http\",network_protocol_version=\"2.0\","
     #[tokio::test]
     async fn aborted_response_records_nothing() {
         let m = metrics();
-        let mut svc = ServerMetricsLayer::new(Some(m), UrlScheme::Http)
-            .layer(app("ok", Duration::from_secs(3600)));
+        let mut svc = stage(
+            Some(m),
+            UrlScheme::Http,
+            app("ok", Duration::from_secs(3600)),
+        );
         let future = svc.call(get("h").body(Full::default()).unwrap());
         drop(future);
         assert!(!m.encode().contains("http_server"));
@@ -871,8 +849,7 @@ network_protocol_name=\"http\",network_protocol_version=\"2.0\","
             Resource::from_env(&env),
             2,
         )));
-        let mut svc =
-            ServerMetricsLayer::new(Some(m), UrlScheme::Http).layer(app("ok", Duration::ZERO));
+        let mut svc = stage(Some(m), UrlScheme::Http, app("ok", Duration::ZERO));
         for host in ["a", "b", "c", "d", "a"] {
             exchange(&mut svc, get(host).body(Full::default()).unwrap()).await;
         }

@@ -1,12 +1,16 @@
-//! Tower layers that put spans on the request path, and how spans travel with a request.
+//! Spans on the request path, and how spans travel with a request.
 //!
-//! The current span of a request is the [`CurrentSpan`] extension: [`ServerSpanLayer`] sets it
-//! from its server span (whose parent is the incoming `traceparent`), inner stages replace it with
-//! their own spans ([`Tracer::start_in`]), and [`ClientSpanLayer`] starts the client span as its
-//! child and writes the client span's context into the upstream `traceparent`.
+//! The current span of a request is the [`CurrentSpan`] extension: [`ServerTracing::start()`]
+//! sets it from the server span it starts (whose parent is the incoming `traceparent`), inner
+//! stages replace it with their own spans ([`Tracer::start_in`]), and [`ClientSpanLayer`] starts
+//! the client span as its child and writes the client span's context into the upstream
+//! `traceparent`.
 //!
-//! Every layer takes an `Option<&'static Tracer>`; with `None` it calls the inner service
-//! directly and adds nothing.
+//! The server span's stage is the queue-proxy's observability stage (`queue_proxy::observed`),
+//! which starts the span with [`ServerTracing::start()`] and settles it with the response
+//! ([`record_server_status`]). The tower layers here ([`ClientSpanLayer`], [`EndCarriedSpan`])
+//! take an `Option<&'static Tracer>` or a switch; off, they call the inner service directly and
+//! add nothing.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -21,7 +25,7 @@ use tower_service::Service;
 
 use super::span::{Scope, Span, SpanKind, StatusCode, Value};
 use super::{SpanContext, Tracer, OTELHTTP_SCOPE};
-use knative_common::body::{attach_guard, attach_some_guard, Guarded, ProxyBody};
+use knative_common::body::{attach_some_guard, Guarded, ProxyBody};
 use knative_common::classify::is_probe;
 use knative_common::headers::X_FORWARDED_FOR;
 
@@ -72,14 +76,16 @@ where
         if self.enabled {
             return self.call_ending(request);
         }
-        // No borrow of the request before the move: no copy (as `ServerSpanService`).
+        // No borrow of the request before the move: no copy (see `call_ending`).
         self.inner.call(request)
     }
 }
 
 impl<S> EndCarriedSpan<S> {
-    /// [`Service::call`] when enabled, out of line for the reason given at
-    /// `ServerSpanService::call_traced`.
+    /// [`Service::call`] when enabled. Out of line and taking the request by value: a request
+    /// whose address has been handed to another function (the extension's removal here) is
+    /// copied when it is moved on, and with that borrow in `call` itself the copy was made for
+    /// every request, enabled or not.
     #[inline(never)]
     fn call_ending<B>(&mut self, mut request: Request<B>) -> S::Future
     where
@@ -184,7 +190,7 @@ pub fn skip_probes(method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
     is_probe(headers) || (method == Method::OPTIONS && uri == "*")
 }
 
-/// How [`ServerSpanLayer`] names and annotates server spans.
+/// How [`ServerTracing`] names and annotates server spans.
 #[derive(Clone, Copy)]
 pub struct ServerSpans {
     /// Scope of the server spans.
@@ -218,17 +224,20 @@ impl Default for ServerSpans {
     }
 }
 
-/// Layer 1's tracing half (queue-proxy §3.1, §7.3): extracts the incoming trace context and wraps
-/// the request in a server span, which ends when the response body has been sent.
+/// Server spans of one connection (queue-proxy §3.1, §7.3): the settings, and the entry point
+/// ([`ServerTracing::start()`]) that extracts the incoming trace context and starts a
+/// request's server span. The caller (the queue-proxy's observability stage) records the
+/// response status on the span ([`record_server_status`]) and ends it when the response body
+/// has been sent.
 #[derive(Clone, Copy, Debug)]
-pub struct ServerSpanLayer {
+pub struct ServerTracing {
     tracer: Option<&'static Tracer>,
     spans: ServerSpans,
     peer: SocketAddr,
     tls: bool,
 }
 
-impl ServerSpanLayer {
+impl ServerTracing {
     /// Server spans from `tracer` (`None`: off) for a connection from `peer`, over TLS or not.
     pub fn new(
         tracer: Option<&'static Tracer>,
@@ -236,7 +245,7 @@ impl ServerSpanLayer {
         peer: SocketAddr,
         tls: bool,
     ) -> Self {
-        ServerSpanLayer {
+        ServerTracing {
             tracer,
             spans,
             peer,
@@ -245,24 +254,7 @@ impl ServerSpanLayer {
     }
 }
 
-impl<S> Layer<S> for ServerSpanLayer {
-    type Service = ServerSpanService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        ServerSpanService {
-            inner,
-            layer: *self,
-        }
-    }
-}
-
-/// See [`ServerSpanLayer`].
-#[derive(Clone, Debug)]
-pub struct ServerSpanService<S> {
-    inner: S,
-    layer: ServerSpanLayer,
-}
-
-impl ServerSpanLayer {
+impl ServerTracing {
     /// The tracer (`None`: tracing off).
     #[inline]
     pub fn tracer(&self) -> Option<&'static Tracer> {
@@ -270,8 +262,7 @@ impl ServerSpanLayer {
     }
 
     /// Starts the server span of `request` (`None` for a request that gets none) and makes it
-    /// the request's [`CurrentSpan`]: what the layer does as a request enters, for a caller that
-    /// wraps the response itself (the span is to end when the response body has been sent).
+    /// the request's [`CurrentSpan`]. The span is to end when the response body has been sent.
     pub fn start<B>(&self, tracer: &'static Tracer, request: &mut Request<B>) -> Option<Span> {
         let headers = request.headers();
         if (self.spans.skip)(request.method(), request.uri(), headers) {
@@ -343,72 +334,6 @@ impl ServerSpanLayer {
     }
 }
 
-impl<S, ReqB, B> Service<Request<ReqB>> for ServerSpanService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<B>>,
-    B: Send + 'static,
-{
-    type Response = Response<Guarded<B, Span>>;
-    type Error = S::Error;
-    type Future = SpanFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    // Out of line: inlined into the listener's service, its two arms (traced or not) wrote
-    // their future into one stack slot, copied from there into the caller's (344 bytes in
-    // the queue-proxy, 64 instructions per request). Out of line each arm writes it straight
-    // into the caller's.
-    #[inline(never)]
-    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        match self.layer.tracer {
-            Some(tracer) => self.call_traced(tracer, request),
-            // Without tracing nothing here borrows the request before it is handed on, so the
-            // move into the inner call need not copy it (see `call_traced`).
-            None => SpanFuture {
-                future: self.inner.call(request),
-                span: None,
-                kind: SpanKind::Server,
-            },
-        }
-    }
-}
-
-impl<S> ServerSpanService<S> {
-    /// [`Service::call`] with tracing on. Out of line and taking the request by value: a
-    /// request whose address has been handed to another function (the span's start here) is
-    /// copied when it is moved on, and with the borrow in `call` itself that copy (272 bytes)
-    /// was made for every request, tracing on or off.
-    #[inline(never)]
-    fn call_traced<ReqB, B>(
-        &mut self,
-        tracer: &'static Tracer,
-        mut request: Request<ReqB>,
-    ) -> SpanFuture<S::Future>
-    where
-        S: Service<Request<ReqB>, Response = Response<B>>,
-    {
-        let span = self.layer.start(tracer, &mut request);
-        SpanFuture {
-            future: self.inner.call(request),
-            span,
-            kind: SpanKind::Server,
-        }
-    }
-}
-
-pin_project! {
-    /// Response future of the span layers: records the status on the span, then hands the span
-    /// to the response body, where it ends once the body has been sent.
-    pub struct SpanFuture<F> {
-        #[pin]
-        future: F,
-        span: Option<Span>,
-        kind: SpanKind,
-    }
-}
-
 /// Records the response status: server spans are errors from 500 up, client spans from 400 up
 /// (`otelhttp`'s rules).
 fn record_status(span: &mut Span, kind: SpanKind, status: http::StatusCode) {
@@ -423,43 +348,9 @@ fn record_status(span: &mut Span, kind: SpanKind, status: http::StatusCode) {
     }
 }
 
-/// Records a server span's response `status` (an error from 500 up), as [`ServerSpanLayer`]
-/// does.
+/// Records a server span's response `status` (an error from 500 up, as `otelhttp`).
 pub fn record_server_status(span: &mut Span, status: http::StatusCode) {
     record_status(span, SpanKind::Server, status);
-}
-
-/// `response` with `span` recorded and attached. Out of line: inlined into
-/// [`SpanFuture::poll`], its code (the status recording, `attach_guard`'s look-up of a tunnel
-/// scope) was interleaved with the untraced arm's and cost requests without a span too (the
-/// queue-proxy without tracing: 40 instructions fewer per HTTP/1.1 request out of line,
-/// callgrind).
-#[inline(never)]
-fn with_span<B: Send + 'static>(
-    response: Response<B>,
-    mut span: Span,
-    kind: SpanKind,
-) -> Response<Guarded<B, Span>> {
-    record_status(&mut span, kind, response.status());
-    attach_guard(response, span)
-}
-
-impl<F, B, E> Future for SpanFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Send + 'static,
-{
-    type Output = Result<Response<Guarded<B, Span>>, E>;
-
-    #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.future.poll(cx))?;
-        Poll::Ready(Ok(match this.span.take() {
-            Some(span) => with_span(response, span, *this.kind),
-            None => response.map(Guarded::unguarded),
-        }))
-    }
 }
 
 /// The client span (queue-proxy §7.3 item 4): a child of the request's [`CurrentSpan`] (a root
@@ -573,7 +464,7 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         match self.layer.tracer {
             Some(tracer) => self.call_traced(tracer, request),
-            // No borrow of the request before the move: no copy (as `ServerSpanService`).
+            // No borrow of the request before the move: no copy (see `call_traced`).
             None => ClientSpanFuture {
                 future: self.inner.call(request),
                 span: None,
@@ -584,7 +475,7 @@ where
 
 impl<S> ClientSpanService<S> {
     /// [`Service::call`] with tracing on, out of line for the reason given at
-    /// `ServerSpanService::call_traced`.
+    /// `EndCarriedSpan::call_ending`.
     #[inline(never)]
     fn call_traced<ReqB>(
         &mut self,

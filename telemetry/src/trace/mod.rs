@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 pub use config::{build_tracer, BatchConfig, Protocol, TraceConfigError, TracingConfig};
 pub use context::{SpanContext, SpanId, TraceId};
 pub use export::{ExportError, SpanExporter};
-pub use layer::{ClientSpanLayer, CurrentSpan, ServerSpanLayer, ServerSpans};
+pub use layer::{ClientSpanLayer, CurrentSpan, ServerSpans, ServerTracing};
 pub use resource::Resource;
 pub use sampler::Sampler;
 pub use span::{KeyValue, Scope, Span, SpanData, SpanKind, Status, StatusCode, Value};

@@ -508,6 +508,31 @@ where
     response.into_body().collect().await.unwrap().to_bytes()
 }
 
+/// [`drive`] with a server span from `spans`, as the queue-proxy's observability stage carries
+/// it: started as the request enters, its status recorded with the response, ended once the
+/// response body has been sent.
+async fn drive_served<S, B>(
+    spans: &ServerTracing,
+    service: &mut S,
+    mut request: Request<()>,
+) -> Bytes
+where
+    S: Service<Request<()>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let mut span = spans
+        .tracer()
+        .and_then(|tracer| spans.start(tracer, &mut request));
+    let response = service.call(request).await.unwrap();
+    if let Some(span) = span.as_mut() {
+        layer::record_server_status(span, response.status());
+    }
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    drop(span);
+    body
+}
+
 fn span_by_name<'a>(spans: &'a [proto::Span], name: &str) -> &'a proto::Span {
     spans
         .iter()
@@ -549,12 +574,12 @@ async fn otlp_http_export_through_the_layers() {
         ..ServerSpans::default()
     };
     let client = ClientSpanLayer::new(Some(tracer), upstream).layer(app.clone());
-    let proxy = ProxyStage {
+    let mut chain = ProxyStage {
         inner: EndCarriedSpan::new(client, true),
         tracer,
         wait: true,
     };
-    let mut chain = ServerSpanLayer::new(Some(tracer), spans, peer, false).layer(proxy);
+    let server = ServerTracing::new(Some(tracer), spans, peer, false);
 
     let request = Request::post("/orders?id=1")
         .header("host", "svc.example.com:8080")
@@ -564,14 +589,14 @@ async fn otlp_http_export_through_the_layers() {
         .header("baggage", "user=42")
         .body(())
         .unwrap();
-    assert_eq!(&drive(&mut chain, request).await[..], b"ok");
+    assert_eq!(&drive_served(&server, &mut chain, request).await[..], b"ok");
     // A probe: no server span, no context; the client span is a root.
     let probe = Request::get("/")
         .header("k-network-probe", "probe")
         .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
         .body(())
         .unwrap();
-    drive(&mut chain, probe).await;
+    drive_served(&server, &mut chain, probe).await;
     tracer.force_flush().await;
 
     let captured = received.recv().await.unwrap();
@@ -681,15 +706,16 @@ async fn disabled_layers_pass_everything_through() {
     let upstream: SocketAddr = "127.0.0.1:8080".parse().unwrap();
     let peer: SocketAddr = "10.0.0.7:51000".parse().unwrap();
     let client = ClientSpanLayer::new(None, upstream).layer(app.clone());
-    let mut chain = ServerSpanLayer::new(None, ServerSpans::default(), peer, false)
-        .layer(EndCarriedSpan::new(client, false));
+    let server = ServerTracing::new(None, ServerSpans::default(), peer, false);
+    assert!(server.tracer().is_none());
+    let mut chain = EndCarriedSpan::new(client, false);
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     let request = Request::get("/")
         .header("traceparent", incoming.as_str())
         .header("tracestate", "a=b")
         .body(())
         .unwrap();
-    drive(&mut chain, request).await;
+    drive_served(&server, &mut chain, request).await;
     let seen = app.0.lock().unwrap().clone();
     assert_eq!(seen[0]["traceparent"], incoming.as_str());
     assert_eq!(seen[0]["tracestate"], "a=b");
@@ -968,7 +994,7 @@ async fn per_request_cost() {
             })
             .build()
             .unwrap();
-        let layer = ServerSpanLayer::new(
+        let spans = ServerTracing::new(
             Some(tracer),
             ServerSpans::default(),
             "10.0.0.1:1234".parse().unwrap(),
@@ -981,7 +1007,7 @@ async fn per_request_cost() {
                 .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
                 .body(())
                 .unwrap();
-            let server = layer.start(tracer, &mut request);
+            let server = spans.start(tracer, &mut request);
             let proxy = tracer.start_in(
                 request.extensions_mut(),
                 &QUEUE_SCOPE,
