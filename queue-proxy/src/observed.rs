@@ -40,6 +40,27 @@ impl ObserveLayer {
     }
 }
 
+#[cfg(test)]
+impl ObserveLayer {
+    /// The stage with only server metrics on (`None`: off), as the metrics tests build it.
+    pub(crate) fn metrics_only(
+        metrics: Option<&'static crate::metrics::Metrics>,
+        scheme: crate::metrics::UrlScheme,
+        peer: std::net::SocketAddr,
+    ) -> Self {
+        ObserveLayer::new(
+            ServerTracing::new(
+                None,
+                knative_telemetry::trace::ServerSpans::default(),
+                peer,
+                false,
+            ),
+            ServerMetrics::new(metrics, scheme),
+            RequestLogger::new(None, peer),
+        )
+    }
+}
+
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
@@ -239,7 +260,6 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use knative_common::body::{LocalBody, ProxyBody};
     use knative_common::proxy::TunnelScope;
-    use knative_telemetry::trace::ServerSpans;
 
     use crate::metrics::{Metrics, Resource, UrlScheme};
 
@@ -250,11 +270,7 @@ mod tests {
 
     fn stage(metrics: Option<&'static Metrics>) -> ObserveLayer {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        ObserveLayer::new(
-            ServerTracing::new(None, ServerSpans::default(), peer, false),
-            ServerMetrics::new(metrics, UrlScheme::Http),
-            RequestLogger::new(None, peer),
-        )
+        ObserveLayer::metrics_only(metrics, UrlScheme::Http, peer)
     }
 
     fn get() -> Request<Full<Bytes>> {

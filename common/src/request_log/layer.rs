@@ -51,9 +51,7 @@ impl RequestLogger {
             remote_addr,
         }
     }
-}
 
-impl RequestLogger {
     /// The line of `request`, captured as it enters (before it moves on): `None` when logging
     /// is off or the request is a probe not to be logged. The line is written when dropped,
     /// with the status and size recorded by then ([`PendingLine::respond`],

@@ -23,10 +23,7 @@ use tokio::sync::watch;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use knative_common::request_log::RequestLogger;
-use knative_telemetry::trace::{ServerSpans, ServerTracing};
-
-use super::{handle, AppMetricsLayer, Metrics, Resource, ServerMetrics, UrlScheme};
+use super::{handle, AppMetricsLayer, Metrics, Resource, UrlScheme};
 use crate::handler::QueueHandlerLayer;
 use crate::observed::ObserveLayer;
 
@@ -90,12 +87,7 @@ fn chain(
         idle: None,
     };
     let chain = TimeoutLayer::new(timeouts, "request timeout").layer(chain);
-    ObserveLayer::new(
-        ServerTracing::new(None, ServerSpans::default(), remote, false),
-        ServerMetrics::new(metrics, UrlScheme::Http),
-        RequestLogger::new(None, remote),
-    )
-    .layer(chain)
+    ObserveLayer::metrics_only(metrics, UrlScheme::Http, remote).layer(chain)
 }
 
 async fn exchange(addr: SocketAddr, request: &str) -> String {

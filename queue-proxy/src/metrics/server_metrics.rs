@@ -612,9 +612,7 @@ impl ServerMetrics {
     pub fn new(metrics: Option<&'static Metrics>, scheme: UrlScheme) -> Self {
         ServerMetrics { metrics, scheme }
     }
-}
 
-impl ServerMetrics {
     /// Starts measuring `request` (`None`: metrics off, or a request not measured); the
     /// measurement is recorded when completed, once the response body has been sent.
     #[inline]
@@ -636,8 +634,6 @@ mod tests {
     use http::Response;
     use http_body_util::{BodyExt, Full};
     use knative_common::body::{LocalBody, ProxyBody};
-    use knative_common::request_log::RequestLogger;
-    use knative_telemetry::trace::{ServerSpans, ServerTracing};
     use tower_layer::Layer;
     use tower_service::Service;
 
@@ -671,12 +667,7 @@ mod tests {
     /// The main chain's observability stage around `app`, with only these metrics on.
     fn stage<S>(metrics: Option<&'static Metrics>, scheme: UrlScheme, app: S) -> Observe<S> {
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        ObserveLayer::new(
-            ServerTracing::new(None, ServerSpans::default(), peer, false),
-            ServerMetrics::new(metrics, scheme),
-            RequestLogger::new(None, peer),
-        )
-        .layer(app)
+        ObserveLayer::metrics_only(metrics, scheme, peer).layer(app)
     }
 
     fn get(host: &str) -> http::request::Builder {

@@ -252,9 +252,7 @@ impl ServerTracing {
             tls,
         }
     }
-}
 
-impl ServerTracing {
     /// The tracer (`None`: tracing off).
     #[inline]
     pub fn tracer(&self) -> Option<&'static Tracer> {
